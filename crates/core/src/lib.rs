@@ -1,0 +1,17 @@
+//! Portcullis domain logic: who a request is, what a session is, how signed cookies
+//! and secrets are represented and checked.
+//!
+//! This crate performs no I/O and knows nothing about HTTP servers or databases: every
+//! function here is pure or depends only on the injected [`clock::Clock`] and
+//! [`secret::Entropy`], so the rules can be tested exhaustively and reused by the
+//! store, the gateway and the CLI alike.
+#![forbid(unsafe_code)]
+
+pub mod basic;
+pub mod clock;
+pub mod cookie;
+pub mod identity;
+pub mod keys;
+pub mod redirect;
+pub mod secret;
+pub mod session;
