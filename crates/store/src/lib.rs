@@ -1,1 +1,170 @@
+//! Portcullis storage: one [`Store`] over SQLite (the embedded default) or
+//! PostgreSQL (replicas), with the same schema, the same SQL text and the same tests.
+//!
+//! Both dialects accept `$n` placeholders, times are integer milliseconds and
+//! booleans are bound as `bool`, so every query is written once and the
+//! [`on_pool!`] macro compiles it against each driver. Only migrations (DDL) and the
+//! [`bus`] (`LISTEN/NOTIFY` versus polling the revocation log) differ by backend.
+//!
+//! Rows are mapped to `portcullis-core` domain types here; nothing above this crate
+//! sees an `sqlx` type.
+#![forbid(unsafe_code)]
 
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+pub mod audit;
+pub mod bus;
+mod keys;
+mod sessions;
+pub use sessions::SessionFilter;
+
+pub use audit::{AuditEvent, AuditFilter};
+pub use bus::{BusEvent, RevocationBus};
+
+/// Channel used for revocation notifications on PostgreSQL.
+pub const REVOCATION_CHANNEL: &str = "portcullis_revocations";
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database URL must start with sqlite:// or postgres:// (got scheme {0:?})")]
+    UnsupportedUrl(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Which database a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs `$body` with `$pool` bound to the backend's pool; the body is compiled once
+/// per driver, so one SQL text serves both.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.backend {
+            $crate::Backend::Sqlite($pool) => $body,
+            $crate::Backend::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// The database, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://PATH` or `postgres://…`). SQLite files are
+    /// created if missing and opened in WAL mode with full synchronous commits, so a
+    /// login whose response was sent survives `kill -9` (and power loss).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        let backend = match scheme {
+            "sqlite" => {
+                let options = SqliteConnectOptions::from_str(url)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full)
+                    .busy_timeout(Duration::from_secs(5))
+                    .foreign_keys(true);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect_with(options)
+                    .await?;
+                Backend::Sqlite(pool)
+            }
+            "postgres" | "postgresql" => {
+                let options = PgConnectOptions::from_str(url)?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect_with(options)
+                    .await?;
+                Backend::Postgres(pool)
+            }
+            other => return Err(StoreError::UnsupportedUrl(other.to_owned())),
+        };
+        Ok(Self { backend })
+    }
+
+    pub fn kind(&self) -> BackendKind {
+        match self.backend {
+            Backend::Sqlite(_) => BackendKind::Sqlite,
+            Backend::Postgres(_) => BackendKind::Postgres,
+        }
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await?,
+            Backend::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// A trivial query, for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(self, pool => {
+            sqlx::query("SELECT 1").execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Closes every pooled connection.
+    pub async fn close(&self) {
+        on_pool!(self, pool => pool.close().await);
+    }
+
+    /// Deletes rows nobody needs any more, at most `batch` of each kind per call:
+    /// sessions a day past their expiry or revocation, revocation-log entries older
+    /// than ten minutes (every live process has read them long before).
+    pub async fn sweep(&self, now_ms: i64, batch: i64) -> Result<u64, StoreError> {
+        let day_ago = now_ms - 24 * 3600 * 1000;
+        let ten_minutes_ago = now_ms - 600 * 1000;
+        let mut removed = 0;
+        on_pool!(self, pool => {
+            removed += sqlx::query(
+                "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions \
+                 WHERE expires_ms < $1 OR revoked_ms < $1 LIMIT $2)",
+            )
+            .bind(day_ago)
+            .bind(batch)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            removed += sqlx::query(
+                "DELETE FROM revocation_log WHERE seq IN (SELECT seq FROM revocation_log \
+                 WHERE at_ms < $1 LIMIT $2)",
+            )
+            .bind(ten_minutes_ago)
+            .bind(batch)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        });
+        Ok(removed)
+    }
+}

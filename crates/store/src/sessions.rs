@@ -1,0 +1,203 @@
+//! Session rows: durable at insert, revocable, listed for operators.
+
+use portcullis_core::identity::Identity;
+use portcullis_core::session::Session;
+
+use crate::{Backend, REVOCATION_CHANNEL, Store, StoreError, on_pool};
+
+const SESSION_COLUMNS: &str = "id, subject, name, email, provider, roles, created_ms, last_seen_ms, \
+     expires_ms, idle_timeout_ms, revoked_ms, oidc_sid, access_token_id";
+
+#[derive(sqlx::FromRow)]
+struct SessionRow {
+    id: String,
+    subject: String,
+    name: String,
+    email: Option<String>,
+    provider: String,
+    roles: String,
+    created_ms: i64,
+    last_seen_ms: i64,
+    expires_ms: i64,
+    idle_timeout_ms: Option<i64>,
+    revoked_ms: Option<i64>,
+    oidc_sid: Option<String>,
+    access_token_id: Option<String>,
+}
+
+impl From<SessionRow> for Session {
+    fn from(r: SessionRow) -> Self {
+        Session {
+            id: r.id,
+            identity: Identity {
+                subject: r.subject,
+                name: r.name,
+                email: r.email,
+                provider: r.provider,
+                roles: r
+                    .roles
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            },
+            created_ms: r.created_ms,
+            last_seen_ms: r.last_seen_ms,
+            expires_ms: r.expires_ms,
+            idle_timeout_ms: r.idle_timeout_ms,
+            revoked_ms: r.revoked_ms,
+            oidc_sid: r.oidc_sid,
+            access_token_id: r.access_token_id,
+        }
+    }
+}
+
+/// Which sessions to list.
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilter {
+    pub subject: Option<String>,
+    /// Include revoked and expired sessions.
+    pub include_ended: bool,
+}
+
+impl Store {
+    /// Persists a new session. Returns once the row is committed, so a login
+    /// response sent afterwards never refers to a session a crash could lose.
+    pub async fn insert_session(&self, s: &Session) -> Result<(), StoreError> {
+        if s.identity.roles.iter().any(|r| r.contains(',')) {
+            return Err(StoreError::Corrupt("role names cannot contain commas".into()));
+        }
+        let roles = s.identity.roles.join(",");
+        on_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO sessions (id, subject, name, email, provider, roles, created_ms, \
+                 last_seen_ms, expires_ms, idle_timeout_ms, revoked_ms, oidc_sid, access_token_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            )
+            .bind(&s.id)
+            .bind(&s.identity.subject)
+            .bind(&s.identity.name)
+            .bind(&s.identity.email)
+            .bind(&s.identity.provider)
+            .bind(&roles)
+            .bind(s.created_ms)
+            .bind(s.last_seen_ms)
+            .bind(s.expires_ms)
+            .bind(s.idle_timeout_ms)
+            .bind(s.revoked_ms)
+            .bind(&s.oidc_sid)
+            .bind(&s.access_token_id)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    pub async fn session(&self, id: &str) -> Result<Option<Session>, StoreError> {
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1");
+        let row: Option<SessionRow> = on_pool!(self, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?
+        });
+        Ok(row.map(Session::from))
+    }
+
+    /// Sessions, newest first; live ones only unless `include_ended`.
+    pub async fn list_sessions(&self, filter: &SessionFilter, now_ms: i64) -> Result<Vec<Session>, StoreError> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE ($1 IS NULL OR subject = $1) \
+             AND ($2 OR (revoked_ms IS NULL AND expires_ms > $3)) ORDER BY created_ms DESC LIMIT 10000"
+        );
+        let rows: Vec<SessionRow> = on_pool!(self, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(&filter.subject)
+                .bind(filter.include_ended)
+                .bind(now_ms)
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows.into_iter().map(Session::from).collect())
+    }
+
+    /// Revokes one session. Returns `false` if it did not exist or was already
+    /// revoked. The revocation is logged and (on PostgreSQL) notified in the same
+    /// transaction, so every gateway hears of exactly the committed revocations.
+    pub async fn revoke_session(&self, id: &str, by: &str, now_ms: i64) -> Result<bool, StoreError> {
+        Ok(!self.revoke_where("id = $3", id, by, now_ms).await?.is_empty())
+    }
+
+    /// Revokes every live session of `subject`; returns their ids.
+    pub async fn revoke_subject_sessions(&self, subject: &str, by: &str, now_ms: i64) -> Result<Vec<String>, StoreError> {
+        self.revoke_where("subject = $3", subject, by, now_ms).await
+    }
+
+    async fn revoke_where(&self, predicate: &'static str, value: &str, by: &str, now_ms: i64) -> Result<Vec<String>, StoreError> {
+        let update = format!(
+            "UPDATE sessions SET revoked_ms = $1, revoked_by = $2 WHERE {predicate} AND revoked_ms IS NULL RETURNING id"
+        );
+        let notify = matches!(self.backend, Backend::Postgres(_));
+        let ids: Vec<String> = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let ids: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(update))
+                .bind(now_ms)
+                .bind(by)
+                .bind(value)
+                .fetch_all(&mut *tx)
+                .await?;
+            for (id,) in &ids {
+                sqlx::query("INSERT INTO revocation_log (session_id, at_ms) VALUES ($1, $2)")
+                    .bind(id)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                if notify {
+                    sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(REVOCATION_CHANNEL)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            tx.commit().await?;
+            ids.into_iter().map(|(id,)| id).collect()
+        });
+        Ok(ids)
+    }
+
+    /// Records activity for many sessions in one transaction (`last_seen` batching).
+    pub async fn touch_sessions(&self, seen: &[(String, i64)]) -> Result<(), StoreError> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for (id, at) in seen {
+                sqlx::query("UPDATE sessions SET last_seen_ms = $1 WHERE id = $2 AND last_seen_ms < $1")
+                    .bind(*at)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Revocations logged after `seq`, oldest first, at most 1000.
+    pub async fn revocations_since(&self, seq: i64) -> Result<Vec<(i64, String)>, StoreError> {
+        let rows = on_pool!(self, pool => {
+            sqlx::query_as("SELECT seq, session_id FROM revocation_log WHERE seq > $1 ORDER BY seq LIMIT 1000")
+                .bind(seq)
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows)
+    }
+
+    /// The newest revocation-log sequence number (0 when empty).
+    pub async fn latest_revocation_seq(&self) -> Result<i64, StoreError> {
+        let (seq,): (Option<i64>,) = on_pool!(self, pool => {
+            sqlx::query_as("SELECT MAX(seq) FROM revocation_log").fetch_one(pool).await?
+        });
+        Ok(seq.unwrap_or(0))
+    }
+}
