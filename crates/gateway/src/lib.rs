@@ -1,1 +1,25 @@
+//! The Portcullis HTTP server: the login surface under the auth prefix, the one
+//! authentication phase every request goes through, and the streaming reverse proxy
+//! for everything else.
+//!
+//! Entry points: [`Gateway::start`] builds the shared state from a validated
+//! [`GatewayConfig`] and a [`portcullis_store::Store`]; [`serve`] runs it on a
+//! listener until a shutdown future resolves, so tests bind `127.0.0.1:0`.
+#![forbid(unsafe_code)]
 
+mod auth;
+pub mod config;
+mod cookies;
+pub mod error;
+mod keyring;
+mod login;
+mod pages;
+mod proxy;
+mod server;
+pub mod session_cache;
+mod state;
+mod throttle;
+
+pub use config::{GatewayConfig, PublicUrl, SameSite, Upstream};
+pub use server::{router, serve};
+pub use state::{Gateway, StartError};

@@ -63,7 +63,11 @@ impl Store {
 
     /// Newest first.
     pub async fn audit_events(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
-        let limit = if filter.limit <= 0 { 100 } else { filter.limit.min(1000) };
+        let limit = if filter.limit <= 0 {
+            100
+        } else {
+            filter.limit.min(1000)
+        };
         let rows = on_pool!(self, pool => {
             sqlx::query_as(
                 "SELECT at_ms, actor, action, target, outcome, reason, ip FROM audit_events \

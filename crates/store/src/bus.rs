@@ -8,6 +8,7 @@
 //! SQLite: other processes on the same file cannot notify us, so the bus polls the
 //! revocation log every [`POLL_INTERVAL`]; a failed poll is also a `Flush`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
@@ -26,10 +27,21 @@ pub enum BusEvent {
     Flush,
 }
 
-/// A running bus. Its task lives as long as the tokio runtime.
+/// A running bus. Its task stops when the last clone of the bus is dropped.
 #[derive(Debug, Clone)]
 pub struct RevocationBus {
     sender: broadcast::Sender<BusEvent>,
+    _task: Arc<AbortOnDrop>,
+}
+
+/// Stops the listening task when the last handle to the bus is dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl RevocationBus {
@@ -38,18 +50,21 @@ impl RevocationBus {
     /// returns can be missed.
     pub async fn start(store: Store) -> Result<Self, crate::StoreError> {
         let (sender, _) = broadcast::channel(4096);
-        match &store.backend {
+        let task = match &store.backend {
             Backend::Postgres(pool) => {
                 let mut listener = PgListener::connect_with(pool).await?;
                 listener.listen(REVOCATION_CHANNEL).await?;
-                tokio::spawn(listen_postgres(listener, sender.clone()));
+                tokio::spawn(listen_postgres(listener, sender.clone()))
             }
             Backend::Sqlite(_) => {
                 let seq = store.latest_revocation_seq().await?;
-                tokio::spawn(poll_log(store.clone(), seq, sender.clone()));
+                tokio::spawn(poll_log(store.clone(), seq, sender.clone()))
             }
-        }
-        Ok(Self { sender })
+        };
+        Ok(Self {
+            sender,
+            _task: Arc::new(AbortOnDrop(task.abort_handle())),
+        })
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<BusEvent> {

@@ -51,7 +51,10 @@ impl Store {
     /// Adds `key` only if no key is active yet; returns whether it was added. Used at
     /// first start. Two replicas racing may both add one: both keys verify and the
     /// newest signs, which is harmless.
-    pub async fn insert_first_signing_key(&self, key: &StoredSigningKey) -> Result<bool, StoreError> {
+    pub async fn insert_first_signing_key(
+        &self,
+        key: &StoredSigningKey,
+    ) -> Result<bool, StoreError> {
         let inserted = on_pool!(self, pool => {
             sqlx::query(
                 "INSERT INTO signing_keys (id, sealed, active, created_ms) \

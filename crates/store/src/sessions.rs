@@ -65,7 +65,9 @@ impl Store {
     /// response sent afterwards never refers to a session a crash could lose.
     pub async fn insert_session(&self, s: &Session) -> Result<(), StoreError> {
         if s.identity.roles.iter().any(|r| r.contains(',')) {
-            return Err(StoreError::Corrupt("role names cannot contain commas".into()));
+            return Err(StoreError::Corrupt(
+                "role names cannot contain commas".into(),
+            ));
         }
         let roles = s.identity.roles.join(",");
         on_pool!(self, pool => {
@@ -102,7 +104,11 @@ impl Store {
     }
 
     /// Sessions, newest first; live ones only unless `include_ended`.
-    pub async fn list_sessions(&self, filter: &SessionFilter, now_ms: i64) -> Result<Vec<Session>, StoreError> {
+    pub async fn list_sessions(
+        &self,
+        filter: &SessionFilter,
+        now_ms: i64,
+    ) -> Result<Vec<Session>, StoreError> {
         let sql = format!(
             "SELECT {SESSION_COLUMNS} FROM sessions WHERE ($1 IS NULL OR subject = $1) \
              AND ($2 OR (revoked_ms IS NULL AND expires_ms > $3)) ORDER BY created_ms DESC LIMIT 10000"
@@ -121,16 +127,35 @@ impl Store {
     /// Revokes one session. Returns `false` if it did not exist or was already
     /// revoked. The revocation is logged and (on PostgreSQL) notified in the same
     /// transaction, so every gateway hears of exactly the committed revocations.
-    pub async fn revoke_session(&self, id: &str, by: &str, now_ms: i64) -> Result<bool, StoreError> {
-        Ok(!self.revoke_where("id = $3", id, by, now_ms).await?.is_empty())
+    pub async fn revoke_session(
+        &self,
+        id: &str,
+        by: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(!self
+            .revoke_where("id = $3", id, by, now_ms)
+            .await?
+            .is_empty())
     }
 
     /// Revokes every live session of `subject`; returns their ids.
-    pub async fn revoke_subject_sessions(&self, subject: &str, by: &str, now_ms: i64) -> Result<Vec<String>, StoreError> {
+    pub async fn revoke_subject_sessions(
+        &self,
+        subject: &str,
+        by: &str,
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
         self.revoke_where("subject = $3", subject, by, now_ms).await
     }
 
-    async fn revoke_where(&self, predicate: &'static str, value: &str, by: &str, now_ms: i64) -> Result<Vec<String>, StoreError> {
+    async fn revoke_where(
+        &self,
+        predicate: &'static str,
+        value: &str,
+        by: &str,
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
         let update = format!(
             "UPDATE sessions SET revoked_ms = $1, revoked_by = $2 WHERE {predicate} AND revoked_ms IS NULL RETURNING id"
         );

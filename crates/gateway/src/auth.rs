@@ -1,0 +1,78 @@
+//! The authentication phase: the one place that decides who a request is. Every
+//! proxied request, forward-auth check and gateway API call goes through
+//! [`authenticate`].
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+use portcullis_core::cookie::{CookieError, SESSION_PREFIX};
+use portcullis_core::identity::Identity;
+
+use crate::cookies::{self, SESSION_COOKIE};
+use crate::error::GatewayError;
+use crate::session_cache::{CachedSession, LookupError};
+use crate::state::Gateway;
+
+/// A request that proved who it is.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub session: Arc<CachedSession>,
+}
+
+impl Authenticated {
+    pub fn identity(&self) -> &Identity {
+        &self.session.session.identity
+    }
+
+    pub fn session_id(&self) -> &str {
+        &self.session.session.id
+    }
+}
+
+/// Who the request is: `Ok(None)` when it carries no valid credential. Errors only
+/// when the answer cannot be known (database unreachable): the caller must then
+/// refuse, never pass the request (fail closed).
+pub async fn authenticate(
+    gw: &Gateway,
+    headers: &HeaderMap,
+) -> Result<Option<Authenticated>, GatewayError> {
+    let Some(value) = cookies::read(headers, SESSION_COOKIE) else {
+        return Ok(None);
+    };
+    let inner = &gw.0;
+    let ring = inner.keyring.current();
+    let id = match ring.verify(value, SESSION_PREFIX) {
+        Ok(id) => id,
+        Err(CookieError::UnknownKey) => {
+            // Possibly a key rotated in by another process: reload (rate limited) and retry.
+            let reloaded = inner
+                .keyring
+                .reload_if_due(&inner.store)
+                .await
+                .map_err(|e| GatewayError::StoreUnavailable(e.to_string()))?;
+            if !reloaded {
+                return Ok(None);
+            }
+            match inner.keyring.current().verify(value, SESSION_PREFIX) {
+                Ok(id) => id,
+                Err(reason) => {
+                    tracing::debug!(%reason, "session cookie refused");
+                    return Ok(None);
+                }
+            }
+        }
+        Err(reason) => {
+            tracing::debug!(%reason, "session cookie refused");
+            return Ok(None);
+        }
+    };
+    match inner
+        .sessions
+        .lookup(&inner.store, id, inner.clock.now_ms())
+        .await
+    {
+        Ok(session) => Ok(Some(Authenticated { session })),
+        Err(LookupError::Unknown | LookupError::Ended(_)) => Ok(None),
+        Err(LookupError::Store(e)) => Err(e.into()),
+    }
+}

@@ -1,0 +1,227 @@
+//! The validated runtime configuration of a gateway. Raw settings (flags,
+//! environment, TOML) are parsed and checked by the binary; this is what remains
+//! once every value is known to be sound.
+
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use portcullis_core::basic::BasicUsers;
+use portcullis_core::session::SessionPolicy;
+
+/// The externally visible origin of the gateway. It decides redirect targets, the
+/// cookie `Secure` flag, and which `Origin`/`Host` values are accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicUrl {
+    pub scheme: Scheme,
+    pub authority: Authority,
+}
+
+impl PublicUrl {
+    /// Parses `http(s)://host[:port]` (a trailing `/` is tolerated; paths are not).
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let uri: http::Uri = raw
+            .parse()
+            .map_err(|e| format!("not a URL ({e}); expected e.g. https://dash.example.com"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or("missing scheme; use http:// or https://")?;
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return Err(format!("scheme {scheme} is not http or https"));
+        }
+        let authority = uri.authority().cloned().ok_or("missing host")?;
+        if authority.as_str().contains('@') {
+            return Err("must not contain user info".into());
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(
+                "must be an origin only (no path or query); Portcullis owns the whole host".into(),
+            );
+        }
+        Ok(Self { scheme, authority })
+    }
+
+    pub fn is_https(&self) -> bool {
+        self.scheme == Scheme::HTTPS
+    }
+
+    /// `scheme://authority`, as browsers send it in `Origin`.
+    pub fn origin(&self) -> String {
+        format!("{}://{}", self.scheme, self.authority)
+    }
+}
+
+/// Where proxied requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub scheme: Scheme,
+    pub authority: Authority,
+}
+
+impl Upstream {
+    /// Parses `http://host:port`. Only plain HTTP: the upstream is expected on
+    /// loopback or a private network next to the gateway.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let uri: http::Uri = raw
+            .parse()
+            .map_err(|e| format!("not a URL ({e}); expected e.g. http://127.0.0.1:8888"))?;
+        match uri.scheme() {
+            Some(s) if *s == Scheme::HTTP => {}
+            Some(s) => return Err(format!("scheme {s} is not supported; use http://")),
+            None => return Err("missing scheme; use http://HOST:PORT".into()),
+        }
+        let authority = uri.authority().cloned().ok_or("missing host")?;
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err("must not have a path or query".into());
+        }
+        Ok(Self {
+            scheme: Scheme::HTTP,
+            authority,
+        })
+    }
+}
+
+/// `SameSite` attribute of the session and CSRF cookies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Lax,
+    Strict,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+        }
+    }
+}
+
+/// Login throttling, in attempts per minute (with an equal burst).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginLimits {
+    pub per_ip_per_minute: u32,
+    pub per_user_per_minute: u32,
+}
+
+impl Default for LoginLimits {
+    fn default() -> Self {
+        // Generous for people who mistype, ruinous for password guessing.
+        Self {
+            per_ip_per_minute: 30,
+            per_user_per_minute: 10,
+        }
+    }
+}
+
+/// Everything a running gateway needs to know.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub upstream: Upstream,
+    pub public_url: PublicUrl,
+    /// Extra `Host` values accepted besides the public URL's (DNS-rebinding guard).
+    pub allowed_hosts: Vec<String>,
+    /// Path prefix of the gateway's own endpoints, e.g. `/.auth`.
+    pub auth_prefix: String,
+    pub session: SessionPolicy,
+    pub same_site: SameSite,
+    pub basic_users: BasicUsers,
+    pub login_limits: LoginLimits,
+    /// Concurrent argon2 verifications (each uses 64 MiB and one core).
+    pub argon2_workers: usize,
+    /// Time allowed for the upstream to start answering.
+    pub upstream_timeout: Duration,
+}
+
+impl GatewayConfig {
+    /// A configuration with defaults around the required values.
+    pub fn new(upstream: Upstream, public_url: PublicUrl) -> Self {
+        Self {
+            upstream,
+            public_url,
+            allowed_hosts: Vec::new(),
+            auth_prefix: "/.auth".to_owned(),
+            session: SessionPolicy::default(),
+            same_site: SameSite::Lax,
+            basic_users: BasicUsers::default(),
+            login_limits: LoginLimits::default(),
+            argon2_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            upstream_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Checks an auth prefix: `/` followed by path characters, no trailing slash.
+pub fn validate_prefix(prefix: &str) -> Result<(), String> {
+    let ok = prefix.len() >= 2
+        && prefix.starts_with('/')
+        && !prefix.ends_with('/')
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-'))
+        && !prefix.contains("//");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{prefix:?} is not a valid prefix; use a path like /.auth (letters, digits, . _ - /, no trailing slash)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_url_rows() {
+        let rows: &[(&str, bool)] = &[
+            ("http://127.0.0.1:4180", true),
+            ("https://dash.example.com", true),
+            ("https://dash.example.com/", true),
+            ("ftp://x", false),
+            ("dash.example.com", false),
+            ("https://dash.example.com/app", false),
+            ("https://user@dash.example.com", false),
+            ("", false),
+        ];
+        for (raw, ok) in rows {
+            assert_eq!(PublicUrl::parse(raw).is_ok(), *ok, "{raw}");
+        }
+        assert_eq!(
+            PublicUrl::parse("https://d.example:8443/")
+                .unwrap()
+                .origin(),
+            "https://d.example:8443"
+        );
+    }
+
+    #[test]
+    fn upstream_rows() {
+        let rows: &[(&str, bool)] = &[
+            ("http://127.0.0.1:8888", true),
+            ("http://localhost:8888/", true),
+            ("https://127.0.0.1:8888", false),
+            ("127.0.0.1:8888", false),
+            ("http://127.0.0.1:8888/lab", false),
+        ];
+        for (raw, ok) in rows {
+            assert_eq!(Upstream::parse(raw).is_ok(), *ok, "{raw}");
+        }
+    }
+
+    #[test]
+    fn prefix_rows() {
+        for (p, ok) in [
+            ("/.auth", true),
+            ("/_gate/auth", true),
+            ("/", false),
+            (".auth", false),
+            ("/.auth/", false),
+            ("/a b", false),
+            ("//auth", false),
+        ] {
+            assert_eq!(validate_prefix(p).is_ok(), ok, "{p}");
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Names and attributes of the gateway's cookies, and reading them from requests.
+
+use http::HeaderMap;
+use http::header::COOKIE;
+
+use crate::config::GatewayConfig;
+
+pub const SESSION_COOKIE: &str = "portcullis_session";
+pub const CSRF_COOKIE: &str = "portcullis_csrf";
+pub const PENDING_COOKIE: &str = "portcullis_oidc_pending";
+
+/// Cookies that belong to the gateway and are never forwarded upstream.
+pub const GATEWAY_COOKIES: [&str; 3] = [SESSION_COOKIE, CSRF_COOKIE, PENDING_COOKIE];
+
+/// The first value of cookie `name` across all `Cookie` headers.
+pub fn read<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// `Set-Cookie` value for a session-lifetime cookie.
+pub fn set(
+    config: &GatewayConfig,
+    name: &str,
+    value: &str,
+    max_age_secs: i64,
+    http_only: bool,
+) -> String {
+    let mut out = format!(
+        "{name}={value}; Path=/; Max-Age={}; SameSite={}",
+        max_age_secs.max(0),
+        config.same_site.as_str()
+    );
+    if http_only {
+        out.push_str("; HttpOnly");
+    }
+    if config.public_url.is_https() {
+        out.push_str("; Secure");
+    }
+    out
+}
+
+/// `Set-Cookie` value that deletes cookie `name`.
+pub fn clear(config: &GatewayConfig, name: &str) -> String {
+    set(config, name, "", 0, true)
+}
+
+/// The `Cookie` header with the gateway's own cookies removed (`None` if nothing
+/// else remains).
+pub fn without_gateway_cookies(headers: &HeaderMap) -> Option<String> {
+    let kept: Vec<&str> = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| {
+            let name = pair.split('=').next().unwrap_or_default().trim();
+            !GATEWAY_COOKIES.contains(&name)
+        })
+        .collect();
+    if kept.is_empty() {
+        None
+    } else {
+        Some(kept.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn gateway_cookies_are_stripped_and_others_kept() {
+        let rows: &[(&[&str], Option<&str>)] = &[
+            (&["a=1; portcullis_session=v1.x; b=2"], Some("a=1; b=2")),
+            (&["portcullis_session=x; portcullis_csrf=y"], None),
+            (&["portcullis_session=x", "c=3"], Some("c=3")),
+            (&["a=1;;b=2"], Some("a=1; b=2")),
+            (&["portcullis_sessionx=1"], Some("portcullis_sessionx=1")),
+            (&[" portcullis_oidc_pending=p ;z=9"], Some("z=9")),
+        ];
+        for (input, expected) in rows {
+            let mut headers = HeaderMap::new();
+            for value in *input {
+                headers.append(COOKIE, HeaderValue::from_str(value).unwrap());
+            }
+            assert_eq!(
+                without_gateway_cookies(&headers).as_deref(),
+                *expected,
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn read_finds_first_value() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            COOKIE,
+            HeaderValue::from_static("a=1; portcullis_session=abc"),
+        );
+        headers.append(COOKIE, HeaderValue::from_static("portcullis_session=def"));
+        assert_eq!(read(&headers, SESSION_COOKIE), Some("abc"));
+        assert_eq!(read(&headers, "missing"), None);
+    }
+}

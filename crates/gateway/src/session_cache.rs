@@ -1,0 +1,187 @@
+//! Validated sessions kept in memory so the hot path costs no database round trip.
+//!
+//! Correctness rests on three rules:
+//! 1. Every revocation reaches [`SessionCache::invalidate`] through the revocation bus
+//!    (or directly, when made in this process); a lost bus connection flushes all.
+//! 2. A load that raced with an invalidation is not cached: loads remember the
+//!    invalidation epoch before reading the database and insert only if it is
+//!    unchanged, so a stale "valid" row can never be installed after a revocation.
+//! 3. Entries also expire after [`MAX_ENTRY_AGE`], a backstop for anything missed.
+//!
+//! Activity (`last_seen`) is recorded in the entry and written to the database in
+//! batches by [`SessionCache::flush_activity`], at most once per
+//! [`TOUCH_GRANULARITY`] per session.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use moka::sync::Cache;
+use portcullis_core::clock::Millis;
+use portcullis_core::session::{Session, SessionEnd};
+use portcullis_store::{BusEvent, Store, StoreError};
+use tokio::sync::{broadcast, mpsc};
+
+/// Backstop lifetime of a cached entry.
+pub const MAX_ENTRY_AGE: Duration = Duration::from_secs(300);
+/// Activity finer than this is not written to the database.
+pub const TOUCH_GRANULARITY: Millis = 5_000;
+/// Upper bound on cached sessions (about 1 KiB each).
+const MAX_ENTRIES: u64 = 2_000_000;
+
+/// A session known to be valid when it was loaded.
+#[derive(Debug)]
+pub struct CachedSession {
+    pub session: Session,
+    last_seen: AtomicI64,
+    persisted_seen: AtomicI64,
+    queued: AtomicBool,
+}
+
+impl CachedSession {
+    pub fn last_seen(&self) -> Millis {
+        self.last_seen.load(Ordering::Relaxed)
+    }
+}
+
+/// Why a lookup found no valid session.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("no such session")]
+    Unknown,
+    #[error(transparent)]
+    Ended(SessionEnd),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug)]
+pub struct SessionCache {
+    entries: Cache<String, Arc<CachedSession>>,
+    epoch: AtomicU64,
+    activity: mpsc::UnboundedSender<Arc<CachedSession>>,
+}
+
+impl SessionCache {
+    /// The cache and the receiving end of its activity queue.
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<Arc<CachedSession>>) {
+        let (activity, rx) = mpsc::unbounded_channel();
+        let entries = Cache::builder()
+            .max_capacity(MAX_ENTRIES)
+            .time_to_live(MAX_ENTRY_AGE)
+            .build();
+        (
+            Self {
+                entries,
+                epoch: AtomicU64::new(0),
+                activity,
+            },
+            rx,
+        )
+    }
+
+    /// Returns the valid session `id` at `now`, loading it if not cached.
+    pub async fn lookup(
+        &self,
+        store: &Store,
+        id: &str,
+        now: Millis,
+    ) -> Result<Arc<CachedSession>, LookupError> {
+        if let Some(entry) = self.entries.get(id) {
+            match entry.session.check(now, entry.last_seen()) {
+                Ok(()) => {
+                    self.touch(&entry, now);
+                    return Ok(entry);
+                }
+                // Another replica may have seen activity we have not: ask the database.
+                Err(SessionEnd::Idle) => {}
+                Err(end) => {
+                    self.entries.invalidate(id);
+                    return Err(LookupError::Ended(end));
+                }
+            }
+        }
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let session = store.session(id).await?.ok_or(LookupError::Unknown)?;
+        session
+            .check(now, session.last_seen_ms)
+            .map_err(LookupError::Ended)?;
+        let entry = Arc::new(CachedSession {
+            last_seen: AtomicI64::new(session.last_seen_ms),
+            persisted_seen: AtomicI64::new(session.last_seen_ms),
+            queued: AtomicBool::new(false),
+            session,
+        });
+        if self.epoch.load(Ordering::Acquire) == epoch {
+            self.entries.insert(id.to_owned(), entry.clone());
+        }
+        self.touch(&entry, now);
+        Ok(entry)
+    }
+
+    fn touch(&self, entry: &Arc<CachedSession>, now: Millis) {
+        entry.last_seen.fetch_max(now, Ordering::Relaxed);
+        if now - entry.persisted_seen.load(Ordering::Relaxed) >= TOUCH_GRANULARITY
+            && !entry.queued.swap(true, Ordering::AcqRel)
+        {
+            let _ = self.activity.send(entry.clone());
+        }
+    }
+
+    /// Forgets one session (it was revoked).
+    pub fn invalidate(&self, id: &str) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.entries.invalidate(id);
+    }
+
+    /// Forgets every session (revocations may have been missed).
+    pub fn invalidate_all(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.entries.invalidate_all();
+    }
+
+    pub fn len(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Applies bus events until the bus closes.
+    pub async fn follow(self: Arc<Self>, mut events: broadcast::Receiver<BusEvent>) {
+        loop {
+            match events.recv().await {
+                Ok(BusEvent::Revoked(id)) => self.invalidate(&id),
+                Ok(BusEvent::Flush) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.invalidate_all()
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Writes queued activity to the database in one batch per call.
+    pub async fn flush_activity(
+        store: &Store,
+        queue: &mut mpsc::UnboundedReceiver<Arc<CachedSession>>,
+    ) -> Result<usize, StoreError> {
+        let mut batch = Vec::new();
+        let mut entries = Vec::new();
+        while let Ok(entry) = queue.try_recv() {
+            entry.queued.store(false, Ordering::Release);
+            let seen = entry.last_seen();
+            batch.push((entry.session.id.clone(), seen));
+            entries.push((entry, seen));
+            if batch.len() >= 1000 {
+                break;
+            }
+        }
+        store.touch_sessions(&batch).await?;
+        for (entry, seen) in entries {
+            entry.persisted_seen.fetch_max(seen, Ordering::Relaxed);
+        }
+        Ok(batch.len())
+    }
+}

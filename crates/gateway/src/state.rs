@@ -1,0 +1,195 @@
+//! The shared state of one running gateway, and the background tasks that keep it
+//! true (revocation bus, activity batching, sweeping, key reloads).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_core::basic::hash_password;
+use portcullis_core::clock::Clock;
+use portcullis_core::keys::SecretKey;
+use portcullis_core::secret::{Entropy, SecretString};
+use portcullis_core::session::CsrfKey;
+use portcullis_store::{AuditEvent, RevocationBus, Store, StoreError};
+use tokio::task::JoinHandle;
+
+use crate::config::GatewayConfig;
+use crate::keyring::{KeyringError, LiveKeyring};
+use crate::proxy::UpstreamClient;
+use crate::session_cache::SessionCache;
+use crate::throttle::{LoginThrottle, PasswordPool};
+
+/// How often batched `last_seen` updates are written.
+const ACTIVITY_FLUSH_INTERVAL: Duration = Duration::from_secs(2);
+/// How often expired rows are swept, and how many per kind per sweep.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+const SWEEP_BATCH: i64 = 500;
+/// How often the keyring is re-read so a rotation from the CLI starts signing.
+const KEYRING_REFRESH: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    #[error("signing keys: {0}")]
+    Keyring(#[from] KeyringError),
+    #[error("could not prepare the password verifier: {0}")]
+    Dummy(String),
+}
+
+/// A running gateway's state; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Gateway(pub(crate) Arc<Inner>);
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub config: GatewayConfig,
+    pub store: Store,
+    pub keyring: Arc<LiveKeyring>,
+    pub csrf: CsrfKey,
+    pub sessions: Arc<SessionCache>,
+    pub bus: RevocationBus,
+    pub throttle: Arc<LoginThrottle>,
+    pub passwords: PasswordPool,
+    /// Verified against for unknown usernames so they cost the same as known ones.
+    pub dummy_hash: String,
+    pub clock: Arc<dyn Clock>,
+    pub entropy: Arc<dyn Entropy>,
+    pub upstream: UpstreamClient,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Gateway {
+    /// Applies migrations, loads (or creates) signing keys, starts the revocation
+    /// bus and the background tasks.
+    pub async fn start(
+        config: GatewayConfig,
+        store: Store,
+        secret: SecretKey,
+        clock: Arc<dyn Clock>,
+        entropy: Arc<dyn Entropy>,
+    ) -> Result<Self, StartError> {
+        store.migrate().await?;
+        let keyring = Arc::new(
+            LiveKeyring::load(&store, secret.clone(), entropy.as_ref(), clock.now_ms()).await?,
+        );
+        let csrf = CsrfKey::new(&secret.derive("portcullis csrf v1"));
+        let bus = RevocationBus::start(store.clone()).await?;
+        let (sessions, mut activity) = SessionCache::new();
+        let sessions = Arc::new(sessions);
+
+        let dummy_entropy = entropy.clone();
+        let dummy_hash = tokio::task::spawn_blocking(move || {
+            let mut raw = [0u8; 24];
+            dummy_entropy.fill(&mut raw).map_err(|e| e.to_string())?;
+            let throwaway =
+                SecretString::new(raw.iter().map(|b| format!("{b:02x}")).collect::<String>());
+            hash_password(&throwaway, dummy_entropy.as_ref()).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| StartError::Dummy(e.to_string()))?
+        .map_err(StartError::Dummy)?;
+
+        let throttle = Arc::new(LoginThrottle::new(config.login_limits));
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(sessions.clone().follow(bus.subscribe())));
+        {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(ACTIVITY_FLUSH_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    if let Err(error) = SessionCache::flush_activity(&store, &mut activity).await {
+                        tracing::warn!(%error, "could not record session activity; will retry");
+                    }
+                }
+            }));
+        }
+        {
+            let (store, clock, throttle) = (store.clone(), clock.clone(), throttle.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    throttle.prune();
+                    match store.sweep(clock.now_ms(), SWEEP_BATCH).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(rows = n, "swept expired rows"),
+                        Err(error) => tracing::warn!(%error, "sweep failed"),
+                    }
+                }
+            }));
+        }
+        {
+            let (store, keyring) = (store.clone(), keyring.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(KEYRING_REFRESH);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if let Err(error) = keyring.reload_if_due(&store).await {
+                        tracing::warn!(%error, "could not reload signing keys");
+                    }
+                }
+            }));
+        }
+
+        let upstream = UpstreamClient::new(&config);
+        Ok(Self(Arc::new(Inner {
+            passwords: PasswordPool::new(config.argon2_workers),
+            config,
+            store,
+            keyring,
+            csrf,
+            sessions,
+            bus,
+            throttle,
+            dummy_hash,
+            clock,
+            entropy,
+            upstream,
+            tasks,
+        })))
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.0.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.0.store
+    }
+
+    /// The session cache (exposed for benchmarks and diagnostics).
+    pub fn session_cache(&self) -> &SessionCache {
+        &self.0.sessions
+    }
+
+    /// Records an audit event in the database and as a structured log line. A
+    /// failure to write is logged, never silently dropped.
+    pub(crate) async fn audit(&self, event: AuditEvent) {
+        tracing::info!(target: "portcullis::audit", event = %event.to_json(), "audit");
+        if let Err(error) = self.0.store.record_audit(&event).await {
+            tracing::error!(%error, action = %event.action, "could not write audit event");
+        }
+    }
+
+    pub(crate) fn audit_event(&self, actor: &str, action: &str, outcome: &str) -> AuditEvent {
+        AuditEvent {
+            at_ms: self.0.clock.now_ms(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            target: None,
+            outcome: outcome.to_owned(),
+            reason: None,
+            ip: None,
+        }
+    }
+}
