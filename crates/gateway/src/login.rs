@@ -205,7 +205,8 @@ async fn login(
         return Err(fail(GatewayError::InvalidCredentials));
     }
     let inner = &gw.0;
-    let mut event = gw.audit_event(&username, "auth.login", "failure");
+    // The actor is unproven until the password verifies; the typed name is the target.
+    let mut event = gw.audit_event("anonymous", "auth.login", "failure");
     event.ip = Some(peer.ip().to_string());
     event.target = Some(username.clone());
 
@@ -247,6 +248,7 @@ async fn login(
         .await
         .map_err(|e| fail(e.into()))?;
     event.outcome = "success".into();
+    event.actor = username.clone();
     event.target = Some(session.id.clone());
     gw.audit(event).await;
 

@@ -1,1 +1,142 @@
-fn main() {}
+//! `portcullis`: the command line. Parses arguments, resolves configuration and
+//! calls into the gateway and store crates; no domain logic lives here.
+#![forbid(unsafe_code)]
+
+mod commands;
+mod demo;
+mod settings;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::settings::RawSettings;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Authentication gateway for dashboards and internal tools"
+)]
+struct Cli {
+    /// TOML file holding any setting (flags and environment take precedence)
+    #[arg(long, env = "PORTCULLIS_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: RawSettings,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway
+    Serve,
+    /// Run the gateway in front of a built-in demo dashboard, zero configuration
+    Demo,
+    /// Read a password (no echo on a terminal, else one line of stdin); print an argon2id hash
+    HashPassword,
+    /// Validate configuration; print every problem and exit non-zero if any
+    CheckConfig,
+    /// Apply database migrations
+    Migrate,
+    /// Cookie-signing keys
+    Keys {
+        #[command(subcommand)]
+        action: KeysCommand,
+    },
+    /// Sessions in the database
+    Sessions {
+        #[command(subcommand)]
+        action: SessionsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a new active signing key; older keys keep verifying
+    Rotate,
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionsCommand {
+    /// List live sessions
+    List {
+        /// Only this user's sessions
+        #[arg(long)]
+        user: Option<String>,
+        /// Include revoked and expired sessions
+        #[arg(long)]
+        all: bool,
+        /// Print JSON lines instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke one session by id, or every session of a user
+    Revoke {
+        /// Session id (ses-…)
+        #[arg(required_unless_present = "user", conflicts_with = "user")]
+        id: Option<String>,
+        /// Revoke all of this user's sessions
+        #[arg(long)]
+        user: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let raw = match &cli.config {
+        Some(path) => cli
+            .settings
+            .clone()
+            .with_file(path)
+            .map_err(anyhow::Error::msg)?,
+        None => cli.settings.clone(),
+    }
+    .with_basic_env();
+    match cli.command {
+        Command::Serve => commands::serve(raw).await,
+        Command::Demo => demo::run(raw).await,
+        Command::HashPassword => commands::hash_password(),
+        Command::CheckConfig => Ok(commands::check_config(&raw)),
+        Command::Migrate => commands::migrate(raw).await,
+        Command::Keys {
+            action: KeysCommand::Rotate,
+        } => commands::rotate_keys(raw).await,
+        Command::Sessions { action } => match action {
+            SessionsCommand::List { user, all, json } => {
+                commands::list_sessions(raw, user, all, json).await
+            }
+            SessionsCommand::Revoke { id, user } => commands::revoke_sessions(raw, id, user).await,
+        },
+    }
+}

@@ -1,0 +1,323 @@
+//! The subcommands that operate on configuration and the database.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use portcullis_core::basic::hash_password as argon2_hash;
+use portcullis_core::clock::{Clock, SystemClock};
+use portcullis_core::keys::{SecretKey, new_signing_key};
+use portcullis_core::secret::{Key32, OsEntropy, SecretString};
+use portcullis_gateway::{Gateway, serve as serve_gateway};
+use portcullis_store::{AuditEvent, SessionFilter, Store};
+use serde_json::json;
+
+use crate::settings::{RawSettings, SecretSource, Settings};
+
+/// Resolves settings or fails with every problem listed.
+fn resolve(raw: &RawSettings, need_upstream: bool) -> anyhow::Result<Settings> {
+    let settings = raw.resolve(need_upstream).map_err(|errors| {
+        anyhow::anyhow!("invalid configuration:\n  - {}", errors.join("\n  - "))
+    })?;
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(settings)
+}
+
+/// The secret key, generating it (mode 0600) when SQLite runs without one.
+pub fn secret_key(settings: &Settings) -> anyhow::Result<SecretKey> {
+    match &settings.secret {
+        SecretSource::Loaded(key) => Ok(key.clone()),
+        SecretSource::Generate(path) => {
+            let key = Key32::generate(&OsEntropy)?;
+            write_private(path, STANDARD.encode(key.expose()).as_bytes())?;
+            tracing::info!(path = %path.display(), "generated a new secret key; back it up with the database");
+            Ok(SecretKey::new(key))
+        }
+    }
+}
+
+/// Writes a file readable only by its owner, refusing to overwrite.
+pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    if settings.database_url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
+    }
+    let store = Store::connect(&settings.database_url)
+        .await
+        .context("connecting to the database")?;
+    store.migrate().await.context("applying migrations")?;
+    Ok(store)
+}
+
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+pub async fn serve(raw: RawSettings) -> anyhow::Result<ExitCode> {
+    let settings = resolve(&raw, true)?;
+    let Some(config) = settings.gateway.clone() else {
+        bail!("no upstream configured");
+    };
+    let store = open_store(&settings).await?;
+    let secret = secret_key(&settings)?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("listening on {}", settings.listen))?;
+    let gateway = Gateway::start(
+        config,
+        store,
+        secret,
+        Arc::new(SystemClock),
+        Arc::new(OsEntropy),
+    )
+    .await
+    .context("starting the gateway")?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        upstream = %gateway.config().upstream.authority,
+        public_url = %gateway.config().public_url.origin(),
+        "portcullis is serving"
+    );
+    serve_gateway(listener, gateway, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn check_config(raw: &RawSettings) -> ExitCode {
+    match raw.resolve(true) {
+        Ok(settings) => {
+            for warning in &settings.warnings {
+                println!("warning: {warning}");
+            }
+            if let SecretSource::Generate(path) = &settings.secret {
+                println!(
+                    "note: a secret key will be generated at {} on first start",
+                    path.display()
+                );
+            }
+            println!("configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for error in &errors {
+                println!("error: {error}");
+            }
+            println!("{} problem(s) found", errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn hash_password() -> anyhow::Result<ExitCode> {
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ")?;
+        let second = rpassword::prompt_password("Again: ")?;
+        if first != second {
+            bail!("the passwords do not match");
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
+    if password.is_empty() {
+        bail!("refusing to hash an empty password");
+    }
+    let hash = argon2_hash(&SecretString::new(password), &OsEntropy)?;
+    println!("{hash}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn migrate(raw: RawSettings) -> anyhow::Result<ExitCode> {
+    let settings = resolve(&raw, false)?;
+    open_store(&settings).await?;
+    println!(
+        "migrations applied to {}",
+        redact_url(&settings.database_url)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A database URL without its password, for messages.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{}@{}", &url[..scheme_end + 3], user, &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn cli_audit(store: &Store, action: &str, target: Option<String>) {
+    let event = AuditEvent {
+        at_ms: SystemClock.now_ms(),
+        actor: "cli".into(),
+        action: action.into(),
+        target,
+        outcome: "success".into(),
+        reason: None,
+        ip: None,
+    };
+    tracing::info!(target: "portcullis::audit", event = %event.to_json(), "audit");
+    if let Err(error) = store.record_audit(&event).await {
+        tracing::error!(%error, "could not write audit event");
+    }
+}
+
+pub async fn rotate_keys(raw: RawSettings) -> anyhow::Result<ExitCode> {
+    let settings = resolve(&raw, false)?;
+    let store = open_store(&settings).await?;
+    let secret = secret_key(&settings)?;
+    let key = new_signing_key(&secret, &OsEntropy, SystemClock.now_ms())?;
+    store.rotate_signing_key(&key).await?;
+    cli_audit(&store, "auth.key.rotate", Some(key.id.clone())).await;
+    println!(
+        "new active signing key {}; existing sessions stay valid",
+        key.id
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rfc3339(ms: i64) -> String {
+    let time = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+pub async fn list_sessions(
+    raw: RawSettings,
+    user: Option<String>,
+    all: bool,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let settings = resolve(&raw, false)?;
+    let store = open_store(&settings).await?;
+    let now = SystemClock.now_ms();
+    let sessions = store
+        .list_sessions(
+            &SessionFilter {
+                subject: user,
+                include_ended: all,
+            },
+            now,
+        )
+        .await?;
+    if !as_json {
+        println!(
+            "{:<27} {:<20} {:<10} {:<21} {:<21} STATUS",
+            "ID", "USER", "PROVIDER", "CREATED", "EXPIRES"
+        );
+    }
+    for s in &sessions {
+        let status = match s.check(now, s.last_seen_ms) {
+            Ok(()) => "live".to_owned(),
+            Err(end) => end.to_string(),
+        };
+        if as_json {
+            println!(
+                "{}",
+                json!({
+                    "id": s.id, "user": s.identity.subject, "provider": s.identity.provider,
+                    "roles": s.identity.roles, "created_at": rfc3339(s.created_ms),
+                    "last_seen_at": rfc3339(s.last_seen_ms), "expires_at": rfc3339(s.expires_ms),
+                    "status": status,
+                })
+            );
+        } else {
+            println!(
+                "{:<27} {:<20} {:<10} {:<21} {:<21} {}",
+                s.id,
+                s.identity.subject,
+                s.identity.provider,
+                rfc3339(s.created_ms),
+                rfc3339(s.expires_ms),
+                status
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn revoke_sessions(
+    raw: RawSettings,
+    id: Option<String>,
+    user: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let settings = resolve(&raw, false)?;
+    let store = open_store(&settings).await?;
+    let now = SystemClock.now_ms();
+    let revoked = match (id, user) {
+        (Some(id), _) => {
+            if store.revoke_session(&id, "cli", now).await? {
+                vec![id]
+            } else {
+                eprintln!("no live session {id}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        (None, Some(user)) => store.revoke_subject_sessions(&user, "cli", now).await?,
+        (None, None) => bail!("give a session id or --user NAME"),
+    };
+    for id in &revoked {
+        cli_audit(&store, "auth.session.revoke", Some(id.clone())).await;
+        println!("revoked {id}");
+    }
+    if revoked.is_empty() {
+        println!("no live sessions matched");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_passwords_are_redacted() {
+        for (url, expected) in [
+            ("postgres://u:secret@h/db", "postgres://u@h/db"),
+            ("postgres://h/db", "postgres://h/db"),
+            ("sqlite:///tmp/x.db", "sqlite:///tmp/x.db"),
+        ] {
+            assert_eq!(redact_url(url), expected);
+        }
+    }
+}

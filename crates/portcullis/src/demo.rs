@@ -1,0 +1,169 @@
+//! `portcullis demo`: the gateway in front of a built-in dashboard, on SQLite in a
+//! temporary directory, with a generated user. The dashboard shows who the gateway
+//! says you are and every header the upstream received.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::http::HeaderMap;
+use axum::routing::get;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+use portcullis_core::basic::hash_password;
+use portcullis_core::clock::SystemClock;
+use portcullis_core::secret::{Entropy, OsEntropy, SecretString};
+use portcullis_gateway::{Gateway, serve};
+
+use crate::commands::{secret_key, shutdown_signal};
+use crate::settings::RawSettings;
+
+pub async fn run(mut raw: RawSettings) -> anyhow::Result<ExitCode> {
+    let mut suffix = [0u8; 6];
+    OsEntropy.fill(&mut suffix)?;
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-demo-{}",
+        URL_SAFE_NO_PAD.encode(suffix)
+    ));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let upstream_addr = upstream.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(upstream, dashboard()).await;
+    });
+
+    let mut raw_password = [0u8; 15];
+    OsEntropy.fill(&mut raw_password)?;
+    let password = SecretString::new(URL_SAFE_NO_PAD.encode(raw_password));
+    let hash_input = password.clone();
+    let hash =
+        tokio::task::spawn_blocking(move || hash_password(&hash_input, &OsEntropy)).await??;
+
+    raw.upstream = Some(format!("http://{upstream_addr}"));
+    raw.data_dir = Some(dir.clone());
+    raw.database = Some(format!("sqlite://{}", dir.join("portcullis.db").display()));
+    raw.basic_users = Some(format!("demo:{hash}"));
+    raw.basic_admins = Some("demo".into());
+    let settings = raw.resolve(true).map_err(|errors| {
+        anyhow::anyhow!("invalid configuration:\n  - {}", errors.join("\n  - "))
+    })?;
+    let config = settings
+        .gateway
+        .clone()
+        .context("demo configuration has no gateway")?;
+    let store = portcullis_store::Store::connect(&settings.database_url).await?;
+    let secret = secret_key(&settings)?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "listening on {} (choose another with --listen)",
+                settings.listen
+            )
+        })?;
+    let gateway = Gateway::start(
+        config,
+        store,
+        secret,
+        Arc::new(SystemClock),
+        Arc::new(OsEntropy),
+    )
+    .await?;
+    let origin = gateway.config().public_url.origin();
+
+    println!();
+    println!("  Portcullis demo is running.");
+    println!();
+    println!("    Open:      {origin}/");
+    println!("    Username:  demo");
+    println!("    Password:  {}", password.expose());
+    println!();
+    println!(
+        "  Data (SQLite, signing keys) lives in {} and is removed on exit.",
+        dir.display()
+    );
+    println!(
+        "  Try: portcullis sessions list --data-dir {}",
+        dir.display()
+    );
+    println!("  Press Ctrl-C to stop.");
+    println!();
+
+    let result = serve(listener, gateway, shutdown_signal()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The built-in demo dashboard (the upstream).
+pub fn dashboard() -> Router {
+    Router::new()
+        .route("/", get(home))
+        .route("/api/headers", get(headers_json))
+}
+
+fn header_map(headers: &HeaderMap) -> BTreeMap<String, String> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn headers_json(headers: HeaderMap) -> axum::Json<BTreeMap<String, String>> {
+    axum::Json(header_map(&headers))
+}
+
+async fn home(headers: HeaderMap) -> Markup {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default()
+    };
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { "Demo dashboard" }
+                style { (PreEscaped(DASHBOARD_STYLE)) }
+            }
+            body {
+                h1 { "Demo dashboard" }
+                div.who {
+                    p { "Signed in as " strong { (get("x-forwarded-user")) } " (groups: " (get("x-forwarded-groups")) ")." }
+                    p { "This page is the upstream application. It never saw a password or a session cookie: \
+                         Portcullis authenticated the request and told it who you are in the headers below." }
+                    form method="post" action="/.auth/logout" {
+                        input type="hidden" name="csrf_token" id="csrf";
+                        button type="submit" { "Sign out" }
+                    }
+                }
+                h2 { "Headers the upstream received" }
+                table {
+                    @for (name, value) in header_map(&headers) {
+                        tr { td { code { (name) } } td { code { (value) } } }
+                    }
+                }
+                script { (PreEscaped(CSRF_SCRIPT)) }
+            }
+        }
+    }
+}
+
+const DASHBOARD_STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem}\
+table{border-collapse:collapse;width:100%}td{border-bottom:1px solid #ddd;padding:.3rem .5rem;vertical-align:top}\
+.who{background:#eef3ff;padding:1rem;border-radius:8px}button{padding:.4rem 1rem}";
+
+/// The CSRF cookie is readable by design; sign-out echoes it as the gateway requires.
+const CSRF_SCRIPT: &str = "const m=document.cookie.match(/(?:^|; )portcullis_csrf=([^;]+)/);\
+if(m)document.getElementById('csrf').value=decodeURIComponent(m[1]);";

@@ -1,0 +1,646 @@
+//! Configuration in two stages. [`RawSettings`] is what flags, `PORTCULLIS_*`
+//! environment variables and the TOML file say (every field optional, unknown TOML
+//! keys refused); [`RawSettings::resolve`] checks all of it at once and produces the
+//! validated runtime configuration, or the full list of problems.
+//!
+//! Precedence: flag > environment > file > default. clap merges flag and
+//! environment; the file fills what both left unset.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use clap::Args;
+use portcullis_core::basic::BasicUsers;
+use portcullis_core::keys::SecretKey;
+use portcullis_core::secret::{Key32, SecretString};
+use portcullis_core::session::SessionPolicy;
+use portcullis_gateway::config::{LoginLimits, validate_prefix};
+use portcullis_gateway::{GatewayConfig, PublicUrl, SameSite, Upstream};
+use serde::Deserialize;
+
+/// Settings shared by every command. Each has a flag, an environment variable and a
+/// TOML key of the same name (with `_` for `-`).
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSettings {
+    /// Address to listen on [default: 127.0.0.1:4180]
+    #[arg(long, env = "PORTCULLIS_LISTEN", global = true)]
+    pub listen: Option<String>,
+    /// Upstream application, e.g. http://127.0.0.1:8888
+    #[arg(long, env = "PORTCULLIS_UPSTREAM", global = true)]
+    pub upstream: Option<String>,
+    /// Public origin users reach, e.g. https://dash.example.com [default: http://<listen>]
+    #[arg(long, env = "PORTCULLIS_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+    /// Database URL: sqlite://PATH or postgres://… [default: sqlite://<data-dir>/portcullis.db]
+    #[arg(long, env = "PORTCULLIS_DATABASE", global = true)]
+    pub database: Option<String>,
+    /// Directory for the SQLite database and generated secret key
+    #[arg(long, env = "PORTCULLIS_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// File holding the base64 32-byte secret key (or set PORTCULLIS_SECRET_KEY)
+    #[arg(long, global = true)]
+    pub secret_key_file: Option<PathBuf>,
+    /// Path prefix of the gateway's own endpoints [default: /.auth]
+    #[arg(long, env = "PORTCULLIS_AUTH_PREFIX", global = true)]
+    pub auth_prefix: Option<String>,
+    /// Extra Host header values to accept, comma-separated
+    #[arg(
+        long,
+        env = "PORTCULLIS_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Absolute session lifetime, e.g. 8h [default: 8h]
+    #[arg(long, env = "PORTCULLIS_SESSION_TTL", global = true)]
+    pub session_ttl: Option<String>,
+    /// End sessions idle this long, e.g. 30m [default: none]
+    #[arg(long, env = "PORTCULLIS_SESSION_IDLE_TIMEOUT", global = true)]
+    pub session_idle_timeout: Option<String>,
+    /// SameSite attribute of session cookies: lax or strict [default: lax]
+    #[arg(long, env = "PORTCULLIS_COOKIE_SAMESITE", global = true)]
+    pub cookie_samesite: Option<String>,
+    /// Login attempts allowed per client IP per minute [default: 30]
+    #[arg(long, env = "PORTCULLIS_LOGIN_RATE_PER_IP", global = true)]
+    pub login_rate_per_ip: Option<u32>,
+    /// Login attempts allowed per username per minute [default: 10]
+    #[arg(long, env = "PORTCULLIS_LOGIN_RATE_PER_USER", global = true)]
+    pub login_rate_per_user: Option<u32>,
+    /// Time the upstream may take to start answering, e.g. 60s [default: 60s]
+    #[arg(long, env = "PORTCULLIS_UPSTREAM_TIMEOUT", global = true)]
+    pub upstream_timeout: Option<String>,
+    /// Concurrent argon2 verifications [default: number of CPUs]
+    #[arg(long, env = "PORTCULLIS_ARGON2_WORKERS", global = true)]
+    pub argon2_workers: Option<usize>,
+    /// `user:argon2hash` entries separated by `;`
+    #[arg(skip)]
+    pub basic_users: Option<String>,
+    /// Basic users with the admin role, comma-separated
+    #[arg(skip)]
+    pub basic_admins: Option<String>,
+}
+
+macro_rules! fill {
+    ($dst:expr, $src:expr, $($field:ident),+ $(,)?) => {
+        $( if $dst.$field.is_none() { $dst.$field = $src.$field.clone(); } )+
+    };
+}
+
+/// Where the secret key comes from.
+#[derive(Debug)]
+pub enum SecretSource {
+    Loaded(SecretKey),
+    /// To be generated (SQLite only) at this path on first start.
+    Generate(PathBuf),
+}
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    pub secret: SecretSource,
+    /// `None` when no upstream was configured (allowed for non-serving commands).
+    pub gateway: Option<GatewayConfig>,
+    pub warnings: Vec<String>,
+}
+
+impl RawSettings {
+    /// Fills unset values from the TOML file `path`.
+    pub fn with_file(mut self, path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        let file: RawSettings =
+            toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
+        fill!(
+            self,
+            file,
+            listen,
+            upstream,
+            public_url,
+            database,
+            data_dir,
+            secret_key_file,
+            auth_prefix,
+            allowed_hosts,
+            session_ttl,
+            session_idle_timeout,
+            cookie_samesite,
+            login_rate_per_ip,
+            login_rate_per_user,
+            upstream_timeout,
+            argon2_workers,
+            basic_users,
+            basic_admins,
+        );
+        Ok(self)
+    }
+
+    /// Reads `AUTH_BASIC_USERS` / `AUTH_BASIC_ADMINS`, which override the file.
+    pub fn with_basic_env(mut self) -> Self {
+        if let Ok(users) = std::env::var("AUTH_BASIC_USERS") {
+            self.basic_users = Some(users);
+        }
+        if let Ok(admins) = std::env::var("AUTH_BASIC_ADMINS") {
+            self.basic_admins = Some(admins);
+        }
+        self
+    }
+
+    /// Validates everything, reporting every problem. `need_upstream` is true for
+    /// `serve`; `generate_secret_ok` permits generating a missing SQLite secret key.
+    pub fn resolve(&self, need_upstream: bool) -> Result<Settings, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut warnings = Vec::new();
+
+        let listen_raw = self.listen.as_deref().unwrap_or("127.0.0.1:4180");
+        let listen = listen_raw.parse::<SocketAddr>().map_err(|_| {
+            errors.push(format!(
+                "--listen / PORTCULLIS_LISTEN: {listen_raw:?} is not an address; use HOST:PORT such as 127.0.0.1:4180"
+            ))
+        });
+
+        let data_dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
+        let database_url = self
+            .database
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("portcullis.db").display()));
+        let postgres =
+            database_url.starts_with("postgres://") || database_url.starts_with("postgresql://");
+        if !postgres && !database_url.starts_with("sqlite:") {
+            errors.push(format!(
+                "--database / PORTCULLIS_DATABASE: unsupported URL scheme in {:?}; use sqlite://PATH or postgres://USER@HOST/DB",
+                database_url.split(':').next().unwrap_or_default()
+            ));
+        }
+
+        let secret = match load_secret(self.secret_key_file.as_deref()) {
+            Ok(Some(key)) => Some(SecretSource::Loaded(key)),
+            Ok(None) if postgres => {
+                errors.push(
+                    "a secret key is required with PostgreSQL (every replica must share it): \
+                     set PORTCULLIS_SECRET_KEY or --secret-key-file"
+                        .into(),
+                );
+                None
+            }
+            Ok(None) => {
+                let path = data_dir.join("secret.key");
+                match read_key_file(&path) {
+                    Ok(Some(key)) => Some(SecretSource::Loaded(key)),
+                    Ok(None) => Some(SecretSource::Generate(path)),
+                    Err(e) => {
+                        errors.push(e);
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        };
+
+        let gateway = self.resolve_gateway(listen_raw, need_upstream, &mut errors, &mut warnings);
+
+        match (errors.is_empty(), listen, secret) {
+            (true, Ok(listen), Some(secret)) => Ok(Settings {
+                listen,
+                database_url,
+                data_dir,
+                secret,
+                gateway,
+                warnings,
+            }),
+            _ => Err(errors),
+        }
+    }
+
+    fn resolve_gateway(
+        &self,
+        listen_raw: &str,
+        need_upstream: bool,
+        errors: &mut Vec<String>,
+        warnings: &mut Vec<String>,
+    ) -> Option<GatewayConfig> {
+        let upstream = match self.upstream.as_deref() {
+            Some(raw) => Upstream::parse(raw)
+                .map_err(|e| errors.push(format!("--upstream / PORTCULLIS_UPSTREAM: {raw:?}: {e}")))
+                .ok(),
+            None => {
+                if need_upstream {
+                    errors.push(
+                        "--upstream / PORTCULLIS_UPSTREAM is required: the application to protect, e.g. http://127.0.0.1:8888"
+                            .into(),
+                    );
+                }
+                None
+            }
+        };
+        let public_raw = self
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{listen_raw}"));
+        let public_url = PublicUrl::parse(&public_raw)
+            .map_err(|e| {
+                errors.push(format!(
+                    "--public-url / PORTCULLIS_PUBLIC_URL: {public_raw:?}: {e}"
+                ))
+            })
+            .ok();
+        let prefix = self.auth_prefix.clone().unwrap_or_else(|| "/.auth".into());
+        if let Err(e) = validate_prefix(&prefix) {
+            errors.push(format!("--auth-prefix / PORTCULLIS_AUTH_PREFIX: {e}"));
+        }
+        let mut policy = SessionPolicy::default();
+        if let Some(raw) = &self.session_ttl {
+            match parse_duration(
+                "--session-ttl / PORTCULLIS_SESSION_TTL",
+                raw,
+                Duration::from_secs(60),
+            ) {
+                Ok(d) => policy.ttl_ms = millis(d),
+                Err(e) => errors.push(e),
+            }
+        }
+        if let Some(raw) = &self.session_idle_timeout {
+            match parse_duration(
+                "--session-idle-timeout / PORTCULLIS_SESSION_IDLE_TIMEOUT",
+                raw,
+                Duration::from_secs(60),
+            ) {
+                Ok(d) => policy.idle_timeout_ms = Some(millis(d)),
+                Err(e) => errors.push(e),
+            }
+        }
+        let same_site = match self
+            .cookie_samesite
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("lax") => SameSite::Lax,
+            Some("strict") => SameSite::Strict,
+            Some(other) => {
+                errors.push(format!(
+                    "--cookie-samesite / PORTCULLIS_COOKIE_SAMESITE: {other:?} is not allowed; use lax or strict (None would expose sessions to cross-site requests)"
+                ));
+                SameSite::Lax
+            }
+        };
+        let mut upstream_timeout = Duration::from_secs(60);
+        if let Some(raw) = &self.upstream_timeout {
+            match parse_duration(
+                "--upstream-timeout / PORTCULLIS_UPSTREAM_TIMEOUT",
+                raw,
+                Duration::from_millis(100),
+            ) {
+                Ok(d) => upstream_timeout = d,
+                Err(e) => errors.push(e),
+            }
+        }
+        let mut limits = LoginLimits::default();
+        for (value, slot, name) in [
+            (
+                self.login_rate_per_ip,
+                &mut limits.per_ip_per_minute,
+                "--login-rate-per-ip",
+            ),
+            (
+                self.login_rate_per_user,
+                &mut limits.per_user_per_minute,
+                "--login-rate-per-user",
+            ),
+        ] {
+            match value {
+                Some(0) => errors.push(format!("{name}: must be at least 1 attempt per minute")),
+                Some(n) => *slot = n,
+                None => {}
+            }
+        }
+        if self.argon2_workers == Some(0) {
+            errors.push("--argon2-workers: must be at least 1".into());
+        }
+        let (basic_users, entry_warnings) = BasicUsers::parse(
+            self.basic_users.as_deref().unwrap_or_default(),
+            self.basic_admins.as_deref().unwrap_or_default(),
+        );
+        warnings.extend(entry_warnings.iter().map(ToString::to_string));
+        if basic_users.is_empty() && need_upstream {
+            warnings
+                .push("AUTH_BASIC_USERS defines no valid user: no basic login can succeed".into());
+        }
+        let allowed_hosts: Vec<String> = self
+            .allowed_hosts
+            .iter()
+            .flatten()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .collect();
+        for host in &allowed_hosts {
+            if host.parse::<http::uri::Authority>().is_err() || host.contains('/') {
+                errors.push(format!("--allowed-hosts: {host:?} is not a host[:port]"));
+            }
+        }
+        let (upstream, public_url) = (upstream?, public_url?);
+        let mut config = GatewayConfig::new(upstream, public_url);
+        config.auth_prefix = prefix;
+        config.session = policy;
+        config.same_site = same_site;
+        config.upstream_timeout = upstream_timeout;
+        config.login_limits = limits;
+        config.basic_users = basic_users;
+        config.allowed_hosts = allowed_hosts;
+        if let Some(n) = self.argon2_workers.filter(|n| *n > 0) {
+            config.argon2_workers = n;
+        }
+        Some(config)
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn parse_duration(name: &str, raw: &str, min: Duration) -> Result<Duration, String> {
+    let d = humantime::parse_duration(raw.trim())
+        .map_err(|e| format!("{name}: {raw:?} is not a duration ({e}); use e.g. 30s, 15m, 8h"))?;
+    if d < min {
+        return Err(format!(
+            "{name}: {raw:?} is shorter than the minimum {}",
+            humantime::format_duration(min)
+        ));
+    }
+    Ok(d)
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("portcullis");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/portcullis"),
+        None => PathBuf::from("portcullis-data"),
+    }
+}
+
+/// Decodes a base64 (standard or URL-safe) 32-byte key. Messages never include the
+/// value.
+pub fn decode_key(text: &str, origin: &str) -> Result<SecretKey, String> {
+    let text = text.trim();
+    let bytes = STANDARD
+        .decode(text)
+        .or_else(|_| URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')))
+        .map_err(|_| format!("{origin}: not valid base64; expected 32 random bytes in base64 (e.g. `openssl rand -base64 32`)"))?;
+    let bytes: [u8; 32] = bytes.try_into().map_err(|v: Vec<u8>| {
+        format!(
+            "{origin}: decodes to {} bytes; exactly 32 are required",
+            v.len()
+        )
+    })?;
+    Ok(SecretKey::new(Key32::from_bytes(bytes)))
+}
+
+fn load_secret(file: Option<&Path>) -> Result<Option<SecretKey>, String> {
+    if let Ok(value) = std::env::var("PORTCULLIS_SECRET_KEY") {
+        let value = SecretString::new(value);
+        return decode_key(value.expose(), "PORTCULLIS_SECRET_KEY").map(Some);
+    }
+    match file {
+        Some(path) => match read_key_file(path)? {
+            Some(key) => Ok(Some(key)),
+            None => Err(format!(
+                "--secret-key-file: {} does not exist",
+                path.display()
+            )),
+        },
+        None => Ok(None),
+    }
+}
+
+fn read_key_file(path: &Path) -> Result<Option<SecretKey>, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let text = SecretString::new(text);
+            decode_key(
+                text.expose(),
+                &format!("secret key file {}", path.display()),
+            )
+            .map(Some)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("secret key file {}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> RawSettings {
+        RawSettings {
+            upstream: Some("http://127.0.0.1:8888".into()),
+            data_dir: Some(std::env::temp_dir().join("portcullis-settings-test")),
+            ..RawSettings::default()
+        }
+    }
+
+    #[test]
+    fn bad_values_are_reported_together() {
+        let raw = RawSettings {
+            listen: Some("nonsense".into()),
+            upstream: Some("ftp://x".into()),
+            session_ttl: Some("forever".into()),
+            cookie_samesite: Some("none".into()),
+            auth_prefix: Some("auth".into()),
+            ..base()
+        };
+        let errors = raw.resolve(true).unwrap_err();
+        for needle in [
+            "--listen",
+            "--upstream",
+            "--session-ttl",
+            "--cookie-samesite",
+            "--auth-prefix",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.contains(needle)),
+                "missing {needle} in {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn config_rows() {
+        let rows: Vec<(&str, RawSettings, Option<&str>)> = vec![
+            ("defaults are valid", base(), None),
+            (
+                "missing upstream",
+                RawSettings {
+                    upstream: None,
+                    ..base()
+                },
+                Some("--upstream"),
+            ),
+            (
+                "https upstream",
+                RawSettings {
+                    upstream: Some("https://x:1".into()),
+                    ..base()
+                },
+                Some("--upstream"),
+            ),
+            (
+                "public url with path",
+                RawSettings {
+                    public_url: Some("https://x/app".into()),
+                    ..base()
+                },
+                Some("--public-url"),
+            ),
+            (
+                "ttl too short",
+                RawSettings {
+                    session_ttl: Some("5s".into()),
+                    ..base()
+                },
+                Some("minimum"),
+            ),
+            (
+                "idle not a duration",
+                RawSettings {
+                    session_idle_timeout: Some("soon".into()),
+                    ..base()
+                },
+                Some("--session-idle-timeout"),
+            ),
+            (
+                "zero rate",
+                RawSettings {
+                    login_rate_per_ip: Some(0),
+                    ..base()
+                },
+                Some("--login-rate-per-ip"),
+            ),
+            (
+                "zero workers",
+                RawSettings {
+                    argon2_workers: Some(0),
+                    ..base()
+                },
+                Some("--argon2-workers"),
+            ),
+            (
+                "bad database",
+                RawSettings {
+                    database: Some("mysql://x".into()),
+                    ..base()
+                },
+                Some("unsupported URL scheme"),
+            ),
+            (
+                "postgres without key",
+                RawSettings {
+                    database: Some("postgres://x/y".into()),
+                    ..base()
+                },
+                Some("secret key is required"),
+            ),
+            (
+                "bad allowed host",
+                RawSettings {
+                    allowed_hosts: Some(vec!["a b".into()]),
+                    ..base()
+                },
+                Some("--allowed-hosts"),
+            ),
+            (
+                "missing key file",
+                RawSettings {
+                    secret_key_file: Some("/nonexistent/key".into()),
+                    ..base()
+                },
+                Some("does not exist"),
+            ),
+        ];
+        for (name, raw, expected) in rows {
+            match (raw.resolve(true), expected) {
+                (Ok(_), None) => {}
+                (Err(errors), Some(needle)) => {
+                    assert!(
+                        errors.iter().any(|e| e.contains(needle)),
+                        "row {name}: {errors:?}"
+                    )
+                }
+                (Ok(_), Some(needle)) => panic!("row {name}: accepted, expected error {needle}"),
+                (Err(errors), None) => panic!("row {name}: rejected: {errors:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn key_decoding_rows() {
+        let good = STANDARD.encode([7u8; 32]);
+        let urlsafe = URL_SAFE_NO_PAD.encode([7u8; 32]);
+        let rows: Vec<(&str, String, Option<&str>)> = vec![
+            ("standard", good.clone(), None),
+            ("url-safe", urlsafe, None),
+            ("trailing newline", format!("{good}\n"), None),
+            ("not base64", "!!!!".into(), Some("not valid base64")),
+            ("short", STANDARD.encode([7u8; 16]), Some("16 bytes")),
+        ];
+        for (name, text, expected) in rows {
+            match (decode_key(&text, "k"), expected) {
+                (Ok(_), None) => {}
+                (Err(e), Some(needle)) => {
+                    assert!(e.contains(needle), "row {name}: {e}");
+                    assert!(
+                        !e.contains(&text.trim()[..4.min(text.len())]) || text.starts_with('!'),
+                        "row {name} leaks"
+                    );
+                }
+                (r, _) => panic!("row {name}: unexpected {:?}", r.map(|_| ())),
+            }
+        }
+    }
+
+    #[test]
+    fn toml_unknown_keys_are_refused() {
+        let dir = std::env::temp_dir().join(format!("pc-toml-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "upstream = \"http://127.0.0.1:1\"\nlisten_addr = \"x\"\n",
+        )
+        .unwrap();
+        let err = RawSettings::default().with_file(&path).unwrap_err();
+        assert!(err.contains("listen_addr"), "{err}");
+        std::fs::write(
+            &path,
+            "upstream = \"http://127.0.0.1:1\"\nsession_ttl = \"2h\"\n",
+        )
+        .unwrap();
+        let merged = RawSettings {
+            session_ttl: Some("1h".into()),
+            ..RawSettings::default()
+        }
+        .with_file(&path)
+        .unwrap();
+        assert_eq!(
+            merged.session_ttl.as_deref(),
+            Some("1h"),
+            "flag/env beats file"
+        );
+        assert_eq!(
+            merged.upstream.as_deref(),
+            Some("http://127.0.0.1:1"),
+            "file fills the rest"
+        );
+    }
+}
