@@ -130,6 +130,26 @@ impl BasicUsers {
         self.users.get(username).map(String::as_str)
     }
 
+    /// A hash of a random password with the same cost parameters as the configured
+    /// users' (the first by name), verified against for unknown usernames so that
+    /// they cost exactly what a known user does. Defaults when there are no users.
+    pub fn dummy_hash(&self, entropy: &dyn Entropy) -> Result<String, HashError> {
+        let (m, t, p) = self
+            .users
+            .iter()
+            .min_by_key(|(name, _)| name.as_str())
+            .and_then(|(_, hash)| PasswordHash::new(hash).ok())
+            .and_then(|parsed| Params::try_from(&parsed).ok())
+            .map_or((DEFAULT_M_KIB, DEFAULT_T, DEFAULT_P), |p| {
+                (p.m_cost(), p.t_cost(), p.p_cost())
+            });
+        let mut raw = [0u8; 24];
+        entropy.fill(&mut raw)?;
+        let throwaway =
+            SecretString::new(raw.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        hash_password_with(&throwaway, entropy, m, t, p)
+    }
+
     /// The identity a successful login of `username` gets.
     pub fn identity(&self, username: &str) -> Identity {
         let mut roles = vec![ROLE_USER.to_owned()];
@@ -176,10 +196,20 @@ pub fn verify_password(hash: &str, password: &SecretString) -> bool {
 
 /// Hashes `password` as argon2id with the default parameters.
 pub fn hash_password(password: &SecretString, entropy: &dyn Entropy) -> Result<String, HashError> {
+    hash_password_with(password, entropy, DEFAULT_M_KIB, DEFAULT_T, DEFAULT_P)
+}
+
+/// Hashes `password` as argon2id with explicit memory (KiB), iterations and lanes.
+pub fn hash_password_with(
+    password: &SecretString,
+    entropy: &dyn Entropy,
+    m_kib: u32,
+    t: u32,
+    p: u32,
+) -> Result<String, HashError> {
     let mut salt = [0u8; 16];
     entropy.fill(&mut salt)?;
-    let params =
-        Params::new(DEFAULT_M_KIB, DEFAULT_T, DEFAULT_P, None).map_err(|_| HashError::Hash)?;
+    let params = Params::new(m_kib, t, p, None).map_err(|_| HashError::Hash)?;
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
         .hash_password_with_salt(password.expose().as_bytes(), &salt)
         .map(|h| h.to_string())
@@ -297,6 +327,20 @@ mod tests {
         let (users, warnings) = BasicUsers::parse(&format!("alice:{CFFI_HASH}"), "");
         assert!(warnings.is_empty());
         assert_eq!(users.hash_of("alice"), Some(CFFI_HASH));
+    }
+
+    #[test]
+    fn dummy_hash_matches_configured_cost() {
+        let cheap = hash_password_with(&SecretString::new("x"), &OsEntropy, 8, 1, 1).unwrap();
+        let (users, _) = BasicUsers::parse(&format!("zed:{CFFI_HASH};alice:{cheap}"), "");
+        assert!(
+            users
+                .dummy_hash(&OsEntropy)
+                .unwrap()
+                .starts_with("$argon2id$v=19$m=8,t=1,p=1$")
+        );
+        let dummy = BasicUsers::default().dummy_hash(&OsEntropy).unwrap();
+        assert!(dummy.starts_with("$argon2id$v=19$m=65536,t=3,p=4$"));
     }
 
     #[test]

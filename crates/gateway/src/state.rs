@@ -4,10 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_core::basic::hash_password;
 use portcullis_core::clock::Clock;
 use portcullis_core::keys::SecretKey;
-use portcullis_core::secret::{Entropy, SecretString};
+use portcullis_core::secret::Entropy;
 use portcullis_core::session::CsrfKey;
 use portcullis_store::{AuditEvent, RevocationBus, Store, StoreError};
 use tokio::task::JoinHandle;
@@ -85,17 +84,12 @@ impl Gateway {
         let (sessions, mut activity) = SessionCache::new();
         let sessions = Arc::new(sessions);
 
-        let dummy_entropy = entropy.clone();
-        let dummy_hash = tokio::task::spawn_blocking(move || {
-            let mut raw = [0u8; 24];
-            dummy_entropy.fill(&mut raw).map_err(|e| e.to_string())?;
-            let throwaway =
-                SecretString::new(raw.iter().map(|b| format!("{b:02x}")).collect::<String>());
-            hash_password(&throwaway, dummy_entropy.as_ref()).map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| StartError::Dummy(e.to_string()))?
-        .map_err(StartError::Dummy)?;
+        let (users, dummy_entropy) = (config.basic_users.clone(), entropy.clone());
+        let dummy_hash =
+            tokio::task::spawn_blocking(move || users.dummy_hash(dummy_entropy.as_ref()))
+                .await
+                .map_err(|e| StartError::Dummy(e.to_string()))?
+                .map_err(|e| StartError::Dummy(e.to_string()))?;
 
         let throttle = Arc::new(LoginThrottle::new(config.login_limits));
         let mut tasks = Vec::new();

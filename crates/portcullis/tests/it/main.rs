@@ -1,1 +1,10 @@
+//! The integration suite: one test binary (it links once). Every test drives a real
+//! gateway over real HTTP in front of a real upstream, on SQLite and on the real
+//! PostgreSQL server.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod harness;
+mod login;
+mod processes;
+mod proxy;
+mod sessions;

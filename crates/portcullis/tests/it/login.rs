@@ -1,0 +1,547 @@
+//! Sign-in, sign-out, identity and forward auth.
+
+use crate::both_backends;
+use crate::harness::*;
+
+async fn form_login_sets_hardened_cookies_and_redirects(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let origin = format!("http://{}", gw.addr);
+    let body = format!("username={ADMIN}&password=correct+horse+battery&next=%2Flab%3Fx%3D1");
+    let r = gw
+        .client
+        .request(
+            "POST",
+            "/.auth/login",
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("origin", &origin),
+            ],
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert_eq!(r.header("location").as_deref(), Some("/lab?x=1"));
+    let session = r.set_cookie("portcullis_session").unwrap();
+    for attr in ["Path=/", "HttpOnly", "SameSite=Lax", "Max-Age=28800"] {
+        assert!(session.contains(attr), "{session} lacks {attr}");
+    }
+    assert!(
+        !session.contains("Secure"),
+        "http public URL must not set Secure"
+    );
+    let csrf = r.set_cookie("portcullis_csrf").unwrap();
+    assert!(
+        !csrf.contains("HttpOnly"),
+        "CSRF cookie must be readable by scripts"
+    );
+    let value = r.cookie("portcullis_session").unwrap();
+    assert!(value.starts_with("v1.ses-"), "{value}");
+    assert_eq!(value.split('.').count(), 4);
+}
+
+async fn json_login_and_me(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let s = gw.login(ADMIN).await;
+    let me = gw
+        .client
+        .get("/.auth/me", &[("cookie", &s.cookie_header())])
+        .await;
+    assert_eq!(me.status, 200);
+    let me = me.json();
+    assert_eq!(me["sub"], ADMIN);
+    assert_eq!(me["provider"], "basic");
+    assert_eq!(me["roles"], serde_json::json!(["admin", "user"]));
+    assert_eq!(me["session_id"], s.id());
+    assert!(me["expires_at"].as_str().unwrap().ends_with('Z'));
+    let anon = gw.client.get("/.auth/me", &[]).await;
+    assert_eq!(anon.status, 401);
+    assert_eq!(anon.json()["error"], "unauthenticated");
+}
+
+async fn unknown_user_and_wrong_password_are_indistinguishable(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let attempt = |user: &'static str, password: &'static str| {
+        let client = gw.client.clone();
+        async move {
+            let body = serde_json::json!({"username": user, "password": password}).to_string();
+            client
+                .request(
+                    "POST",
+                    "/.auth/login",
+                    &[("content-type", "application/json")],
+                    body,
+                )
+                .await
+        }
+    };
+    let unknown = attempt("mallory", PASSWORD).await;
+    let wrong = attempt(ADMIN, "wrong").await;
+    assert_eq!(unknown.status, 401);
+    assert_eq!(wrong.status, 401);
+    assert_eq!(
+        unknown.body, wrong.body,
+        "bodies must not reveal which part was wrong"
+    );
+    assert!(unknown.set_cookie("portcullis_session").is_none());
+    // The audit log keeps the precise reason for operators.
+    let events = gw
+        .store
+        .audit_events(&portcullis_store::AuditFilter {
+            action: Some("auth.login".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let reasons: Vec<_> = events.iter().filter_map(|e| e.reason.clone()).collect();
+    assert!(reasons.contains(&"unknown_user".to_string()), "{reasons:?}");
+    assert!(reasons.contains(&"bad_password".to_string()), "{reasons:?}");
+    assert!(
+        events.iter().all(|e| !format!("{e:?}").contains("wrong")),
+        "audit must not hold passwords"
+    );
+}
+
+async fn login_page_works_without_javascript(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let page = gw
+        .client
+        .get("/.auth/login?next=%2Fnotebooks", &[("accept", "text/html")])
+        .await;
+    assert_eq!(page.status, 200);
+    let html = page.text();
+    assert!(
+        html.contains(r#"<form method="post" action="/.auth/login">"#),
+        "{html}"
+    );
+    assert!(html.contains(r#"name="next" value="/notebooks""#));
+    assert!(
+        !html.contains("<script"),
+        "sign-in must not need JavaScript"
+    );
+    // A failed form sign-in re-renders the page with the uniform message.
+    let origin = format!("http://{}", gw.addr);
+    let r = gw
+        .client
+        .request(
+            "POST",
+            "/.auth/login",
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("origin", &origin),
+            ],
+            "username=alice&password=nope&next=%2Fnotebooks",
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    assert!(r.text().contains("Invalid username or password."));
+    assert!(r.text().contains(r#"value="/notebooks""#));
+}
+
+async fn open_redirects_are_refused(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let origin = format!("http://{}", gw.addr);
+    let rows = [
+        ("%2F%2Fevil.example", "/"),
+        ("%2F%5Cevil.example", "/"),
+        ("https%3A%2F%2Fevil.example", "/"),
+        ("%252F%252Fevil", "/"),
+        ("%2F%252F%252Fevil", "/"),
+        ("%2F%255Cevil", "/"),
+        ("javascript%3Aalert(1)", "/"),
+        ("%2Fok%2Fpath", "/ok/path"),
+    ];
+    for (next, expected) in rows {
+        let body = format!("username={ADMIN}&password=correct+horse+battery&next={next}");
+        let r = gw
+            .client
+            .request(
+                "POST",
+                "/.auth/login",
+                &[
+                    ("content-type", "application/x-www-form-urlencoded"),
+                    ("origin", &origin),
+                ],
+                body,
+            )
+            .await;
+        assert_eq!(r.status, 303, "row {next}");
+        assert_eq!(
+            r.header("location").as_deref(),
+            Some(expected),
+            "row {next}"
+        );
+    }
+    // The login page never echoes an unsafe next either.
+    let page = gw.client.get("/.auth/login?next=//evil.example", &[]).await;
+    assert!(page.text().contains(r#"name="next" value="/""#));
+}
+
+async fn cross_site_login_posts_are_refused(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let same = format!("http://{}", gw.addr);
+    let same_referer = format!("http://{}/.auth/login", gw.addr);
+    let prefix_trick = format!("{same}.evil.example/");
+    let rows: Vec<(&str, Vec<(&str, &str)>, u16)> = vec![
+        (
+            "foreign origin",
+            vec![("origin", "https://evil.example")],
+            403,
+        ),
+        ("null origin", vec![("origin", "null")], 403),
+        (
+            "origin with other port",
+            vec![("origin", "http://127.0.0.1:1")],
+            403,
+        ),
+        (
+            "foreign referer",
+            vec![("referer", "https://evil.example/x")],
+            403,
+        ),
+        (
+            "referer prefix trick",
+            vec![("referer", &prefix_trick)],
+            403,
+        ),
+        ("same origin", vec![("origin", &same)], 200),
+        ("same-origin referer", vec![("referer", &same_referer)], 200),
+        ("non-browser client", vec![], 200),
+    ];
+    for (name, extra, status) in rows {
+        let mut headers = vec![("content-type", "application/json")];
+        headers.extend(extra);
+        let body = serde_json::json!({"username": ADMIN, "password": PASSWORD}).to_string();
+        let r = gw
+            .client
+            .request("POST", "/.auth/login", &headers, body)
+            .await;
+        assert_eq!(r.status, status, "row {name}: {}", r.text());
+    }
+}
+
+async fn bad_login_input_gets_clear_errors(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let huge = "x".repeat(100 * 1024);
+    let long_password =
+        serde_json::json!({"username": ADMIN, "password": "p".repeat(5000)}).to_string();
+    let rows: Vec<(&str, &str, String, u16, &str)> = vec![
+        (
+            "wrong content type",
+            "text/plain",
+            "username=a".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "malformed json",
+            "application/json",
+            "{\"username\":".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "missing password",
+            "application/json",
+            "{\"username\":\"alice\"}".into(),
+            400,
+            "bad_request",
+        ),
+        ("oversized body", "application/json", huge, 413, ""),
+        (
+            "password too long",
+            "application/json",
+            long_password,
+            401,
+            "invalid_credentials",
+        ),
+        (
+            "empty username",
+            "application/json",
+            "{\"username\":\"\",\"password\":\"x\"}".into(),
+            401,
+            "invalid_credentials",
+        ),
+    ];
+    for (name, content_type, body, status, code) in rows {
+        let r = gw
+            .client
+            .request(
+                "POST",
+                "/.auth/login",
+                &[("content-type", content_type)],
+                body,
+            )
+            .await;
+        assert_eq!(r.status, status, "row {name}: {}", r.text());
+        if !code.is_empty() {
+            assert_eq!(r.json()["error"], code, "row {name}");
+        }
+    }
+}
+
+async fn logout_needs_csrf_then_revokes(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let s = gw.login(USER).await;
+    let cookie = s.cookie_header();
+    let rows: Vec<(&str, Vec<(&str, &str)>, u16)> = vec![
+        ("no token", vec![("cookie", &cookie)], 403),
+        (
+            "wrong token",
+            vec![("cookie", &cookie), ("x-csrf-token", "AAAA")],
+            403,
+        ),
+    ];
+    for (name, headers, status) in rows {
+        let r = gw
+            .client
+            .request("POST", "/.auth/logout", &headers, "")
+            .await;
+        assert_eq!(r.status, status, "row {name}");
+        assert_eq!(
+            gw.client
+                .get("/.auth/me", &[("cookie", &cookie)])
+                .await
+                .status,
+            200,
+            "row {name} must not log out"
+        );
+    }
+    // A token from another session does not work either.
+    let other = gw.login(USER).await;
+    let r = gw
+        .client
+        .request(
+            "POST",
+            "/.auth/logout",
+            &[("cookie", &cookie), ("x-csrf-token", &other.csrf)],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 403);
+
+    let r = gw
+        .client
+        .request(
+            "POST",
+            "/.auth/logout",
+            &[
+                ("cookie", &cookie),
+                ("x-csrf-token", &s.csrf),
+                ("accept", "application/json"),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    assert!(
+        r.set_cookie("portcullis_session")
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    assert_eq!(
+        gw.client
+            .get("/.auth/me", &[("cookie", &cookie)])
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        gw.client
+            .get("/.auth/me", &[("cookie", &other.cookie_header())])
+            .await
+            .status,
+        200,
+        "other sessions live on"
+    );
+
+    // No-JavaScript form logout with the token as a field.
+    let third = gw.login(USER).await;
+    let r = gw
+        .client
+        .request(
+            "POST",
+            "/.auth/logout",
+            &[
+                ("cookie", &third.cookie_header()),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            format!("csrf_token={}", third.csrf),
+        )
+        .await;
+    assert_eq!(r.status, 303);
+    assert_eq!(r.header("location").as_deref(), Some("/.auth/login"));
+    assert_eq!(
+        gw.client
+            .get("/.auth/me", &[("cookie", &third.cookie_header())])
+            .await
+            .status,
+        401
+    );
+    let events = gw
+        .store
+        .audit_events(&portcullis_store::AuditFilter {
+            action: Some("auth.logout".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 2);
+}
+
+async fn login_throttling_answers_429(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start_with(&db, |c| {
+        c.login_limits.per_user_per_minute = 3;
+        c.login_limits.per_ip_per_minute = 1000;
+    })
+    .await;
+    let body = serde_json::json!({"username": ADMIN, "password": "wrong"}).to_string();
+    for _ in 0..3 {
+        let r = gw
+            .client
+            .request(
+                "POST",
+                "/.auth/login",
+                &[("content-type", "application/json")],
+                body.clone(),
+            )
+            .await;
+        assert_eq!(r.status, 401);
+    }
+    let r = gw
+        .client
+        .request(
+            "POST",
+            "/.auth/login",
+            &[("content-type", "application/json")],
+            body.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 429);
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(r.json()["error"], "too_many_attempts");
+    // Case variations share the budget; other users do not.
+    let upper = serde_json::json!({"username": "ALICE", "password": "wrong"}).to_string();
+    assert_eq!(
+        gw.client
+            .request(
+                "POST",
+                "/.auth/login",
+                &[("content-type", "application/json")],
+                upper
+            )
+            .await
+            .status,
+        429
+    );
+    gw.login(USER).await;
+
+    // Per-IP limit.
+    let db2 = TestDb::new(backend).await;
+    let gw2 = TestGateway::start_with(&db2, |c| c.login_limits.per_ip_per_minute = 2).await;
+    for user in ["u1", "u2"] {
+        let b = serde_json::json!({"username": user, "password": "x"}).to_string();
+        assert_eq!(
+            gw2.client
+                .request(
+                    "POST",
+                    "/.auth/login",
+                    &[("content-type", "application/json")],
+                    b
+                )
+                .await
+                .status,
+            401
+        );
+    }
+    let b = serde_json::json!({"username": "u3", "password": "x"}).to_string();
+    assert_eq!(
+        gw2.client
+            .request(
+                "POST",
+                "/.auth/login",
+                &[("content-type", "application/json")],
+                b
+            )
+            .await
+            .status,
+        429
+    );
+}
+
+async fn forward_auth_verify(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let anon = gw
+        .client
+        .get("/.auth/verify", &[("x-original-uri", "/grafana/d/1?x=2")])
+        .await;
+    assert_eq!(anon.status, 401);
+    let login_url = anon.header("x-auth-login-url").unwrap();
+    assert_eq!(
+        login_url,
+        format!(
+            "http://{}/.auth/login?next=%2Fgrafana%2Fd%2F1%3Fx%3D2",
+            gw.addr
+        )
+    );
+    let evil = gw
+        .client
+        .get("/.auth/verify", &[("x-original-uri", "//evil.example")])
+        .await;
+    assert!(
+        evil.header("x-auth-login-url")
+            .unwrap()
+            .ends_with("next=%2F")
+    );
+    let s = gw.login(ADMIN).await;
+    let ok = gw
+        .client
+        .get("/.auth/verify", &[("cookie", &s.cookie_header())])
+        .await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("x-forwarded-user").as_deref(), Some(ADMIN));
+    assert_eq!(
+        ok.header("x-forwarded-groups").as_deref(),
+        Some("admin,user")
+    );
+}
+
+async fn health_endpoints(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    assert_eq!(gw.client.get("/.auth/healthz", &[]).await.status, 200);
+    assert_eq!(gw.client.get("/.auth/readyz", &[]).await.status, 200);
+    // Probes by IP need no allowed Host.
+    assert_eq!(
+        gw.client
+            .get("/.auth/healthz", &[("host", "10.1.2.3:4180")])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(gw.client.get("/.auth/nope", &[]).await.status, 404);
+}
+
+both_backends!(
+    form_login_sets_hardened_cookies_and_redirects,
+    json_login_and_me,
+    unknown_user_and_wrong_password_are_indistinguishable,
+    login_page_works_without_javascript,
+    open_redirects_are_refused,
+    cross_site_login_posts_are_refused,
+    bad_login_input_gets_clear_errors,
+    logout_needs_csrf_then_revokes,
+    login_throttling_answers_429,
+    forward_auth_verify,
+    health_endpoints,
+);

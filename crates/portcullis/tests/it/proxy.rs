@@ -1,0 +1,245 @@
+//! The reverse proxy: who gets through, what the upstream sees, streaming, and
+//! upstream failures.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::both_backends;
+use crate::harness::*;
+
+async fn unauthenticated_requests_are_refused_by_kind(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let nav = gw
+        .client
+        .get(
+            "/lab/tree?path=a%20b",
+            &[("accept", "text/html,application/xhtml+xml")],
+        )
+        .await;
+    assert_eq!(nav.status, 302);
+    assert_eq!(
+        nav.header("location").as_deref(),
+        Some("/.auth/login?next=%2Flab%2Ftree%3Fpath%3Da%2520b")
+    );
+    let api = gw
+        .client
+        .get("/api/contents", &[("accept", "application/json")])
+        .await;
+    assert_eq!(api.status, 401);
+    assert_eq!(api.json()["error"], "unauthenticated");
+    let post = gw
+        .client
+        .request("POST", "/api/x", &[("accept", "text/html")], "x")
+        .await;
+    assert_eq!(post.status, 401, "only GET navigations are redirected");
+}
+
+async fn upstream_sees_identity_not_credentials(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let s = gw.login(ADMIN).await;
+    let cookie = format!("theme=dark; {}; other=1", s.cookie_header());
+    let r = gw
+        .client
+        .get(
+            "/echo?q=1",
+            &[
+                ("cookie", &cookie),
+                ("x-forwarded-user", "root"),
+                ("x-forwarded-groups", "superuser"),
+                ("x-forwarded-email", "root@evil.example"),
+                ("x-forwarded-preferred-username", "root"),
+                ("x-forwarded-for", "6.6.6.6"),
+                ("forwarded", "for=6.6.6.6"),
+                ("x-custom", "kept"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = r.json();
+    let h = &seen["headers"];
+    assert_eq!(seen["uri"], "/echo?q=1");
+    assert_eq!(h["x-forwarded-user"], serde_json::json!([ADMIN]));
+    assert_eq!(h["x-forwarded-groups"], serde_json::json!(["admin,user"]));
+    assert_eq!(
+        h["x-forwarded-preferred-username"],
+        serde_json::json!([ADMIN])
+    );
+    assert!(
+        h.get("x-forwarded-email").is_none(),
+        "basic users have no email; the spoofed one must be gone"
+    );
+    assert_eq!(h["x-forwarded-for"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(h["x-forwarded-proto"], serde_json::json!(["http"]));
+    assert_eq!(
+        h["x-forwarded-host"],
+        serde_json::json!([gw.addr.to_string()])
+    );
+    assert!(h.get("forwarded").is_none());
+    assert_eq!(h["x-custom"], serde_json::json!(["kept"]));
+    assert_eq!(
+        h["cookie"],
+        serde_json::json!(["theme=dark; other=1"]),
+        "gateway cookies are stripped"
+    );
+    // Only gateway cookies: no Cookie header at all.
+    let r = gw
+        .client
+        .get("/echo", &[("cookie", &s.cookie_header())])
+        .await;
+    assert!(r.json()["headers"].get("cookie").is_none());
+}
+
+async fn host_header_must_be_allowed(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw =
+        TestGateway::start_with(&db, |c| c.allowed_hosts = vec!["dash.internal:8080".into()]).await;
+    let s = gw.login(ADMIN).await;
+    let own = gw.addr.to_string();
+    let rows = [
+        ("public host", own.as_str(), 200),
+        ("allowed extra host", "dash.internal:8080", 200),
+        ("allowed extra host, other case", "DASH.internal:8080", 200),
+        ("rebinding attacker host", "evil.example", 400),
+        ("right host, wrong port", "127.0.0.1:1", 400),
+        ("allowed host without its port", "dash.internal", 400),
+    ];
+    for (name, host, status) in rows {
+        let r = gw
+            .client
+            .get("/echo", &[("host", host), ("cookie", &s.cookie_header())])
+            .await;
+        assert_eq!(r.status, status, "row {name}");
+        if status == 400 {
+            assert_eq!(r.json()["error"], "host_not_allowed", "row {name}");
+        }
+        let login = gw.client.get("/.auth/login", &[("host", host)]).await;
+        assert_eq!(
+            login.status,
+            if status == 200 { 200 } else { 400 },
+            "row {name} (login page)"
+        );
+    }
+}
+
+async fn upstream_failures_are_clear(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw =
+        TestGateway::start_with(&db, |c| c.upstream_timeout = Duration::from_millis(500)).await;
+    let s = gw.login(ADMIN).await;
+    let slow = gw
+        .client
+        .get("/slow", &[("cookie", &s.cookie_header())])
+        .await;
+    assert_eq!(slow.status, 504);
+    assert_eq!(slow.json()["error"], "upstream_timeout");
+
+    // An upstream nobody listens on.
+    let db2 = TestDb::new(backend).await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let gw2 = TestGateway::start_with(&db2, |c| {
+        c.upstream = portcullis_gateway::Upstream::parse(&format!("http://{dead}")).unwrap();
+    })
+    .await;
+    let s2 = gw2.login(ADMIN).await;
+    let json = gw2
+        .client
+        .get("/x", &[("cookie", &s2.cookie_header())])
+        .await;
+    assert_eq!(json.status, 502);
+    assert_eq!(json.json()["error"], "upstream_unavailable");
+    assert!(json.json()["error_id"].is_string());
+    assert!(
+        !json.text().contains(&dead.to_string()),
+        "internal detail stays in the log"
+    );
+    let page = gw2
+        .client
+        .get(
+            "/x",
+            &[("cookie", &s2.cookie_header()), ("accept", "text/html")],
+        )
+        .await;
+    assert_eq!(page.status, 502);
+    assert!(page.text().contains("not reachable"), "{}", page.text());
+}
+
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+async fn large_bodies_stream_both_ways(backend: Backend) {
+    const SIZE: u64 = 1 << 30; // 1 GiB each way
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let s = gw.login(ADMIN).await;
+    let before = peak_rss_kib();
+    type Streamed =
+        StreamBody<futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, std::io::Error>>>;
+    let client: Client<HttpConnector, Streamed> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+
+    let empty: Streamed = StreamBody::new(futures_util::stream::empty().boxed());
+    let request = http::Request::get(format!("http://{}/bytes/{SIZE}", gw.addr))
+        .header("cookie", s.cookie_header())
+        .body(empty)
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut received = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            received += data.len() as u64;
+        }
+    }
+    assert_eq!(received, SIZE);
+
+    let chunk = Bytes::from(vec![b'y'; 256 * 1024]);
+    let chunks = SIZE / chunk.len() as u64;
+    let upload: Streamed = StreamBody::new(
+        futures_util::stream::iter((0..chunks).map(move |_| Ok(Frame::data(chunk.clone()))))
+            .boxed(),
+    );
+    let request = http::Request::post(format!("http://{}/upload", gw.addr))
+        .header("cookie", s.cookie_header())
+        .body(upload)
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let counted = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(String::from_utf8_lossy(&counted), SIZE.to_string());
+    let growth_mib = (peak_rss_kib().saturating_sub(before)) / 1024;
+    assert!(
+        growth_mib < 256,
+        "peak RSS grew by {growth_mib} MiB while moving 2 GiB: bodies are being buffered"
+    );
+}
+
+both_backends!(
+    unauthenticated_requests_are_refused_by_kind,
+    upstream_sees_identity_not_credentials,
+    host_header_must_be_allowed,
+    upstream_failures_are_clear,
+    large_bodies_stream_both_ways,
+);
