@@ -21,9 +21,9 @@ use crate::settings::{RawSettings, SecretSource, Settings};
 
 /// Resolves settings or fails with every problem listed.
 fn resolve(raw: &RawSettings, need_upstream: bool) -> anyhow::Result<Settings> {
-    let settings = raw.resolve(need_upstream).map_err(|errors| {
-        anyhow::anyhow!("invalid configuration:\n  - {}", errors.join("\n  - "))
-    })?;
+    let settings = raw
+        .resolve(need_upstream)
+        .map_err(|problems| anyhow::anyhow!("{problems}"))?;
     for warning in &settings.warnings {
         tracing::warn!("{warning}");
     }
@@ -134,11 +134,14 @@ pub fn check_config(raw: &RawSettings) -> ExitCode {
             println!("configuration is valid");
             ExitCode::SUCCESS
         }
-        Err(errors) => {
-            for error in &errors {
+        Err(problems) => {
+            for warning in &problems.warnings {
+                println!("warning: {warning}");
+            }
+            for error in &problems.errors {
                 println!("error: {error}");
             }
-            println!("{} problem(s) found", errors.len());
+            println!("{} problem(s) found", problems.errors.len());
             ExitCode::FAILURE
         }
     }

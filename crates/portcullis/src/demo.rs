@@ -48,9 +48,9 @@ pub async fn run(mut raw: RawSettings) -> anyhow::Result<ExitCode> {
     raw.database = Some(format!("sqlite://{}", dir.join("portcullis.db").display()));
     raw.basic_users = Some(format!("demo:{hash}"));
     raw.basic_admins = Some("demo".into());
-    let settings = raw.resolve(true).map_err(|errors| {
-        anyhow::anyhow!("invalid configuration:\n  - {}", errors.join("\n  - "))
-    })?;
+    let settings = raw
+        .resolve(true)
+        .map_err(|problems| anyhow::anyhow!("{problems}"))?;
     let config = settings
         .gateway
         .clone()

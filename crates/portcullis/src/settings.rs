@@ -98,6 +98,23 @@ pub enum SecretSource {
     Generate(PathBuf),
 }
 
+/// Why configuration was refused, with the warnings found on the way.
+#[derive(Debug)]
+pub struct Problems {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+impl std::fmt::Display for Problems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid configuration:")?;
+        for error in &self.errors {
+            write!(f, "\n  - {error}")?;
+        }
+        Ok(())
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug)]
 pub struct Settings {
@@ -154,7 +171,7 @@ impl RawSettings {
 
     /// Validates everything, reporting every problem. `need_upstream` is true for
     /// `serve`; `generate_secret_ok` permits generating a missing SQLite secret key.
-    pub fn resolve(&self, need_upstream: bool) -> Result<Settings, Vec<String>> {
+    pub fn resolve(&self, need_upstream: bool) -> Result<Settings, Problems> {
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
 
@@ -217,7 +234,7 @@ impl RawSettings {
                 gateway,
                 warnings,
             }),
-            _ => Err(errors),
+            _ => Err(Problems { errors, warnings }),
         }
     }
 
@@ -460,7 +477,7 @@ mod tests {
             auth_prefix: Some("auth".into()),
             ..base()
         };
-        let errors = raw.resolve(true).unwrap_err();
+        let errors = raw.resolve(true).unwrap_err().errors;
         for needle in [
             "--listen",
             "--upstream",
@@ -571,14 +588,15 @@ mod tests {
         for (name, raw, expected) in rows {
             match (raw.resolve(true), expected) {
                 (Ok(_), None) => {}
-                (Err(errors), Some(needle)) => {
+                (Err(problems), Some(needle)) => {
+                    let errors = problems.errors;
                     assert!(
                         errors.iter().any(|e| e.contains(needle)),
                         "row {name}: {errors:?}"
                     )
                 }
                 (Ok(_), Some(needle)) => panic!("row {name}: accepted, expected error {needle}"),
-                (Err(errors), None) => panic!("row {name}: rejected: {errors:?}"),
+                (Err(problems), None) => panic!("row {name}: rejected: {:?}", problems.errors),
             }
         }
     }

@@ -1,1 +1,419 @@
+//! Tests that run the real `portcullis` binary: several gateway processes on one
+//! database, `kill -9` and restart, and the operator commands.
 
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+
+use crate::both_backends;
+use crate::harness::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// Made by Python argon2-cffi 25.1 `PasswordHasher().hash("correct horse")`
+/// (its defaults: argon2id, m=65536, t=3, p=4).
+const CFFI_HASH: &str = "$argon2id$v=19$m=65536,t=3,p=4$/OM+x2kf9PGTa17ocdGIhQ$ZjDM0SlpgJaJdMSmaOFuWloJmgfC1tCb7hSSdj0YK2o";
+
+fn secret_b64() -> String {
+    base64::engine::general_purpose::STANDARD.encode([7u8; 32])
+}
+
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// `portcullis` with a clean environment pointing at `db`.
+fn command(db: &TestDb) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn")
+        .env("PORTCULLIS_DATABASE", &db.url)
+        .env("PORTCULLIS_DATA_DIR", &db.dir)
+        .env("PORTCULLIS_SECRET_KEY", secret_b64());
+    cmd
+}
+
+/// A `portcullis serve` process, killed on drop.
+struct Replica {
+    child: Child,
+    client: TestClient,
+}
+
+impl Replica {
+    async fn start(db: &TestDb, upstream: SocketAddr, listen: SocketAddr, users: &str) -> Self {
+        let child = command(db)
+            .arg("serve")
+            .env("PORTCULLIS_LISTEN", listen.to_string())
+            .env("PORTCULLIS_UPSTREAM", format!("http://{upstream}"))
+            .env("AUTH_BASIC_USERS", users)
+            .env("PORTCULLIS_LOGIN_RATE_PER_IP", "1000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let client = TestClient::new(listen);
+        let ready = eventually(Duration::from_secs(20), || {
+            let client = client.clone();
+            async move {
+                tokio::time::timeout(Duration::from_millis(500), async {
+                    let mut builder = hyper_util::client::legacy::connect::HttpConnector::new();
+                    builder.set_connect_timeout(Some(Duration::from_millis(200)));
+                    tokio::net::TcpStream::connect(client.addr).await.is_ok()
+                })
+                .await
+                .unwrap_or(false)
+            }
+        })
+        .await;
+        assert!(ready.is_some(), "portcullis serve did not start listening");
+        let mut replica = Self { child, client };
+        assert_eq!(replica.client.get("/.auth/readyz", &[]).await.status, 200);
+        assert!(replica.child.try_wait().unwrap().is_none());
+        replica
+    }
+
+    fn kill9(&mut self) {
+        // SIGKILL: no shutdown hook runs, nothing is flushed by us.
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn users() -> String {
+    format!("{USER}:{}", cheap_hash(PASSWORD))
+}
+
+async fn sessions_survive_kill_9(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let upstream = TestUpstream::start().await;
+    let listen = free_port();
+    let users = users();
+    let mut first = Replica::start(&db, upstream.addr, listen, &users).await;
+    let session = login(&first.client, USER, PASSWORD).await;
+    first.kill9();
+    let second = Replica::start(&db, upstream.addr, listen, &users).await;
+    let r = second
+        .client
+        .get("/echo", &[("cookie", &session.cookie_header())])
+        .await;
+    assert_eq!(r.status, 200, "session lost across kill -9: {}", r.text());
+    assert_eq!(
+        r.json()["headers"]["x-forwarded-user"],
+        serde_json::json!([USER])
+    );
+}
+
+async fn revocation_reaches_every_replica_within_a_second(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let upstream = TestUpstream::start().await;
+    let users = users();
+    let a = Replica::start(&db, upstream.addr, free_port(), &users).await;
+    let b = Replica::start(&db, upstream.addr, free_port(), &users).await;
+    let session = login(&a.client, USER, PASSWORD).await;
+    let cookie = session.cookie_header();
+    for replica in [&a, &b] {
+        assert_eq!(
+            replica
+                .client
+                .get("/echo", &[("cookie", &cookie)])
+                .await
+                .status,
+            200
+        );
+    }
+    // Revoke from the CLI, a third process.
+    let out = command(&db)
+        .args(["sessions", "revoke", &session.id()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (name, replica) in [("a", &a), ("b", &b)] {
+        let took = eventually(Duration::from_secs(1), || {
+            let (client, cookie) = (replica.client.clone(), cookie.clone());
+            async move { client.get("/echo", &[("cookie", &cookie)]).await.status == 401 }
+        })
+        .await;
+        assert!(
+            took.is_some(),
+            "replica {name} still accepts the revoked session after 1 s"
+        );
+    }
+    // Logout on one replica is refused on the other within a second as well.
+    let second = login(&b.client, USER, PASSWORD).await;
+    assert_eq!(
+        a.client
+            .get("/echo", &[("cookie", &second.cookie_header())])
+            .await
+            .status,
+        200
+    );
+    let r = b
+        .client
+        .request(
+            "POST",
+            "/.auth/logout",
+            &[
+                ("cookie", &second.cookie_header()),
+                ("x-csrf-token", &second.csrf),
+                ("accept", "application/json"),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let took = eventually(Duration::from_secs(1), || {
+        let (client, cookie) = (a.client.clone(), second.cookie_header());
+        async move { client.get("/echo", &[("cookie", &cookie)]).await.status == 401 }
+    })
+    .await;
+    assert!(took.is_some(), "logout on b not honoured by a within 1 s");
+}
+
+async fn cli_operates_on_sessions_and_keys(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let upstream = TestUpstream::start().await;
+    let users = format!(
+        "{USER}:{};{ADMIN}:{}",
+        cheap_hash(PASSWORD),
+        cheap_hash(PASSWORD)
+    );
+    let gw = Replica::start(&db, upstream.addr, free_port(), &users).await;
+    let bob1 = login(&gw.client, USER, PASSWORD).await;
+    let bob2 = login(&gw.client, USER, PASSWORD).await;
+    let alice = login(&gw.client, ADMIN, PASSWORD).await;
+
+    let out = command(&db)
+        .args(["sessions", "list", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let listed: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 3);
+    assert!(listed.iter().all(|s| s["status"] == "live"));
+
+    // Rotation while serving: old cookies keep working.
+    let out = command(&db).args(["keys", "rotate"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sk-"));
+    assert_eq!(
+        gw.client
+            .get("/echo", &[("cookie", &bob1.cookie_header())])
+            .await
+            .status,
+        200
+    );
+
+    let out = command(&db)
+        .args(["sessions", "revoke", "--user", USER])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("revoked ses-")
+            .count(),
+        2
+    );
+    for s in [&bob1, &bob2] {
+        let took = eventually(Duration::from_secs(1), || {
+            let (client, cookie) = (gw.client.clone(), s.cookie_header());
+            async move { client.get("/echo", &[("cookie", &cookie)]).await.status == 401 }
+        })
+        .await;
+        assert!(took.is_some());
+    }
+    assert_eq!(
+        gw.client
+            .get("/echo", &[("cookie", &alice.cookie_header())])
+            .await
+            .status,
+        200
+    );
+    let out = command(&db)
+        .args(["sessions", "revoke", "ses-AAAAAAAAAAAAAAAAAAAAAA"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "revoking an unknown session must say so"
+    );
+    let out = command(&db)
+        .args(["sessions", "list", "--all", "--json"])
+        .output()
+        .unwrap();
+    let statuses: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["status"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "session revoked").count(),
+        2,
+        "{statuses:?}"
+    );
+}
+
+both_backends!(
+    sessions_survive_kill_9,
+    revocation_reaches_every_replica_within_a_second,
+    cli_operates_on_sessions_and_keys,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn argon2_cffi_hashes_log_in() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let upstream = TestUpstream::start().await;
+    let gw = Replica::start(
+        &db,
+        upstream.addr,
+        free_port(),
+        &format!("carol:{CFFI_HASH}"),
+    )
+    .await;
+    let session = login(&gw.client, "carol", "correct horse").await;
+    assert_eq!(
+        gw.client
+            .get("/echo", &[("cookie", &session.cookie_header())])
+            .await
+            .status,
+        200
+    );
+}
+
+#[test]
+fn hash_password_reads_one_line_from_stdin() {
+    let mut child = Command::new(BIN)
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"s3cret pass\nignored second line\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap();
+    let hash = hash.trim();
+    assert!(
+        hash.starts_with("$argon2id$v=19$m=65536,t=3,p=4$"),
+        "{hash}"
+    );
+    let ok = portcullis_core::basic::verify_password(
+        hash,
+        &portcullis_core::secret::SecretString::new("s3cret pass"),
+    );
+    assert!(ok);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("s3cret"));
+}
+
+#[test]
+fn check_config_lists_every_problem() {
+    let out = Command::new(BIN)
+        .env_clear()
+        .args([
+            "check-config",
+            "--listen",
+            "nowhere",
+            "--public-url",
+            "ftp://x",
+            "--session-ttl",
+            "soon",
+        ])
+        .env("AUTH_BASIC_USERS", "alice:plaintext;:$argon2id$x;bob")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "--listen",
+        "--upstream",
+        "--public-url",
+        "--session-ttl",
+        "entry 1",
+        "entry 2",
+        "entry 3",
+        "4 problem(s)",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    assert!(
+        !text.contains("plaintext"),
+        "hash field must never be printed"
+    );
+
+    let dir = std::env::temp_dir().join(format!("pc-check-{}", std::process::id()));
+    let out = Command::new(BIN)
+        .env_clear()
+        .args([
+            "check-config",
+            "--upstream",
+            "http://127.0.0.1:8888",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .env("AUTH_BASIC_USERS", format!("alice:{CFFI_HASH}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !dir.join("secret.key").exists(),
+        "check-config must not write anything"
+    );
+}
+
+#[test]
+fn generated_secret_key_is_private() {
+    let dir = std::env::temp_dir().join(format!("pc-key-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(BIN)
+        .env_clear()
+        .args(["keys", "rotate", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta = std::fs::metadata(dir.join("secret.key")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let _ = std::fs::remove_dir_all(&dir);
+}
