@@ -160,7 +160,8 @@ mod tests {
         let s = session(0, Some(100));
         let mut revoked = s.clone();
         revoked.revoked_ms = Some(5);
-        let rows: Vec<(&str, &Session, Millis, Millis, Result<(), SessionEnd>)> = vec![
+        type Row<'a> = (&'a str, &'a Session, Millis, Millis, Result<(), SessionEnd>);
+        let rows: Vec<Row> = vec![
             ("fresh", &s, 10, 0, Ok(())),
             ("active within idle window", &s, 500, 450, Ok(())),
             ("idle", &s, 500, 0, Err(SessionEnd::Idle)),

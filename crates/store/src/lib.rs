@@ -3,7 +3,7 @@
 //!
 //! Both dialects accept `$n` placeholders, times are integer milliseconds and
 //! booleans are bound as `bool`, so every query is written once and the
-//! [`on_pool!`] macro compiles it against each driver. Only migrations (DDL) and the
+//! `on_pool!` macro compiles it against each driver. Only migrations (DDL) and the
 //! [`bus`] (`LISTEN/NOTIFY` versus polling the revocation log) differ by backend.
 //!
 //! Rows are mapped to `portcullis-core` domain types here; nothing above this crate
