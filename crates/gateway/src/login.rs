@@ -247,6 +247,7 @@ async fn login(
         .insert_session(&session)
         .await
         .map_err(|e| fail(e.into()))?;
+    inner.sessions.insert_new(session.clone());
     event.outcome = "success".into();
     event.actor = username.clone();
     event.target = Some(session.id.clone());

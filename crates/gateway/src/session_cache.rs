@@ -44,6 +44,15 @@ impl CachedSession {
     }
 }
 
+/// What the cache alone can say about a session.
+#[derive(Debug)]
+pub enum Cached {
+    Valid(Arc<CachedSession>),
+    Ended(SessionEnd),
+    /// Not cached, or only the database can decide (possible idleness).
+    Miss,
+}
+
 /// Why a lookup found no valid session.
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
@@ -80,6 +89,25 @@ impl SessionCache {
         )
     }
 
+    /// The hot path: answers from memory only, never touching the database.
+    pub fn cached(&self, id: &str, now: Millis) -> Cached {
+        let Some(entry) = self.entries.get(id) else {
+            return Cached::Miss;
+        };
+        match entry.session.check(now, entry.last_seen()) {
+            Ok(()) => {
+                self.touch(&entry, now);
+                Cached::Valid(entry)
+            }
+            // Another replica may have seen activity we have not: ask the database.
+            Err(SessionEnd::Idle) => Cached::Miss,
+            Err(end) => {
+                self.entries.invalidate(id);
+                Cached::Ended(end)
+            }
+        }
+    }
+
     /// Returns the valid session `id` at `now`, loading it if not cached.
     pub async fn lookup(
         &self,
@@ -87,25 +115,28 @@ impl SessionCache {
         id: &str,
         now: Millis,
     ) -> Result<Arc<CachedSession>, LookupError> {
-        if let Some(entry) = self.entries.get(id) {
-            match entry.session.check(now, entry.last_seen()) {
-                Ok(()) => {
-                    self.touch(&entry, now);
-                    return Ok(entry);
-                }
-                // Another replica may have seen activity we have not: ask the database.
-                Err(SessionEnd::Idle) => {}
-                Err(end) => {
-                    self.entries.invalidate(id);
-                    return Err(LookupError::Ended(end));
-                }
-            }
+        match self.cached(id, now) {
+            Cached::Valid(entry) => return Ok(entry),
+            Cached::Ended(end) => return Err(LookupError::Ended(end)),
+            Cached::Miss => {}
         }
         let epoch = self.epoch.load(Ordering::Acquire);
         let session = store.session(id).await?.ok_or(LookupError::Unknown)?;
         session
             .check(now, session.last_seen_ms)
             .map_err(LookupError::Ended)?;
+        let entry = self.insert_if_epoch(session, epoch);
+        self.touch(&entry, now);
+        Ok(entry)
+    }
+
+    /// Caches a session just created and committed by this process.
+    pub fn insert_new(&self, session: Session) {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        self.insert_if_epoch(session, epoch);
+    }
+
+    fn insert_if_epoch(&self, session: Session, epoch: u64) -> Arc<CachedSession> {
         let entry = Arc::new(CachedSession {
             last_seen: AtomicI64::new(session.last_seen_ms),
             persisted_seen: AtomicI64::new(session.last_seen_ms),
@@ -113,10 +144,9 @@ impl SessionCache {
             session,
         });
         if self.epoch.load(Ordering::Acquire) == epoch {
-            self.entries.insert(id.to_owned(), entry.clone());
+            self.entries.insert(entry.session.id.clone(), entry.clone());
         }
-        self.touch(&entry, now);
-        Ok(entry)
+        entry
     }
 
     fn touch(&self, entry: &Arc<CachedSession>, now: Millis) {
