@@ -392,7 +392,10 @@ pub async fn verify(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
     match authenticate(&gw, &headers).await {
         Ok(Some(auth)) => {
             let mut response = StatusCode::OK.into_response();
-            crate::proxy::set_identity_headers(response.headers_mut(), auth.identity());
+            crate::proxy::set_identity_headers(
+                response.headers_mut(),
+                auth.session.identity_headers(),
+            );
             response
         }
         Ok(None) => {

@@ -5,9 +5,8 @@
 use std::net::SocketAddr;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri, header};
-use axum::response::Response;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -29,32 +28,47 @@ pub const IDENTITY_HEADERS: [&str; 4] = [
     "x-forwarded-preferred-username",
 ];
 
-/// Headers describing the client hop. The gateway is the edge, so client-supplied
-/// values are discarded and replaced with what the gateway itself observed.
-const FORWARDING_HEADERS: [&str; 5] = [
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-real-ip",
-    "forwarded",
-];
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Hop-by-hop headers (RFC 9110 section 7.6.1) never cross a proxy.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-];
+/// Hop-by-hop headers (RFC 9110 section 7.6.1): they describe one connection and
+/// never cross a proxy, in either direction.
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Request headers the gateway owns. Identity headers are set from the session;
+/// the client-hop headers (`X-Forwarded-For`, `Forwarded`, …) are replaced with what
+/// the gateway observed, because the gateway is the edge and the client's own
+/// claims about its address and scheme are worthless.
+fn is_gateway_owned(name: &str) -> bool {
+    IDENTITY_HEADERS.contains(&name)
+        || matches!(
+            name,
+            "x-forwarded-for"
+                | "x-forwarded-proto"
+                | "x-forwarded-host"
+                | "x-real-ip"
+                | "forwarded"
+        )
+}
 
 /// Pooled HTTP/1.1 client to the upstream.
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpConnector, Incoming>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     timeout: std::time::Duration,
@@ -78,107 +92,126 @@ impl UpstreamClient {
     }
 }
 
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
+/// Removes, in one pass, every header for which `drop` is true and every header
+/// named in `Connection`. Most requests carry none, so nothing is allocated.
+fn remove_headers(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',') {
+            if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) {
+                doomed.push(name);
+            }
+        }
     }
-    for name in HOP_BY_HOP {
+    for name in headers.keys() {
+        if drop(name.as_str()) {
+            doomed.push(name.clone());
+        }
+    }
+    for name in doomed {
         headers.remove(name);
     }
 }
 
-/// Sets the identity headers for `identity`, replacing any existing ones.
-pub fn set_identity_headers(headers: &mut HeaderMap, identity: &Identity) {
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    remove_headers(headers, is_hop_by_hop);
+}
+
+/// The identity headers for `identity`. Non-ASCII names from an IdP are sent as raw
+/// UTF-8 (obs-text); a value with control characters could split headers and is
+/// omitted with a warning.
+pub fn identity_header_values(identity: &Identity) -> Vec<(HeaderName, HeaderValue)> {
+    let groups = identity.roles.join(",");
+    let values = [
+        (IDENTITY_HEADERS[0], Some(identity.subject.as_str())),
+        (IDENTITY_HEADERS[1], identity.email.as_deref()),
+        (IDENTITY_HEADERS[2], Some(groups.as_str())),
+        (IDENTITY_HEADERS[3], Some(identity.name.as_str())),
+    ];
+    let mut out = Vec::with_capacity(4);
+    for (name, value) in values {
+        let Some(value) = value else { continue };
+        match HeaderValue::from_bytes(value.as_bytes()) {
+            Ok(v) => out.push((HeaderName::from_static(name), v)),
+            Err(_) => {
+                tracing::warn!(
+                    header = name,
+                    "identity value not representable as a header; omitted"
+                )
+            }
+        }
+    }
+    out
+}
+
+/// Sets identity headers, replacing any existing ones.
+pub fn set_identity_headers(headers: &mut HeaderMap, values: &[(HeaderName, HeaderValue)]) {
     for name in IDENTITY_HEADERS {
         headers.remove(name);
     }
-    let values = [
-        ("x-forwarded-user", Some(identity.subject.as_str())),
-        ("x-forwarded-email", identity.email.as_deref()),
-        ("x-forwarded-groups", Some(&identity.roles.join(","))),
-        (
-            "x-forwarded-preferred-username",
-            Some(identity.name.as_str()),
-        ),
-    ];
     for (name, value) in values {
-        let Some(value) = value else { continue };
-        // Non-ASCII names from an IdP are sent as raw UTF-8 (obs-text); control
-        // characters could split headers and are refused.
-        match HeaderValue::from_bytes(value.as_bytes()) {
-            Ok(v) => {
-                headers.insert(name, v);
-            }
-            Err(_) => tracing::warn!(
-                header = name,
-                "identity value not representable as a header; omitted"
-            ),
-        }
+        headers.insert(name.clone(), value.clone());
     }
 }
 
 /// Rewrites the incoming request's headers for the upstream.
 pub fn upstream_headers(
     headers: &mut HeaderMap,
-    identity: &Identity,
+    identity: &[(HeaderName, HeaderValue)],
     peer: SocketAddr,
     proto: &str,
 ) {
     let host = headers.get(header::HOST).cloned();
-    remove_hop_by_hop(headers);
-    headers.remove(header::UPGRADE);
-    for name in FORWARDING_HEADERS {
-        headers.remove(name);
+    remove_headers(headers, |name| {
+        is_hop_by_hop(name) || is_gateway_owned(name)
+    });
+    strip_gateway_cookies(headers);
+    for (name, value) in identity {
+        headers.insert(name.clone(), value.clone());
     }
-    match cookies::without_gateway_cookies(headers) {
-        Some(rest) => match HeaderValue::from_str(&rest) {
-            Ok(v) => {
-                headers.insert(header::COOKIE, v);
-            }
-            Err(_) => {
-                headers.remove(header::COOKIE);
-            }
-        },
+    if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    let proto = if proto == "https" { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    if let Some(host) = host {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+}
+
+/// Removes the gateway's cookies from `Cookie`; the common case (no gateway cookie
+/// in a header) leaves the header untouched without allocating.
+fn strip_gateway_cookies(headers: &mut HeaderMap) {
+    let has_ours = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .any(|v| v.as_bytes().windows(11).any(|w| w == b"portcullis_"));
+    if !has_ours {
+        return;
+    }
+    match cookies::without_gateway_cookies(headers)
+        .and_then(|rest| HeaderValue::from_str(&rest).ok())
+    {
+        Some(v) => {
+            headers.insert(header::COOKIE, v);
+        }
         None => {
             headers.remove(header::COOKIE);
         }
     }
-    set_identity_headers(headers, identity);
-    if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
-        headers.insert("x-forwarded-for", v);
-    }
-    headers.insert(
-        "x-forwarded-proto",
-        HeaderValue::from_static(if proto == "https" { "https" } else { "http" }),
-    );
-    if let Some(host) = host {
-        headers.insert("x-forwarded-host", host);
-    }
 }
 
-/// The fallback handler: everything outside the auth prefix.
-pub async fn proxy(
-    State(gw): State<Gateway>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
-) -> Response {
+/// Handles a request outside the auth prefix: authenticate, rewrite, relay.
+pub async fn handle(gw: &Gateway, peer: SocketAddr, request: Request<Incoming>) -> Response<Body> {
     let (mut parts, body) = request.into_parts();
     let html = wants_html(&parts.method, &parts.headers);
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
-    let auth = match authenticate(&gw, &parts.headers).await {
+    let auth = match authenticate(gw, &parts.headers).await {
         Ok(Some(auth)) => auth,
-        Ok(None) => return unauthenticated(&gw, &parts.method, &parts.headers, &path_and_query),
+        Ok(None) => {
+            let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            return unauthenticated(gw, &parts.method, &parts.headers, path_and_query);
+        }
         Err(e) => return e.into_response_for(html),
     };
     if parts.headers.contains_key(header::UPGRADE) {
@@ -186,24 +219,24 @@ pub async fn proxy(
             .into_response_for(html);
     }
     let client = &gw.0.upstream;
-    let uri = Uri::builder()
+    let mut uri = Uri::builder()
         .scheme(client.scheme.clone())
-        .authority(client.authority.clone())
-        .path_and_query(path_and_query)
-        .build();
-    let uri = match uri {
-        Ok(uri) => uri,
-        Err(_) => return GatewayError::BadRequest("request target").into_response_for(html),
+        .authority(client.authority.clone());
+    if let Some(pq) = parts.uri.path_and_query() {
+        uri = uri.path_and_query(pq.clone());
+    }
+    let Ok(uri) = uri.build() else {
+        return GatewayError::BadRequest("request target").into_response_for(html);
     };
     upstream_headers(
         &mut parts.headers,
-        auth.identity(),
+        auth.session.identity_headers(),
         peer,
         gw.config().public_url.scheme.as_str(),
     );
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
-    let upstream_request = http::Request::from_parts(parts, body);
+    let upstream_request = Request::from_parts(parts, body);
 
     let response =
         match tokio::time::timeout(client.timeout, client.client.request(upstream_request)).await {
@@ -257,7 +290,7 @@ mod tests {
             );
             upstream_headers(
                 &mut headers,
-                &identity(),
+                &identity_header_values(&identity()),
                 "192.0.2.7:5000".parse().unwrap(),
                 "http",
             );
@@ -293,7 +326,7 @@ mod tests {
         let mut who = identity();
         who.name = "Eve\r\nX-Forwarded-User: root".into();
         let mut headers = HeaderMap::new();
-        set_identity_headers(&mut headers, &who);
+        set_identity_headers(&mut headers, &identity_header_values(&who));
         assert!(headers.get("x-forwarded-preferred-username").is_none());
         assert_eq!(headers.get("x-forwarded-user").unwrap(), "alice");
     }

@@ -12,7 +12,9 @@
 //! batches by [`SessionCache::flush_activity`], at most once per
 //! [`TOUCH_GRANULARITY`] per session.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use http::{HeaderName, HeaderValue};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -36,9 +38,16 @@ pub struct CachedSession {
     last_seen: AtomicI64,
     persisted_seen: AtomicI64,
     queued: AtomicBool,
+    /// Upstream identity headers, built once per cached session, not per request.
+    identity_headers: OnceLock<Vec<(HeaderName, HeaderValue)>>,
 }
 
 impl CachedSession {
+    pub fn identity_headers(&self) -> &[(HeaderName, HeaderValue)] {
+        self.identity_headers
+            .get_or_init(|| crate::proxy::identity_header_values(&self.session.identity))
+    }
+
     pub fn last_seen(&self) -> Millis {
         self.last_seen.load(Ordering::Relaxed)
     }
@@ -141,6 +150,7 @@ impl SessionCache {
             last_seen: AtomicI64::new(session.last_seen_ms),
             persisted_seen: AtomicI64::new(session.last_seen_ms),
             queued: AtomicBool::new(false),
+            identity_headers: OnceLock::new(),
             session,
         });
         if self.epoch.load(Ordering::Acquire) == epoch {

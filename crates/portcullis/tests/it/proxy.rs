@@ -236,7 +236,45 @@ async fn large_bodies_stream_both_ways(backend: Backend) {
     );
 }
 
+async fn oversized_request_heads_are_refused(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let s = gw.login(ADMIN).await;
+    let big = "a".repeat(80 * 1024);
+    let many: Vec<(String, String)> = (0..200).map(|i| (format!("x-h{i}"), "v".into())).collect();
+    let rows: Vec<(&str, Vec<(&str, &str)>, &str, u16)> = vec![
+        (
+            "80 KiB header on proxied path",
+            vec![("x-big", big.as_str())],
+            "/echo",
+            431,
+        ),
+        (
+            "80 KiB header on login",
+            vec![("x-big", big.as_str())],
+            "/.auth/login",
+            431,
+        ),
+        (
+            "200 headers",
+            many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+            "/echo",
+            431,
+        ),
+        ("normal request", vec![], "/echo", 200),
+    ];
+    for (name, mut headers, path, status) in rows {
+        let cookie = s.cookie_header();
+        headers.push(("cookie", &cookie));
+        // A fresh client: the server closes a connection after refusing its head.
+        let client = TestClient::new(gw.addr);
+        let r = client.get(path, &headers).await;
+        assert_eq!(r.status, status, "row {name}");
+    }
+}
+
 both_backends!(
+    oversized_request_heads_are_refused,
     unauthenticated_requests_are_refused_by_kind,
     upstream_sees_identity_not_credentials,
     host_header_must_be_allowed,

@@ -193,7 +193,9 @@ async fn database_outage_fails_closed(backend: Backend) {
     let db = TestDb::new(backend).await;
     let gw = TestGateway::start(&db).await;
     let used = gw.login(USER).await;
-    let unused = gw.login(USER).await;
+    // Minted by another gateway on the same database, so this one has never seen it.
+    let other = TestGateway::start(&db).await;
+    let unused = other.login(USER).await;
     assert_eq!(
         gw.client
             .get("/echo", &[("cookie", &used.cookie_header())])
