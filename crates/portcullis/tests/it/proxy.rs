@@ -242,7 +242,8 @@ async fn oversized_request_heads_are_refused(backend: Backend) {
     let s = gw.login(ADMIN).await;
     let big = "a".repeat(80 * 1024);
     let many: Vec<(String, String)> = (0..200).map(|i| (format!("x-h{i}"), "v".into())).collect();
-    let rows: Vec<(&str, Vec<(&str, &str)>, &str, u16)> = vec![
+    type Row<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str, u16);
+    let rows: Vec<Row> = vec![
         (
             "80 KiB header on proxied path",
             vec![("x-big", big.as_str())],
