@@ -21,5 +21,5 @@ mod state;
 mod throttle;
 
 pub use config::{GatewayConfig, PublicUrl, SameSite, Upstream};
-pub use server::{router, serve};
+pub use server::{bind_per_core, router, serve, serve_per_core};
 pub use state::{Gateway, StartError};

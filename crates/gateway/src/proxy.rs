@@ -65,7 +65,8 @@ fn is_gateway_owned(name: &str) -> bool {
         )
 }
 
-/// Pooled HTTP/1.1 client to the upstream.
+/// Pooled HTTP/1.1 client to the upstream. Each event loop has its own, so an
+/// upstream connection is only ever driven by the thread that uses it.
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
     client: Client<HttpConnector, Incoming>,
@@ -203,7 +204,12 @@ fn strip_gateway_cookies(headers: &mut HeaderMap) {
 }
 
 /// Handles a request outside the auth prefix: authenticate, rewrite, relay.
-pub async fn handle(gw: &Gateway, peer: SocketAddr, request: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    gw: &Gateway,
+    client: &UpstreamClient,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let (mut parts, body) = request.into_parts();
     let html = wants_html(&parts.method, &parts.headers);
     let auth = match authenticate(gw, &parts.headers).await {
@@ -218,7 +224,6 @@ pub async fn handle(gw: &Gateway, peer: SocketAddr, request: Request<Incoming>) 
         return GatewayError::BadRequest("protocol upgrades are not proxied by this version")
             .into_response_for(html);
     }
-    let client = &gw.0.upstream;
     let mut uri = Uri::builder()
         .scheme(client.scheme.clone())
         .authority(client.authority.clone());

@@ -22,7 +22,7 @@ use tower_service::Service;
 
 use crate::error::GatewayError;
 use crate::login;
-use crate::proxy;
+use crate::proxy::{self, UpstreamClient};
 use crate::state::Gateway;
 
 /// Bodies the gateway itself reads (login forms, JSON) are small; larger ones are
@@ -107,6 +107,7 @@ fn host_allowed(gw: &Gateway, host: &str) -> bool {
 struct Connection {
     gw: Gateway,
     router: Router,
+    upstream: UpstreamClient,
     peer: SocketAddr,
 }
 
@@ -127,7 +128,7 @@ impl hyper::service::Service<Request<Incoming>> for Connection {
                 let mut router = this.router;
                 return router.call(request).await;
             }
-            Ok(proxy::handle(&this.gw, this.peer, request).await)
+            Ok(proxy::handle(&this.gw, &this.upstream, this.peer, request).await)
         })
     }
 }
@@ -140,6 +141,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let router = router(gw.clone());
+    let upstream = UpstreamClient::new(gw.config());
     // Connections watch `stop` to begin a graceful close; each holds a clone of
     // `alive`, so `drained` resolves once every connection has finished.
     let (stop, _) = tokio::sync::watch::channel(false);
@@ -169,6 +171,7 @@ pub async fn serve(
         let service = Connection {
             gw: gw.clone(),
             router: router.clone(),
+            upstream: upstream.clone(),
             peer,
         };
         let connection = http
@@ -203,6 +206,82 @@ pub async fn serve(
     Ok(())
 }
 
+/// Binds `threads` listening sockets to `addr` with `SO_REUSEPORT`, so the kernel
+/// spreads new connections evenly across the event loops of [`serve_per_core`].
+///
+/// A plain bind is tried first so an address already in use (say, a second gateway
+/// started by mistake) is an error rather than a silently shared port; with port 0
+/// every socket joins the port the first one was given.
+pub fn bind_per_core(addr: SocketAddr, threads: usize) -> std::io::Result<Vec<TcpListener>> {
+    drop(std::net::TcpListener::bind(addr)?);
+    let mut addr = addr;
+    let mut listeners = Vec::new();
+    for _ in 0..threads.max(1) {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        #[cfg(unix)]
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(1024)?;
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+        if cfg!(not(unix)) {
+            break;
+        }
+    }
+    Ok(listeners)
+}
+
+/// Serves one event loop per listener, each a single-threaded runtime on its own OS
+/// thread with its own upstream pool, until `shutdown` resolves. This is the shape
+/// of nginx's workers: a request is parsed, authenticated, proxied and answered on
+/// one thread, with no work stealing and no cross-thread wake-ups on the hot path.
+/// Background tasks (revocation bus, activity batching) stay on the calling runtime.
+pub async fn serve_per_core(
+    listeners: Vec<TcpListener>,
+    gw: Gateway,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop, _) = tokio::sync::watch::channel(false);
+    let mut handles = Vec::new();
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let listener = listener.into_std()?;
+        let gw = gw.clone();
+        let mut stopping = stop.subscribe();
+        let handle = std::thread::Builder::new()
+            .name(format!("portcullis-loop-{index}"))
+            .spawn(move || -> std::io::Result<()> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let listener = TcpListener::from_std(listener)?;
+                    serve(listener, gw, async move {
+                        let _ = stopping.wait_for(|stop| *stop).await;
+                    })
+                    .await
+                })
+            })?;
+        handles.push(handle);
+    }
+    shutdown.await;
+    let _ = stop.send(true);
+    tokio::task::spawn_blocking(move || {
+        for handle in handles {
+            match handle.join() {
+                Ok(result) => result?,
+                Err(_) => return Err(std::io::Error::other("an event loop thread panicked")),
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,5 +298,19 @@ mod tests {
         ] {
             assert_eq!(is_own_path("/.auth", path), own, "{path}");
         }
+    }
+
+    #[tokio::test]
+    async fn per_core_sockets_share_one_port_and_refuse_a_taken_one() {
+        let listeners = bind_per_core("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        assert_eq!(ports.len(), 3);
+        assert!(ports.iter().all(|p| *p == ports[0]), "{ports:?}");
+        let taken = listeners[0].local_addr().unwrap();
+        let err = bind_per_core(taken, 2).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
     }
 }

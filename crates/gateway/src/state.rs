@@ -13,7 +13,6 @@ use tokio::task::JoinHandle;
 
 use crate::config::GatewayConfig;
 use crate::keyring::{KeyringError, LiveKeyring};
-use crate::proxy::UpstreamClient;
 use crate::session_cache::SessionCache;
 use crate::throttle::{LoginThrottle, PasswordPool};
 
@@ -53,7 +52,6 @@ pub(crate) struct Inner {
     pub dummy_hash: String,
     pub clock: Arc<dyn Clock>,
     pub entropy: Arc<dyn Entropy>,
-    pub upstream: UpstreamClient,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -135,7 +133,6 @@ impl Gateway {
             }));
         }
 
-        let upstream = UpstreamClient::new(&config);
         Ok(Self(Arc::new(Inner {
             passwords: PasswordPool::new(config.argon2_workers),
             config,
@@ -148,7 +145,6 @@ impl Gateway {
             dummy_hash,
             clock,
             entropy,
-            upstream,
             tasks,
         })))
     }

@@ -13,7 +13,7 @@ use portcullis_core::basic::hash_password as argon2_hash;
 use portcullis_core::clock::{Clock, SystemClock};
 use portcullis_core::keys::{SecretKey, new_signing_key};
 use portcullis_core::secret::{Key32, OsEntropy, SecretString};
-use portcullis_gateway::{Gateway, serve as serve_gateway};
+use portcullis_gateway::{Gateway, bind_per_core, serve_per_core};
 use portcullis_store::{AuditEvent, SessionFilter, Store};
 use serde_json::json;
 
@@ -90,6 +90,11 @@ pub async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
+/// One event loop per CPU, like nginx's `worker_processes auto`.
+pub fn event_loops() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 pub async fn serve(raw: RawSettings) -> anyhow::Result<ExitCode> {
     let settings = resolve(&raw, true)?;
     let Some(config) = settings.gateway.clone() else {
@@ -97,8 +102,8 @@ pub async fn serve(raw: RawSettings) -> anyhow::Result<ExitCode> {
     };
     let store = open_store(&settings).await?;
     let secret = secret_key(&settings)?;
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
+    let threads = event_loops();
+    let listeners = bind_per_core(settings.listen, threads)
         .with_context(|| format!("listening on {}", settings.listen))?;
     let gateway = Gateway::start(
         config,
@@ -110,12 +115,13 @@ pub async fn serve(raw: RawSettings) -> anyhow::Result<ExitCode> {
     .await
     .context("starting the gateway")?;
     tracing::info!(
-        listen = %listener.local_addr()?,
+        listen = %settings.listen,
+        event_loops = threads,
         upstream = %gateway.config().upstream.authority,
         public_url = %gateway.config().public_url.origin(),
         "portcullis is serving"
     );
-    serve_gateway(listener, gateway, shutdown_signal()).await?;
+    serve_per_core(listeners, gateway, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -16,9 +16,9 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use portcullis_core::basic::hash_password;
 use portcullis_core::clock::SystemClock;
 use portcullis_core::secret::{Entropy, OsEntropy, SecretString};
-use portcullis_gateway::{Gateway, serve};
+use portcullis_gateway::{Gateway, bind_per_core, serve_per_core};
 
-use crate::commands::{secret_key, shutdown_signal};
+use crate::commands::{event_loops, secret_key, shutdown_signal};
 use crate::settings::RawSettings;
 
 pub async fn run(mut raw: RawSettings) -> anyhow::Result<ExitCode> {
@@ -57,14 +57,12 @@ pub async fn run(mut raw: RawSettings) -> anyhow::Result<ExitCode> {
         .context("demo configuration has no gateway")?;
     let store = portcullis_store::Store::connect(&settings.database_url).await?;
     let secret = secret_key(&settings)?;
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "listening on {} (choose another with --listen)",
-                settings.listen
-            )
-        })?;
+    let listeners = bind_per_core(settings.listen, event_loops()).with_context(|| {
+        format!(
+            "listening on {} (choose another with --listen)",
+            settings.listen
+        )
+    })?;
     let gateway = Gateway::start(
         config,
         store,
@@ -93,7 +91,7 @@ pub async fn run(mut raw: RawSettings) -> anyhow::Result<ExitCode> {
     println!("  Press Ctrl-C to stop.");
     println!();
 
-    let result = serve(listener, gateway, shutdown_signal()).await;
+    let result = serve_per_core(listeners, gateway, shutdown_signal()).await;
     let _ = std::fs::remove_dir_all(&dir);
     result?;
     Ok(ExitCode::SUCCESS)
