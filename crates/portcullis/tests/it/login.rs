@@ -548,3 +548,127 @@ both_backends!(
     forward_auth_verify,
     health_endpoints,
 );
+
+/// Real-cost hashes (argon2id m=64 MiB, t=3, p=4, as `hash-password` makes them).
+fn real_cost_users() -> portcullis_core::basic::BasicUsers {
+    let hash = portcullis_core::basic::hash_password(
+        &portcullis_core::secret::SecretString::new(PASSWORD),
+        &portcullis_core::secret::OsEntropy,
+    )
+    .unwrap();
+    portcullis_core::basic::BasicUsers::parse(&format!("{ADMIN}:{hash}"), "").0
+}
+
+async fn timed_login(client: &TestClient, user: &str, password: &str) -> std::time::Duration {
+    let body = serde_json::json!({"username": user, "password": password}).to_string();
+    let start = std::time::Instant::now();
+    let r = client
+        .request(
+            "POST",
+            "/.auth/login",
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    start.elapsed()
+}
+
+/// Unknown users run the same argon2 work as known ones. Without the dummy verify an
+/// unknown user would answer in about a millisecond instead of about 100 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_users_cost_the_same_as_wrong_passwords() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let gw = TestGateway::start_with(&db, |c| c.basic_users = real_cost_users()).await;
+    let mut unknown = Vec::new();
+    let mut wrong = Vec::new();
+    for _ in 0..5 {
+        unknown.push(timed_login(&gw.client, "mallory", "guess").await);
+        wrong.push(timed_login(&gw.client, ADMIN, "guess").await);
+    }
+    unknown.sort();
+    wrong.sort();
+    let (u, w) = (unknown[2].as_secs_f64(), wrong[2].as_secs_f64());
+    assert!(
+        w > 0.02,
+        "a real-cost verify takes tens of milliseconds, got {w}"
+    );
+    assert!(
+        u > w * 0.5 && u < w * 2.0,
+        "median unknown-user {u:.3}s vs wrong-password {w:.3}s"
+    );
+}
+
+/// argon2 runs on a bounded pool off the async workers: a login flood queues, and
+/// proxied requests keep flowing meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_flood_does_not_starve_proxying() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let gw = TestGateway::start_with(&db, |c| {
+        c.basic_users = real_cost_users();
+        c.argon2_workers = 1;
+    })
+    .await;
+    let session = login(&gw.client, ADMIN, PASSWORD).await;
+    let flood: Vec<_> = (0..16)
+        .map(|_| {
+            let client = gw.client.clone();
+            tokio::spawn(async move { timed_login(&client, ADMIN, "wrong").await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut slowest = std::time::Duration::ZERO;
+    for _ in 0..20 {
+        let start = std::time::Instant::now();
+        let r = gw
+            .client
+            .get("/echo", &[("cookie", &session.cookie_header())])
+            .await;
+        assert_eq!(r.status, 200);
+        slowest = slowest.max(start.elapsed());
+    }
+    let mut flood_total = std::time::Duration::ZERO;
+    for f in flood {
+        flood_total = flood_total.max(f.await.unwrap());
+    }
+    // The flood needs 16 sequential verifies on one worker (over a second); each
+    // proxied request needs none and must not wait behind them.
+    assert!(
+        flood_total > std::time::Duration::from_millis(500),
+        "flood finished too fast to prove anything: {flood_total:?}"
+    );
+    assert!(
+        slowest < std::time::Duration::from_millis(300),
+        "a proxied request waited {slowest:?} behind logins"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_public_url_makes_cookies_secure() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let gw = TestGateway::start_with(&db, |c| {
+        c.public_url = portcullis_gateway::PublicUrl::parse("https://dash.example.com").unwrap();
+        c.same_site = portcullis_gateway::SameSite::Strict;
+    })
+    .await;
+    let body = serde_json::json!({"username": ADMIN, "password": PASSWORD}).to_string();
+    let r = gw
+        .client
+        .request(
+            "POST",
+            "/.auth/login",
+            &[
+                ("content-type", "application/json"),
+                ("host", "dash.example.com"),
+                ("origin", "https://dash.example.com"),
+            ],
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for name in ["portcullis_session", "portcullis_csrf"] {
+        let cookie = r.set_cookie(name).unwrap();
+        assert!(cookie.contains("; Secure"), "{cookie}");
+        assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    }
+}

@@ -307,6 +307,70 @@ async fn argon2_cffi_hashes_log_in() {
     );
 }
 
+/// Passwords, cookies and the secret key never reach the log, even at debug level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_log() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let upstream = TestUpstream::start().await;
+    let listen = free_port();
+    let log = db.dir.join("serve.log");
+    let child = command(&db)
+        .arg("serve")
+        .env("RUST_LOG", "debug")
+        .env("PORTCULLIS_LISTEN", listen.to_string())
+        .env("PORTCULLIS_UPSTREAM", format!("http://{}", upstream.addr))
+        .env("AUTH_BASIC_USERS", users())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut replica = Replica {
+        child,
+        client: TestClient::new(listen),
+    };
+    let up = eventually(Duration::from_secs(20), || {
+        let addr = listen;
+        async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
+    })
+    .await;
+    assert!(up.is_some());
+    let wrong =
+        serde_json::json!({"username": USER, "password": "hunter2-wrong-guess"}).to_string();
+    let r = replica
+        .client
+        .request(
+            "POST",
+            "/.auth/login",
+            &[("content-type", "application/json")],
+            wrong,
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    let session = login(&replica.client, USER, PASSWORD).await;
+    let forged = format!("portcullis_session={}x", session.cookie);
+    replica.client.get("/echo", &[("cookie", &forged)]).await;
+    replica
+        .client
+        .get("/echo", &[("cookie", &session.cookie_header())])
+        .await;
+    replica.kill9();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("auth.login"),
+        "the log should hold the audit lines:\n{text}"
+    );
+    let mac = session.cookie.rsplit('.').next().unwrap();
+    for secret in [
+        "hunter2-wrong-guess",
+        PASSWORD,
+        mac,
+        &session.csrf,
+        &secret_b64(),
+    ] {
+        assert!(!text.contains(secret), "log leaks {secret:?}");
+    }
+}
+
 #[test]
 fn hash_password_reads_one_line_from_stdin() {
     let mut child = Command::new(BIN)
