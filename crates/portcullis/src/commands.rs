@@ -16,6 +16,7 @@ use portcullis_core::secret::{Key32, OsEntropy, SecretString};
 use portcullis_gateway::{Gateway, bind_per_core, serve_per_core};
 use portcullis_store::{AuditEvent, SessionFilter, Store};
 use serde_json::json;
+use tokio::net::TcpListener;
 
 use crate::settings::{RawSettings, SecretSource, Settings};
 
@@ -95,16 +96,20 @@ pub fn event_loops() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
-pub async fn serve(raw: RawSettings) -> anyhow::Result<ExitCode> {
-    let settings = resolve(&raw, true)?;
+/// A gateway ready to serve: store open, secret key loaded, sockets bound (one per
+/// event loop), background tasks running. Shared by `serve` and `demo`.
+pub async fn start_gateway(settings: &Settings) -> anyhow::Result<(Vec<TcpListener>, Gateway)> {
     let Some(config) = settings.gateway.clone() else {
         bail!("no upstream configured");
     };
-    let store = open_store(&settings).await?;
-    let secret = secret_key(&settings)?;
-    let threads = event_loops();
-    let listeners = bind_per_core(settings.listen, threads)
-        .with_context(|| format!("listening on {}", settings.listen))?;
+    let store = open_store(settings).await?;
+    let secret = secret_key(settings)?;
+    let listeners = bind_per_core(settings.listen, event_loops()).with_context(|| {
+        format!(
+            "listening on {} (choose another with --listen)",
+            settings.listen
+        )
+    })?;
     let gateway = Gateway::start(
         config,
         store,
@@ -114,9 +119,15 @@ pub async fn serve(raw: RawSettings) -> anyhow::Result<ExitCode> {
     )
     .await
     .context("starting the gateway")?;
+    Ok((listeners, gateway))
+}
+
+pub async fn serve(raw: RawSettings) -> anyhow::Result<ExitCode> {
+    let settings = resolve(&raw, true)?;
+    let (listeners, gateway) = start_gateway(&settings).await?;
     tracing::info!(
         listen = %settings.listen,
-        event_loops = threads,
+        event_loops = listeners.len(),
         upstream = %gateway.config().upstream.authority,
         public_url = %gateway.config().public_url.origin(),
         "portcullis is serving"

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
@@ -14,11 +13,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use portcullis_core::basic::hash_password;
-use portcullis_core::clock::SystemClock;
 use portcullis_core::secret::{Entropy, OsEntropy, SecretString};
-use portcullis_gateway::{Gateway, bind_per_core, serve_per_core};
+use portcullis_gateway::serve_per_core;
 
-use crate::commands::{event_loops, secret_key, shutdown_signal};
+use crate::commands::{shutdown_signal, start_gateway};
 use crate::settings::RawSettings;
 
 pub async fn run(mut raw: RawSettings) -> anyhow::Result<ExitCode> {
@@ -51,26 +49,7 @@ pub async fn run(mut raw: RawSettings) -> anyhow::Result<ExitCode> {
     let settings = raw
         .resolve(true)
         .map_err(|problems| anyhow::anyhow!("{problems}"))?;
-    let config = settings
-        .gateway
-        .clone()
-        .context("demo configuration has no gateway")?;
-    let store = portcullis_store::Store::connect(&settings.database_url).await?;
-    let secret = secret_key(&settings)?;
-    let listeners = bind_per_core(settings.listen, event_loops()).with_context(|| {
-        format!(
-            "listening on {} (choose another with --listen)",
-            settings.listen
-        )
-    })?;
-    let gateway = Gateway::start(
-        config,
-        store,
-        secret,
-        Arc::new(SystemClock),
-        Arc::new(OsEntropy),
-    )
-    .await?;
+    let (listeners, gateway) = start_gateway(&settings).await?;
     let origin = gateway.config().public_url.origin();
 
     println!();

@@ -433,6 +433,16 @@ where
     None
 }
 
+/// Whether `client` stops accepting the session `cookie` header within `within`.
+pub async fn refused_within(client: &TestClient, cookie: &str, within: Duration) -> bool {
+    eventually(within, || {
+        let (client, cookie) = (client.clone(), cookie.to_owned());
+        async move { client.get("/echo", &[("cookie", &cookie)]).await.status == 401 }
+    })
+    .await
+    .is_some()
+}
+
 /// Declares one test per backend for an `async fn(Backend)`.
 #[macro_export]
 macro_rules! both_backends {
