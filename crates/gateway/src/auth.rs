@@ -36,8 +36,28 @@ pub async fn authenticate(
     gw: &Gateway,
     headers: &HeaderMap,
 ) -> Result<Option<Authenticated>, GatewayError> {
+    Ok(match authenticate_outcome(gw, headers).await? {
+        Outcome::Authenticated(auth) => Some(auth),
+        Outcome::NoCredential | Outcome::Rejected => None,
+    })
+}
+
+/// The result of authentication, distinguishing "nothing presented" from
+/// "presented and refused" for callers that answer them differently (WebSockets).
+#[derive(Debug)]
+pub enum Outcome {
+    Authenticated(Authenticated),
+    NoCredential,
+    Rejected,
+}
+
+/// Like [`authenticate`], with the reason a request is not authenticated.
+pub async fn authenticate_outcome(
+    gw: &Gateway,
+    headers: &HeaderMap,
+) -> Result<Outcome, GatewayError> {
     let Some(value) = cookies::read(headers, SESSION_COOKIE) else {
-        return Ok(None);
+        return Ok(Outcome::NoCredential);
     };
     let inner = &gw.0;
     let ring = inner.keyring.current();
@@ -51,19 +71,19 @@ pub async fn authenticate(
                 .await
                 .map_err(|e| GatewayError::StoreUnavailable(e.to_string()))?;
             if !reloaded {
-                return Ok(None);
+                return Ok(Outcome::Rejected);
             }
             match inner.keyring.current().verify(value, SESSION_PREFIX) {
                 Ok(id) => id,
                 Err(reason) => {
                     tracing::debug!(%reason, "session cookie refused");
-                    return Ok(None);
+                    return Ok(Outcome::Rejected);
                 }
             }
         }
         Err(reason) => {
             tracing::debug!(%reason, "session cookie refused");
-            return Ok(None);
+            return Ok(Outcome::Rejected);
         }
     };
     match inner
@@ -71,8 +91,8 @@ pub async fn authenticate(
         .lookup(&inner.store, id, inner.clock.now_ms())
         .await
     {
-        Ok(session) => Ok(Some(Authenticated { session })),
-        Err(LookupError::Unknown | LookupError::Ended(_)) => Ok(None),
+        Ok(session) => Ok(Outcome::Authenticated(Authenticated { session })),
+        Err(LookupError::Unknown | LookupError::Ended(_)) => Ok(Outcome::Rejected),
         Err(LookupError::Store(e)) => Err(e.into()),
     }
 }

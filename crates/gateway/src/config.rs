@@ -97,6 +97,16 @@ impl SameSite {
     }
 }
 
+/// How a refused WebSocket upgrade is answered (SPEC 6.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WsReject {
+    /// HTTP 401 (no credential) or 403 (credential refused) on the upgrade.
+    Status,
+    /// Complete the handshake, then close with 4401 or 4403: browsers show scripts
+    /// close codes but never the status of a failed upgrade.
+    Close,
+}
+
 /// Login throttling, in attempts per minute (with an equal burst).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoginLimits {
@@ -131,6 +141,7 @@ pub struct GatewayConfig {
     pub argon2_workers: usize,
     /// Time allowed for the upstream to start answering.
     pub upstream_timeout: Duration,
+    pub ws_reject: WsReject,
 }
 
 impl GatewayConfig {
@@ -147,6 +158,7 @@ impl GatewayConfig {
             login_limits: LoginLimits::default(),
             argon2_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             upstream_timeout: Duration::from_secs(60),
+            ws_reject: WsReject::Status,
         }
     }
 }

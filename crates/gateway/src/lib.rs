@@ -12,6 +12,7 @@ pub mod config;
 mod cookies;
 pub mod error;
 mod keyring;
+pub mod live;
 mod login;
 mod pages;
 mod proxy;
@@ -19,7 +20,8 @@ mod server;
 pub mod session_cache;
 mod state;
 mod throttle;
+pub mod ws;
 
-pub use config::{GatewayConfig, PublicUrl, SameSite, Upstream};
+pub use config::{GatewayConfig, PublicUrl, SameSite, Upstream, WsReject};
 pub use server::{bind_per_core, router, serve, serve_per_core};
 pub use state::{Gateway, StartError};

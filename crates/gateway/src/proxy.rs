@@ -12,12 +12,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use portcullis_core::identity::Identity;
 
-use crate::auth::authenticate;
+use crate::auth::{Outcome, authenticate, authenticate_outcome};
 use crate::config::GatewayConfig;
 use crate::cookies;
 use crate::error::GatewayError;
 use crate::login::{unauthenticated, wants_html};
 use crate::state::Gateway;
+use crate::ws::Refusal;
 
 /// Identity headers the gateway sets. Any client-supplied copy is removed first,
 /// or a client could claim to be anyone to an upstream that trusts them.
@@ -76,6 +77,14 @@ pub struct UpstreamClient {
 }
 
 impl UpstreamClient {
+    pub fn authority(&self) -> &http::uri::Authority {
+        &self.authority
+    }
+
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout
+    }
+
     pub fn new(config: &GatewayConfig) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -212,6 +221,25 @@ pub async fn handle(
 ) -> Response<Body> {
     let (mut parts, body) = request.into_parts();
     let html = wants_html(&parts.method, &parts.headers);
+    if crate::ws::is_upgrade(&parts.headers) {
+        let outcome = authenticate_outcome(gw, &parts.headers).await;
+        let request = Request::from_parts(parts, body);
+        return match outcome {
+            Ok(Outcome::Authenticated(auth))
+                if crate::ws::origin_allowed(gw, request.headers()) =>
+            {
+                crate::ws::relay(gw, client, peer, auth, request).await
+            }
+            Ok(Outcome::Authenticated(_)) => {
+                crate::ws::refuse(gw, request, Refusal::Rejected("origin not allowed"))
+            }
+            Ok(Outcome::Rejected) => {
+                crate::ws::refuse(gw, request, Refusal::Rejected("credential rejected"))
+            }
+            Ok(Outcome::NoCredential) => crate::ws::refuse(gw, request, Refusal::NoCredential),
+            Err(e) => e.into_response_for(false),
+        };
+    }
     let auth = match authenticate(gw, &parts.headers).await {
         Ok(Some(auth)) => auth,
         Ok(None) => {
@@ -220,10 +248,6 @@ pub async fn handle(
         }
         Err(e) => return e.into_response_for(html),
     };
-    if parts.headers.contains_key(header::UPGRADE) {
-        return GatewayError::BadRequest("protocol upgrades are not proxied by this version")
-            .into_response_for(html);
-    }
     let mut uri = Uri::builder()
         .scheme(client.scheme.clone())
         .authority(client.authority.clone());

@@ -72,8 +72,14 @@ fn check_host(gw: &Gateway, headers: &HeaderMap, uri: &Uri) -> Result<(), Gatewa
     if exempt {
         return Ok(());
     }
-    let host = headers
-        .get(header::HOST)
+    // RFC 9112 section 3.2: more than one Host is a bad request, and which of them
+    // a later hop would believe is anyone's guess.
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(GatewayError::HostNotAllowed);
+    }
+    let host = first
         .and_then(|v| v.to_str().ok())
         .or_else(|| uri.authority().map(|a| a.as_str()));
     match host {

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::GatewayConfig;
 use crate::keyring::{KeyringError, LiveKeyring};
+use crate::live::LiveConnections;
 use crate::session_cache::SessionCache;
 use crate::throttle::{LoginThrottle, PasswordPool};
 
@@ -45,6 +46,7 @@ pub(crate) struct Inner {
     pub keyring: Arc<LiveKeyring>,
     pub csrf: CsrfKey,
     pub sessions: Arc<SessionCache>,
+    pub live: Arc<LiveConnections>,
     pub bus: RevocationBus,
     pub throttle: Arc<LoginThrottle>,
     pub passwords: PasswordPool,
@@ -92,6 +94,12 @@ impl Gateway {
         let throttle = Arc::new(LoginThrottle::new(config.login_limits));
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(sessions.clone().follow(bus.subscribe())));
+        let live = Arc::new(LiveConnections::default());
+        tasks.push(tokio::spawn(live.clone().follow(
+            bus.subscribe(),
+            store.clone(),
+            clock.clone(),
+        )));
         {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
@@ -140,6 +148,7 @@ impl Gateway {
             keyring,
             csrf,
             sessions,
+            live,
             bus,
             throttle,
             dummy_hash,

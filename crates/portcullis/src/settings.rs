@@ -18,7 +18,7 @@ use portcullis_core::keys::SecretKey;
 use portcullis_core::secret::{Key32, SecretString};
 use portcullis_core::session::SessionPolicy;
 use portcullis_gateway::config::{LoginLimits, validate_prefix};
-use portcullis_gateway::{GatewayConfig, PublicUrl, SameSite, Upstream};
+use portcullis_gateway::{GatewayConfig, PublicUrl, SameSite, Upstream, WsReject};
 use serde::Deserialize;
 
 /// Settings shared by every command. Each has a flag, an environment variable and a
@@ -73,6 +73,9 @@ pub struct RawSettings {
     /// Time the upstream may take to start answering, e.g. 60s [default: 60s]
     #[arg(long, env = "PORTCULLIS_UPSTREAM_TIMEOUT", global = true)]
     pub upstream_timeout: Option<String>,
+    /// Refused WebSocket upgrades: `status` (401/403) or `close` (accept, then close 4401/4403) [default: status]
+    #[arg(long, env = "PORTCULLIS_WS_REJECT", global = true)]
+    pub ws_reject: Option<String>,
     /// Concurrent argon2 verifications [default: number of CPUs]
     #[arg(long, env = "PORTCULLIS_ARGON2_WORKERS", global = true)]
     pub argon2_workers: Option<usize>,
@@ -151,6 +154,7 @@ impl RawSettings {
             login_rate_per_ip,
             login_rate_per_user,
             upstream_timeout,
+            ws_reject,
             argon2_workers,
             basic_users,
             basic_admins,
@@ -310,6 +314,19 @@ impl RawSettings {
                 SameSite::Lax
             }
         };
+        let ws_reject = match self
+            .ws_reject
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("status") => WsReject::Status,
+            Some("close") => WsReject::Close,
+            Some(other) => {
+                errors.push(format!("--ws-reject / PORTCULLIS_WS_REJECT: {other:?} is not allowed; use status or close"));
+                WsReject::Status
+            }
+        };
         let mut upstream_timeout = Duration::from_secs(60);
         if let Some(raw) = &self.upstream_timeout {
             match parse_duration(
@@ -370,6 +387,7 @@ impl RawSettings {
         config.session = policy;
         config.same_site = same_site;
         config.upstream_timeout = upstream_timeout;
+        config.ws_reject = ws_reject;
         config.login_limits = limits;
         config.basic_users = basic_users;
         config.allowed_hosts = allowed_hosts;
@@ -567,6 +585,14 @@ mod tests {
                     ..base()
                 },
                 Some("secret key is required"),
+            ),
+            (
+                "bad ws-reject",
+                RawSettings {
+                    ws_reject: Some("drop".into()),
+                    ..base()
+                },
+                Some("--ws-reject"),
             ),
             (
                 "bad allowed host",

@@ -26,6 +26,9 @@ use portcullis_store::Store;
 use sqlx::Connection;
 use tokio::sync::oneshot;
 
+/// A table row: name, extra request headers, expected status.
+pub type HeaderRow<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16);
+
 pub const PASSWORD: &str = "correct horse battery";
 pub const ADMIN: &str = "alice";
 pub const USER: &str = "bob";
@@ -177,9 +180,55 @@ async fn upload(request: Request) -> String {
     total.to_string()
 }
 
+/// WebSocket echo: echoes every message; `close:N` closes with code N ("bye");
+/// `headers` answers with the handshake headers as JSON. Selects the Jupyter kernel
+/// subprotocol when offered.
+async fn ws_echo(
+    ws: axum::extract::ws::WebSocketUpgrade,
+    headers: http::HeaderMap,
+) -> axum::response::Response {
+    use axum::extract::ws::{CloseFrame, Message};
+    let seen: BTreeMap<String, String> = headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    ws.protocols(["v1.kernel.websocket.jupyter.org"])
+        .max_message_size(64 << 20)
+        .on_upgrade(move |mut socket| async move {
+            while let Some(Ok(message)) = socket.recv().await {
+                let reply = match message {
+                    Message::Text(text) if text.starts_with("close:") => {
+                        let code = text[6..].parse().unwrap_or(1000);
+                        let _ = socket
+                            .send(Message::Close(Some(CloseFrame {
+                                code,
+                                reason: "bye".into(),
+                            })))
+                            .await;
+                        continue;
+                    }
+                    Message::Text(text) if text.as_str() == "headers" => {
+                        Message::Text(serde_json::to_string(&seen).unwrap().into())
+                    }
+                    Message::Close(_) => break,
+                    other => other,
+                };
+                if socket.send(reply).await.is_err() {
+                    break;
+                }
+            }
+        })
+}
+
 impl TestUpstream {
     pub async fn start() -> Self {
         let app = Router::new()
+            .route("/ws/echo", get(ws_echo))
             .route("/bytes/{n}", get(stream_bytes))
             .route("/upload", post(upload))
             .route(

@@ -3,9 +3,6 @@
 use crate::both_backends;
 use crate::harness::*;
 
-/// A table row: name, extra request headers, expected status.
-type Row<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16);
-
 async fn form_login_sets_hardened_cookies_and_redirects(backend: Backend) {
     let db = TestDb::new(backend).await;
     let gw = TestGateway::start(&db).await;
@@ -190,7 +187,7 @@ async fn cross_site_login_posts_are_refused(backend: Backend) {
     let same = format!("http://{}", gw.addr);
     let same_referer = format!("http://{}/.auth/login", gw.addr);
     let prefix_trick = format!("{same}.evil.example/");
-    let rows: Vec<Row> = vec![
+    let rows: Vec<HeaderRow> = vec![
         (
             "foreign origin",
             vec![("origin", "https://evil.example")],
@@ -294,7 +291,7 @@ async fn logout_needs_csrf_then_revokes(backend: Backend) {
     let gw = TestGateway::start(&db).await;
     let s = gw.login(USER).await;
     let cookie = s.cookie_header();
-    let rows: Vec<Row> = vec![
+    let rows: Vec<HeaderRow> = vec![
         ("no token", vec![("cookie", &cookie)], 403),
         (
             "wrong token",

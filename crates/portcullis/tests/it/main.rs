@@ -8,3 +8,4 @@ mod login;
 mod processes;
 mod proxy;
 mod sessions;
+mod websocket;

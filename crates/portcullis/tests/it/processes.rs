@@ -133,6 +133,8 @@ async fn revocation_reaches_every_replica_within_a_second(backend: Backend) {
             200
         );
     }
+    // A live WebSocket on replica b, carried by the same session.
+    let mut socket = crate::websocket::connect_as(b.client.addr, &session).await;
     // Revoke from the CLI, a third process.
     let out = command(&db)
         .args(["sessions", "revoke", &session.id()])
@@ -149,6 +151,11 @@ async fn revocation_reaches_every_replica_within_a_second(backend: Backend) {
             "replica {name} still accepts the revoked session after 1 s"
         );
     }
+    let frame = crate::websocket::close_frame(&mut socket, Duration::from_secs(1))
+        .await
+        .expect("the WebSocket on replica b was not closed within 1 s");
+    assert_eq!(u16::from(frame.code), 4401);
+    assert_eq!(frame.reason.as_str(), "session revoked");
     // Logout on one replica is refused on the other within a second as well.
     let second = login(&b.client, USER, PASSWORD).await;
     assert_eq!(

@@ -112,6 +112,19 @@ async fn host_header_must_be_allowed(backend: Backend) {
         ("right host, wrong port", "127.0.0.1:1", 400),
         ("allowed host without its port", "dash.internal", 400),
     ];
+    // Two Host headers, the first one valid: refused outright.
+    let r = gw
+        .client
+        .get(
+            "/echo",
+            &[
+                ("host", own.as_str()),
+                ("host", "evil.example"),
+                ("cookie", &s.cookie_header()),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 400, "duplicate Host");
     for (name, host, status) in rows {
         let r = gw
             .client

@@ -1,0 +1,160 @@
+//! The registry of live WebSocket connections per session, so the gateway can close
+//! every connection a session carries the moment the session dies, whatever killed
+//! it and wherever (this process, another replica, the CLI): the revocation bus
+//! reaches [`LiveConnections::follow`] on every gateway.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use portcullis_core::clock::Clock;
+use portcullis_core::session::SessionEnd;
+use portcullis_store::{BusEvent, Store};
+use tokio::sync::{broadcast, watch};
+
+/// Why a session's connections are being closed (the close reason sent to clients).
+pub type EndReason = &'static str;
+
+pub const REASON_REVOKED: EndReason = "session revoked";
+pub const REASON_EXPIRED: EndReason = "session expired";
+
+#[derive(Debug, Default)]
+pub struct LiveConnections {
+    sessions: Mutex<HashMap<String, watch::Sender<Option<EndReason>>>>,
+}
+
+/// One connection's membership; leaving the registry happens on drop.
+#[derive(Debug)]
+pub struct Registration {
+    registry: Arc<LiveConnections>,
+    session_id: String,
+    ended: Option<watch::Receiver<Option<EndReason>>>,
+}
+
+impl Registration {
+    /// Resolves with the reason once the session has ended.
+    pub async fn ended(&mut self) -> EndReason {
+        let Some(receiver) = self.ended.as_mut() else {
+            return REASON_REVOKED;
+        };
+        match receiver.wait_for(Option::is_some).await {
+            Ok(reason) => reason.unwrap_or(REASON_REVOKED),
+            // The sender lives in the registry while we are registered; losing it
+            // means the registry is gone, so the session can no longer be vouched for.
+            Err(_) => REASON_REVOKED,
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        drop(self.ended.take());
+        let mut sessions = self.registry.lock();
+        if sessions
+            .get(&self.session_id)
+            .is_some_and(|sender| sender.receiver_count() == 0)
+        {
+            sessions.remove(&self.session_id);
+        }
+    }
+}
+
+impl LiveConnections {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, watch::Sender<Option<EndReason>>>> {
+        match self.sessions.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    pub fn register(self: &Arc<Self>, session_id: &str) -> Registration {
+        let receiver = self
+            .lock()
+            .entry(session_id.to_owned())
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe();
+        Registration {
+            registry: self.clone(),
+            session_id: session_id.to_owned(),
+            ended: Some(receiver),
+        }
+    }
+
+    /// Closes every connection of `session_id`.
+    pub fn end_session(&self, session_id: &str, reason: EndReason) {
+        if let Some(sender) = self.lock().get(session_id) {
+            sender.send_replace(Some(reason));
+        }
+    }
+
+    pub fn session_ids(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Number of sessions with at least one live connection.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Applies revocation-bus events. After a `Flush` (revocations may have been
+    /// missed) every session with live connections is re-checked in the database.
+    pub async fn follow(
+        self: Arc<Self>,
+        mut events: broadcast::Receiver<BusEvent>,
+        store: Store,
+        clock: Arc<dyn Clock>,
+    ) {
+        loop {
+            match events.recv().await {
+                Ok(BusEvent::Revoked(id)) => self.end_session(&id, REASON_REVOKED),
+                Ok(BusEvent::Flush) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.recheck_all(&store, clock.as_ref()).await
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    async fn recheck_all(&self, store: &Store, clock: &dyn Clock) {
+        for id in self.session_ids() {
+            match store.session(&id).await {
+                Ok(Some(session)) => match session.check(clock.now_ms(), clock.now_ms()) {
+                    Ok(()) => {}
+                    Err(SessionEnd::Expired) => self.end_session(&id, REASON_EXPIRED),
+                    Err(_) => self.end_session(&id, REASON_REVOKED),
+                },
+                Ok(None) => self.end_session(&id, REASON_REVOKED),
+                // Cannot confirm either way; the next flush or a notification decides.
+                Err(error) => tracing::warn!(%error, "could not re-check a live session"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ending_a_session_reaches_all_its_connections_only() {
+        let registry = Arc::new(LiveConnections::default());
+        let mut a1 = registry.register("ses-a");
+        let mut a2 = registry.register("ses-a");
+        let mut b = registry.register("ses-b");
+        registry.end_session("ses-a", REASON_REVOKED);
+        assert_eq!(a1.ended().await, REASON_REVOKED);
+        assert_eq!(a2.ended().await, REASON_REVOKED);
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(50), b.ended()).await;
+        assert!(
+            pending.is_err(),
+            "another session's connection must stay open"
+        );
+        drop((a1, a2));
+        assert_eq!(registry.session_ids(), vec!["ses-b".to_string()]);
+        drop(b);
+        assert!(registry.is_empty());
+    }
+}

@@ -1,0 +1,310 @@
+//! WebSockets through the gateway: authenticated upgrades, the frame relay, and
+//! live connections closed with 4401 when their session dies.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::both_backends;
+use crate::harness::*;
+
+type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub async fn connect(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(Ws, http::Response<Option<Vec<u8>>>), Error> {
+    let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
+    for (k, v) in headers {
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    tokio_tungstenite::connect_async(request).await
+}
+
+pub async fn connect_as(addr: SocketAddr, session: &Session) -> Ws {
+    let origin = format!("http://{addr}");
+    let (ws, response) = connect(
+        addr,
+        "/ws/echo",
+        &[("cookie", &session.cookie_header()), ("origin", &origin)],
+    )
+    .await
+    .expect("authenticated upgrade");
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+/// Reads until a close frame (or the end) and returns it; data frames are skipped.
+pub async fn close_frame(ws: &mut Ws, within: Duration) -> Option<CloseFrame> {
+    tokio::time::timeout(within, async {
+        while let Some(message) = ws.next().await {
+            match message {
+                Ok(Message::Close(frame)) => return frame,
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+async fn next_data(ws: &mut Ws) -> Message {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => return other,
+        }
+    }
+}
+
+async fn relays_frames_both_ways(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let s = gw.login(ADMIN).await;
+    let mut ws = connect_as(gw.addr, &s).await;
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("hello"));
+    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_data(&mut ws).await,
+        Message::binary(vec![0u8, 1, 2, 255])
+    );
+    // A 16 MiB message crosses intact.
+    let big: Vec<u8> = (0..16 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    match next_data(&mut ws).await {
+        Message::Binary(got) => assert!(got.as_ref() == big.as_slice(), "16 MiB message corrupted"),
+        other => panic!("expected binary, got {other:?}"),
+    }
+    // Ping reaches a pong.
+    ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(Ok(Message::Pong(payload))) = ws.next().await {
+                return payload;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(pong.as_ref(), b"are you there");
+    // The upstream saw identity, not credentials, and no extension negotiation.
+    ws.send(Message::text("headers")).await.unwrap();
+    let Message::Text(seen) = next_data(&mut ws).await else {
+        panic!("expected headers")
+    };
+    let seen: serde_json::Value = serde_json::from_str(&seen).unwrap();
+    assert_eq!(seen["x-forwarded-user"], ADMIN);
+    assert!(seen.get("cookie").is_none(), "{seen}");
+    assert!(seen.get("sec-websocket-extensions").is_none(), "{seen}");
+    // Close codes pass through from the upstream.
+    ws.send(Message::text("close:4000")).await.unwrap();
+    let frame = close_frame(&mut ws, Duration::from_secs(5))
+        .await
+        .expect("close frame");
+    assert_eq!(u16::from(frame.code), 4000);
+    assert_eq!(frame.reason.as_str(), "bye");
+}
+
+async fn upstream_subprotocol_is_returned(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let s = gw.login(ADMIN).await;
+    let origin = format!("http://{}", gw.addr);
+    let (_ws, response) = connect(
+        gw.addr,
+        "/ws/echo",
+        &[
+            ("cookie", &s.cookie_header()),
+            ("origin", &origin),
+            (
+                "sec-websocket-protocol",
+                "v1.kernel.websocket.jupyter.org, other",
+            ),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        response.headers()["sec-websocket-protocol"],
+        "v1.kernel.websocket.jupyter.org"
+    );
+}
+
+async fn upgrades_are_authenticated_before_the_upstream(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let s = gw.login(ADMIN).await;
+    let origin = format!("http://{}", gw.addr);
+    let cookie = s.cookie_header();
+    let forged = format!("portcullis_session={}x", s.cookie);
+    let rows: Vec<HeaderRow> = vec![
+        ("no credential", vec![("origin", &origin)], 401),
+        (
+            "cookie from a foreign origin",
+            vec![("cookie", &cookie), ("origin", "https://evil.example")],
+            403,
+        ),
+        ("cookie without origin", vec![("cookie", &cookie)], 403),
+        (
+            "forged cookie",
+            vec![("cookie", &forged), ("origin", &origin)],
+            403,
+        ),
+        (
+            "host not allowed",
+            vec![
+                ("cookie", &cookie),
+                ("origin", &origin),
+                ("host", "evil.example"),
+            ],
+            400,
+        ),
+    ];
+    for (name, headers, status) in rows {
+        match connect(gw.addr, "/ws/echo", &headers).await {
+            Err(Error::Http(response)) => assert_eq!(response.status(), status, "row {name}"),
+            other => panic!(
+                "row {name}: expected HTTP {status}, got {:?}",
+                other.map(|(_, r)| r.status())
+            ),
+        }
+    }
+}
+
+async fn close_mode_rejects_with_close_codes(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw =
+        TestGateway::start_with(&db, |c| c.ws_reject = portcullis_gateway::WsReject::Close).await;
+    let s = gw.login(ADMIN).await;
+    let origin = format!("http://{}", gw.addr);
+    let cookie = s.cookie_header();
+    let rows: Vec<HeaderRow> = vec![
+        ("no credential", vec![("origin", &origin)], 4401),
+        (
+            "foreign origin",
+            vec![("cookie", &cookie), ("origin", "https://evil.example")],
+            4403,
+        ),
+    ];
+    for (name, headers, code) in rows {
+        let (mut ws, response) = connect(gw.addr, "/ws/echo", &headers).await.unwrap();
+        assert_eq!(response.status(), 101, "row {name}");
+        let frame = close_frame(&mut ws, Duration::from_secs(5))
+            .await
+            .expect("close frame");
+        assert_eq!(u16::from(frame.code), code, "row {name}");
+    }
+}
+
+async fn revocation_closes_live_connections_within_a_second(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let s = gw.login(USER).await;
+    let other = gw.login(USER).await;
+    let mut ws1 = connect_as(gw.addr, &s).await;
+    let mut ws2 = connect_as(gw.addr, &s).await;
+    let mut bystander = connect_as(gw.addr, &other).await;
+    ws1.send(Message::text("x")).await.unwrap();
+    assert_eq!(next_data(&mut ws1).await, Message::text("x"));
+    // Revoked from elsewhere (as the CLI or another replica would).
+    let elsewhere = portcullis_store::Store::connect(&db.url).await.unwrap();
+    elsewhere
+        .revoke_session(&s.id(), "test", now_ms())
+        .await
+        .unwrap();
+    for ws in [&mut ws1, &mut ws2] {
+        let frame = close_frame(ws, Duration::from_secs(1))
+            .await
+            .expect("closed within 1 s");
+        assert_eq!(u16::from(frame.code), 4401);
+        assert_eq!(frame.reason.as_str(), "session revoked");
+    }
+    bystander.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next_data(&mut bystander).await, Message::text("still here"));
+
+    // Logging out closes the session's sockets as well.
+    let r = gw
+        .client
+        .request(
+            "POST",
+            "/.auth/logout",
+            &[
+                ("cookie", &other.cookie_header()),
+                ("x-csrf-token", &other.csrf),
+                ("accept", "application/json"),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let frame = close_frame(&mut bystander, Duration::from_secs(1))
+        .await
+        .expect("closed on logout");
+    assert_eq!(u16::from(frame.code), 4401);
+}
+
+async fn expiry_closes_live_connections(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start_with(&db, |c| c.session.ttl_ms = 3_600_000).await;
+    let s = gw.login(USER).await;
+    let mut ws = connect_as(gw.addr, &s).await;
+    gw.clock.advance(3_600_000);
+    let frame = close_frame(&mut ws, Duration::from_secs(3))
+        .await
+        .expect("closed at expiry");
+    assert_eq!(u16::from(frame.code), 4401);
+    assert_eq!(frame.reason.as_str(), "session expired");
+}
+
+async fn upstream_refusal_is_a_clear_close(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let s = gw.login(USER).await;
+    let origin = format!("http://{}", gw.addr);
+    // `/plain` is an ordinary HTTP route upstream: it answers 200, never 101.
+    let (mut ws, response) = connect(
+        gw.addr,
+        "/plain",
+        &[("cookie", &s.cookie_header()), ("origin", &origin)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 101);
+    let frame = close_frame(&mut ws, Duration::from_secs(5))
+        .await
+        .expect("close frame");
+    assert_eq!(u16::from(frame.code), 1011);
+    assert_eq!(frame.reason.as_str(), "upstream unavailable");
+}
+
+both_backends!(
+    relays_frames_both_ways,
+    upstream_subprotocol_is_returned,
+    upgrades_are_authenticated_before_the_upstream,
+    close_mode_rejects_with_close_codes,
+    revocation_closes_live_connections_within_a_second,
+    expiry_closes_live_connections,
+    upstream_refusal_is_a_clear_close,
+);
