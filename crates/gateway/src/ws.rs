@@ -232,6 +232,19 @@ pub async fn relay(
         }
     };
     let registration = gw.0.live.register(auth.session_id());
+    // A revocation that landed between authentication and registration reached no
+    // registry entry; it did invalidate the cache, so this re-check sees it.
+    let inner = &gw.0;
+    if inner
+        .sessions
+        .lookup(&inner.store, auth.session_id(), inner.clock.now_ms())
+        .await
+        .is_err()
+    {
+        inner
+            .live
+            .end_session(auth.session_id(), crate::live::REASON_REVOKED);
+    }
     let upgrade = hyper::upgrade::on(&mut request);
     let gw = gw.clone();
     tokio::spawn(async move {

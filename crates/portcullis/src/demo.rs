@@ -30,8 +30,9 @@ pub async fn run(mut raw: RawSettings) -> anyhow::Result<ExitCode> {
 
     let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let upstream_addr = upstream.local_addr()?;
+    let prefix = raw.auth_prefix.clone().unwrap_or_else(|| "/.auth".into());
     tokio::spawn(async move {
-        let _ = axum::serve(upstream, dashboard()).await;
+        let _ = axum::serve(upstream, dashboard(prefix)).await;
     });
 
     let mut raw_password = [0u8; 15];
@@ -76,11 +77,42 @@ pub async fn run(mut raw: RawSettings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The built-in demo dashboard (the upstream).
-pub fn dashboard() -> Router {
+/// The built-in demo dashboard (the upstream). `prefix` is the gateway's auth
+/// prefix, for the sign-out form.
+pub fn dashboard(prefix: String) -> Router {
     Router::new()
         .route("/", get(home))
         .route("/api/headers", get(headers_json))
+        .route("/ws/clock", get(clock))
+        .layer(axum::Extension(AuthPrefix(prefix)))
+}
+
+/// A live clock: one text frame per second, and echoes of anything sent. It runs
+/// until the gateway closes it, which is what the demo page shows.
+async fn clock(ws: axum::extract::ws::WebSocketUpgrade) -> axum::response::Response {
+    use axum::extract::ws::Message;
+    ws.on_upgrade(|mut socket| async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+                    if socket.send(Message::Text(now.into())).await.is_err() {
+                        return;
+                    }
+                }
+                message = socket.recv() => match message {
+                    Some(Ok(Message::Text(text))) => {
+                        if socket.send(Message::Text(format!("echo: {text}").into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    })
 }
 
 fn header_map(headers: &HeaderMap) -> BTreeMap<String, String> {
@@ -99,7 +131,13 @@ async fn headers_json(headers: HeaderMap) -> axum::Json<BTreeMap<String, String>
     axum::Json(header_map(&headers))
 }
 
-async fn home(headers: HeaderMap) -> Markup {
+#[derive(Clone)]
+struct AuthPrefix(String);
+
+async fn home(
+    axum::Extension(AuthPrefix(prefix)): axum::Extension<AuthPrefix>,
+    headers: HeaderMap,
+) -> Markup {
     let get = |name: &str| {
         headers
             .get(name)
@@ -120,11 +158,15 @@ async fn home(headers: HeaderMap) -> Markup {
                     p { "Signed in as " strong { (get("x-forwarded-user")) } " (groups: " (get("x-forwarded-groups")) ")." }
                     p { "This page is the upstream application. It never saw a password or a session cookie: \
                          Portcullis authenticated the request and told it who you are in the headers below." }
-                    form method="post" action="/.auth/logout" {
+                    form method="post" action=(format!("{prefix}/logout")) {
                         input type="hidden" name="csrf_token" id="csrf";
                         button type="submit" { "Sign out" }
                     }
                 }
+                h2 { "Live WebSocket" }
+                p { "Server clock over a WebSocket through the gateway: " strong #clock { "connecting…" } }
+                p #ws-status.muted { "Sign out in another tab, or run " code { "portcullis sessions revoke" }
+                    ", and watch the gateway close this connection." }
                 h2 { "Headers the upstream received" }
                 table {
                     @for (name, value) in header_map(&headers) {
@@ -138,9 +180,14 @@ async fn home(headers: HeaderMap) -> Markup {
 }
 
 const DASHBOARD_STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem}\
-table{border-collapse:collapse;width:100%}td{border-bottom:1px solid #ddd;padding:.3rem .5rem;vertical-align:top}\
-.who{background:#eef3ff;padding:1rem;border-radius:8px}button{padding:.4rem 1rem}";
+table{border-collapse:collapse;width:100%}td{border-bottom:1px solid #ddd;padding:.3rem .5rem;vertical-align:top;overflow-wrap:anywhere}\
+.who{background:#eef3ff;padding:1rem;border-radius:8px}button{padding:.4rem 1rem}.muted{color:#555}#clock{font-family:monospace}";
 
 /// The CSRF cookie is readable by design; sign-out echoes it as the gateway requires.
 const CSRF_SCRIPT: &str = "const m=document.cookie.match(/(?:^|; )portcullis_csrf=([^;]+)/);\
-if(m)document.getElementById('csrf').value=decodeURIComponent(m[1]);";
+if(m)document.getElementById('csrf').value=decodeURIComponent(m[1]);\
+const ws=new WebSocket((location.protocol==='https:'?'wss://':'ws://')+location.host+'/ws/clock');\
+ws.onmessage=e=>{document.getElementById('clock').textContent=e.data;};\
+ws.onclose=e=>{document.getElementById('clock').textContent='closed';\
+document.getElementById('ws-status').textContent='Connection closed by the gateway: '+e.code+' '+(e.reason||'(no reason)')+\
+(e.code===4401?'. Sign in again to reconnect.':'');};";
