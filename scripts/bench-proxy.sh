@@ -5,11 +5,12 @@
 #
 # The upstream is nginx itself answering a fixed 1 KiB body from memory, so it is
 # never the bottleneck. Both proxies keep upstream connections alive.
-# Usage: scripts/bench-proxy.sh [DURATION_SECONDS] [CONNECTIONS]
+# Usage: [ROUNDS=3] scripts/bench-proxy.sh [DURATION_SECONDS] [CONNECTIONS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10}
 CONNECTIONS=${2:-32}
+ROUNDS=${ROUNDS:-3}
 THREADS=${WRK_THREADS:-1}
 
 need() { command -v "$1" >/dev/null 2>&1; }
@@ -100,12 +101,19 @@ run() { # name url [header]
     echo "$rps"
 }
 
-echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, 1 KiB responses, keep-alive, $(nproc) cores" >&2
+echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s x $ROUNDS rounds, 1 KiB responses, keep-alive, $(nproc) cores" >&2
 run warmup "http://$PC/" "Cookie: $COOKIE" >/dev/null
 DIRECT=$(run direct "http://$UP/")
-NGINX_RPS=$(run nginx "http://$NGX/")
-PORTCULLIS_RPS=$(run portcullis "http://$PC/" "Cookie: $COOKIE")
+# nginx and Portcullis alternate, so both see the same background noise; the
+# ratio is of their mean throughputs over all rounds.
+NGINX_SUM=0; PORTCULLIS_SUM=0
+for round in $(seq 1 "$ROUNDS"); do
+    echo "round $round" >&2
+    NGINX_SUM=$(awk -v a="$NGINX_SUM" -v b="$(run nginx "http://$NGX/")" 'BEGIN {print a + b}')
+    PORTCULLIS_SUM=$(awk -v a="$PORTCULLIS_SUM" -v b="$(run portcullis "http://$PC/" "Cookie: $COOKIE")" 'BEGIN {print a + b}')
+done
 RSS=$(awk '/VmRSS/ {print $2}' "/proc/${PIDS[0]}/status")
-awk -v p="$PORTCULLIS_RPS" -v n="$NGINX_RPS" -v d="$DIRECT" -v rss="$RSS" 'BEGIN {
-    printf "ratio portcullis/nginx: %.2f   (nginx/direct %.2f, portcullis/direct %.2f)   portcullis RSS %d MiB\n", p/n, n/d, p/d, rss/1024
+awk -v p="$PORTCULLIS_SUM" -v n="$NGINX_SUM" -v d="$DIRECT" -v r="$ROUNDS" -v rss="$RSS" 'BEGIN {
+    printf "mean nginx %.0f req/s, mean portcullis %.0f req/s\n", n/r, p/r
+    printf "ratio portcullis/nginx: %.2f   (nginx/direct %.2f, portcullis/direct %.2f)   portcullis RSS %d MiB\n", p/n, n/r/d, p/r/d, rss/1024
 }'
