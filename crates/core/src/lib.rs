@@ -15,3 +15,4 @@ pub mod keys;
 pub mod redirect;
 pub mod secret;
 pub mod session;
+pub mod ticket;

@@ -96,3 +96,33 @@ pub async fn authenticate_outcome(
         Err(LookupError::Store(e)) => Err(e.into()),
     }
 }
+
+/// Authenticates a WebSocket ticket: consumed atomically (a replay finds nothing),
+/// then the minting session must still be valid. Refusals are audited with at most
+/// the first eight characters of the ticket.
+pub async fn authenticate_ticket(
+    gw: &Gateway,
+    presented: &str,
+    peer: std::net::SocketAddr,
+) -> Result<Outcome, GatewayError> {
+    let inner = &gw.0;
+    let now = inner.clock.now_ms();
+    let session_id = match portcullis_core::ticket::hash_presented(presented) {
+        Some(hash) => inner.store.consume_ticket(&hash, now).await?,
+        None => None,
+    };
+    let reason = match session_id {
+        Some(id) => match inner.sessions.lookup(&inner.store, &id, now).await {
+            Ok(session) => return Ok(Outcome::Authenticated(Authenticated { session })),
+            Err(LookupError::Store(e)) => return Err(e.into()),
+            Err(_) => "session_ended",
+        },
+        None => "unknown_used_or_expired",
+    };
+    let mut event = gw.audit_event("anonymous", "auth.ws_ticket", "failure");
+    event.reason = Some(reason.into());
+    event.target = Some(portcullis_core::secret::truncate_secret(presented));
+    event.ip = Some(peer.ip().to_string());
+    gw.audit(event).await;
+    Ok(Outcome::Rejected)
+}

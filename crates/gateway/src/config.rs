@@ -142,6 +142,8 @@ pub struct GatewayConfig {
     /// Time allowed for the upstream to start answering.
     pub upstream_timeout: Duration,
     pub ws_reject: WsReject,
+    /// Lifetime of WebSocket tickets.
+    pub ws_ticket_ttl_ms: i64,
 }
 
 impl GatewayConfig {
@@ -159,6 +161,7 @@ impl GatewayConfig {
             argon2_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             upstream_timeout: Duration::from_secs(60),
             ws_reject: WsReject::Status,
+            ws_ticket_ttl_ms: portcullis_core::ticket::DEFAULT_TTL_MS,
         }
     }
 }

@@ -418,6 +418,42 @@ pub async fn verify(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
     }
 }
 
+/// `POST {prefix}/ws-ticket`: a single-use ticket for one WebSocket upgrade, for
+/// the calling session (cookie plus `X-CSRF-Token`).
+pub async fn ws_ticket(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes) -> Response {
+    let auth = match authenticate(&gw, &headers).await {
+        Ok(Some(auth)) => auth,
+        Ok(None) => return GatewayError::Unauthenticated.into_response(),
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = check_csrf(&gw, &auth, &headers, &body) {
+        return e.into_response();
+    }
+    let inner = &gw.0;
+    let ticket = match portcullis_core::ticket::mint(inner.entropy.as_ref()) {
+        Ok(ticket) => ticket,
+        Err(e) => return GatewayError::Internal(e.to_string()).into_response(),
+    };
+    let now = inner.clock.now_ms();
+    let ttl = inner.config.ws_ticket_ttl_ms;
+    if let Err(e) = inner
+        .store
+        .insert_ticket(&ticket.hash, auth.session_id(), now, now + ttl)
+        .await
+    {
+        return GatewayError::from(e).into_response();
+    }
+    let mut response = Json(json!({
+        "ticket": ticket.secret.expose(),
+        "expires_in": ttl / 1000,
+    }))
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
 pub async fn healthz() -> Response {
     (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
 }

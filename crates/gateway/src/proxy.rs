@@ -12,7 +12,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use portcullis_core::identity::Identity;
 
-use crate::auth::{Outcome, authenticate, authenticate_outcome};
+use crate::auth::{Outcome, authenticate, authenticate_outcome, authenticate_ticket};
 use crate::config::GatewayConfig;
 use crate::cookies;
 use crate::error::GatewayError;
@@ -222,11 +222,18 @@ pub async fn handle(
     let (mut parts, body) = request.into_parts();
     let html = wants_html(&parts.method, &parts.headers);
     if crate::ws::is_upgrade(&parts.headers) {
-        let outcome = authenticate_outcome(gw, &parts.headers).await;
+        // Precedence (SPEC 6): a ticket first, then the session cookie.
+        let ticket = crate::ws::query_param(&parts.uri, "ticket");
+        let (outcome, via_cookie) = match ticket {
+            Some(ticket) => (authenticate_ticket(gw, &ticket, peer).await, false),
+            None => (authenticate_outcome(gw, &parts.headers).await, true),
+        };
         let request = Request::from_parts(parts, body);
         return match outcome {
+            // A ticket was minted by a CSRF-checked POST, so it needs no Origin rule;
+            // a cookie rides along with any cross-site request, so it does.
             Ok(Outcome::Authenticated(auth))
-                if crate::ws::origin_allowed(gw, request.headers()) =>
+                if !via_cookie || crate::ws::origin_allowed(gw, request.headers()) =>
             {
                 crate::ws::relay(gw, client, peer, auth, request).await
             }

@@ -45,6 +45,7 @@ pub fn router(gw: Gateway) -> Router {
         .route("/logout", post(login::logout))
         .route("/me", get(login::me))
         .route("/verify", get(login::verify))
+        .route("/ws-ticket", post(login::ws_ticket))
         .route("/healthz", get(login::healthz))
         .route("/readyz", get(login::readyz))
         .fallback(login::not_found)

@@ -61,6 +61,37 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
     has_token(header::UPGRADE, "websocket") && has_token(header::CONNECTION, "upgrade")
 }
 
+/// The first value of query parameter `name`, percent-decoded.
+pub fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
+    uri.query()?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| {
+            percent_encoding::percent_decode_str(value)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+}
+
+/// `path?query` with every `name=` parameter removed: gateway credentials in the
+/// URL are never forwarded upstream.
+pub fn without_query_param(uri: &http::Uri, name: &str) -> String {
+    let path = uri.path();
+    let Some(query) = uri.query() else {
+        return path.to_owned();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| pair.split('=').next() != Some(name))
+        .collect();
+    if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    }
+}
+
 /// Cookies are a browser credential, and browsers always send `Origin` on a
 /// WebSocket handshake, so a cookie-authenticated upgrade must carry the public
 /// origin. A missing `Origin` is refused too: a non-browser client should present a
@@ -160,7 +191,7 @@ async fn connect_upstream(
     auth: &Authenticated,
     request: &Request<Incoming>,
 ) -> Result<(Upstream, Option<HeaderValue>), String> {
-    let path = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let path = without_query_param(request.uri(), "ticket");
     let url = format!("ws://{}{path}", client.authority());
     let mut upstream_request = url.into_client_request().map_err(|e| e.to_string())?;
     let mut headers = request.headers().clone();
@@ -313,4 +344,26 @@ async fn pump<S>(
         },)
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticket_parameter_is_read_and_stripped() {
+        let rows = [
+            ("/ws?ticket=abc", Some("abc"), "/ws"),
+            ("/ws?a=1&ticket=abc&b=2", Some("abc"), "/ws?a=1&b=2"),
+            ("/ws?ticketx=1", None, "/ws?ticketx=1"),
+            ("/ws?ticket=a%2Db", Some("a-b"), "/ws"),
+            ("/ws?ticket=1&ticket=2", Some("1"), "/ws"),
+            ("/ws", None, "/ws"),
+        ];
+        for (uri, ticket, forwarded) in rows {
+            let uri: http::Uri = uri.parse().unwrap();
+            assert_eq!(query_param(&uri, "ticket").as_deref(), ticket, "{uri}");
+            assert_eq!(without_query_param(&uri, "ticket"), forwarded, "{uri}");
+        }
+    }
 }

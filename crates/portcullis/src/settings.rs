@@ -76,6 +76,9 @@ pub struct RawSettings {
     /// Refused WebSocket upgrades: `status` (401/403) or `close` (accept, then close 4401/4403) [default: status]
     #[arg(long, env = "PORTCULLIS_WS_REJECT", global = true)]
     pub ws_reject: Option<String>,
+    /// Lifetime of single-use WebSocket tickets, 1s to 10m [default: 30s]
+    #[arg(long, env = "PORTCULLIS_WS_TICKET_TTL", global = true)]
+    pub ws_ticket_ttl: Option<String>,
     /// Concurrent argon2 verifications [default: number of CPUs]
     #[arg(long, env = "PORTCULLIS_ARGON2_WORKERS", global = true)]
     pub argon2_workers: Option<usize>,
@@ -155,6 +158,7 @@ impl RawSettings {
             login_rate_per_user,
             upstream_timeout,
             ws_reject,
+            ws_ticket_ttl,
             argon2_workers,
             basic_users,
             basic_admins,
@@ -327,6 +331,18 @@ impl RawSettings {
                 WsReject::Status
             }
         };
+        let mut ws_ticket_ttl_ms = portcullis_core::ticket::DEFAULT_TTL_MS;
+        if let Some(raw) = &self.ws_ticket_ttl {
+            let name = "--ws-ticket-ttl / PORTCULLIS_WS_TICKET_TTL";
+            match parse_duration(name, raw, Duration::from_secs(1)) {
+                // A ticket rides in a URL; one that lives for long would defeat the point.
+                Ok(d) if d > Duration::from_secs(600) => {
+                    errors.push(format!("{name}: {raw:?} is longer than the maximum 10m"))
+                }
+                Ok(d) => ws_ticket_ttl_ms = millis(d),
+                Err(e) => errors.push(e),
+            }
+        }
         let mut upstream_timeout = Duration::from_secs(60);
         if let Some(raw) = &self.upstream_timeout {
             match parse_duration(
@@ -388,6 +404,7 @@ impl RawSettings {
         config.same_site = same_site;
         config.upstream_timeout = upstream_timeout;
         config.ws_reject = ws_reject;
+        config.ws_ticket_ttl_ms = ws_ticket_ttl_ms;
         config.login_limits = limits;
         config.basic_users = basic_users;
         config.allowed_hosts = allowed_hosts;
@@ -585,6 +602,14 @@ mod tests {
                     ..base()
                 },
                 Some("secret key is required"),
+            ),
+            (
+                "ticket ttl too long",
+                RawSettings {
+                    ws_ticket_ttl: Some("1h".into()),
+                    ..base()
+                },
+                Some("maximum 10m"),
             ),
             (
                 "bad ws-reject",

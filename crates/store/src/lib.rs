@@ -22,6 +22,7 @@ pub mod audit;
 pub mod bus;
 mod keys;
 mod sessions;
+mod tickets;
 pub use sessions::SessionFilter;
 
 pub use audit::{AuditEvent, AuditFilter};
@@ -142,7 +143,8 @@ impl Store {
 
     /// Deletes rows nobody needs any more, at most `batch` of each kind per call:
     /// sessions a day past their expiry or revocation, revocation-log entries older
-    /// than ten minutes (every live process has read them long before).
+    /// than ten minutes (every live process has read them long before), expired
+    /// WebSocket tickets.
     pub async fn sweep(&self, now_ms: i64, batch: i64) -> Result<u64, StoreError> {
         let day_ago = now_ms - 24 * 3600 * 1000;
         let ten_minutes_ago = now_ms - 600 * 1000;
@@ -153,6 +155,15 @@ impl Store {
                  WHERE expires_ms < $1 OR revoked_ms < $1 LIMIT $2)",
             )
             .bind(day_ago)
+            .bind(batch)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            removed += sqlx::query(
+                "DELETE FROM ws_tickets WHERE hash IN (SELECT hash FROM ws_tickets \
+                 WHERE expires_ms < $1 LIMIT $2)",
+            )
+            .bind(now_ms)
             .bind(batch)
             .execute(pool)
             .await?

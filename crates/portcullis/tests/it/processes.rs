@@ -275,7 +275,56 @@ async fn cli_operates_on_sessions_and_keys(backend: Backend) {
     );
 }
 
+/// One ticket, 100 simultaneous upgrades spread over two gateway processes: the
+/// database's atomic consumption lets exactly one through.
+async fn a_ticket_is_consumed_exactly_once_across_replicas(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let upstream = TestUpstream::start().await;
+    let users = users();
+    let a = Replica::start(&db, upstream.addr, free_port(), &users).await;
+    let b = Replica::start(&db, upstream.addr, free_port(), &users).await;
+    let session = login(&a.client, USER, PASSWORD).await;
+    let ticket = crate::websocket::mint_ticket(&a.client, &session).await;
+    let attempts: Vec<_> = (0..100)
+        .map(|i| {
+            let addr = if i % 2 == 0 {
+                a.client.addr
+            } else {
+                b.client.addr
+            };
+            let path = format!("/ws/echo?ticket={ticket}");
+            tokio::spawn(async move {
+                match crate::websocket::connect(addr, &path, &[]).await {
+                    Ok((socket, response)) => (response.status().as_u16(), Some(socket)),
+                    Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                        (response.status().as_u16(), None)
+                    }
+                    Err(e) => panic!("handshake failed: {e}"),
+                }
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    let mut sockets = Vec::new();
+    for attempt in attempts {
+        let (status, socket) = attempt.await.unwrap();
+        statuses.push(status);
+        sockets.extend(socket);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 101).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 403).count(),
+        99,
+        "{statuses:?}"
+    );
+}
+
 both_backends!(
+    a_ticket_is_consumed_exactly_once_across_replicas,
     sessions_survive_kill_9,
     revocation_reaches_every_replica_within_a_second,
     cli_operates_on_sessions_and_keys,

@@ -299,7 +299,141 @@ async fn upstream_refusal_is_a_clear_close(backend: Backend) {
     assert_eq!(frame.reason.as_str(), "upstream unavailable");
 }
 
+/// Mints a ticket for `session` through the gateway's API.
+pub async fn mint_ticket(client: &TestClient, session: &Session) -> String {
+    let r = client
+        .request(
+            "POST",
+            "/.auth/ws-ticket",
+            &[
+                ("cookie", &session.cookie_header()),
+                ("x-csrf-token", &session.csrf),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
+    let body = r.json();
+    assert_eq!(body["expires_in"], 30);
+    let ticket = body["ticket"].as_str().unwrap().to_owned();
+    assert_eq!(ticket.len(), 43);
+    ticket
+}
+
+async fn status_of(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> u16 {
+    match connect(addr, path, headers).await {
+        Ok((_ws, response)) => response.status().as_u16(),
+        Err(Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("handshake failed: {e}"),
+    }
+}
+
+async fn tickets_are_single_use_and_bound_to_their_session(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let s = gw.login(USER).await;
+    // Minting needs the session and its CSRF token.
+    let no_csrf = gw
+        .client
+        .request(
+            "POST",
+            "/.auth/ws-ticket",
+            &[("cookie", &s.cookie_header())],
+            "",
+        )
+        .await;
+    assert_eq!(no_csrf.status, 403);
+    assert_eq!(
+        gw.client
+            .request("POST", "/.auth/ws-ticket", &[], "")
+            .await
+            .status,
+        401
+    );
+
+    // A ticket opens one socket, with no cookie and no Origin (non-browser clients).
+    let ticket = mint_ticket(&gw.client, &s).await;
+    let path = format!("/ws/echo?x=1&ticket={ticket}");
+    let (mut ws, response) = connect(gw.addr, &path, &[]).await.unwrap();
+    assert_eq!(response.status(), 101);
+    ws.send(Message::text("headers")).await.unwrap();
+    let Message::Text(seen) = next_data(&mut ws).await else {
+        panic!()
+    };
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&seen).unwrap()["x-forwarded-user"],
+        USER
+    );
+    // Replays fail.
+    assert_eq!(status_of(gw.addr, &path, &[]).await, 403, "replayed ticket");
+    // The socket is bound to the minting session: revoking it closes the socket.
+    let elsewhere = portcullis_store::Store::connect(&db.url).await.unwrap();
+    elsewhere
+        .revoke_session(&s.id(), "test", now_ms())
+        .await
+        .unwrap();
+    let frame = close_frame(&mut ws, Duration::from_secs(1))
+        .await
+        .expect("closed within 1 s");
+    assert_eq!(u16::from(frame.code), 4401);
+
+    // A ticket whose session was revoked before use is refused.
+    let s2 = gw.login(USER).await;
+    let orphan = mint_ticket(&gw.client, &s2).await;
+    elsewhere
+        .revoke_session(&s2.id(), "test", now_ms())
+        .await
+        .unwrap();
+    assert!(refused_within(&gw.client, &s2.cookie_header(), Duration::from_secs(1)).await);
+    assert_eq!(
+        status_of(gw.addr, &format!("/ws/echo?ticket={orphan}"), &[]).await,
+        403
+    );
+
+    // Expired tickets fail (the clock moves instead of the test sleeping).
+    let s3 = gw.login(USER).await;
+    let stale = mint_ticket(&gw.client, &s3).await;
+    gw.clock.advance(30_001);
+    assert_eq!(
+        status_of(gw.addr, &format!("/ws/echo?ticket={stale}"), &[]).await,
+        403
+    );
+
+    // Malformed and unknown tickets: refused, and never echoed.
+    for bad in ["short", &"A".repeat(43), "%00%00"] {
+        let r = connect(gw.addr, &format!("/ws/echo?ticket={bad}"), &[]).await;
+        let Err(Error::Http(response)) = r else {
+            panic!("{bad} accepted")
+        };
+        assert_eq!(response.status(), 403, "{bad}");
+        let body =
+            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned();
+        assert!(
+            !body.contains(bad) || bad.len() < 8,
+            "{bad} echoed in {body}"
+        );
+    }
+    let events = gw
+        .store
+        .audit_events(&portcullis_store::AuditFilter {
+            action: Some("auth.ws_ticket".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(events.len() >= 4, "{events:?}");
+    for e in &events {
+        let target = e.target.clone().unwrap_or_default();
+        assert!(
+            target.chars().count() <= 9,
+            "audit holds more than 8 characters of a ticket: {target}"
+        );
+    }
+}
+
 both_backends!(
+    tickets_are_single_use_and_bound_to_their_session,
     relays_frames_both_ways,
     upstream_subprotocol_is_returned,
     upgrades_are_authenticated_before_the_upstream,
