@@ -17,6 +17,9 @@ use crate::state::Gateway;
 #[derive(Debug, Clone)]
 pub struct Authenticated {
     pub session: Arc<CachedSession>,
+    /// Authenticated by the session cookie, the one ambient credential: only such
+    /// requests need CSRF tokens and (for WebSockets) an allowed `Origin`.
+    pub via_cookie: bool,
 }
 
 impl Authenticated {
@@ -56,6 +59,9 @@ pub async fn authenticate_outcome(
     gw: &Gateway,
     headers: &HeaderMap,
 ) -> Result<Outcome, GatewayError> {
+    if let Some(bearer) = portcullis_bearer(headers) {
+        return authenticate_api_token(gw, bearer).await;
+    }
     let Some(value) = cookies::read(headers, SESSION_COOKIE) else {
         return Ok(Outcome::NoCredential);
     };
@@ -91,7 +97,10 @@ pub async fn authenticate_outcome(
         .lookup(&inner.store, id, inner.clock.now_ms())
         .await
     {
-        Ok(session) => Ok(Outcome::Authenticated(Authenticated { session })),
+        Ok(session) => Ok(Outcome::Authenticated(Authenticated {
+            session,
+            via_cookie: true,
+        })),
         Err(LookupError::Unknown | LookupError::Ended(_)) => Ok(Outcome::Rejected),
         Err(LookupError::Store(e)) => Err(e.into()),
     }
@@ -113,7 +122,12 @@ pub async fn authenticate_ticket(
     };
     let reason = match session_id {
         Some(id) => match inner.sessions.lookup(&inner.store, &id, now).await {
-            Ok(session) => return Ok(Outcome::Authenticated(Authenticated { session })),
+            Ok(session) => {
+                return Ok(Outcome::Authenticated(Authenticated {
+                    session,
+                    via_cookie: false,
+                }));
+            }
             Err(LookupError::Store(e)) => return Err(e.into()),
             Err(_) => "session_ended",
         },
@@ -125,4 +139,30 @@ pub async fn authenticate_ticket(
     event.ip = Some(peer.ip().to_string());
     gw.audit(event).await;
     Ok(Outcome::Rejected)
+}
+
+/// The `Authorization: Bearer` value if it is one of ours (`pct_…`). Other bearer
+/// values belong to the upstream and pass through untouched.
+pub fn portcullis_bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer")
+        && token.starts_with(portcullis_core::ticket::API_TOKEN_PREFIX))
+    .then_some(token)
+}
+
+async fn authenticate_api_token(gw: &Gateway, presented: &str) -> Result<Outcome, GatewayError> {
+    let Some(hash) = portcullis_core::ticket::hash_presented_api_token(presented) else {
+        return Ok(Outcome::Rejected);
+    };
+    let inner = &gw.0;
+    match inner.sessions.lookup_token(&inner.store, &hash).await {
+        Ok(session) => Ok(Outcome::Authenticated(Authenticated {
+            session,
+            via_cookie: false,
+        })),
+        Err(LookupError::Store(e)) => Err(e.into()),
+        Err(_) => Ok(Outcome::Rejected),
+    }
 }

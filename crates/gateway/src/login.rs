@@ -289,9 +289,10 @@ fn identity_json(identity: &Identity) -> serde_json::Value {
     })
 }
 
-fn rfc3339(ms: i64) -> String {
-    let time = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_seconds(time).to_string()
+/// RFC 3339 time, or `None` for "never" (API tokens do not expire).
+fn rfc3339(ms: i64) -> Option<String> {
+    let time = UNIX_EPOCH.checked_add(Duration::from_millis(u64::try_from(ms).ok()?))?;
+    (ms < i64::MAX).then(|| humantime::format_rfc3339_seconds(time).to_string())
 }
 
 #[derive(Deserialize)]
@@ -307,6 +308,10 @@ fn check_csrf(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<(), GatewayError> {
+    // CSRF rides on ambient credentials; a bearer token is sent deliberately.
+    if !auth.via_cookie {
+        return Ok(());
+    }
     let from_header = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
     let from_form = serde_urlencoded::from_bytes::<CsrfForm>(body)
         .ok()
@@ -332,7 +337,8 @@ pub async fn logout(
         Ok(auth) => auth,
         Err(e) => return e.into_response(),
     };
-    if let Some(auth) = &auth {
+    // Only a cookie session is ended here; API tokens are revoked by id.
+    if let Some(auth) = auth.as_ref().filter(|a| a.via_cookie) {
         if let Err(e) = check_csrf(&gw, auth, &headers, &body) {
             return e.into_response();
         }

@@ -224,16 +224,17 @@ pub async fn handle(
     if crate::ws::is_upgrade(&parts.headers) {
         // Precedence (SPEC 6): a ticket first, then the session cookie.
         let ticket = crate::ws::query_param(&parts.uri, "ticket");
-        let (outcome, via_cookie) = match ticket {
-            Some(ticket) => (authenticate_ticket(gw, &ticket, peer).await, false),
-            None => (authenticate_outcome(gw, &parts.headers).await, true),
+        let outcome = match ticket {
+            Some(ticket) => authenticate_ticket(gw, &ticket, peer).await,
+            None => authenticate_outcome(gw, &parts.headers).await,
         };
         let request = Request::from_parts(parts, body);
         return match outcome {
-            // A ticket was minted by a CSRF-checked POST, so it needs no Origin rule;
-            // a cookie rides along with any cross-site request, so it does.
+            // Tickets (minted by a CSRF-checked POST) and bearer tokens are never sent
+            // by a browser on its own; a cookie rides along with any cross-site
+            // request, so only cookie upgrades must come from the public origin.
             Ok(Outcome::Authenticated(auth))
-                if !via_cookie || crate::ws::origin_allowed(gw, request.headers()) =>
+                if !auth.via_cookie || crate::ws::origin_allowed(gw, request.headers()) =>
             {
                 crate::ws::relay(gw, client, peer, auth, request).await
             }
@@ -264,6 +265,10 @@ pub async fn handle(
     let Ok(uri) = uri.build() else {
         return GatewayError::BadRequest("request target").into_response_for(html);
     };
+    if !auth.via_cookie {
+        // The bearer credential was ours; the upstream never sees it.
+        parts.headers.remove(header::AUTHORIZATION);
+    }
     upstream_headers(
         &mut parts.headers,
         auth.session.identity_headers(),

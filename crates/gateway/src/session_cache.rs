@@ -76,6 +76,8 @@ pub enum LookupError {
 #[derive(Debug)]
 pub struct SessionCache {
     entries: Cache<String, Arc<CachedSession>>,
+    /// API tokens by secret hash, as pseudo-sessions named by their `tok-` id.
+    tokens: Cache<String, Arc<CachedSession>>,
     epoch: AtomicU64,
     activity: mpsc::UnboundedSender<Arc<CachedSession>>,
 }
@@ -88,9 +90,14 @@ impl SessionCache {
             .max_capacity(MAX_ENTRIES)
             .time_to_live(MAX_ENTRY_AGE)
             .build();
+        let tokens = Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(MAX_ENTRY_AGE)
+            .build();
         (
             Self {
                 entries,
+                tokens,
                 epoch: AtomicU64::new(0),
                 activity,
             },
@@ -139,6 +146,52 @@ impl SessionCache {
         Ok(entry)
     }
 
+    /// The live API token whose secret hashes to `hash`, as a pseudo-session: its
+    /// id is the token id (so revocations and the WebSocket registry treat it like a
+    /// session) and it has no expiry.
+    pub async fn lookup_token(
+        &self,
+        store: &Store,
+        hash: &str,
+    ) -> Result<Arc<CachedSession>, LookupError> {
+        if let Some(entry) = self.tokens.get(hash) {
+            return Ok(entry);
+        }
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let row = store
+            .api_token_by_hash(hash)
+            .await?
+            .ok_or(LookupError::Unknown)?;
+        let session = Session {
+            identity: portcullis_core::identity::Identity {
+                name: row.subject.clone(),
+                subject: row.subject.clone(),
+                email: None,
+                provider: "api-token".into(),
+                roles: row.role_list(),
+            },
+            id: row.id,
+            created_ms: row.created_ms,
+            last_seen_ms: row.created_ms,
+            expires_ms: i64::MAX,
+            idle_timeout_ms: None,
+            revoked_ms: None,
+            oidc_sid: None,
+            access_token_id: None,
+        };
+        let entry = Arc::new(CachedSession {
+            last_seen: AtomicI64::new(session.last_seen_ms),
+            persisted_seen: AtomicI64::new(i64::MAX),
+            queued: AtomicBool::new(true),
+            identity_headers: OnceLock::new(),
+            session,
+        });
+        if self.epoch.load(Ordering::Acquire) == epoch {
+            self.tokens.insert(hash.to_owned(), entry.clone());
+        }
+        Ok(entry)
+    }
+
     /// Caches a session just created and committed by this process.
     pub fn insert_new(&self, session: Session) {
         let epoch = self.epoch.load(Ordering::Acquire);
@@ -168,16 +221,22 @@ impl SessionCache {
         }
     }
 
-    /// Forgets one session (it was revoked).
+    /// Forgets one session (it was revoked). Tokens are cached by hash, not id, and
+    /// revoked rarely: a token revocation drops the whole (small) token cache.
     pub fn invalidate(&self, id: &str) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.entries.invalidate(id);
+        if id.starts_with(portcullis_core::ticket::API_TOKEN_ID_PREFIX) {
+            self.tokens.invalidate_all();
+        } else {
+            self.entries.invalidate(id);
+        }
     }
 
     /// Forgets every session (revocations may have been missed).
     pub fn invalidate_all(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.entries.invalidate_all();
+        self.tokens.invalidate_all();
     }
 
     pub fn len(&self) -> u64 {

@@ -238,8 +238,12 @@ pub async fn rotate_keys(raw: RawSettings) -> anyhow::Result<ExitCode> {
 }
 
 fn rfc3339(ms: i64) -> String {
-    let time = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_seconds(time).to_string()
+    UNIX_EPOCH
+        .checked_add(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+        .map_or_else(
+            || "never".into(),
+            |t| humantime::format_rfc3339_seconds(t).to_string(),
+        )
 }
 
 pub async fn list_sessions(
@@ -324,6 +328,85 @@ pub async fn revoke_sessions(
         println!("no live sessions matched");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+pub async fn create_api_token(
+    raw: RawSettings,
+    user: String,
+    label: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let settings = resolve(&raw, false)?;
+    let store = open_store(&settings).await?;
+    let user = user.trim().to_owned();
+    if user.is_empty() || user.contains(',') {
+        bail!("--user must be a non-empty name without commas");
+    }
+    let admins = raw.basic_admins.as_deref().unwrap_or_default();
+    let is_admin = admins.split(',').any(|a| a.trim() == user);
+    let token = portcullis_core::ticket::mint_api_token(&OsEntropy)?;
+    let row = portcullis_store::ApiTokenRow {
+        id: token.id.clone(),
+        subject: user,
+        roles: if is_admin {
+            "admin,user".into()
+        } else {
+            "user".into()
+        },
+        label,
+        created_ms: SystemClock.now_ms(),
+        revoked_ms: None,
+    };
+    store.insert_api_token(&row, &token.hash).await?;
+    cli_audit(&store, "auth.api_token.create", Some(token.id.clone())).await;
+    eprintln!(
+        "created {} for {} (roles: {}); the secret below is shown only once:",
+        row.id, row.subject, row.roles
+    );
+    println!("{}", token.secret.expose());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn list_api_tokens(raw: RawSettings, as_json: bool) -> anyhow::Result<ExitCode> {
+    let settings = resolve(&raw, false)?;
+    let store = open_store(&settings).await?;
+    for t in store.list_api_tokens().await? {
+        let status = if t.revoked_ms.is_some() {
+            "revoked"
+        } else {
+            "live"
+        };
+        if as_json {
+            println!(
+                "{}",
+                json!({"id": t.id, "user": t.subject, "roles": t.role_list(), "label": t.label,
+                       "created_at": rfc3339(t.created_ms), "status": status})
+            );
+        } else {
+            println!(
+                "{:<27} {:<20} {:<12} {:<21} {} {}",
+                t.id,
+                t.subject,
+                t.roles,
+                rfc3339(t.created_ms),
+                status,
+                t.label.unwrap_or_default()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn revoke_api_token(raw: RawSettings, id: String) -> anyhow::Result<ExitCode> {
+    let settings = resolve(&raw, false)?;
+    let store = open_store(&settings).await?;
+    if store.revoke_api_token(&id, SystemClock.now_ms()).await? {
+        cli_audit(&store, "auth.api_token.revoke", Some(id.clone())).await;
+        println!("revoked {id}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("no live API token {id}");
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 #[cfg(test)]

@@ -54,6 +54,29 @@ enum Command {
         #[command(subcommand)]
         action: SessionsCommand,
     },
+    /// Bearer tokens for non-browser clients
+    ApiTokens {
+        #[command(subcommand)]
+        action: ApiTokensCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiTokensCommand {
+    /// Create a token for a user; the secret is printed once
+    Create {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// List tokens (never their secrets)
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by id (tok-…); running gateways refuse it within 1 s
+    Revoke { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,6 +158,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys {
             action: KeysCommand::Rotate,
         } => commands::rotate_keys(raw).await,
+        Command::ApiTokens { action } => match action {
+            ApiTokensCommand::Create { user, label } => {
+                commands::create_api_token(raw, user, label).await
+            }
+            ApiTokensCommand::List { json } => commands::list_api_tokens(raw, json).await,
+            ApiTokensCommand::Revoke { id } => commands::revoke_api_token(raw, id).await,
+        },
         Command::Sessions { action } => match action {
             SessionsCommand::List { user, all, json } => {
                 commands::list_sessions(raw, user, all, json).await

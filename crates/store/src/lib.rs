@@ -18,6 +18,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+mod api_tokens;
 pub mod audit;
 pub mod bus;
 mod keys;
@@ -25,6 +26,7 @@ mod sessions;
 mod tickets;
 pub use sessions::SessionFilter;
 
+pub use api_tokens::ApiTokenRow;
 pub use audit::{AuditEvent, AuditFilter};
 pub use bus::{BusEvent, RevocationBus};
 

@@ -3,6 +3,7 @@
 //! PostgreSQL server.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod api_tokens;
 mod harness;
 mod login;
 mod processes;

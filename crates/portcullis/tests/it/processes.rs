@@ -323,7 +323,86 @@ async fn a_ticket_is_consumed_exactly_once_across_replicas(backend: Backend) {
     );
 }
 
+async fn api_tokens_from_the_cli_work_on_every_replica(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let upstream = TestUpstream::start().await;
+    let users = users();
+    let a = Replica::start(&db, upstream.addr, free_port(), &users).await;
+    let b = Replica::start(&db, upstream.addr, free_port(), &users).await;
+    let out = command(&db)
+        .args([
+            "api-tokens",
+            "create",
+            "--user",
+            "ci-bot",
+            "--label",
+            "nightly",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secret = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(secret.starts_with("pct_"), "{secret}");
+    let bearer = format!("Bearer {secret}");
+    for replica in [&a, &b] {
+        let r = replica
+            .client
+            .get("/echo", &[("authorization", &bearer)])
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.json()["headers"]["x-forwarded-user"],
+            serde_json::json!(["ci-bot"])
+        );
+    }
+    let out = command(&db)
+        .args(["api-tokens", "list", "--json"])
+        .output()
+        .unwrap();
+    let listed: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(listed["label"], "nightly");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(&secret),
+        "list must never show secrets"
+    );
+    let id = listed["id"].as_str().unwrap().to_owned();
+    let mut socket =
+        crate::websocket::connect(b.client.addr, "/ws/echo", &[("authorization", &bearer)])
+            .await
+            .unwrap()
+            .0;
+    let out = command(&db)
+        .args(["api-tokens", "revoke", &id])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let frame = crate::websocket::close_frame(&mut socket, Duration::from_secs(1))
+        .await
+        .expect("socket closed within 1 s");
+    assert_eq!(u16::from(frame.code), 4401);
+    for replica in [&a, &b] {
+        let took = eventually(Duration::from_secs(1), || {
+            let (client, bearer) = (replica.client.clone(), bearer.clone());
+            async move {
+                client
+                    .get("/echo", &[("authorization", &bearer)])
+                    .await
+                    .status
+                    == 401
+            }
+        })
+        .await;
+        assert!(took.is_some(), "revoked token accepted after 1 s");
+    }
+}
+
 both_backends!(
+    api_tokens_from_the_cli_work_on_every_replica,
     a_ticket_is_consumed_exactly_once_across_replicas,
     sessions_survive_kill_9,
     revocation_reaches_every_replica_within_a_second,

@@ -1,0 +1,96 @@
+//! API tokens: bearer credentials for non-browser clients, stored hashed.
+//! Revocation goes through the same revocation log (and `NOTIFY`) as sessions, so
+//! every gateway drops the token and closes its WebSockets within a second.
+
+use crate::{Backend, REVOCATION_CHANNEL, Store, StoreError, on_pool};
+
+/// An API token as stored (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ApiTokenRow {
+    pub id: String,
+    pub subject: String,
+    pub roles: String,
+    pub label: Option<String>,
+    pub created_ms: i64,
+    pub revoked_ms: Option<i64>,
+}
+
+impl ApiTokenRow {
+    pub fn role_list(&self) -> Vec<String> {
+        self.roles
+            .split(',')
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Store {
+    pub async fn insert_api_token(&self, row: &ApiTokenRow, hash: &str) -> Result<(), StoreError> {
+        on_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO api_tokens (id, hash, subject, roles, label, created_ms, revoked_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, NULL)",
+            )
+            .bind(&row.id)
+            .bind(hash)
+            .bind(&row.subject)
+            .bind(&row.roles)
+            .bind(&row.label)
+            .bind(row.created_ms)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// The live (unrevoked) token with this hash.
+    pub async fn api_token_by_hash(&self, hash: &str) -> Result<Option<ApiTokenRow>, StoreError> {
+        let row = on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT id, subject, roles, label, created_ms, revoked_ms FROM api_tokens \
+                 WHERE hash = $1 AND revoked_ms IS NULL",
+            )
+            .bind(hash)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(row)
+    }
+
+    pub async fn list_api_tokens(&self) -> Result<Vec<ApiTokenRow>, StoreError> {
+        let rows = on_pool!(self, pool => {
+            sqlx::query_as("SELECT id, subject, roles, label, created_ms, revoked_ms FROM api_tokens ORDER BY created_ms")
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows)
+    }
+
+    /// Revokes a token; `false` if it did not exist or was already revoked.
+    pub async fn revoke_api_token(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let notify = matches!(self.backend, Backend::Postgres(_));
+        let revoked = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query("UPDATE api_tokens SET revoked_ms = $1 WHERE id = $2 AND revoked_ms IS NULL")
+                .bind(now_ms)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n == 1 {
+                sqlx::query("INSERT INTO revocation_log (session_id, at_ms) VALUES ($1, $2)")
+                    .bind(id)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                if notify {
+                    sqlx::query("SELECT pg_notify($1, $2)").bind(REVOCATION_CHANNEL).bind(id).execute(&mut *tx).await?;
+                }
+            }
+            tx.commit().await?;
+            n == 1
+        });
+        Ok(revoked)
+    }
+}
