@@ -15,4 +15,5 @@ pub mod keys;
 pub mod redirect;
 pub mod secret;
 pub mod session;
+pub mod subprotocol;
 pub mod ticket;

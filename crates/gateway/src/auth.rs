@@ -166,3 +166,17 @@ async fn authenticate_api_token(gw: &Gateway, presented: &str) -> Result<Outcome
         Err(_) => Ok(Outcome::Rejected),
     }
 }
+
+/// A bearer value from any carrier (header, subprotocol, query): an API token
+/// (`pct_…`) or a WebSocket ticket.
+pub async fn authenticate_bearer_value(
+    gw: &Gateway,
+    value: &str,
+    peer: std::net::SocketAddr,
+) -> Result<Outcome, GatewayError> {
+    if value.starts_with(portcullis_core::ticket::API_TOKEN_PREFIX) {
+        authenticate_api_token(gw, value).await
+    } else {
+        authenticate_ticket(gw, value, peer).await
+    }
+}

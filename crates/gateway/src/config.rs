@@ -144,6 +144,8 @@ pub struct GatewayConfig {
     pub ws_reject: WsReject,
     /// Lifetime of WebSocket tickets.
     pub ws_ticket_ttl_ms: i64,
+    /// Accept `?token=pct_…` on WebSocket upgrades (legacy clients).
+    pub ws_query_token: bool,
 }
 
 impl GatewayConfig {
@@ -162,6 +164,7 @@ impl GatewayConfig {
             upstream_timeout: Duration::from_secs(60),
             ws_reject: WsReject::Status,
             ws_ticket_ttl_ms: portcullis_core::ticket::DEFAULT_TTL_MS,
+            ws_query_token: true,
         }
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use portcullis_core::clock::Clock;
 use portcullis_core::session::SessionEnd;
@@ -17,9 +18,14 @@ pub type EndReason = &'static str;
 pub const REASON_REVOKED: EndReason = "session revoked";
 pub const REASON_EXPIRED: EndReason = "session expired";
 
+/// How long an ended id is remembered, for connections that authenticated just
+/// before the end and register just after it.
+const RECENT_ENDS: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Default)]
 pub struct LiveConnections {
     sessions: Mutex<HashMap<String, watch::Sender<Option<EndReason>>>>,
+    recently_ended: Mutex<HashMap<String, (EndReason, Instant)>>,
 }
 
 /// One connection's membership; leaving the registry happens on drop.
@@ -66,12 +72,21 @@ impl LiveConnections {
         }
     }
 
+    /// Registers a connection of `session_id`. If the session ended moments ago
+    /// (after the connection authenticated but before this call), the registration
+    /// starts out ended, so no revocation can slip through the gap.
     pub fn register(self: &Arc<Self>, session_id: &str) -> Registration {
-        let receiver = self
-            .lock()
-            .entry(session_id.to_owned())
-            .or_insert_with(|| watch::channel(None).0)
-            .subscribe();
+        let ended = self.recent().get(session_id).map(|(reason, _)| *reason);
+        let receiver = {
+            let mut sessions = self.lock();
+            let sender = sessions
+                .entry(session_id.to_owned())
+                .or_insert_with(|| watch::channel(None).0);
+            if ended.is_some() {
+                sender.send_replace(ended);
+            }
+            sender.subscribe()
+        };
         Registration {
             registry: self.clone(),
             session_id: session_id.to_owned(),
@@ -79,8 +94,19 @@ impl LiveConnections {
         }
     }
 
-    /// Closes every connection of `session_id`.
+    fn recent(&self) -> MutexGuard<'_, HashMap<String, (EndReason, Instant)>> {
+        let mut recent = match self.recently_ended.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        recent.retain(|_, (_, at)| at.elapsed() < RECENT_ENDS);
+        recent
+    }
+
+    /// Closes every connection of `session_id`, and any that registers shortly after.
     pub fn end_session(&self, session_id: &str, reason: EndReason) {
+        self.recent()
+            .insert(session_id.to_owned(), (reason, Instant::now()));
         if let Some(sender) = self.lock().get(session_id) {
             sender.send_replace(Some(reason));
         }
@@ -120,6 +146,14 @@ impl LiveConnections {
 
     async fn recheck_all(&self, store: &Store, clock: &dyn Clock) {
         for id in self.session_ids() {
+            if id.starts_with(portcullis_core::ticket::API_TOKEN_ID_PREFIX) {
+                match store.api_token_live(&id).await {
+                    Ok(true) => {}
+                    Ok(false) => self.end_session(&id, REASON_REVOKED),
+                    Err(error) => tracing::warn!(%error, "could not re-check a live API token"),
+                }
+                continue;
+            }
             match store.session(&id).await {
                 Ok(Some(session)) => match session.check(clock.now_ms(), clock.now_ms()) {
                     Ok(()) => {}
@@ -156,5 +190,13 @@ mod tests {
         assert_eq!(registry.session_ids(), vec!["ses-b".to_string()]);
         drop(b);
         assert!(registry.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_connection_registering_just_after_its_session_ended_is_ended() {
+        let registry = Arc::new(LiveConnections::default());
+        registry.end_session("ses-gone", REASON_EXPIRED);
+        let mut late = registry.register("ses-gone");
+        assert_eq!(late.ended().await, REASON_EXPIRED);
     }
 }

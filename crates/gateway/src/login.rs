@@ -460,6 +460,32 @@ pub async fn ws_ticket(State(gw): State<Gateway>, headers: HeaderMap, body: Byte
     response
 }
 
+/// `GET {prefix}/capabilities`: which WebSocket credentials this gateway accepts,
+/// so clients need no trial and error. Unauthenticated; reveals no secret.
+pub async fn capabilities(State(gw): State<Gateway>) -> Response {
+    let config = gw.config();
+    let mut schemes = vec!["ticket", "jep121-subprotocol", "authorization-bearer"];
+    if config.ws_query_token {
+        schemes.push("query-token");
+    }
+    schemes.push("cookie");
+    Json(json!({
+        "websocket": {
+            "schemes": schemes,
+            "ticket_endpoint": format!("{}/ws-ticket", config.auth_prefix),
+            "ticket_ttl_seconds": config.ws_ticket_ttl_ms / 1000,
+            "subprotocol": portcullis_core::subprotocol::JEP121_MARKER,
+            "cookie_origin": config.public_url.origin(),
+            "reject": match config.ws_reject {
+                crate::config::WsReject::Status => "status",
+                crate::config::WsReject::Close => "close",
+            },
+            "close_codes": {"session_ended": crate::ws::CLOSE_SESSION_ENDED, "rejected": crate::ws::CLOSE_REJECTED},
+        }
+    }))
+    .into_response()
+}
+
 pub async fn healthz() -> Response {
     (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
 }

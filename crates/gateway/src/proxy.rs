@@ -12,7 +12,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use portcullis_core::identity::Identity;
 
-use crate::auth::{Outcome, authenticate, authenticate_outcome, authenticate_ticket};
+use crate::auth::{Outcome, authenticate};
 use crate::config::GatewayConfig;
 use crate::cookies;
 use crate::error::GatewayError;
@@ -222,12 +222,7 @@ pub async fn handle(
     let (mut parts, body) = request.into_parts();
     let html = wants_html(&parts.method, &parts.headers);
     if crate::ws::is_upgrade(&parts.headers) {
-        // Precedence (SPEC 6): a ticket first, then the session cookie.
-        let ticket = crate::ws::query_param(&parts.uri, "ticket");
-        let outcome = match ticket {
-            Some(ticket) => authenticate_ticket(gw, &ticket, peer).await,
-            None => authenticate_outcome(gw, &parts.headers).await,
-        };
+        let (outcome, offer) = crate::ws::authenticate_upgrade(gw, &parts, peer).await;
         let request = Request::from_parts(parts, body);
         return match outcome {
             // Tickets (minted by a CSRF-checked POST) and bearer tokens are never sent
@@ -236,7 +231,7 @@ pub async fn handle(
             Ok(Outcome::Authenticated(auth))
                 if !auth.via_cookie || crate::ws::origin_allowed(gw, request.headers()) =>
             {
-                crate::ws::relay(gw, client, peer, auth, request).await
+                crate::ws::relay(gw, client, peer, auth, offer, request).await
             }
             Ok(Outcome::Authenticated(_)) => {
                 crate::ws::refuse(gw, request, Refusal::Rejected("origin not allowed"))

@@ -46,6 +46,7 @@ pub fn router(gw: Gateway) -> Router {
         .route("/me", get(login::me))
         .route("/verify", get(login::verify))
         .route("/ws-ticket", post(login::ws_ticket))
+        .route("/capabilities", get(login::capabilities))
         .route("/healthz", get(login::healthz))
         .route("/readyz", get(login::readyz))
         .fallback(login::not_found)

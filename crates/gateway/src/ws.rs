@@ -22,12 +22,16 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::auth::Authenticated;
+use crate::auth::{
+    Authenticated, Outcome, authenticate_bearer_value, authenticate_outcome, authenticate_ticket,
+    portcullis_bearer,
+};
 use crate::config::WsReject;
 use crate::error::GatewayError;
 use crate::live::{REASON_EXPIRED, Registration};
 use crate::proxy::{UpstreamClient, upstream_headers};
 use crate::state::Gateway;
+use portcullis_core::subprotocol::{Offer, answer, parse_offer};
 
 /// Close code for "your session ended; sign in again" (SPEC 6.4, 6.5).
 pub const CLOSE_SESSION_ENDED: u16 = 4401;
@@ -90,6 +94,52 @@ pub fn without_query_param(uri: &http::Uri, name: &str) -> String {
     } else {
         format!("{path}?{}", kept.join("&"))
     }
+}
+
+/// Authenticates an upgrade with the first credential present, in the precedence
+/// of SPEC 6: `?ticket=`, the JEP 121 subprotocol token, `Authorization: Bearer`,
+/// `?token=` (when enabled), the session cookie. Also returns the parsed subprotocol
+/// offer the relay forwards (without the JEP 121 entries).
+pub async fn authenticate_upgrade(
+    gw: &Gateway,
+    parts: &http::request::Parts,
+    peer: SocketAddr,
+) -> (Result<Outcome, GatewayError>, Offer) {
+    let offer = parse_offer(
+        parts
+            .headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    let offer = match offer {
+        Ok(offer) => offer,
+        Err(error) => {
+            tracing::debug!(%error, "malformed subprotocol token");
+            return (Ok(Outcome::Rejected), Offer::default());
+        }
+    };
+    let outcome = if let Some(ticket) = query_param(&parts.uri, "ticket") {
+        authenticate_ticket(gw, &ticket, peer).await
+    } else if let Some(token) = &offer.token {
+        authenticate_bearer_value(gw, token, peer).await
+    } else if portcullis_bearer(&parts.headers).is_some() {
+        authenticate_outcome(gw, &parts.headers).await
+    } else if let Some(token) = query_token(gw, &parts.uri) {
+        authenticate_bearer_value(gw, &token, peer).await
+    } else {
+        authenticate_outcome(gw, &parts.headers).await
+    };
+    (outcome, offer)
+}
+
+/// `?token=` when enabled and holding one of our credentials; anything else in
+/// `token` is the upstream's own (Jupyter uses that name too).
+fn query_token(gw: &Gateway, uri: &http::Uri) -> Option<String> {
+    if !gw.config().ws_query_token {
+        return None;
+    }
+    query_param(uri, "token").filter(|t| t.starts_with(portcullis_core::ticket::API_TOKEN_PREFIX))
 }
 
 /// Cookies are a browser credential, and browsers always send `Origin` on a
@@ -189,9 +239,16 @@ async fn connect_upstream(
     client: &UpstreamClient,
     peer: SocketAddr,
     auth: &Authenticated,
+    offer: &Offer,
     request: &Request<Incoming>,
 ) -> Result<(Upstream, Option<HeaderValue>), String> {
-    let path = without_query_param(request.uri(), "ticket");
+    let mut path = without_query_param(request.uri(), "ticket");
+    if query_token(gw, request.uri()).is_some() {
+        let uri: http::Uri = path
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| e.to_string())?;
+        path = without_query_param(&uri, "token");
+    }
     let url = format!("ws://{}{path}", client.authority());
     let mut upstream_request = url.into_client_request().map_err(|e| e.to_string())?;
     let mut headers = request.headers().clone();
@@ -201,6 +258,10 @@ async fn connect_upstream(
         peer,
         gw.config().public_url.scheme.as_str(),
     );
+    if !auth.via_cookie {
+        // A bearer credential was ours; the upstream never sees it.
+        headers.remove(header::AUTHORIZATION);
+    }
     // The upstream handshake gets its own key and version; extensions cannot pass a
     // frame-parsing relay.
     for name in [
@@ -208,8 +269,15 @@ async fn connect_upstream(
         header::SEC_WEBSOCKET_VERSION,
         header::SEC_WEBSOCKET_EXTENSIONS,
         header::SEC_WEBSOCKET_ACCEPT,
+        header::SEC_WEBSOCKET_PROTOCOL,
     ] {
         headers.remove(name);
+    }
+    // The offer minus the JEP 121 entries: the token never reaches the upstream.
+    if !offer.forwarded.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&offer.forwarded.join(", "))
+    {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
     }
     let target = upstream_request.headers_mut();
     for name in headers.keys() {
@@ -222,10 +290,11 @@ async fn connect_upstream(
         tokio_tungstenite::connect_async_with_config(upstream_request, Some(config()), true);
     match tokio::time::timeout(client.timeout(), connect).await {
         Ok(Ok((socket, response))) => {
-            let protocol = response
+            let selected = response
                 .headers()
                 .get(header::SEC_WEBSOCKET_PROTOCOL)
-                .cloned();
+                .and_then(|v| v.to_str().ok());
+            let protocol = answer(offer, selected).and_then(|p| HeaderValue::from_str(p).ok());
             Ok((socket, protocol))
         }
         Ok(Err(tungstenite::Error::Http(response))) => {
@@ -242,6 +311,7 @@ pub async fn relay(
     client: &UpstreamClient,
     peer: SocketAddr,
     auth: Authenticated,
+    offer: Offer,
     mut request: Request<Incoming>,
 ) -> Response<Body> {
     let Some(accept) = accept_key(request.headers()) else {
@@ -250,32 +320,20 @@ pub async fn relay(
         )
         .into_response();
     };
-    let (upstream, protocol) = match connect_upstream(gw, client, peer, &auth, &request).await {
-        Ok(pair) => pair,
-        Err(detail) => {
-            tracing::warn!(%detail, "upstream WebSocket failed");
-            return accept_then_close(
-                request,
-                &accept,
-                CLOSE_UPSTREAM_FAILED,
-                "upstream unavailable",
-            );
-        }
-    };
+    let (upstream, protocol) =
+        match connect_upstream(gw, client, peer, &auth, &offer, &request).await {
+            Ok(pair) => pair,
+            Err(detail) => {
+                tracing::warn!(%detail, "upstream WebSocket failed");
+                return accept_then_close(
+                    request,
+                    &accept,
+                    CLOSE_UPSTREAM_FAILED,
+                    "upstream unavailable",
+                );
+            }
+        };
     let registration = gw.0.live.register(auth.session_id());
-    // A revocation that landed between authentication and registration reached no
-    // registry entry; it did invalidate the cache, so this re-check sees it.
-    let inner = &gw.0;
-    if inner
-        .sessions
-        .lookup(&inner.store, auth.session_id(), inner.clock.now_ms())
-        .await
-        .is_err()
-    {
-        inner
-            .live
-            .end_session(auth.session_id(), crate::live::REASON_REVOKED);
-    }
     let upgrade = hyper::upgrade::on(&mut request);
     let gw = gw.clone();
     tokio::spawn(async move {

@@ -79,6 +79,9 @@ pub struct RawSettings {
     /// Lifetime of single-use WebSocket tickets, 1s to 10m [default: 30s]
     #[arg(long, env = "PORTCULLIS_WS_TICKET_TTL", global = true)]
     pub ws_ticket_ttl: Option<String>,
+    /// Accept `?token=pct_…` on WebSocket upgrades (legacy clients) [default: true]
+    #[arg(long, env = "PORTCULLIS_WS_QUERY_TOKEN", global = true)]
+    pub ws_query_token: Option<bool>,
     /// Concurrent argon2 verifications [default: number of CPUs]
     #[arg(long, env = "PORTCULLIS_ARGON2_WORKERS", global = true)]
     pub argon2_workers: Option<usize>,
@@ -159,6 +162,7 @@ impl RawSettings {
             upstream_timeout,
             ws_reject,
             ws_ticket_ttl,
+            ws_query_token,
             argon2_workers,
             basic_users,
             basic_admins,
@@ -405,6 +409,7 @@ impl RawSettings {
         config.upstream_timeout = upstream_timeout;
         config.ws_reject = ws_reject;
         config.ws_ticket_ttl_ms = ws_ticket_ttl_ms;
+        config.ws_query_token = self.ws_query_token.unwrap_or(true);
         config.login_limits = limits;
         config.basic_users = basic_users;
         config.allowed_hosts = allowed_hosts;

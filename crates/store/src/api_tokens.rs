@@ -58,6 +58,17 @@ impl Store {
         Ok(row)
     }
 
+    /// Whether token `id` exists and is not revoked.
+    pub async fn api_token_live(&self, id: &str) -> Result<bool, StoreError> {
+        let row: Option<(String,)> = on_pool!(self, pool => {
+            sqlx::query_as("SELECT id FROM api_tokens WHERE id = $1 AND revoked_ms IS NULL")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(row.is_some())
+    }
+
     pub async fn list_api_tokens(&self) -> Result<Vec<ApiTokenRow>, StoreError> {
         let rows = on_pool!(self, pool => {
             sqlx::query_as("SELECT id, subject, roles, label, created_ms, revoked_ms FROM api_tokens ORDER BY created_ms")

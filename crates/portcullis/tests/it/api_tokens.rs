@@ -105,7 +105,22 @@ async fn bearer_tokens_authenticate_and_are_not_forwarded(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(response.status(), 101);
-    ws.send(Message::text("hi")).await.unwrap();
+    ws.send(Message::text("headers")).await.unwrap();
+    let seen = loop {
+        match futures_util::StreamExt::next(&mut ws)
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Message::Text(text) => break serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            _ => continue,
+        }
+    };
+    assert_eq!(seen["x-forwarded-user"], "robot");
+    assert!(
+        seen.get("authorization").is_none(),
+        "our bearer must not reach the upstream WebSocket: {seen}"
+    );
     let elsewhere = portcullis_store::Store::connect(&db.url).await.unwrap();
     assert!(elsewhere.revoke_api_token(&id, now_ms()).await.unwrap());
     let frame = close_frame(&mut ws, Duration::from_secs(1))

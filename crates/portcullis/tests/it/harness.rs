@@ -185,10 +185,11 @@ async fn upload(request: Request) -> String {
 /// subprotocol when offered.
 async fn ws_echo(
     ws: axum::extract::ws::WebSocketUpgrade,
+    uri: http::Uri,
     headers: http::HeaderMap,
 ) -> axum::response::Response {
     use axum::extract::ws::{CloseFrame, Message};
-    let seen: BTreeMap<String, String> = headers
+    let mut seen: BTreeMap<String, String> = headers
         .iter()
         .map(|(k, v)| {
             (
@@ -197,6 +198,7 @@ async fn ws_echo(
             )
         })
         .collect();
+    seen.insert(":uri".into(), uri.to_string());
     ws.protocols(["v1.kernel.websocket.jupyter.org"])
         .max_message_size(64 << 20)
         .on_upgrade(move |mut socket| async move {

@@ -361,9 +361,11 @@ async fn tickets_are_single_use_and_bound_to_their_session(backend: Backend) {
     let Message::Text(seen) = next_data(&mut ws).await else {
         panic!()
     };
+    let seen: serde_json::Value = serde_json::from_str(&seen).unwrap();
+    assert_eq!(seen["x-forwarded-user"], USER);
     assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&seen).unwrap()["x-forwarded-user"],
-        USER
+        seen[":uri"], "/ws/echo?x=1",
+        "the ticket must not reach the upstream"
     );
     // Replays fail.
     assert_eq!(status_of(gw.addr, &path, &[]).await, 403, "replayed ticket");
@@ -432,7 +434,152 @@ async fn tickets_are_single_use_and_bound_to_their_session(backend: Backend) {
     }
 }
 
+/// Reads the upstream's view of the handshake through the `headers` command.
+async fn upstream_view(ws: &mut Ws) -> serde_json::Value {
+    ws.send(Message::text("headers")).await.unwrap();
+    let Message::Text(seen) = next_data(ws).await else {
+        panic!("expected headers")
+    };
+    serde_json::from_str(&seen).unwrap()
+}
+
+async fn jep121_subprotocol_tokens(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let (_, secret) = crate::api_tokens::create_token(&gw.store, "kernel-client", "user").await;
+    let marker = "v1.token.websocket.jupyter.org";
+    let kernel = "v1.kernel.websocket.jupyter.org";
+    let encoded: String = secret.bytes().map(|b| format!("%{b:02X}")).collect();
+    let token_entry = format!("{marker}.{encoded}");
+
+    // With a protocol the upstream negotiates (Jupyter's kernel protocol).
+    let offer = format!("{token_entry}, {marker}, {kernel}");
+    let (mut ws, response) = connect(gw.addr, "/ws/echo", &[("sec-websocket-protocol", &offer)])
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], kernel);
+    let seen = upstream_view(&mut ws).await;
+    assert_eq!(seen["x-forwarded-user"], "kernel-client");
+    assert_eq!(
+        seen["sec-websocket-protocol"], kernel,
+        "token entries are not forwarded: {seen}"
+    );
+
+    // With nothing the upstream selects: the bare marker answers, never the token.
+    let offer = format!("{marker}, {token_entry}");
+    let (_ws, response) = connect(gw.addr, "/ws/echo", &[("sec-websocket-protocol", &offer)])
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], marker);
+
+    // A ticket works as the subprotocol token too.
+    let s = gw.login(USER).await;
+    let ticket = mint_ticket(&gw.client, &s).await;
+    let offer = format!("{marker}.{ticket}, {marker}");
+    let (_ws, response) = connect(gw.addr, "/ws/echo", &[("sec-websocket-protocol", &offer)])
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 101);
+
+    let rows = [
+        (
+            "invalid token",
+            format!("{marker}.pct_{}, {marker}", "A".repeat(43)),
+            403,
+        ),
+        (
+            "two token entries",
+            format!("{token_entry}, {marker}.pct_x, {marker}"),
+            403,
+        ),
+        ("empty token", format!("{marker}., {marker}"), 403),
+        ("marker only, no credential", marker.to_string(), 401),
+    ];
+    for (name, offer, status) in rows {
+        assert_eq!(
+            status_of(gw.addr, "/ws/echo", &[("sec-websocket-protocol", &offer)]).await,
+            status,
+            "row {name}"
+        );
+    }
+}
+
+async fn query_tokens_are_ours_only_when_they_look_ours(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let (_, secret) = crate::api_tokens::create_token(&gw.store, "legacy", "user").await;
+    let (mut ws, _) = connect(gw.addr, &format!("/ws/echo?a=1&token={secret}"), &[])
+        .await
+        .unwrap();
+    let seen = upstream_view(&mut ws).await;
+    assert_eq!(seen["x-forwarded-user"], "legacy");
+    assert_eq!(
+        seen[":uri"], "/ws/echo?a=1",
+        "our token must not reach the upstream: {seen}"
+    );
+    // Jupyter's own ?token= is not a gateway credential: it neither authenticates
+    // nor is stripped.
+    assert_eq!(
+        status_of(gw.addr, "/ws/echo?token=jupyter-own", &[]).await,
+        401
+    );
+    let s = gw.login(USER).await;
+    let origin = format!("http://{}", gw.addr);
+    let (mut ws, _) = connect(
+        gw.addr,
+        "/ws/echo?token=jupyter-own",
+        &[("cookie", &s.cookie_header()), ("origin", &origin)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        upstream_view(&mut ws).await[":uri"],
+        "/ws/echo?token=jupyter-own"
+    );
+
+    // The legacy carrier can be switched off.
+    let db2 = TestDb::new(backend).await;
+    let gw2 = TestGateway::start_with(&db2, |c| c.ws_query_token = false).await;
+    let (_, secret2) = crate::api_tokens::create_token(&gw2.store, "legacy", "user").await;
+    assert_eq!(
+        status_of(gw2.addr, &format!("/ws/echo?token={secret2}"), &[]).await,
+        401
+    );
+    let caps = gw2.client.get("/.auth/capabilities", &[]).await.json();
+    assert!(
+        !caps["websocket"]["schemes"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("query-token"))
+    );
+}
+
+async fn capabilities_describe_the_accepted_schemes(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let caps = gw.client.get("/.auth/capabilities", &[]).await;
+    assert_eq!(caps.status, 200);
+    let ws = &caps.json()["websocket"];
+    assert_eq!(
+        ws["schemes"],
+        serde_json::json!([
+            "ticket",
+            "jep121-subprotocol",
+            "authorization-bearer",
+            "query-token",
+            "cookie"
+        ])
+    );
+    assert_eq!(ws["ticket_endpoint"], "/.auth/ws-ticket");
+    assert_eq!(ws["subprotocol"], "v1.token.websocket.jupyter.org");
+    assert_eq!(ws["close_codes"]["session_ended"], 4401);
+    assert_eq!(ws["reject"], "status");
+}
+
 both_backends!(
+    jep121_subprotocol_tokens,
+    query_tokens_are_ours_only_when_they_look_ours,
+    capabilities_describe_the_accepted_schemes,
     tickets_are_single_use_and_bound_to_their_session,
     relays_frames_both_ways,
     upstream_subprotocol_is_returned,
