@@ -146,6 +146,8 @@ pub struct GatewayConfig {
     pub ws_ticket_ttl_ms: i64,
     /// Accept `?token=pct_…` on WebSocket upgrades (legacy clients).
     pub ws_query_token: bool,
+    /// Close WebSockets older than this (clients reconnect and re-authenticate).
+    pub ws_max_lifetime: Option<Duration>,
 }
 
 impl GatewayConfig {
@@ -165,6 +167,7 @@ impl GatewayConfig {
             ws_reject: WsReject::Status,
             ws_ticket_ttl_ms: portcullis_core::ticket::DEFAULT_TTL_MS,
             ws_query_token: true,
+            ws_max_lifetime: None,
         }
     }
 }

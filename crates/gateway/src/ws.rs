@@ -359,6 +359,13 @@ async fn pump<S>(
 {
     let mut expiry = tokio::time::interval(EXPIRY_CHECK);
     let expires_ms = auth.session.session.expires_ms;
+    let lifetime = async {
+        match gw.config().ws_max_lifetime {
+            Some(max) => tokio::time::sleep(max).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(lifetime);
     let ended = loop {
         tokio::select! {
             message = client.next() => match message {
@@ -380,6 +387,12 @@ async fn pump<S>(
                 _ => break None,
             },
             reason = registration.ended() => break Some(reason),
+            () = &mut lifetime => {
+                // Not a session end: 1001 tells the client to simply reconnect.
+                let _ = client.close(Some(close_frame(1001, "maximum connection lifetime reached"))).await;
+                let _ = upstream.close(Some(close_frame(1001, "maximum connection lifetime reached"))).await;
+                break None;
+            }
             _ = expiry.tick() => {
                 if gw.0.clock.now_ms() >= expires_ms {
                     break Some(REASON_EXPIRED);

@@ -82,6 +82,9 @@ pub struct RawSettings {
     /// Accept `?token=pct_…` on WebSocket upgrades (legacy clients) [default: true]
     #[arg(long, env = "PORTCULLIS_WS_QUERY_TOKEN", global = true)]
     pub ws_query_token: Option<bool>,
+    /// Close WebSockets older than this, e.g. 12h; clients reconnect [default: none]
+    #[arg(long, env = "PORTCULLIS_WS_MAX_LIFETIME", global = true)]
+    pub ws_max_lifetime: Option<String>,
     /// Concurrent argon2 verifications [default: number of CPUs]
     #[arg(long, env = "PORTCULLIS_ARGON2_WORKERS", global = true)]
     pub argon2_workers: Option<usize>,
@@ -163,6 +166,7 @@ impl RawSettings {
             ws_reject,
             ws_ticket_ttl,
             ws_query_token,
+            ws_max_lifetime,
             argon2_workers,
             basic_users,
             basic_admins,
@@ -347,6 +351,17 @@ impl RawSettings {
                 Err(e) => errors.push(e),
             }
         }
+        let mut ws_max_lifetime = None;
+        if let Some(raw) = &self.ws_max_lifetime {
+            match parse_duration(
+                "--ws-max-lifetime / PORTCULLIS_WS_MAX_LIFETIME",
+                raw,
+                Duration::from_secs(1),
+            ) {
+                Ok(d) => ws_max_lifetime = Some(d),
+                Err(e) => errors.push(e),
+            }
+        }
         let mut upstream_timeout = Duration::from_secs(60);
         if let Some(raw) = &self.upstream_timeout {
             match parse_duration(
@@ -410,6 +425,7 @@ impl RawSettings {
         config.ws_reject = ws_reject;
         config.ws_ticket_ttl_ms = ws_ticket_ttl_ms;
         config.ws_query_token = self.ws_query_token.unwrap_or(true);
+        config.ws_max_lifetime = ws_max_lifetime;
         config.login_limits = limits;
         config.basic_users = basic_users;
         config.allowed_hosts = allowed_hosts;

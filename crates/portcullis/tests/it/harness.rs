@@ -180,6 +180,16 @@ async fn upload(request: Request) -> String {
     total.to_string()
 }
 
+/// Close frames the WebSocket echo upstream received, by the query string of the
+/// connection (tests use a unique query to find theirs).
+pub fn upstream_closes()
+-> &'static std::sync::Mutex<std::collections::HashMap<String, (u16, String)>> {
+    static CLOSES: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, (u16, String)>>,
+    > = std::sync::OnceLock::new();
+    CLOSES.get_or_init(Default::default)
+}
+
 /// WebSocket echo: echoes every message; `close:N` closes with code N ("bye");
 /// `headers` answers with the handshake headers as JSON. Selects the Jupyter kernel
 /// subprotocol when offered.
@@ -199,6 +209,7 @@ async fn ws_echo(
         })
         .collect();
     seen.insert(":uri".into(), uri.to_string());
+    let uri = uri.clone();
     ws.protocols(["v1.kernel.websocket.jupyter.org"])
         .max_message_size(64 << 20)
         .on_upgrade(move |mut socket| async move {
@@ -217,7 +228,16 @@ async fn ws_echo(
                     Message::Text(text) if text.as_str() == "headers" => {
                         Message::Text(serde_json::to_string(&seen).unwrap().into())
                     }
-                    Message::Close(_) => break,
+                    Message::Close(frame) => {
+                        if let Some(frame) = frame {
+                            let key = uri.query().unwrap_or_default().to_owned();
+                            upstream_closes()
+                                .lock()
+                                .unwrap()
+                                .insert(key, (frame.code, frame.reason.to_string()));
+                        }
+                        break;
+                    }
                     other => other,
                 };
                 if socket.send(reply).await.is_err() {

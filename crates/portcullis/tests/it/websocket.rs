@@ -576,7 +576,81 @@ async fn capabilities_describe_the_accepted_schemes(backend: Backend) {
     assert_eq!(ws["reject"], "status");
 }
 
+async fn fragments_and_client_close_codes_cross_the_relay(backend: Backend) {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let s = gw.login(USER).await;
+    let origin = format!("http://{}", gw.addr);
+    let key = format!("case={}", s.id());
+    let (mut ws, _) = connect(
+        gw.addr,
+        &format!("/ws/echo?{key}"),
+        &[("cookie", &s.cookie_header()), ("origin", &origin)],
+    )
+    .await
+    .unwrap();
+    // One text message in three fragments arrives whole.
+    ws.send(Message::Frame(Frame::message(
+        b"frag".to_vec(),
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .await
+    .unwrap();
+    ws.send(Message::Frame(Frame::message(
+        b"men".to_vec(),
+        OpCode::Data(Data::Continue),
+        false,
+    )))
+    .await
+    .unwrap();
+    ws.send(Message::Frame(Frame::message(
+        b"ted".to_vec(),
+        OpCode::Data(Data::Continue),
+        true,
+    )))
+    .await
+    .unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("fragmented"));
+    // The client's close code and reason reach the upstream.
+    ws.send(Message::Close(Some(CloseFrame {
+        code: 4002.into(),
+        reason: "done here".into(),
+    })))
+    .await
+    .unwrap();
+    let seen = eventually(Duration::from_secs(3), || {
+        let key = key.clone();
+        async move { upstream_closes().lock().unwrap().contains_key(&key) }
+    })
+    .await;
+    assert!(seen.is_some(), "the upstream never saw the client's close");
+    assert_eq!(
+        upstream_closes().lock().unwrap()[&key],
+        (4002, "done here".to_string())
+    );
+}
+
+async fn connections_end_at_the_maximum_lifetime(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw =
+        TestGateway::start_with(&db, |c| c.ws_max_lifetime = Some(Duration::from_secs(1))).await;
+    let s = gw.login(USER).await;
+    let mut ws = connect_as(gw.addr, &s).await;
+    let frame = close_frame(&mut ws, Duration::from_secs(4))
+        .await
+        .expect("closed at the maximum lifetime");
+    assert_eq!(u16::from(frame.code), 1001);
+    assert_eq!(frame.reason.as_str(), "maximum connection lifetime reached");
+    // The session itself is untouched: the client just reconnects.
+    connect_as(gw.addr, &s).await;
+}
+
 both_backends!(
+    fragments_and_client_close_codes_cross_the_relay,
+    connections_end_at_the_maximum_lifetime,
     jep121_subprotocol_tokens,
     query_tokens_are_ours_only_when_they_look_ours,
     capabilities_describe_the_accepted_schemes,
