@@ -28,7 +28,7 @@ use crate::auth::{
 };
 use crate::config::WsReject;
 use crate::error::GatewayError;
-use crate::live::{REASON_EXPIRED, Registration};
+use crate::live::{EndReason, REASON_EXPIRED, Registration};
 use crate::proxy::{UpstreamClient, upstream_headers};
 use crate::state::Gateway;
 use portcullis_core::subprotocol::{Offer, answer, parse_offer};
@@ -346,6 +346,29 @@ pub async fn relay(
     switching_protocols(&accept, protocol)
 }
 
+/// Why a relay stopped.
+enum Stop {
+    /// Either side closed or failed.
+    Closed,
+    Ended(EndReason),
+    Lifetime,
+}
+
+/// Resolves when the session ends: revoked (pushed by the registry) or past its
+/// absolute expiry (checked every [`EXPIRY_CHECK`] against the gateway's clock).
+async fn session_over(gw: &Gateway, registration: &mut Registration, expires_ms: i64) -> EndReason {
+    loop {
+        tokio::select! {
+            reason = registration.ended() => return reason,
+            () = tokio::time::sleep(EXPIRY_CHECK) => {
+                if gw.0.clock.now_ms() >= expires_ms {
+                    return REASON_EXPIRED;
+                }
+            }
+        }
+    }
+}
+
 /// Moves frames both ways until either side closes or the session ends. Each send
 /// is awaited before the next read on that side: backpressure, not buffering.
 async fn pump<S>(
@@ -357,7 +380,6 @@ async fn pump<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let mut expiry = tokio::time::interval(EXPIRY_CHECK);
     let expires_ms = auth.session.session.expires_ms;
     let lifetime = async {
         match gw.config().ws_max_lifetime {
@@ -366,48 +388,60 @@ async fn pump<S>(
         }
     };
     tokio::pin!(lifetime);
-    let ended = loop {
+    // Every await that could block (including a send to a peer that stopped
+    // reading) races the session's end, so a revocation is never held up by a
+    // stalled connection.
+    let stop = loop {
         tokio::select! {
             message = client.next() => match message {
                 Some(Ok(message)) => {
                     let closing = message.is_close();
-                    if upstream.send(message).await.is_err() || closing {
-                        break None;
+                    tokio::select! {
+                        sent = upstream.send(message) => if sent.is_err() || closing { break Stop::Closed },
+                        reason = session_over(gw, &mut registration, expires_ms) => break Stop::Ended(reason),
                     }
                 }
-                _ => break None,
+                _ => break Stop::Closed,
             },
             message = upstream.next() => match message {
                 Some(Ok(message)) => {
                     let closing = message.is_close();
-                    if client.send(message).await.is_err() || closing {
-                        break None;
+                    tokio::select! {
+                        sent = client.send(message) => if sent.is_err() || closing { break Stop::Closed },
+                        reason = session_over(gw, &mut registration, expires_ms) => break Stop::Ended(reason),
                     }
                 }
-                _ => break None,
+                _ => break Stop::Closed,
             },
-            reason = registration.ended() => break Some(reason),
-            () = &mut lifetime => {
-                // Not a session end: 1001 tells the client to simply reconnect.
-                let _ = client.close(Some(close_frame(1001, "maximum connection lifetime reached"))).await;
-                let _ = upstream.close(Some(close_frame(1001, "maximum connection lifetime reached"))).await;
-                break None;
-            }
-            _ = expiry.tick() => {
-                if gw.0.clock.now_ms() >= expires_ms {
-                    break Some(REASON_EXPIRED);
-                }
-            }
+            reason = session_over(gw, &mut registration, expires_ms) => break Stop::Ended(reason),
+            () = &mut lifetime => break Stop::Lifetime,
         }
     };
-    if let Some(reason) = ended {
-        let _ = client
-            .close(Some(close_frame(CLOSE_SESSION_ENDED, reason)))
-            .await;
-        let _ = upstream
-            .close(Some(close_frame(1001, "client session ended")))
-            .await;
-    }
+    let (to_client, to_upstream) = match stop {
+        Stop::Closed => (None, None),
+        Stop::Ended(reason) => (
+            Some(close_frame(CLOSE_SESSION_ENDED, reason)),
+            Some(close_frame(1001, "client session ended")),
+        ),
+        // Not a session end: 1001 tells the client to simply reconnect.
+        Stop::Lifetime => (
+            Some(close_frame(1001, "maximum connection lifetime reached")),
+            Some(close_frame(1001, "maximum connection lifetime reached")),
+        ),
+    };
+    // A peer that stopped reading cannot hold the close up either.
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        if let Some(frame) = to_client {
+            let _ = client.close(Some(frame)).await;
+        }
+    })
+    .await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        if let Some(frame) = to_upstream {
+            let _ = upstream.close(Some(frame)).await;
+        }
+    })
+    .await;
     // Let both close handshakes finish, but never wait forever.
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         tokio::join!(async { while client.next().await.is_some() {} }, async {

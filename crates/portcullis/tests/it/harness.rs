@@ -251,6 +251,16 @@ impl TestUpstream {
     pub async fn start() -> Self {
         let app = Router::new()
             .route("/ws/echo", get(ws_echo))
+            .route(
+                "/ws/stall",
+                get(|ws: axum::extract::ws::WebSocketUpgrade| async move {
+                    // Accepts, then never reads: the gateway's sends to it block.
+                    ws.on_upgrade(|socket| async move {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        drop(socket);
+                    })
+                }),
+            )
             .route("/bytes/{n}", get(stream_bytes))
             .route("/upload", post(upload))
             .route(

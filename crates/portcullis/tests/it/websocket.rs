@@ -648,7 +648,52 @@ async fn connections_end_at_the_maximum_lifetime(backend: Backend) {
     connect_as(gw.addr, &s).await;
 }
 
+/// An upstream that stops reading cannot keep a revoked session's socket open.
+async fn a_stalled_upstream_cannot_delay_revocation(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let s = gw.login(USER).await;
+    let origin = format!("http://{}", gw.addr);
+    let (ws, _) = connect(
+        gw.addr,
+        "/ws/stall",
+        &[("cookie", &s.cookie_header()), ("origin", &origin)],
+    )
+    .await
+    .unwrap();
+    let (mut sink, mut stream) = ws.split();
+    let flood = tokio::spawn(async move {
+        let chunk = vec![1u8; 1 << 20];
+        for _ in 0..256 {
+            if sink.send(Message::binary(chunk.clone())).await.is_err() {
+                return;
+            }
+        }
+    });
+    // Give the flood time to fill the socket buffers towards the upstream.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let elsewhere = portcullis_store::Store::connect(&db.url).await.unwrap();
+    elsewhere
+        .revoke_session(&s.id(), "test", now_ms())
+        .await
+        .unwrap();
+    let frame = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(message) = stream.next().await {
+            if let Ok(Message::Close(frame)) = message {
+                return frame;
+            }
+        }
+        None
+    })
+    .await
+    .expect("no close within 2 s while the upstream was stalled")
+    .expect("close frame");
+    assert_eq!(u16::from(frame.code), 4401);
+    flood.abort();
+}
+
 both_backends!(
+    a_stalled_upstream_cannot_delay_revocation,
     fragments_and_client_close_codes_cross_the_relay,
     connections_end_at_the_maximum_lifetime,
     jep121_subprotocol_tokens,
