@@ -148,38 +148,30 @@ impl Store {
     /// than ten minutes (every live process has read them long before), expired
     /// WebSocket tickets.
     pub async fn sweep(&self, now_ms: i64, batch: i64) -> Result<u64, StoreError> {
-        let day_ago = now_ms - 24 * 3600 * 1000;
-        let ten_minutes_ago = now_ms - 600 * 1000;
-        let mut removed = 0;
-        on_pool!(self, pool => {
-            removed += sqlx::query(
+        // Each statement deletes at most `$2` rows older than its `$1`.
+        let sweeps: [(&'static str, i64); 3] = [
+            (
                 "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions \
                  WHERE expires_ms < $1 OR revoked_ms < $1 LIMIT $2)",
-            )
-            .bind(day_ago)
-            .bind(batch)
-            .execute(pool)
-            .await?
-            .rows_affected();
-            removed += sqlx::query(
+                now_ms - 24 * 3600 * 1000,
+            ),
+            (
                 "DELETE FROM ws_tickets WHERE hash IN (SELECT hash FROM ws_tickets \
                  WHERE expires_ms < $1 LIMIT $2)",
-            )
-            .bind(now_ms)
-            .bind(batch)
-            .execute(pool)
-            .await?
-            .rows_affected();
-            removed += sqlx::query(
+                now_ms,
+            ),
+            (
                 "DELETE FROM revocation_log WHERE seq IN (SELECT seq FROM revocation_log \
                  WHERE at_ms < $1 LIMIT $2)",
-            )
-            .bind(ten_minutes_ago)
-            .bind(batch)
-            .execute(pool)
-            .await?
-            .rows_affected();
-        });
+                now_ms - 600 * 1000,
+            ),
+        ];
+        let mut removed = 0;
+        for (sql, older_than) in sweeps {
+            removed += on_pool!(self, pool => {
+                sqlx::query(sql).bind(older_than).bind(batch).execute(pool).await?.rows_affected()
+            });
+        }
         Ok(removed)
     }
 }

@@ -516,9 +516,19 @@ where
 
 /// Whether `client` stops accepting the session `cookie` header within `within`.
 pub async fn refused_within(client: &TestClient, cookie: &str, within: Duration) -> bool {
+    header_refused_within(client, "cookie", cookie, within).await
+}
+
+/// Whether requests carrying `name: value` are refused (401) within `within`.
+pub async fn header_refused_within(
+    client: &TestClient,
+    name: &str,
+    value: &str,
+    within: Duration,
+) -> bool {
     eventually(within, || {
-        let (client, cookie) = (client.clone(), cookie.to_owned());
-        async move { client.get("/echo", &[("cookie", &cookie)]).await.status == 401 }
+        let (client, name, value) = (client.clone(), name.to_owned(), value.to_owned());
+        async move { client.get("/echo", &[(&name, &value)]).await.status == 401 }
     })
     .await
     .is_some()
