@@ -2,7 +2,7 @@
 //! Revocation goes through the same revocation log (and `NOTIFY`) as sessions, so
 //! every gateway drops the token and closes its WebSockets within a second.
 
-use crate::{Backend, REVOCATION_CHANNEL, Store, StoreError, on_pool};
+use crate::{Backend, Store, StoreError, log_revocation, on_pool};
 
 /// An API token as stored (never the secret).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -90,14 +90,7 @@ impl Store {
                 .await?
                 .rows_affected();
             if n == 1 {
-                sqlx::query("INSERT INTO revocation_log (session_id, at_ms) VALUES ($1, $2)")
-                    .bind(id)
-                    .bind(now_ms)
-                    .execute(&mut *tx)
-                    .await?;
-                if notify {
-                    sqlx::query("SELECT pg_notify($1, $2)").bind(REVOCATION_CHANNEL).bind(id).execute(&mut *tx).await?;
-                }
+                log_revocation!(tx, id, now_ms, notify);
             }
             tx.commit().await?;
             n == 1

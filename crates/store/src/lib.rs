@@ -73,6 +73,28 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
+/// Records that `$id` (a session or API token id) was revoked, inside the revoking
+/// transaction `$tx`: a revocation-log row for pollers and, on PostgreSQL
+/// (`$notify`), a `NOTIFY` delivered at commit. Every revocation goes through here,
+/// so every gateway hears of exactly the committed ones.
+macro_rules! log_revocation {
+    ($tx:expr, $id:expr, $now_ms:expr, $notify:expr) => {{
+        sqlx::query("INSERT INTO revocation_log (session_id, at_ms) VALUES ($1, $2)")
+            .bind($id)
+            .bind($now_ms)
+            .execute(&mut *$tx)
+            .await?;
+        if $notify {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind($crate::REVOCATION_CHANNEL)
+                .bind($id)
+                .execute(&mut *$tx)
+                .await?;
+        }
+    }};
+}
+pub(crate) use log_revocation;
+
 /// The database, cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {

@@ -3,7 +3,7 @@
 use portcullis_core::identity::Identity;
 use portcullis_core::session::Session;
 
-use crate::{Backend, REVOCATION_CHANNEL, Store, StoreError, on_pool};
+use crate::{Backend, Store, StoreError, log_revocation, on_pool};
 
 const SESSION_COLUMNS: &str = "id, subject, name, email, provider, roles, created_ms, last_seen_ms, \
      expires_ms, idle_timeout_ms, revoked_ms, oidc_sid, access_token_id";
@@ -169,18 +169,7 @@ impl Store {
                 .fetch_all(&mut *tx)
                 .await?;
             for (id,) in &ids {
-                sqlx::query("INSERT INTO revocation_log (session_id, at_ms) VALUES ($1, $2)")
-                    .bind(id)
-                    .bind(now_ms)
-                    .execute(&mut *tx)
-                    .await?;
-                if notify {
-                    sqlx::query("SELECT pg_notify($1, $2)")
-                        .bind(REVOCATION_CHANNEL)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                log_revocation!(tx, id, now_ms, notify);
             }
             tx.commit().await?;
             ids.into_iter().map(|(id,)| id).collect()
