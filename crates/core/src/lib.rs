@@ -11,6 +11,7 @@ pub mod basic;
 pub mod clock;
 pub mod cookie;
 pub mod identity;
+pub mod internal;
 pub mod keys;
 pub mod redirect;
 pub mod secret;

@@ -2,11 +2,13 @@
 //! proxied request, forward-auth check and gateway API call goes through
 //! [`authenticate`].
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::HeaderMap;
 use portcullis_core::cookie::{CookieError, SESSION_PREFIX};
 use portcullis_core::identity::Identity;
+use portcullis_core::internal;
 
 use crate::cookies::{self, SESSION_COOKIE};
 use crate::error::GatewayError;
@@ -38,8 +40,9 @@ impl Authenticated {
 pub async fn authenticate(
     gw: &Gateway,
     headers: &HeaderMap,
+    peer: SocketAddr,
 ) -> Result<Option<Authenticated>, GatewayError> {
-    Ok(match authenticate_outcome(gw, headers).await? {
+    Ok(match authenticate_outcome(gw, headers, peer).await? {
         Outcome::Authenticated(auth) => Some(auth),
         Outcome::NoCredential | Outcome::Rejected => None,
     })
@@ -58,9 +61,10 @@ pub enum Outcome {
 pub async fn authenticate_outcome(
     gw: &Gateway,
     headers: &HeaderMap,
+    peer: SocketAddr,
 ) -> Result<Outcome, GatewayError> {
     if let Some(bearer) = portcullis_bearer(headers) {
-        return authenticate_api_token(gw, bearer).await;
+        return authenticate_bearer_value(gw, bearer, peer).await;
     }
     let Some(value) = cookies::read(headers, SESSION_COOKIE) else {
         return Ok(Outcome::NoCredential);
@@ -112,7 +116,7 @@ pub async fn authenticate_outcome(
 pub async fn authenticate_ticket(
     gw: &Gateway,
     presented: &str,
-    peer: std::net::SocketAddr,
+    peer: SocketAddr,
 ) -> Result<Outcome, GatewayError> {
     let inner = &gw.0;
     let now = inner.clock.now_ms();
@@ -141,15 +145,55 @@ pub async fn authenticate_ticket(
     Ok(Outcome::Rejected)
 }
 
-/// The `Authorization: Bearer` value if it is one of ours (`pct_…`). Other bearer
-/// values belong to the upstream and pass through untouched.
+/// Whether a bearer value is one of ours (an API token `pct_…` or the internal
+/// credential `pci_…`) rather than the upstream's.
+pub fn is_portcullis_bearer(token: &str) -> bool {
+    token.starts_with(portcullis_core::ticket::API_TOKEN_PREFIX)
+        || token.starts_with(internal::PREFIX)
+}
+
+/// The `Authorization: Bearer` value if it is one of ours. Other bearer values
+/// belong to the upstream and pass through untouched.
 pub fn portcullis_bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer")
-        && token.starts_with(portcullis_core::ticket::API_TOKEN_PREFIX))
-    .then_some(token)
+    (scheme.eq_ignore_ascii_case("bearer") && is_portcullis_bearer(token)).then_some(token)
+}
+
+/// The internal credential (SPEC 6.3): loopback peers only unless configured
+/// otherwise; refusals are audited with at most eight characters of the value.
+async fn authenticate_internal(
+    gw: &Gateway,
+    presented: &str,
+    peer: SocketAddr,
+) -> Result<Outcome, GatewayError> {
+    let inner = &gw.0;
+    let reason = if !internal::peer_allowed(peer.ip(), inner.config.internal_credential_remote) {
+        "remote_peer"
+    } else {
+        match inner
+            .internal
+            .verify(&inner.store, presented, inner.clock.now_ms())
+            .await
+        {
+            Ok(Some(minted)) => {
+                return Ok(Outcome::Authenticated(Authenticated {
+                    session: minted.session.clone(),
+                    via_cookie: false,
+                }));
+            }
+            Ok(None) if inner.internal.current().is_none() => "not_minted",
+            Ok(None) => "mismatch",
+            Err(e) => return Err(GatewayError::StoreUnavailable(e.to_string())),
+        }
+    };
+    let mut event = gw.audit_event(internal::SUBJECT, "auth.internal_credential", "failure");
+    event.reason = Some(reason.into());
+    event.target = Some(portcullis_core::secret::truncate_secret(presented));
+    event.ip = Some(peer.ip().to_string());
+    gw.audit(event).await;
+    Ok(Outcome::Rejected)
 }
 
 async fn authenticate_api_token(gw: &Gateway, presented: &str) -> Result<Outcome, GatewayError> {
@@ -168,14 +212,16 @@ async fn authenticate_api_token(gw: &Gateway, presented: &str) -> Result<Outcome
 }
 
 /// A bearer value from any carrier (header, subprotocol, query): an API token
-/// (`pct_…`) or a WebSocket ticket.
+/// (`pct_…`), the internal credential (`pci_…`) or a WebSocket ticket.
 pub async fn authenticate_bearer_value(
     gw: &Gateway,
     value: &str,
-    peer: std::net::SocketAddr,
+    peer: SocketAddr,
 ) -> Result<Outcome, GatewayError> {
     if value.starts_with(portcullis_core::ticket::API_TOKEN_PREFIX) {
         authenticate_api_token(gw, value).await
+    } else if value.starts_with(internal::PREFIX) {
+        authenticate_internal(gw, value, peer).await
     } else {
         authenticate_ticket(gw, value, peer).await
     }

@@ -148,6 +148,9 @@ pub struct GatewayConfig {
     pub ws_query_token: bool,
     /// Close WebSockets older than this (clients reconnect and re-authenticate).
     pub ws_max_lifetime: Option<Duration>,
+    /// Accept the internal credential from non-loopback peers (SPEC 6.3; off by
+    /// default: the processes it is for run on the gateway's host).
+    pub internal_credential_remote: bool,
 }
 
 impl GatewayConfig {
@@ -168,6 +171,7 @@ impl GatewayConfig {
             ws_ticket_ttl_ms: portcullis_core::ticket::DEFAULT_TTL_MS,
             ws_query_token: true,
             ws_max_lifetime: None,
+            internal_credential_remote: false,
         }
     }
 }

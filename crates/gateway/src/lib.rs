@@ -11,6 +11,7 @@ mod auth;
 pub mod config;
 mod cookies;
 pub mod error;
+mod internal;
 mod keyring;
 pub mod live;
 mod login;
@@ -23,5 +24,6 @@ mod throttle;
 pub mod ws;
 
 pub use config::{GatewayConfig, PublicUrl, SameSite, Upstream, WsReject};
+pub use internal::reset_deployment_credential;
 pub use server::{bind_per_core, router, serve, serve_per_core};
 pub use state::{Gateway, StartError};

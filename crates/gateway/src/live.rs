@@ -146,6 +146,10 @@ impl LiveConnections {
 
     async fn recheck_all(&self, store: &Store, clock: &dyn Clock) {
         for id in self.session_ids() {
+            // The internal credential's holder re-checks its own connections.
+            if id.starts_with(portcullis_core::internal::ID_PREFIX) {
+                continue;
+            }
             if id.starts_with(portcullis_core::ticket::API_TOKEN_ID_PREFIX) {
                 match store.api_token_live(&id).await {
                     Ok(true) => {}

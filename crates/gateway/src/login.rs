@@ -333,7 +333,7 @@ pub async fn logout(
     body: Bytes,
 ) -> Response {
     let json_flow = wants_json_response(&headers);
-    let auth = match authenticate(&gw, &headers).await {
+    let auth = match authenticate(&gw, &headers, peer).await {
         Ok(auth) => auth,
         Err(e) => return e.into_response(),
     };
@@ -375,8 +375,12 @@ pub async fn logout(
     response
 }
 
-pub async fn me(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
-    match authenticate(&gw, &headers).await {
+pub async fn me(
+    State(gw): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    match authenticate(&gw, &headers, peer).await {
         Ok(Some(auth)) => {
             let mut body = identity_json(auth.identity());
             body["session_id"] = json!(auth.session_id());
@@ -394,8 +398,12 @@ pub async fn me(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
 
 /// Forward auth for nginx `auth_request`, Traefik `forwardAuth`, Caddy
 /// `forward_auth`: 200 with identity headers, or 401 naming the login URL.
-pub async fn verify(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
-    match authenticate(&gw, &headers).await {
+pub async fn verify(
+    State(gw): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    match authenticate(&gw, &headers, peer).await {
         Ok(Some(auth)) => {
             let mut response = StatusCode::OK.into_response();
             crate::proxy::set_identity_headers(
@@ -426,8 +434,13 @@ pub async fn verify(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
 
 /// `POST {prefix}/ws-ticket`: a single-use ticket for one WebSocket upgrade, for
 /// the calling session (cookie plus `X-CSRF-Token`).
-pub async fn ws_ticket(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes) -> Response {
-    let auth = match authenticate(&gw, &headers).await {
+pub async fn ws_ticket(
+    State(gw): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let auth = match authenticate(&gw, &headers, peer).await {
         Ok(Some(auth)) => auth,
         Ok(None) => return GatewayError::Unauthenticated.into_response(),
         Err(e) => return e.into_response(),

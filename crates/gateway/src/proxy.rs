@@ -243,7 +243,7 @@ pub async fn handle(
             Err(e) => e.into_response_for(false),
         };
     }
-    let auth = match authenticate(gw, &parts.headers).await {
+    let auth = match authenticate(gw, &parts.headers, peer).await {
         Ok(Some(auth)) => auth,
         Ok(None) => {
             let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());

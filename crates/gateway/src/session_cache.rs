@@ -51,6 +51,18 @@ impl CachedSession {
     pub fn last_seen(&self) -> Millis {
         self.last_seen.load(Ordering::Relaxed)
     }
+
+    /// A pseudo-session for a credential that is not a session (an API token, the
+    /// internal credential): valid until revoked, no activity recorded.
+    pub fn pseudo(session: Session) -> Self {
+        Self {
+            last_seen: AtomicI64::new(session.last_seen_ms),
+            persisted_seen: AtomicI64::new(i64::MAX),
+            queued: AtomicBool::new(true),
+            identity_headers: OnceLock::new(),
+            session,
+        }
+    }
 }
 
 /// What the cache alone can say about a session.
@@ -179,13 +191,7 @@ impl SessionCache {
             oidc_sid: None,
             access_token_id: None,
         };
-        let entry = Arc::new(CachedSession {
-            last_seen: AtomicI64::new(session.last_seen_ms),
-            persisted_seen: AtomicI64::new(i64::MAX),
-            queued: AtomicBool::new(true),
-            identity_headers: OnceLock::new(),
-            session,
-        });
+        let entry = Arc::new(CachedSession::pseudo(session));
         if self.epoch.load(Ordering::Acquire) == epoch {
             self.tokens.insert(hash.to_owned(), entry.clone());
         }

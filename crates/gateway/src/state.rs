@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use portcullis_core::clock::Clock;
 use portcullis_core::keys::SecretKey;
-use portcullis_core::secret::Entropy;
+use portcullis_core::secret::{Entropy, SecretString};
 use portcullis_core::session::CsrfKey;
 use portcullis_store::{AuditEvent, RevocationBus, Store, StoreError};
 use tokio::task::JoinHandle;
 
 use crate::config::GatewayConfig;
+use crate::internal::InternalCredentials;
 use crate::keyring::{KeyringError, LiveKeyring};
 use crate::live::LiveConnections;
 use crate::session_cache::SessionCache;
@@ -31,6 +32,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("signing keys: {0}")]
     Keyring(#[from] KeyringError),
+    #[error("internal credential: {0}")]
+    Internal(#[from] crate::internal::InternalError),
     #[error("could not prepare the password verifier: {0}")]
     Dummy(String),
 }
@@ -47,6 +50,7 @@ pub(crate) struct Inner {
     pub csrf: CsrfKey,
     pub sessions: Arc<SessionCache>,
     pub live: Arc<LiveConnections>,
+    pub internal: Arc<InternalCredentials>,
     pub bus: RevocationBus,
     pub throttle: Arc<LoginThrottle>,
     pub passwords: PasswordPool,
@@ -80,6 +84,8 @@ impl Gateway {
             LiveKeyring::load(&store, secret.clone(), entropy.as_ref(), clock.now_ms()).await?,
         );
         let csrf = CsrfKey::new(&secret.derive("portcullis csrf v1"));
+        let internal =
+            Arc::new(InternalCredentials::load(&store, secret.clone(), clock.now_ms()).await?);
         let bus = RevocationBus::start(store.clone()).await?;
         let (sessions, mut activity) = SessionCache::new();
         let sessions = Arc::new(sessions);
@@ -99,6 +105,11 @@ impl Gateway {
             bus.subscribe(),
             store.clone(),
             clock.clone(),
+        )));
+        tasks.push(tokio::spawn(internal.clone().follow(
+            bus.subscribe(),
+            store.clone(),
+            live.clone(),
         )));
         {
             let store = store.clone();
@@ -149,6 +160,7 @@ impl Gateway {
             csrf,
             sessions,
             live,
+            internal,
             bus,
             throttle,
             dummy_hash,
@@ -178,6 +190,55 @@ impl Gateway {
         if let Err(error) = self.0.store.record_audit(&event).await {
             tracing::error!(%error, action = %event.action, "could not write audit event");
         }
+    }
+
+    /// The internal credential (SPEC 6.3), minted on the first call and the same
+    /// on every later one (per process, or per deployment with PostgreSQL). For the
+    /// supervised child's environment and the credential file only.
+    pub async fn internal_credential(&self) -> Result<SecretString, StartError> {
+        let inner = &self.0;
+        let (minted, fresh) = inner
+            .internal
+            .get_or_mint(&inner.store, inner.entropy.as_ref(), inner.clock.now_ms())
+            .await?;
+        if fresh {
+            let mut event = self.audit_event(
+                portcullis_core::internal::SUBJECT,
+                "auth.internal_credential.mint",
+                "success",
+            );
+            event.target = Some(minted.credential.id().to_owned());
+            self.audit(event).await;
+        }
+        Ok(minted.credential.secret().clone())
+    }
+
+    /// Resets the internal credential: this process forgets it and closes the
+    /// connections it carried; with PostgreSQL the deployment's stored credential is
+    /// deleted and every replica told. The next [`Gateway::internal_credential`]
+    /// call mints a new one.
+    pub async fn reset_internal_credential(&self) -> Result<(), StartError> {
+        let inner = &self.0;
+        let old = inner.internal.forget();
+        if inner.internal.is_shared() {
+            inner
+                .internal
+                .reset_deployment(&inner.store, inner.clock.now_ms())
+                .await?;
+        }
+        if let Some(old) = old {
+            inner
+                .live
+                .end_session(old.credential.id(), crate::live::REASON_REVOKED);
+            let mut event = self.audit_event(
+                portcullis_core::internal::SUBJECT,
+                "auth.internal_credential.reset",
+                "success",
+            );
+            event.target = Some(old.credential.id().to_owned());
+            self.audit(event).await;
+        }
+        Ok(())
     }
 
     pub(crate) fn audit_event(&self, actor: &str, action: &str, outcome: &str) -> AuditEvent {

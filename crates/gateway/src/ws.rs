@@ -124,12 +124,27 @@ pub async fn authenticate_upgrade(
     } else if let Some(token) = &offer.token {
         authenticate_bearer_value(gw, token, peer).await
     } else if portcullis_bearer(&parts.headers).is_some() {
-        authenticate_outcome(gw, &parts.headers).await
+        authenticate_outcome(gw, &parts.headers, peer).await
     } else if let Some(token) = query_token(gw, &parts.uri) {
         authenticate_bearer_value(gw, &token, peer).await
     } else {
-        authenticate_outcome(gw, &parts.headers).await
+        authenticate_outcome(gw, &parts.headers, peer).await
     };
+    if let Ok(Outcome::Authenticated(auth)) = &outcome
+        && auth
+            .session_id()
+            .starts_with(portcullis_core::internal::ID_PREFIX)
+    {
+        // Long-lived connections of spawned processes: each one is on record.
+        let mut event = gw.audit_event(
+            portcullis_core::internal::SUBJECT,
+            "auth.internal_credential",
+            "success",
+        );
+        event.target = Some(parts.uri.path().to_owned());
+        event.ip = Some(peer.ip().to_string());
+        gw.audit(event).await;
+    }
     (outcome, offer)
 }
 
@@ -139,7 +154,7 @@ fn query_token(gw: &Gateway, uri: &http::Uri) -> Option<String> {
     if !gw.config().ws_query_token {
         return None;
     }
-    query_param(uri, "token").filter(|t| t.starts_with(portcullis_core::ticket::API_TOKEN_PREFIX))
+    query_param(uri, "token").filter(|t| crate::auth::is_portcullis_bearer(t))
 }
 
 /// Cookies are a browser credential, and browsers always send `Origin` on a

@@ -122,9 +122,38 @@ pub async fn start_gateway(settings: &Settings) -> anyhow::Result<(Vec<TcpListen
     Ok((listeners, gateway))
 }
 
-pub async fn serve(raw: RawSettings) -> anyhow::Result<ExitCode> {
+/// `portcullis serve [options] [-- CMD ARGS...]`. With a child command the gateway
+/// starts it (with the internal credential in its environment), proxies to it, stops
+/// it on shutdown and exits, with the child's code, if it dies.
+pub async fn serve(mut raw: RawSettings, child_command: Vec<String>) -> anyhow::Result<ExitCode> {
+    // A child with no upstream named listens where the gateway tells it: `$PORT`.
+    let child_port = if !child_command.is_empty() && raw.upstream.is_none() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("choosing a port for the child")?
+            .port();
+        raw.upstream = Some(format!("http://127.0.0.1:{port}"));
+        Some(port)
+    } else {
+        None
+    };
     let settings = resolve(&raw, true)?;
     let (listeners, gateway) = start_gateway(&settings).await?;
+    let wants_credential = !child_command.is_empty() || settings.internal_credential_file.is_some();
+    let credential = if wants_credential {
+        Some(
+            gateway
+                .internal_credential()
+                .await
+                .context("minting the internal credential")?,
+        )
+    } else {
+        None
+    };
+    if let (Some(path), Some(credential)) = (&settings.internal_credential_file, &credential) {
+        crate::child::write_credential_file(path, credential)?;
+        tracing::info!(path = %path.display(), "wrote the internal credential (mode 0600)");
+    }
     tracing::info!(
         listen = %settings.listen,
         event_loops = listeners.len(),
@@ -132,7 +161,83 @@ pub async fn serve(raw: RawSettings) -> anyhow::Result<ExitCode> {
         public_url = %gateway.config().public_url.origin(),
         "portcullis is serving"
     );
-    serve_per_core(listeners, gateway, shutdown_signal()).await?;
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let (died_tx, died_rx) = tokio::sync::oneshot::channel();
+    let supervisor = match credential {
+        Some(credential) if !child_command.is_empty() => {
+            let env = crate::child::ChildEnv {
+                credential,
+                gateway_url: loopback_url(listeners[0].local_addr()?),
+                public_url: gateway.config().public_url.origin(),
+                auth_prefix: gateway.config().auth_prefix.clone(),
+                port: child_port,
+            };
+            let child = crate::child::spawn(&child_command, &env)?;
+            Some(tokio::spawn(child.supervise(stop_rx, died_tx)))
+        }
+        _ => None,
+    };
+    let child_status = Arc::new(std::sync::OnceLock::new());
+    let shutdown = {
+        let child_status = child_status.clone();
+        async move {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                Ok(status) = died_rx => {
+                    tracing::error!(%status, "the child exited; stopping the gateway");
+                    let _ = child_status.set(status);
+                }
+            }
+        }
+    };
+    let served = serve_per_core(listeners, gateway, shutdown).await;
+    if let Some(supervisor) = supervisor {
+        let _ = stop_tx.send(());
+        let _ = supervisor.await;
+    }
+    served?;
+    Ok(match child_status.get() {
+        Some(status) => crate::child::exit_code(*status),
+        None => ExitCode::SUCCESS,
+    })
+}
+
+/// The URL a process on this host uses to reach the gateway listening on `addr`
+/// (an unspecified address such as 0.0.0.0 is reached through loopback).
+fn loopback_url(addr: std::net::SocketAddr) -> String {
+    let ip = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => std::net::Ipv4Addr::LOCALHOST.into(),
+        ip if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!("http://{}", std::net::SocketAddr::new(ip, addr.port()))
+}
+
+/// `keys reset-internal-credential`: with PostgreSQL, deletes the deployment's
+/// internal credential; every replica stops accepting it and closes its
+/// connections within a second. Restarted gateways mint a new one.
+pub async fn reset_internal_credential(raw: RawSettings) -> anyhow::Result<ExitCode> {
+    let settings = resolve(&raw, false)?;
+    if !settings.database_url.starts_with("postgres") {
+        bail!(
+            "with SQLite the internal credential lives only in the gateway process; \
+             restart the gateway to mint a new one"
+        );
+    }
+    let store = open_store(&settings).await?;
+    let secret = secret_key(&settings)?;
+    let existed =
+        portcullis_gateway::reset_deployment_credential(&store, &secret, SystemClock.now_ms())
+            .await?;
+    if existed {
+        cli_audit(&store, "auth.internal_credential.reset", None).await;
+        println!(
+            "internal credential reset; restart the gateways (and their children) to mint a new one"
+        );
+    } else {
+        println!("no internal credential was minted; nothing to reset");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,6 +5,7 @@
 // `<placeholders>` must appear verbatim rather than as rustdoc markup.
 #![allow(rustdoc::bare_urls, rustdoc::invalid_html_tags)]
 
+mod child;
 mod commands;
 mod demo;
 mod settings;
@@ -34,8 +35,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the gateway
-    Serve,
+    /// Run the gateway; with `-- CMD ARGS...`, start CMD as the supervised upstream
+    Serve {
+        /// The application to start and protect: it gets the internal credential in
+        /// PORTCULLIS_INTERNAL_CREDENTIAL and, without --upstream, a port in PORT
+        #[arg(last = true, value_name = "CMD")]
+        child: Vec<String>,
+    },
     /// Run the gateway in front of a built-in demo dashboard, zero configuration
     Demo,
     /// Read a password (no echo on a terminal, else one line of stdin); print an argon2id hash
@@ -83,6 +89,9 @@ enum ApiTokensCommand {
 enum KeysCommand {
     /// Create a new active signing key; older keys keep verifying
     Rotate,
+    /// Delete the deployment's internal credential (PostgreSQL); every replica
+    /// refuses it and closes its connections; restarted gateways mint a new one
+    ResetInternalCredential,
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,7 +159,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     .with_basic_env();
     match cli.command {
-        Command::Serve => commands::serve(raw).await,
+        Command::Serve { child } => commands::serve(raw, child).await,
         Command::Demo => demo::run(raw).await,
         Command::HashPassword => commands::hash_password(),
         Command::CheckConfig => Ok(commands::check_config(&raw)),
@@ -158,6 +167,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys {
             action: KeysCommand::Rotate,
         } => commands::rotate_keys(raw).await,
+        Command::Keys {
+            action: KeysCommand::ResetInternalCredential,
+        } => commands::reset_internal_credential(raw).await,
         Command::ApiTokens { action } => match action {
             ApiTokensCommand::Create { user, label } => {
                 commands::create_api_token(raw, user, label).await

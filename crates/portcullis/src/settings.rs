@@ -85,6 +85,13 @@ pub struct RawSettings {
     /// Close WebSockets older than this, e.g. 12h; clients reconnect [default: none]
     #[arg(long, env = "PORTCULLIS_WS_MAX_LIFETIME", global = true)]
     pub ws_max_lifetime: Option<String>,
+    /// Also write the internal credential to this file (mode 0600) for processes
+    /// the gateway does not start itself
+    #[arg(long, env = "PORTCULLIS_INTERNAL_CREDENTIAL_FILE", global = true)]
+    pub internal_credential_file: Option<PathBuf>,
+    /// Accept the internal credential from non-loopback peers [default: false]
+    #[arg(long, env = "PORTCULLIS_INTERNAL_CREDENTIAL_REMOTE", global = true)]
+    pub internal_credential_remote: Option<bool>,
     /// Concurrent argon2 verifications [default: number of CPUs]
     #[arg(long, env = "PORTCULLIS_ARGON2_WORKERS", global = true)]
     pub argon2_workers: Option<usize>,
@@ -136,6 +143,8 @@ pub struct Settings {
     pub secret: SecretSource,
     /// `None` when no upstream was configured (allowed for non-serving commands).
     pub gateway: Option<GatewayConfig>,
+    /// Where to write the internal credential, if anywhere.
+    pub internal_credential_file: Option<PathBuf>,
     pub warnings: Vec<String>,
 }
 
@@ -167,6 +176,8 @@ impl RawSettings {
             ws_ticket_ttl,
             ws_query_token,
             ws_max_lifetime,
+            internal_credential_file,
+            internal_credential_remote,
             argon2_workers,
             basic_users,
             basic_admins,
@@ -248,6 +259,7 @@ impl RawSettings {
                 data_dir,
                 secret,
                 gateway,
+                internal_credential_file: self.internal_credential_file.clone(),
                 warnings,
             }),
             _ => Err(Problems { errors, warnings }),
@@ -426,6 +438,7 @@ impl RawSettings {
         config.ws_ticket_ttl_ms = ws_ticket_ttl_ms;
         config.ws_query_token = self.ws_query_token.unwrap_or(true);
         config.ws_max_lifetime = ws_max_lifetime;
+        config.internal_credential_remote = self.internal_credential_remote.unwrap_or(false);
         config.login_limits = limits;
         config.basic_users = basic_users;
         config.allowed_hosts = allowed_hosts;

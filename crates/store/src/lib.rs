@@ -21,6 +21,7 @@ use sqlx::sqlite::{
 mod api_tokens;
 pub mod audit;
 pub mod bus;
+mod internal;
 mod keys;
 mod sessions;
 mod tickets;

@@ -301,6 +301,7 @@ pub struct TestGateway {
     pub clock: Arc<ManualClock>,
     pub store: Store,
     pub client: TestClient,
+    pub gateway: Gateway,
     shutdown: Option<oneshot::Sender<()>>,
 }
 
@@ -314,8 +315,17 @@ impl TestGateway {
     }
 
     pub async fn start_with(db: &TestDb, tweak: impl FnOnce(&mut GatewayConfig)) -> Self {
+        Self::start_on(db, std::net::Ipv4Addr::LOCALHOST.into(), tweak).await
+    }
+
+    /// A gateway listening on `ip` (and reached through it).
+    pub async fn start_on(
+        db: &TestDb,
+        ip: std::net::IpAddr,
+        tweak: impl FnOnce(&mut GatewayConfig),
+    ) -> Self {
         let upstream = TestUpstream::start().await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut config = GatewayConfig::new(
             Upstream::parse(&format!("http://{}", upstream.addr)).unwrap(),
@@ -351,6 +361,7 @@ impl TestGateway {
             clock,
             store,
             client: TestClient::new(addr),
+            gateway,
             shutdown: Some(tx),
         }
     }

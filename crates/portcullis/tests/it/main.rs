@@ -5,8 +5,10 @@
 
 mod api_tokens;
 mod harness;
+mod internal;
 mod login;
 mod processes;
 mod proxy;
 mod sessions;
+mod supervised;
 mod websocket;

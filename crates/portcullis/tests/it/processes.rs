@@ -11,7 +11,7 @@ use base64::Engine as _;
 use crate::both_backends;
 use crate::harness::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 /// Made by Python argon2-cffi 25.1 `PasswordHasher().hash("correct horse")`
 /// (its defaults: argon2id, m=65536, t=3, p=4).
@@ -21,13 +21,13 @@ fn secret_b64() -> String {
     base64::engine::general_purpose::STANDARD.encode([7u8; 32])
 }
 
-fn free_port() -> SocketAddr {
+pub fn free_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }
 
 /// `portcullis` with a clean environment pointing at `db`.
-fn command(db: &TestDb) -> Command {
+pub fn command(db: &TestDb) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -39,23 +39,35 @@ fn command(db: &TestDb) -> Command {
 }
 
 /// A `portcullis serve` process, killed on drop.
-struct Replica {
-    child: Child,
-    client: TestClient,
+pub struct Replica {
+    pub child: Child,
+    pub client: TestClient,
 }
 
 impl Replica {
-    async fn start(db: &TestDb, upstream: SocketAddr, listen: SocketAddr, users: &str) -> Self {
-        let child = command(db)
-            .arg("serve")
+    pub async fn start(db: &TestDb, upstream: SocketAddr, listen: SocketAddr, users: &str) -> Self {
+        Self::start_with(db, listen, |cmd| {
+            cmd.env("PORTCULLIS_UPSTREAM", format!("http://{upstream}"))
+                .env("AUTH_BASIC_USERS", users);
+        })
+        .await
+    }
+
+    /// `portcullis serve` on `listen`, with `configure` adding arguments and
+    /// environment; returns once the gateway answers `readyz`.
+    pub async fn start_with(
+        db: &TestDb,
+        listen: SocketAddr,
+        configure: impl FnOnce(&mut Command),
+    ) -> Self {
+        let mut cmd = command(db);
+        cmd.arg("serve")
             .env("PORTCULLIS_LISTEN", listen.to_string())
-            .env("PORTCULLIS_UPSTREAM", format!("http://{upstream}"))
-            .env("AUTH_BASIC_USERS", users)
             .env("PORTCULLIS_LOGIN_RATE_PER_IP", "1000")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::inherit());
+        configure(&mut cmd);
+        let child = cmd.spawn().unwrap();
         let client = TestClient::new(listen);
         let ready = eventually(Duration::from_secs(20), || {
             let client = client.clone();

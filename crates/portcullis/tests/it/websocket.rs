@@ -60,7 +60,7 @@ pub async fn close_frame(ws: &mut Ws, within: Duration) -> Option<CloseFrame> {
     .flatten()
 }
 
-async fn next_data(ws: &mut Ws) -> Message {
+pub async fn next_data(ws: &mut Ws) -> Message {
     loop {
         match tokio::time::timeout(Duration::from_secs(10), ws.next())
             .await
@@ -321,7 +321,7 @@ pub async fn mint_ticket(client: &TestClient, session: &Session) -> String {
     ticket
 }
 
-async fn status_of(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> u16 {
+pub async fn status_of(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> u16 {
     match connect(addr, path, headers).await {
         Ok((_ws, response)) => response.status().as_u16(),
         Err(Error::Http(response)) => response.status().as_u16(),
@@ -435,7 +435,7 @@ async fn tickets_are_single_use_and_bound_to_their_session(backend: Backend) {
 }
 
 /// Reads the upstream's view of the handshake through the `headers` command.
-async fn upstream_view(ws: &mut Ws) -> serde_json::Value {
+pub async fn upstream_view(ws: &mut Ws) -> serde_json::Value {
     ws.send(Message::text("headers")).await.unwrap();
     let Message::Text(seen) = next_data(ws).await else {
         panic!("expected headers")
