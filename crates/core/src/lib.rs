@@ -13,6 +13,7 @@ pub mod cookie;
 pub mod identity;
 pub mod internal;
 pub mod keys;
+pub mod oidc;
 pub mod redirect;
 pub mod secret;
 pub mod session;

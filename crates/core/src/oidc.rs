@@ -1,0 +1,360 @@
+//! OpenID Connect rules, pure (SPEC 5): PKCE, and the validation of ID tokens and
+//! Back-Channel Logout tokens against a provider's keys. Fetching discovery
+//! documents and key sets is the gateway's job; this module decides.
+//!
+//! Signatures are checked by `jsonwebtoken`, which also refuses a key of the wrong
+//! family for the algorithm (no `HS256` signed with an RSA public key). The
+//! algorithm allow-list is checked here first, on the raw header, so `none` and
+//! every `HS*` are refused by name.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::secret::{Entropy, EntropyError, SecretString, ct_eq};
+
+/// Signing algorithms accepted when a provider names none.
+pub const DEFAULT_ALGORITHMS: &[&str] = &["RS256", "ES256", "EdDSA"];
+/// The `events` member a logout token must carry.
+pub const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+/// Clock skew tolerated on `iat` and `exp`.
+pub const MAX_SKEW_S: i64 = 120;
+/// Logout tokens older than this (by `iat`) are refused, bounding the replay store.
+pub const LOGOUT_TOKEN_MAX_AGE_S: i64 = 600;
+
+/// Parses an algorithm allow-list. `none` and every `HS*` are refused: a provider's
+/// keys are public, and an HMAC "signed" with public material proves nothing.
+pub fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
+    if names.is_empty() {
+        return Err("at least one signing algorithm is required".into());
+    }
+    names
+        .iter()
+        .map(|name| {
+            let alg: Algorithm = name
+                .parse()
+                .map_err(|_| format!("{name:?} is not a supported signing algorithm"))?;
+            if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+                return Err(format!("{name} is refused: HMAC needs a shared secret, and a provider's keys are public"));
+            }
+            Ok(alg)
+        })
+        .collect()
+}
+
+/// A PKCE pair (RFC 7636, S256).
+#[derive(Debug, Clone)]
+pub struct Pkce {
+    pub verifier: SecretString,
+    pub challenge: String,
+}
+
+pub fn pkce(entropy: &dyn Entropy) -> Result<Pkce, EntropyError> {
+    let verifier = random_token(entropy)?;
+    let challenge = pkce_challenge(verifier.expose());
+    Ok(Pkce {
+        verifier,
+        challenge,
+    })
+}
+
+pub fn pkce_challenge(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+}
+
+/// 32 random bytes, base64url: for `state`, `nonce` and PKCE verifiers.
+pub fn random_token(entropy: &dyn Entropy) -> Result<SecretString, EntropyError> {
+    let mut raw = [0u8; 32];
+    entropy.fill(&mut raw)?;
+    Ok(SecretString::new(URL_SAFE_NO_PAD.encode(raw)))
+}
+
+/// Why a token was refused. The client sees one uniform message; the audit log
+/// keeps [`TokenError::reason`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("malformed token")]
+    Malformed,
+    #[error("algorithm {0} is not allowed")]
+    Algorithm(String),
+    #[error("no key with this kid")]
+    UnknownKey,
+    #[error("signature invalid")]
+    Signature,
+    #[error("wrong issuer")]
+    Issuer,
+    #[error("wrong audience")]
+    Audience,
+    #[error("wrong authorized party (azp)")]
+    AuthorizedParty,
+    #[error("expired")]
+    Expired,
+    #[error("issued in the future")]
+    IssuedInFuture,
+    #[error("issued too long ago")]
+    TooOld,
+    #[error("nonce mismatch")]
+    Nonce,
+    #[error("missing claim {0}")]
+    Missing(&'static str),
+    #[error("logout token carries a nonce")]
+    NoncePresent,
+    #[error("logout token lacks the back-channel logout event")]
+    Events,
+}
+
+impl TokenError {
+    /// A short machine-readable reason for the audit log.
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Malformed => "malformed".into(),
+            Self::Algorithm(alg) => format!("algorithm_not_allowed:{alg}"),
+            Self::UnknownKey => "unknown_kid".into(),
+            Self::Signature => "bad_signature".into(),
+            Self::Issuer => "wrong_issuer".into(),
+            Self::Audience => "wrong_audience".into(),
+            Self::AuthorizedParty => "wrong_azp".into(),
+            Self::Expired => "expired".into(),
+            Self::IssuedInFuture => "iat_in_future".into(),
+            Self::TooOld => "iat_too_old".into(),
+            Self::Nonce => "nonce_mismatch".into(),
+            Self::Missing(claim) => format!("missing_{claim}"),
+            Self::NoncePresent => "nonce_present".into(),
+            Self::Events => "missing_event".into(),
+        }
+    }
+}
+
+/// What a token is checked against.
+#[derive(Debug, Clone)]
+pub struct Expectations<'a> {
+    pub issuer: &'a str,
+    pub client_id: &'a str,
+    pub algorithms: &'a [Algorithm],
+    /// Seconds since the epoch.
+    pub now_s: i64,
+}
+
+#[derive(Deserialize)]
+struct RawHeader {
+    alg: Option<String>,
+    kid: Option<String>,
+}
+
+/// Verifies the signature and returns the claims as JSON. Checks the algorithm
+/// allow-list by name before anything else, and finds the key by `kid` (or the
+/// only key of the right family when the token names none).
+fn verify_signature(
+    token: &str,
+    keys: &JwkSet,
+    algorithms: &[Algorithm],
+) -> Result<Value, TokenError> {
+    let header_b64 = token.split('.').next().ok_or(TokenError::Malformed)?;
+    let header: RawHeader = URL_SAFE_NO_PAD
+        .decode(header_b64)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .ok_or(TokenError::Malformed)?;
+    let alg_name = header.alg.ok_or(TokenError::Malformed)?;
+    let alg = alg_name
+        .parse::<Algorithm>()
+        .ok()
+        .filter(|alg| algorithms.contains(alg))
+        .ok_or(TokenError::Algorithm(alg_name))?;
+    let key = find_key(keys, header.kid.as_deref(), alg).ok_or(TokenError::UnknownKey)?;
+    let decoding = DecodingKey::from_jwk(key).map_err(|_| TokenError::UnknownKey)?;
+    let mut validation = Validation::new(alg);
+    // Claims are checked below, with our own rules and reasons.
+    validation.validate_exp = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    match jsonwebtoken::decode::<Value>(token, &decoding, &validation) {
+        Ok(data) => Ok(data.claims),
+        Err(e) => Err(match e.kind() {
+            jsonwebtoken::errors::ErrorKind::InvalidSignature
+            | jsonwebtoken::errors::ErrorKind::InvalidAlgorithm
+            | jsonwebtoken::errors::ErrorKind::InvalidKeyFormat => TokenError::Signature,
+            _ => TokenError::Malformed,
+        }),
+    }
+}
+
+fn find_key<'a>(keys: &'a JwkSet, kid: Option<&str>, alg: Algorithm) -> Option<&'a Jwk> {
+    let family_matches = |jwk: &Jwk| {
+        let family = match &jwk.algorithm {
+            jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => jsonwebtoken::AlgorithmFamily::Rsa,
+            jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => {
+                jsonwebtoken::AlgorithmFamily::Ec
+            }
+            jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_) => {
+                jsonwebtoken::AlgorithmFamily::Ed
+            }
+            _ => return false,
+        };
+        family == alg.family()
+    };
+    match kid {
+        Some(kid) => keys.find(kid).filter(|jwk| family_matches(jwk)),
+        None => {
+            let mut candidates = keys.keys.iter().filter(|jwk| family_matches(jwk));
+            match (candidates.next(), candidates.next()) {
+                (Some(only), None) => Some(only),
+                _ => None,
+            }
+        }
+    }
+}
+
+fn string_claim<'a>(claims: &'a Value, name: &str) -> Option<&'a str> {
+    claims
+        .get(name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+fn time_claim(claims: &Value, name: &str) -> Option<i64> {
+    claims.get(name).and_then(Value::as_i64)
+}
+
+fn check_issuer_audience(claims: &Value, expect: &Expectations<'_>) -> Result<(), TokenError> {
+    if string_claim(claims, "iss") != Some(expect.issuer) {
+        return Err(TokenError::Issuer);
+    }
+    let audience_ok = match claims.get("aud") {
+        Some(Value::String(aud)) => aud == expect.client_id,
+        Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(expect.client_id)),
+        _ => false,
+    };
+    if !audience_ok {
+        return Err(TokenError::Audience);
+    }
+    if let Some(azp) = claims.get("azp")
+        && azp.as_str() != Some(expect.client_id)
+    {
+        return Err(TokenError::AuthorizedParty);
+    }
+    Ok(())
+}
+
+/// The claims of a valid ID token that Portcullis uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdClaims {
+    pub subject: String,
+    pub sid: Option<String>,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub groups: Vec<String>,
+    pub expires_s: i64,
+}
+
+/// Validates an ID token (OIDC Core 3.1.3.7): signature and algorithm, `iss`,
+/// `aud`, `azp` when present, `exp`, `iat` within the skew, and `nonce`.
+pub fn verify_id_token(
+    token: &str,
+    keys: &JwkSet,
+    expect: &Expectations<'_>,
+    nonce: &str,
+    groups_claim: &str,
+) -> Result<IdClaims, TokenError> {
+    let claims = verify_signature(token, keys, expect.algorithms)?;
+    check_issuer_audience(&claims, expect)?;
+    let exp = time_claim(&claims, "exp").ok_or(TokenError::Missing("exp"))?;
+    if exp + MAX_SKEW_S <= expect.now_s {
+        return Err(TokenError::Expired);
+    }
+    let iat = time_claim(&claims, "iat").ok_or(TokenError::Missing("iat"))?;
+    if iat > expect.now_s + MAX_SKEW_S {
+        return Err(TokenError::IssuedInFuture);
+    }
+    match string_claim(&claims, "nonce") {
+        Some(n) if ct_eq(n.as_bytes(), nonce.as_bytes()) => {}
+        _ => return Err(TokenError::Nonce),
+    }
+    let subject = string_claim(&claims, "sub").ok_or(TokenError::Missing("sub"))?;
+    let groups = match claims.get(groups_claim) {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::String(one)) => vec![one.clone()],
+        _ => Vec::new(),
+    };
+    Ok(IdClaims {
+        subject: subject.to_owned(),
+        sid: string_claim(&claims, "sid").map(str::to_owned),
+        email: string_claim(&claims, "email").map(str::to_owned),
+        name: string_claim(&claims, "name")
+            .or_else(|| string_claim(&claims, "preferred_username"))
+            .map(str::to_owned),
+        groups,
+        expires_s: exp,
+    })
+}
+
+/// The claims of a valid logout token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogoutClaims {
+    pub subject: Option<String>,
+    pub sid: Option<String>,
+    pub jti: String,
+    /// Until when the `jti` must be remembered (seconds since the epoch).
+    pub remember_until_s: i64,
+}
+
+/// Validates a Back-Channel Logout token (OIDC Back-Channel Logout 1.0, 2.6):
+/// signature and algorithm, `iss`, `aud`, `iat` (bounded skew and age), `jti`,
+/// the logout event, `sub` and/or `sid`, no `nonce`, `exp` when present.
+pub fn verify_logout_token(
+    token: &str,
+    keys: &JwkSet,
+    expect: &Expectations<'_>,
+) -> Result<LogoutClaims, TokenError> {
+    let claims = verify_signature(token, keys, expect.algorithms)?;
+    check_issuer_audience(&claims, expect)?;
+    let iat = time_claim(&claims, "iat").ok_or(TokenError::Missing("iat"))?;
+    if iat > expect.now_s + MAX_SKEW_S {
+        return Err(TokenError::IssuedInFuture);
+    }
+    if iat + LOGOUT_TOKEN_MAX_AGE_S < expect.now_s {
+        return Err(TokenError::TooOld);
+    }
+    if let Some(exp) = claims.get("exp") {
+        match exp.as_i64() {
+            Some(exp) if exp + MAX_SKEW_S > expect.now_s => {}
+            Some(_) => return Err(TokenError::Expired),
+            None => return Err(TokenError::Malformed),
+        }
+    }
+    let jti = string_claim(&claims, "jti").ok_or(TokenError::Missing("jti"))?;
+    let has_event = claims
+        .get("events")
+        .and_then(Value::as_object)
+        .and_then(|events| events.get(BACKCHANNEL_LOGOUT_EVENT))
+        .is_some_and(Value::is_object);
+    if !has_event {
+        return Err(TokenError::Events);
+    }
+    if claims.get("nonce").is_some() {
+        return Err(TokenError::NoncePresent);
+    }
+    let subject = string_claim(&claims, "sub").map(str::to_owned);
+    let sid = string_claim(&claims, "sid").map(str::to_owned);
+    if subject.is_none() && sid.is_none() {
+        return Err(TokenError::Missing("sub_or_sid"));
+    }
+    let exp = time_claim(&claims, "exp").unwrap_or(0);
+    Ok(LogoutClaims {
+        subject,
+        sid,
+        jti: jti.to_owned(),
+        remember_until_s: exp.max(iat + LOGOUT_TOKEN_MAX_AGE_S) + MAX_SKEW_S,
+    })
+}
+
+#[cfg(test)]
+mod tests;
