@@ -9,8 +9,10 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::jwk::{Jwk, JwkSet};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+pub use jsonwebtoken::Algorithm;
+use jsonwebtoken::jwk::Jwk;
+pub use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -354,6 +356,100 @@ pub fn verify_logout_token(
         jti: jti.to_owned(),
         remember_until_s: exp.max(iat + LOGOUT_TOKEN_MAX_AGE_S) + MAX_SKEW_S,
     })
+}
+
+/// How long a pre-login row (and its cookie) lives.
+pub const PENDING_TTL_MS: i64 = 600_000;
+
+/// A provider as stored. The client secret is sealed under the secret key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderRecord {
+    pub id: String,
+    pub display_name: String,
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret_sealed: Option<Vec<u8>>,
+    pub scopes: Vec<String>,
+    pub algorithms: Vec<String>,
+    pub groups_claim: String,
+    /// Refuse users none of whose groups is mapped (instead of role `user`).
+    pub refuse_unmapped: bool,
+    /// `config` (declared in the config file) or `api` (admin API or CLI).
+    pub source: String,
+    /// What the provider's keys and algorithms were at the last accepted
+    /// discovery, for downgrade detection.
+    pub key_baseline: Option<String>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// A login in flight: the pre-login row (SPEC 5).
+#[derive(Debug, Clone)]
+pub struct PendingLogin {
+    /// `pl-` + base64url(16 random bytes); rides in the signed pending cookie.
+    pub id: String,
+    pub provider_id: String,
+    pub state: SecretString,
+    pub nonce: SecretString,
+    pub pkce_verifier: SecretString,
+    pub next: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+}
+
+/// Context under which a provider's client secret is sealed (binds it to its row).
+pub fn client_secret_context(provider_id: &str) -> String {
+    format!("portcullis oidc client secret v1:{provider_id}")
+}
+
+/// A provider id: 1 to 64 of `a-z 0-9 - _`, starting with a letter or digit.
+pub fn validate_provider_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && id.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{id:?} is not a provider id: use 1 to 64 of a-z, 0-9, - and _"
+        ))
+    }
+}
+
+/// An issuer URL: `https`, or `http` on a loopback host (local development and
+/// tests); no query or fragment.
+pub fn validate_issuer(issuer: &str) -> Result<(), String> {
+    let (scheme, rest) = issuer
+        .split_once("://")
+        .ok_or_else(|| format!("{issuer:?} is not a URL"))?;
+    if issuer.contains(['?', '#']) || rest.is_empty() {
+        return Err(format!("{issuer:?}: an issuer has no query or fragment"));
+    }
+    let host_port = rest.split('/').next().unwrap_or_default();
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
+    };
+    if host.is_empty() || host.contains('@') {
+        return Err(format!("{issuer:?}: missing or invalid host"));
+    }
+    match scheme {
+        "https" => Ok(()),
+        "http"
+            if host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback()) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "{issuer:?}: issuers must use https (http is accepted for loopback hosts only)"
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -151,6 +151,23 @@ pub struct GatewayConfig {
     /// Accept the internal credential from non-loopback peers (SPEC 6.3; off by
     /// default: the processes it is for run on the gateway's host).
     pub internal_credential_remote: bool,
+    /// OpenID providers declared in the config file, reconciled into the database
+    /// at start (SPEC 5).
+    pub oidc_providers: Vec<OidcProviderSpec>,
+}
+
+/// An OpenID provider as declared in configuration (validated).
+#[derive(Debug, Clone)]
+pub struct OidcProviderSpec {
+    pub id: String,
+    pub display_name: String,
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Option<portcullis_core::secret::SecretString>,
+    pub scopes: Vec<String>,
+    pub algorithms: Vec<String>,
+    pub groups_claim: String,
+    pub refuse_unmapped: bool,
 }
 
 impl GatewayConfig {
@@ -172,6 +189,7 @@ impl GatewayConfig {
             ws_query_token: true,
             ws_max_lifetime: None,
             internal_credential_remote: false,
+            oidc_providers: Vec::new(),
         }
     }
 }

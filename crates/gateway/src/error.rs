@@ -30,6 +30,12 @@ pub enum GatewayError {
     BadRequest(&'static str),
     #[error("not found")]
     NotFound,
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    /// Any failed OpenID Connect sign-in or logout token: one uniform answer, the
+    /// precise reason goes to the audit log.
+    #[error("OpenID Connect failure: {0}")]
+    OidcFailed(String),
     #[error("too many attempts")]
     Throttled { retry_after_secs: u64 },
     #[error("login workers busy")]
@@ -61,6 +67,8 @@ impl GatewayError {
             }
             GatewayError::HostNotAllowed | GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::NotFound => StatusCode::NOT_FOUND,
+            GatewayError::Conflict(_) => StatusCode::CONFLICT,
+            GatewayError::OidcFailed(_) => StatusCode::BAD_REQUEST,
             GatewayError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Busy | GatewayError::StoreUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -82,6 +90,8 @@ impl GatewayError {
             GatewayError::Forbidden => "forbidden",
             GatewayError::BadRequest(_) => "bad_request",
             GatewayError::NotFound => "not_found",
+            GatewayError::Conflict(_) => "conflict",
+            GatewayError::OidcFailed(_) => "oidc_failed",
             GatewayError::Throttled { .. } => "too_many_attempts",
             GatewayError::Busy => "busy",
             GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
@@ -102,6 +112,10 @@ impl GatewayError {
             GatewayError::Forbidden => "You do not have access to this resource.".into(),
             GatewayError::BadRequest(why) => format!("Bad request: {why}."),
             GatewayError::NotFound => "Not found.".into(),
+            GatewayError::Conflict(why) => format!("Conflict: {why}."),
+            GatewayError::OidcFailed(_) => {
+                "Sign-in with the identity provider failed. Please start again.".into()
+            }
             GatewayError::Throttled { retry_after_secs } => {
                 format!("Too many sign-in attempts. Try again in {retry_after_secs} s.")
             }

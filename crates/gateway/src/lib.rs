@@ -15,6 +15,7 @@ mod internal;
 mod keyring;
 pub mod live;
 mod login;
+pub mod oidc;
 mod pages;
 mod proxy;
 mod server;
@@ -23,7 +24,7 @@ mod state;
 mod throttle;
 pub mod ws;
 
-pub use config::{GatewayConfig, PublicUrl, SameSite, Upstream, WsReject};
+pub use config::{GatewayConfig, OidcProviderSpec, PublicUrl, SameSite, Upstream, WsReject};
 pub use internal::reset_deployment_credential;
 pub use server::{bind_per_core, router, serve, serve_per_core};
 pub use state::{Gateway, StartError};

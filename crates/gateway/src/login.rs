@@ -85,8 +85,28 @@ pub async fn login_page(State(gw): State<Gateway>, Query(q): Query<NextQuery>) -
 }
 
 fn render_login(gw: &Gateway, next: &str, error: Option<&str>, status: StatusCode) -> Response {
-    let action = format!("{}/login", gw.config().auth_prefix);
-    let page = pages::login_page(&action, next, error, !gw.config().basic_users.is_empty());
+    let prefix = &gw.config().auth_prefix;
+    let action = format!("{prefix}/login");
+    let buttons: Vec<(String, String)> =
+        gw.0.oidc
+            .buttons()
+            .into_iter()
+            .map(|(id, name)| {
+                let href = format!(
+                    "{prefix}/oidc/login?provider={}&next={}",
+                    utf8_percent_encode(&id, NON_ALPHANUMERIC),
+                    utf8_percent_encode(next, NON_ALPHANUMERIC)
+                );
+                (href, name)
+            })
+            .collect();
+    let page = pages::login_page(
+        &action,
+        next,
+        error,
+        !gw.config().basic_users.is_empty(),
+        &buttons,
+    );
     let mut response = (status, page).into_response();
     response
         .headers_mut()
@@ -234,49 +254,61 @@ async fn login(
     }
 
     let identity = inner.config.basic_users.identity(&username);
-    let session = new_session(
-        identity,
-        inner.config.session,
-        inner.clock.now_ms(),
-        inner.entropy.as_ref(),
-    )
-    .map_err(|e| fail(GatewayError::Internal(e.to_string())))?;
-    // Committed before the response exists: a crash after this loses nothing.
-    inner
-        .store
-        .insert_session(&session)
-        .await
-        .map_err(|e| fail(e.into()))?;
-    inner.sessions.insert_new(session.clone());
+    let (session, cookies) = establish_session(gw, identity, None).await.map_err(fail)?;
     event.outcome = "success".into();
     event.actor = username.clone();
     event.target = Some(session.id.clone());
     gw.audit(event).await;
 
-    let cookie = inner
-        .keyring
-        .current()
-        .sign(&session.id)
-        .map_err(|e| fail(GatewayError::Internal(e.to_string())))?;
-    let max_age = (session.expires_ms - session.created_ms) / 1000;
-    let csrf = inner.csrf.token(&session.id);
     let mut response = if json_body {
+        let csrf = inner.csrf.token(&session.id);
         Json(json!({ "user": identity_json(&session.identity), "csrf_token": csrf }))
             .into_response()
     } else {
         Redirect::to(&next).into_response()
     };
     let headers = response.headers_mut();
-    for value in [
-        cookies::set(&inner.config, SESSION_COOKIE, &cookie, max_age, true),
-        cookies::set(&inner.config, CSRF_COOKIE, &csrf, max_age, false),
-    ] {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.append(header::SET_COOKIE, value);
-        }
+    for value in cookies {
+        headers.append(header::SET_COOKIE, value);
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
+}
+
+/// Mints a session for `identity`, commits it (a crash after this loses nothing),
+/// caches it, and returns it with its `Set-Cookie` values (session and CSRF).
+/// Shared by every way of signing in.
+pub(crate) async fn establish_session(
+    gw: &Gateway,
+    identity: Identity,
+    oidc_sid: Option<String>,
+) -> Result<(portcullis_core::session::Session, Vec<HeaderValue>), GatewayError> {
+    let inner = &gw.0;
+    let mut session = new_session(
+        identity,
+        inner.config.session,
+        inner.clock.now_ms(),
+        inner.entropy.as_ref(),
+    )
+    .map_err(|e| GatewayError::Internal(e.to_string()))?;
+    session.oidc_sid = oidc_sid;
+    inner.store.insert_session(&session).await?;
+    inner.sessions.insert_new(session.clone());
+    let cookie = inner
+        .keyring
+        .current()
+        .sign(&session.id)
+        .map_err(|e| GatewayError::Internal(e.to_string()))?;
+    let max_age = (session.expires_ms - session.created_ms) / 1000;
+    let csrf = inner.csrf.token(&session.id);
+    let cookies = [
+        cookies::set(&inner.config, SESSION_COOKIE, &cookie, max_age, true),
+        cookies::set(&inner.config, CSRF_COOKIE, &csrf, max_age, false),
+    ]
+    .iter()
+    .filter_map(|v| HeaderValue::from_str(v).ok())
+    .collect();
+    Ok((session, cookies))
 }
 
 fn identity_json(identity: &Identity) -> serde_json::Value {

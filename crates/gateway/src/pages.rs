@@ -11,7 +11,8 @@ h1{font-size:1.3rem;margin:0 0 1rem}label{display:block;margin:.8rem 0 .2rem;fon
 input{width:100%;box-sizing:border-box;padding:.5rem;border:1px solid #bbb;border-radius:5px}\
 button{margin-top:1.2rem;width:100%;padding:.6rem;border:0;border-radius:5px;background:#2d5be3;color:#fff;font-size:1rem}\
 .err{background:#fde8e8;color:#8a1c1c;padding:.5rem .7rem;border-radius:5px;font-size:.9rem}\
-.muted{color:#666;font-size:.8rem}";
+.muted{color:#666;font-size:.8rem}\
+a.provider{display:block;text-align:center;padding:.6rem;border:1px solid #2d5be3;border-radius:5px;color:#2d5be3;text-decoration:none}";
 
 fn layout(title: &str, body: Markup) -> Markup {
     html! {
@@ -30,13 +31,23 @@ fn layout(title: &str, body: Markup) -> Markup {
 }
 
 /// The sign-in page. `action` is the login POST path; `next` is already validated.
-pub fn login_page(action: &str, next: &str, error: Option<&str>, basic_enabled: bool) -> Markup {
+/// `providers`: `(href, display name)` of each OpenID provider's button.
+pub fn login_page(
+    action: &str,
+    next: &str,
+    error: Option<&str>,
+    basic_enabled: bool,
+    providers: &[(String, String)],
+) -> Markup {
     layout(
         "Sign in",
         html! {
             h1 { "Sign in" }
             @if let Some(message) = error {
                 p.err role="alert" { (message) }
+            }
+            @for (href, name) in providers {
+                p { a.provider href=(href) { "Sign in with " (name) } }
             }
             @if basic_enabled {
                 form method="post" action=(action) {
@@ -47,8 +58,8 @@ pub fn login_page(action: &str, next: &str, error: Option<&str>, basic_enabled: 
                     input #password name="password" type="password" autocomplete="current-password" required;
                     button type="submit" { "Sign in" }
                 }
-            } @else {
-                p.muted { "No sign-in method is configured. Ask the operator to set AUTH_BASIC_USERS." }
+            } @else if providers.is_empty() {
+                p.muted { "No sign-in method is configured. Ask the operator to set AUTH_BASIC_USERS or add an OpenID provider." }
             }
         },
     )

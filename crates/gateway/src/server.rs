@@ -49,6 +49,12 @@ pub fn router(gw: Gateway) -> Router {
         .route("/capabilities", get(login::capabilities))
         .route("/healthz", get(login::healthz))
         .route("/readyz", get(login::readyz))
+        .route("/oidc/login", get(crate::oidc::login))
+        .route("/oidc/callback", get(crate::oidc::callback))
+        .route(
+            "/oidc/back-channel-logout",
+            post(crate::oidc::back_channel_logout),
+        )
         .fallback(login::not_found)
         .layer(DefaultBodyLimit::max(GATEWAY_BODY_LIMIT));
     Router::new()

@@ -15,6 +15,7 @@ use crate::config::GatewayConfig;
 use crate::internal::InternalCredentials;
 use crate::keyring::{KeyringError, LiveKeyring};
 use crate::live::LiveConnections;
+use crate::oidc::Oidc;
 use crate::session_cache::SessionCache;
 use crate::throttle::{LoginThrottle, PasswordPool};
 
@@ -34,6 +35,8 @@ pub enum StartError {
     Keyring(#[from] KeyringError),
     #[error("internal credential: {0}")]
     Internal(#[from] crate::internal::InternalError),
+    #[error("OpenID Connect: {0}")]
+    Oidc(#[from] crate::oidc::OidcStartError),
     #[error("could not prepare the password verifier: {0}")]
     Dummy(String),
 }
@@ -51,6 +54,7 @@ pub(crate) struct Inner {
     pub sessions: Arc<SessionCache>,
     pub live: Arc<LiveConnections>,
     pub internal: Arc<InternalCredentials>,
+    pub oidc: Oidc,
     pub bus: RevocationBus,
     pub throttle: Arc<LoginThrottle>,
     pub passwords: PasswordPool,
@@ -86,6 +90,14 @@ impl Gateway {
         let csrf = CsrfKey::new(&secret.derive("portcullis csrf v1"));
         let internal =
             Arc::new(InternalCredentials::load(&store, secret.clone(), clock.now_ms()).await?);
+        let oidc = Oidc::start(
+            &store,
+            secret.clone(),
+            &config.oidc_providers,
+            entropy.as_ref(),
+            clock.now_ms(),
+        )
+        .await?;
         let bus = RevocationBus::start(store.clone()).await?;
         let (sessions, mut activity) = SessionCache::new();
         let sessions = Arc::new(sessions);
@@ -161,6 +173,7 @@ impl Gateway {
             sessions,
             live,
             internal,
+            oidc,
             bus,
             throttle,
             dummy_hash,

@@ -18,7 +18,9 @@ use portcullis_core::keys::SecretKey;
 use portcullis_core::secret::{Key32, SecretString};
 use portcullis_core::session::SessionPolicy;
 use portcullis_gateway::config::{LoginLimits, validate_prefix};
-use portcullis_gateway::{GatewayConfig, PublicUrl, SameSite, Upstream, WsReject};
+use portcullis_gateway::{
+    GatewayConfig, OidcProviderSpec, PublicUrl, SameSite, Upstream, WsReject,
+};
 use serde::Deserialize;
 
 /// Settings shared by every command. Each has a flag, an environment variable and a
@@ -101,6 +103,35 @@ pub struct RawSettings {
     /// Basic users with the admin role, comma-separated
     #[arg(skip)]
     pub basic_admins: Option<String>,
+    /// OpenID providers (TOML `[[oidc.providers]]` only)
+    #[arg(skip)]
+    pub oidc: Option<RawOidc>,
+}
+
+/// `[oidc]` in the config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOidc {
+    #[serde(default)]
+    pub providers: Vec<RawOidcProvider>,
+}
+
+/// One `[[oidc.providers]]` entry. The client secret is never in the file itself:
+/// it names an environment variable or a file holding it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOidcProvider {
+    pub id: String,
+    pub display_name: Option<String>,
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret_env: Option<String>,
+    pub client_secret_file: Option<PathBuf>,
+    pub scopes: Option<Vec<String>>,
+    pub algorithms: Option<Vec<String>>,
+    pub groups_claim: Option<String>,
+    #[serde(default)]
+    pub refuse_unmapped: bool,
 }
 
 macro_rules! fill {
@@ -181,6 +212,7 @@ impl RawSettings {
             argon2_workers,
             basic_users,
             basic_admins,
+            oidc,
         );
         Ok(self)
     }
@@ -428,6 +460,7 @@ impl RawSettings {
                 errors.push(format!("--allowed-hosts: {host:?} is not a host[:port]"));
             }
         }
+        let oidc_providers = self.resolve_oidc(errors);
         let (upstream, public_url) = (upstream?, public_url?);
         let mut config = GatewayConfig::new(upstream, public_url);
         config.auth_prefix = prefix;
@@ -439,6 +472,7 @@ impl RawSettings {
         config.ws_query_token = self.ws_query_token.unwrap_or(true);
         config.ws_max_lifetime = ws_max_lifetime;
         config.internal_credential_remote = self.internal_credential_remote.unwrap_or(false);
+        config.oidc_providers = oidc_providers;
         config.login_limits = limits;
         config.basic_users = basic_users;
         config.allowed_hosts = allowed_hosts;
@@ -446,6 +480,102 @@ impl RawSettings {
             config.argon2_workers = n;
         }
         Some(config)
+    }
+}
+
+impl RawSettings {
+    fn resolve_oidc(&self, errors: &mut Vec<String>) -> Vec<OidcProviderSpec> {
+        let mut specs: Vec<OidcProviderSpec> = Vec::new();
+        let declared = self.oidc.iter().flat_map(|o| o.providers.iter());
+        for (n, raw) in declared.enumerate() {
+            let name = format!("oidc.providers[{n}] ({:?})", raw.id);
+            let before = errors.len();
+            if let Err(e) = portcullis_core::oidc::validate_provider_id(&raw.id) {
+                errors.push(format!("{name}: id: {e}"));
+            }
+            if specs.iter().any(|s| s.id == raw.id) {
+                errors.push(format!("{name}: id is declared twice"));
+            }
+            if let Err(e) = portcullis_core::oidc::validate_issuer(&raw.issuer) {
+                errors.push(format!("{name}: issuer: {e}"));
+            }
+            if raw.client_id.trim().is_empty() {
+                errors.push(format!("{name}: client_id is empty"));
+            }
+            let algorithms = raw.algorithms.clone().unwrap_or_else(|| {
+                portcullis_core::oidc::DEFAULT_ALGORITHMS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            });
+            if let Err(e) = portcullis_core::oidc::parse_algorithms(&algorithms) {
+                errors.push(format!("{name}: algorithms: {e}"));
+            }
+            let scopes = raw
+                .scopes
+                .clone()
+                .unwrap_or_else(|| vec!["openid".into(), "email".into(), "profile".into()]);
+            if !scopes.iter().any(|s| s == "openid") {
+                errors.push(format!("{name}: scopes must include \"openid\""));
+            }
+            if scopes
+                .iter()
+                .any(|s| s.is_empty() || s.contains(char::is_whitespace))
+            {
+                errors.push(format!("{name}: scopes must be single words"));
+            }
+            let client_secret = match (&raw.client_secret_env, &raw.client_secret_file) {
+                (Some(_), Some(_)) => {
+                    errors.push(format!(
+                        "{name}: give client_secret_env or client_secret_file, not both"
+                    ));
+                    None
+                }
+                (Some(var), None) => match std::env::var(var) {
+                    Ok(value) if !value.trim().is_empty() => {
+                        Some(SecretString::new(value.trim().to_owned()))
+                    }
+                    _ => {
+                        errors.push(format!(
+                            "{name}: client_secret_env names {var}, which is not set"
+                        ));
+                        None
+                    }
+                },
+                (None, Some(path)) => match std::fs::read_to_string(path) {
+                    Ok(value) if !value.trim().is_empty() => {
+                        Some(SecretString::new(value.trim().to_owned()))
+                    }
+                    Ok(_) => {
+                        errors.push(format!("{name}: {} is empty", path.display()));
+                        None
+                    }
+                    Err(e) => {
+                        errors.push(format!(
+                            "{name}: client_secret_file {}: {e}",
+                            path.display()
+                        ));
+                        None
+                    }
+                },
+                // A public client (PKCE only).
+                (None, None) => None,
+            };
+            if errors.len() == before {
+                specs.push(OidcProviderSpec {
+                    id: raw.id.clone(),
+                    display_name: raw.display_name.clone().unwrap_or_else(|| raw.id.clone()),
+                    issuer: raw.issuer.clone(),
+                    client_id: raw.client_id.clone(),
+                    client_secret,
+                    scopes,
+                    algorithms,
+                    groups_claim: raw.groups_claim.clone().unwrap_or_else(|| "groups".into()),
+                    refuse_unmapped: raw.refuse_unmapped,
+                });
+            }
+        }
+        specs
     }
 }
 

@@ -23,6 +23,7 @@ pub mod audit;
 pub mod bus;
 mod internal;
 mod keys;
+pub mod oidc;
 mod sessions;
 mod tickets;
 pub use sessions::SessionFilter;
@@ -30,6 +31,7 @@ pub use sessions::SessionFilter;
 pub use api_tokens::ApiTokenRow;
 pub use audit::{AuditEvent, AuditFilter};
 pub use bus::{BusEvent, RevocationBus};
+pub use oidc::{GroupMapping, ProviderDelete};
 
 /// Channel used for revocation notifications on PostgreSQL.
 pub const REVOCATION_CHANNEL: &str = "portcullis_revocations";
@@ -172,7 +174,7 @@ impl Store {
     /// WebSocket tickets.
     pub async fn sweep(&self, now_ms: i64, batch: i64) -> Result<u64, StoreError> {
         // Each statement deletes at most `$2` rows older than its `$1`.
-        let sweeps: [(&'static str, i64); 3] = [
+        let sweeps: [(&'static str, i64); 6] = [
             (
                 "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions \
                  WHERE expires_ms < $1 OR revoked_ms < $1 LIMIT $2)",
@@ -187,6 +189,22 @@ impl Store {
                 "DELETE FROM revocation_log WHERE seq IN (SELECT seq FROM revocation_log \
                  WHERE at_ms < $1 LIMIT $2)",
                 now_ms - 600 * 1000,
+            ),
+            (
+                "DELETE FROM oidc_pending WHERE id IN (SELECT id FROM oidc_pending \
+                 WHERE expires_ms < $1 LIMIT $2)",
+                now_ms,
+            ),
+            (
+                "DELETE FROM oidc_logout_jti WHERE (provider_id, jti) IN (SELECT provider_id, jti \
+                 FROM oidc_logout_jti WHERE expires_ms < $1 LIMIT $2)",
+                now_ms,
+            ),
+            (
+                "DELETE FROM oidc_session_tokens WHERE session_id IN (SELECT t.session_id \
+                 FROM oidc_session_tokens t LEFT JOIN sessions s ON s.id = t.session_id \
+                 WHERE s.id IS NULL OR s.revoked_ms IS NOT NULL OR s.expires_ms < $1 LIMIT $2)",
+                now_ms,
             ),
         ];
         let mut removed = 0;

@@ -411,3 +411,34 @@ fn pkce_is_s256_of_the_verifier() {
     assert_eq!(pair.verifier.expose().len(), 43);
     assert_eq!(pair.challenge, pkce_challenge(pair.verifier.expose()));
 }
+
+#[test]
+fn issuer_rows() {
+    for (issuer, ok) in [
+        ("https://id.example.com", true),
+        ("https://id.example.com/realms/corp", true),
+        ("http://127.0.0.1:9000", true),
+        ("http://localhost:9000/oidc", true),
+        ("http://[::1]:9000", true),
+        ("http://id.example.com", false),
+        ("http://10.0.0.1", false),
+        ("ftp://id.example.com", false),
+        ("https://id.example.com?x=1", false),
+        ("https://id.example.com#frag", false),
+        ("https://", false),
+        ("id.example.com", false),
+        ("http://user@127.0.0.1", false),
+    ] {
+        assert_eq!(validate_issuer(issuer).is_ok(), ok, "{issuer}");
+    }
+    for (id, ok) in [
+        ("corp", true),
+        ("corp-sso_2", true),
+        ("", false),
+        ("Corp", false),
+        ("-x", false),
+        ("a/b", false),
+    ] {
+        assert_eq!(validate_provider_id(id).is_ok(), ok, "{id}");
+    }
+}

@@ -1,0 +1,819 @@
+//! OpenID Connect login and Back-Channel Logout (SPEC 5), as a relying party.
+//!
+//! Providers live in the database (client secrets sealed); this module keeps each
+//! provider's discovery document and key set in memory. Discovery is refreshed
+//! hourly; an ID or logout token naming an unknown `kid` refetches the key set at
+//! most once per [`JWKS_REFETCH_WINDOW`]. Every failure answers 400 with one
+//! uniform message; the audit log keeps the precise reason.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use portcullis_core::cookie::PRE_LOGIN_PREFIX;
+use portcullis_core::keys::SecretKey;
+use portcullis_core::oidc::{
+    self as rules, Algorithm, Expectations, JwkSet, PENDING_TTL_MS, PendingLogin, ProviderRecord,
+    TokenError,
+};
+use portcullis_core::redirect::safe_next;
+use portcullis_core::secret::{SecretString, ct_eq, random_id};
+use portcullis_store::{BusEvent, Store, StoreError};
+use serde::Deserialize;
+
+use crate::config::OidcProviderSpec;
+use crate::cookies::{self, PENDING_COOKIE};
+use crate::error::GatewayError;
+use crate::state::Gateway;
+
+/// How long a discovery document is trusted before it is fetched again.
+const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
+/// At most one key-set refetch per provider per window, however many tokens name
+/// unknown keys.
+pub const JWKS_REFETCH_WINDOW: Duration = Duration::from_secs(30);
+/// Requests to providers: bounded in time and size, never redirected.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_DOCUMENT: usize = 1 << 20;
+
+/// A provider's discovery document (the parts Portcullis uses).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Metadata {
+    pub issuer: String,
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub jwks_uri: String,
+    pub end_session_endpoint: Option<String>,
+    #[serde(default)]
+    pub token_endpoint_auth_methods_supported: Option<Vec<String>>,
+}
+
+/// A provider with its cached discovery and keys.
+#[derive(Debug)]
+pub struct Provider {
+    pub record: ProviderRecord,
+    client_secret: Option<SecretString>,
+    algorithms: Vec<Algorithm>,
+    metadata: RwLock<Option<(Arc<Metadata>, Instant)>>,
+    jwks: RwLock<Arc<JwkSet>>,
+    jwks_fetched: Mutex<Option<Instant>>,
+}
+
+/// Why a sign-in or logout token failed (kept for the audit log).
+#[derive(Debug)]
+pub struct Failure(pub String);
+
+impl From<TokenError> for Failure {
+    fn from(e: TokenError) -> Self {
+        Failure(e.reason())
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure(format!("store: {e}"))
+    }
+}
+
+/// The OpenID side of a gateway.
+#[derive(Debug)]
+pub struct Oidc {
+    http: reqwest::Client,
+    secret: SecretKey,
+    providers: RwLock<HashMap<String, Arc<Provider>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OidcStartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("provider {id}: {why}")]
+    Provider { id: String, why: String },
+    #[error("HTTP client: {0}")]
+    Http(String),
+}
+
+impl Oidc {
+    /// Reconciles the providers declared in configuration into the database (the
+    /// file is the source of truth for `config` providers), then loads them all.
+    pub async fn start(
+        store: &Store,
+        secret: SecretKey,
+        declared: &[OidcProviderSpec],
+        entropy: &dyn portcullis_core::secret::Entropy,
+        now_ms: i64,
+    ) -> Result<Self, OidcStartError> {
+        // reqwest is built without a default crypto provider (see Cargo.toml).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(HTTP_TIMEOUT)
+            .build()
+            .map_err(|e| OidcStartError::Http(e.to_string()))?;
+        for spec in declared {
+            let existing = store.oidc_provider(&spec.id).await?;
+            let sealed = match &spec.client_secret {
+                Some(secret_value) => Some(
+                    secret
+                        .seal(
+                            entropy,
+                            &rules::client_secret_context(&spec.id),
+                            secret_value.expose().as_bytes(),
+                        )
+                        .map_err(|e| OidcStartError::Provider {
+                            id: spec.id.clone(),
+                            why: e.to_string(),
+                        })?,
+                ),
+                None => None,
+            };
+            let record = ProviderRecord {
+                id: spec.id.clone(),
+                display_name: spec.display_name.clone(),
+                issuer: spec.issuer.clone(),
+                client_id: spec.client_id.clone(),
+                client_secret_sealed: sealed,
+                scopes: spec.scopes.clone(),
+                algorithms: spec.algorithms.clone(),
+                groups_claim: spec.groups_claim.clone(),
+                refuse_unmapped: spec.refuse_unmapped,
+                source: "config".into(),
+                key_baseline: existing.as_ref().and_then(|e| e.key_baseline.clone()),
+                created_ms: existing.as_ref().map_or(now_ms, |e| e.created_ms),
+                updated_ms: now_ms,
+            };
+            store.upsert_oidc_provider(&record).await?;
+        }
+        for stale in store.oidc_providers().await? {
+            if stale.source == "config" && !declared.iter().any(|d| d.id == stale.id) {
+                match store.delete_oidc_provider(&stale.id, now_ms).await? {
+                    portcullis_store::ProviderDelete::InUse => tracing::warn!(
+                        provider = %stale.id,
+                        "provider removed from the configuration is kept while sessions still use it"
+                    ),
+                    _ => {
+                        tracing::info!(provider = %stale.id, "provider removed from the configuration")
+                    }
+                }
+            }
+        }
+        let this = Self {
+            http,
+            secret,
+            providers: RwLock::new(HashMap::new()),
+        };
+        this.reload(store).await?;
+        Ok(this)
+    }
+
+    /// Re-reads the providers from the database, keeping the caches of unchanged ones.
+    pub async fn reload(&self, store: &Store) -> Result<(), OidcStartError> {
+        let records = store.oidc_providers().await?;
+        let old = self.snapshot();
+        let mut next = HashMap::new();
+        for record in records {
+            if let Some(existing) = old.get(&record.id).filter(|p| p.record == record) {
+                next.insert(record.id.clone(), existing.clone());
+                continue;
+            }
+            let client_secret = match &record.client_secret_sealed {
+                Some(sealed) => {
+                    let plain = self
+                        .secret
+                        .open(&rules::client_secret_context(&record.id), sealed)
+                        .map_err(|e| OidcStartError::Provider {
+                            id: record.id.clone(),
+                            why: format!("client secret: {e}"),
+                        })?;
+                    Some(SecretString::new(
+                        String::from_utf8_lossy(&plain).into_owned(),
+                    ))
+                }
+                None => None,
+            };
+            let algorithms = rules::parse_algorithms(&record.algorithms).map_err(|why| {
+                OidcStartError::Provider {
+                    id: record.id.clone(),
+                    why,
+                }
+            })?;
+            next.insert(
+                record.id.clone(),
+                Arc::new(Provider {
+                    record,
+                    client_secret,
+                    algorithms,
+                    metadata: RwLock::new(None),
+                    jwks: RwLock::new(Arc::new(JwkSet { keys: Vec::new() })),
+                    jwks_fetched: Mutex::new(None),
+                }),
+            );
+        }
+        match self.providers.write() {
+            Ok(mut guard) => *guard = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self) -> HashMap<String, Arc<Provider>> {
+        match self.providers.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn provider(&self, id: &str) -> Option<Arc<Provider>> {
+        self.snapshot().get(id).cloned()
+    }
+
+    /// `(id, display name)` of every provider, for the sign-in page.
+    pub fn buttons(&self) -> Vec<(String, String)> {
+        let mut list: Vec<_> = self
+            .snapshot()
+            .values()
+            .map(|p| (p.record.id.clone(), p.record.display_name.clone()))
+            .collect();
+        list.sort();
+        list
+    }
+
+    async fn fetch_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, Failure> {
+        let response = self
+            .http
+            .get(url)
+            .header(header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| Failure(format!("fetch {url}: {e}")))?;
+        read_json(response, url).await
+    }
+
+    /// The provider's discovery document, fetched when missing or stale. Its
+    /// `issuer` must be exactly the configured one.
+    pub async fn metadata(&self, provider: &Provider) -> Result<Arc<Metadata>, Failure> {
+        if let Some((metadata, at)) = read_lock(&provider.metadata).clone()
+            && at.elapsed() < DISCOVERY_TTL
+        {
+            return Ok(metadata);
+        }
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            provider.record.issuer.trim_end_matches('/')
+        );
+        let metadata: Metadata = self.fetch_json(&url).await?;
+        if metadata.issuer != provider.record.issuer {
+            return Err(Failure("discovery_issuer_mismatch".into()));
+        }
+        let metadata = Arc::new(metadata);
+        write_lock(&provider.metadata, Some((metadata.clone(), Instant::now())));
+        if read_lock(&provider.jwks).keys.is_empty() {
+            self.refetch_jwks(provider, &metadata, true).await?;
+        }
+        Ok(metadata)
+    }
+
+    /// Fetches the key set, unless one was fetched within the window (and not
+    /// `force`). Returns whether it fetched.
+    async fn refetch_jwks(
+        &self,
+        provider: &Provider,
+        metadata: &Metadata,
+        force: bool,
+    ) -> Result<bool, Failure> {
+        {
+            let mut last = match provider.jwks_fetched.lock() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if !force && last.is_some_and(|at| at.elapsed() < JWKS_REFETCH_WINDOW) {
+                return Ok(false);
+            }
+            *last = Some(Instant::now());
+        }
+        let keys: JwkSet = self.fetch_json(&metadata.jwks_uri).await?;
+        write_lock(&provider.jwks, Arc::new(keys));
+        Ok(true)
+    }
+
+    /// Runs `check` against the provider's keys; on an unknown `kid`, refetches
+    /// the key set (rate limited) and tries once more.
+    async fn with_keys<T>(
+        &self,
+        provider: &Provider,
+        metadata: &Metadata,
+        check: impl Fn(&JwkSet) -> Result<T, TokenError>,
+    ) -> Result<T, Failure> {
+        let keys = read_lock(&provider.jwks).clone();
+        match check(&keys) {
+            Err(TokenError::UnknownKey) => {
+                if self.refetch_jwks(provider, metadata, false).await? {
+                    let keys = read_lock(&provider.jwks).clone();
+                    Ok(check(&keys)?)
+                } else {
+                    Err(TokenError::UnknownKey.into())
+                }
+            }
+            other => Ok(other?),
+        }
+    }
+}
+
+fn read_lock<T: Clone>(lock: &RwLock<T>) -> T {
+    match lock.read() {
+        Ok(guard) => guard.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
+fn write_lock<T>(lock: &RwLock<T>, value: T) {
+    match lock.write() {
+        Ok(mut guard) => *guard = value,
+        Err(poisoned) => *poisoned.into_inner() = value,
+    }
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(
+    mut response: reqwest::Response,
+    url: &str,
+) -> Result<T, Failure> {
+    let status = response.status();
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| Failure(format!("read {url}: {e}")))?
+    {
+        if body.len() + chunk.len() > MAX_DOCUMENT {
+            return Err(Failure(format!("{url}: response too large")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if !status.is_success() {
+        #[derive(Deserialize)]
+        struct OAuthError {
+            error: String,
+        }
+        let code = serde_json::from_slice::<OAuthError>(&body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| status.as_u16().to_string());
+        return Err(Failure(format!("{url}: {code}")));
+    }
+    serde_json::from_slice(&body).map_err(|e| Failure(format!("{url}: invalid JSON: {e}")))
+}
+
+fn now_s(gw: &Gateway) -> i64 {
+    gw.0.clock.now_ms() / 1000
+}
+
+fn redirect_uri(gw: &Gateway) -> String {
+    format!(
+        "{}{}/oidc/callback",
+        gw.config().public_url.origin(),
+        gw.config().auth_prefix
+    )
+}
+
+fn pending_cookie(gw: &Gateway, value: &str, max_age: i64) -> Option<HeaderValue> {
+    let config = gw.config();
+    let mut cookie = format!(
+        "{PENDING_COOKIE}={value}; Path={}/oidc/; Max-Age={max_age}; SameSite=Lax; HttpOnly",
+        config.auth_prefix
+    );
+    if config.public_url.is_https() {
+        cookie.push_str("; Secure");
+    }
+    HeaderValue::from_str(&cookie).ok()
+}
+
+fn form_encode(pairs: &[(&str, &str)]) -> String {
+    serde_urlencoded::to_string(pairs).unwrap_or_default()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginQuery {
+    provider: Option<String>,
+    next: Option<String>,
+}
+
+/// `GET {prefix}/oidc/login?provider=ID&next=`: a pre-login row, its cookie, and a
+/// redirect to the provider with PKCE S256, `state` and `nonce`.
+pub async fn login(
+    State(gw): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<LoginQuery>,
+) -> Response {
+    let id = query.provider.unwrap_or_default();
+    match start_login(&gw, &id, query.next.as_deref()).await {
+        Ok(response) => response,
+        Err(Failure(reason)) => {
+            let mut event = gw.audit_event("anonymous", "auth.oidc.login", "failure");
+            event.target = Some(id);
+            event.reason = Some(reason.clone());
+            event.ip = Some(peer.ip().to_string());
+            gw.audit(event).await;
+            GatewayError::OidcFailed(reason).into_response_for(true)
+        }
+    }
+}
+
+async fn start_login(gw: &Gateway, id: &str, next: Option<&str>) -> Result<Response, Failure> {
+    let inner = &gw.0;
+    let provider = inner
+        .oidc
+        .provider(id)
+        .ok_or_else(|| Failure("unknown_provider".into()))?;
+    let metadata = inner.oidc.metadata(&provider).await?;
+    let entropy = inner.entropy.as_ref();
+    let entropy_failed = |e: portcullis_core::secret::EntropyError| Failure(e.to_string());
+    let pkce = rules::pkce(entropy).map_err(entropy_failed)?;
+    let now = inner.clock.now_ms();
+    let pending = PendingLogin {
+        id: random_id(entropy, PRE_LOGIN_PREFIX).map_err(entropy_failed)?,
+        provider_id: provider.record.id.clone(),
+        state: rules::random_token(entropy).map_err(entropy_failed)?,
+        nonce: rules::random_token(entropy).map_err(entropy_failed)?,
+        pkce_verifier: pkce.verifier,
+        next: next.and_then(safe_next).unwrap_or("/").to_owned(),
+        created_ms: now,
+        expires_ms: now + PENDING_TTL_MS,
+    };
+    inner.store.insert_pending_login(&pending).await?;
+    let cookie = inner
+        .keyring
+        .current()
+        .sign(&pending.id)
+        .map_err(|e| Failure(e.to_string()))?;
+    let scopes = provider.record.scopes.join(" ");
+    let redirect = redirect_uri(gw);
+    let query = form_encode(&[
+        ("response_type", "code"),
+        ("client_id", &provider.record.client_id),
+        ("redirect_uri", &redirect),
+        ("scope", &scopes),
+        ("state", pending.state.expose()),
+        ("nonce", pending.nonce.expose()),
+        ("code_challenge", &pkce.challenge),
+        ("code_challenge_method", "S256"),
+    ]);
+    let separator = if metadata.authorization_endpoint.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    let location = format!("{}{separator}{query}", metadata.authorization_endpoint);
+    let mut response = Redirect::to(&location).into_response();
+    let headers = response.headers_mut();
+    if let Some(value) = pending_cookie(gw, &cookie, PENDING_TTL_MS / 1000) {
+        headers.append(header::SET_COOKIE, value);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+/// `GET {prefix}/oidc/callback`: consume the pre-login row (once), exchange the
+/// code, validate the ID token, map groups, mint a session, 302 to `next`.
+pub async fn callback(
+    State(gw): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<CallbackQuery>,
+) -> Response {
+    let mut event = gw.audit_event("anonymous", "auth.oidc.login", "failure");
+    event.ip = Some(peer.ip().to_string());
+    let outcome = finish_login(&gw, &headers, &query, &mut event).await;
+    let mut response = match outcome {
+        Ok(response) => response,
+        Err(Callback::Failed(Failure(reason))) => {
+            event.reason = Some(reason.clone());
+            gw.audit(event).await;
+            GatewayError::OidcFailed(reason).into_response_for(true)
+        }
+        Err(Callback::Refused(reason)) => {
+            event.reason = Some(reason);
+            gw.audit(event).await;
+            GatewayError::Forbidden.into_response_for(true)
+        }
+    };
+    // The pending cookie is single use whatever happened.
+    if let Some(value) = pending_cookie(&gw, "", 0) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
+}
+
+enum Callback {
+    Failed(Failure),
+    /// Authenticated, but not allowed in (no mapped group on a refusing provider).
+    Refused(String),
+}
+
+impl<E: Into<Failure>> From<E> for Callback {
+    fn from(e: E) -> Self {
+        Callback::Failed(e.into())
+    }
+}
+
+async fn finish_login(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    query: &CallbackQuery,
+    event: &mut portcullis_store::AuditEvent,
+) -> Result<Response, Callback> {
+    let inner = &gw.0;
+    let cookie = cookies::read(headers, PENDING_COOKIE)
+        .ok_or_else(|| Failure("missing_pending_cookie".into()))?;
+    let pending_id = inner
+        .keyring
+        .current()
+        .verify(cookie, PRE_LOGIN_PREFIX)
+        .map_err(|e| {
+            Failure(format!(
+                "pending_cookie_{}",
+                e.to_string().replace(' ', "_")
+            ))
+        })?
+        .to_owned();
+    let pending = inner
+        .store
+        .consume_pending_login(&pending_id)
+        .await?
+        .ok_or_else(|| Failure("pending_row_missing_or_replayed".into()))?;
+    event.target = Some(pending.provider_id.clone());
+    if pending.expires_ms <= inner.clock.now_ms() {
+        return Err(Failure("pending_row_expired".into()).into());
+    }
+    let state = query.state.as_deref().unwrap_or_default();
+    if !ct_eq(state.as_bytes(), pending.state.expose().as_bytes()) {
+        return Err(Failure("state_mismatch".into()).into());
+    }
+    if let Some(error) = &query.error {
+        let code: String = error
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(64)
+            .collect();
+        return Err(Failure(format!("idp_error:{code}")).into());
+    }
+    let code = query
+        .code
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| Failure("missing_code".into()))?;
+    let provider = inner
+        .oidc
+        .provider(&pending.provider_id)
+        .ok_or_else(|| Failure("unknown_provider".into()))?;
+    let metadata = inner.oidc.metadata(&provider).await?;
+    let id_token = exchange_code(gw, &provider, &metadata, code, &pending).await?;
+    let expect = Expectations {
+        issuer: &provider.record.issuer,
+        client_id: &provider.record.client_id,
+        algorithms: &provider.algorithms,
+        now_s: now_s(gw),
+    };
+    let claims = inner
+        .oidc
+        .with_keys(&provider, &metadata, |keys| {
+            rules::verify_id_token(
+                &id_token,
+                keys,
+                &expect,
+                pending.nonce.expose(),
+                &provider.record.groups_claim,
+            )
+        })
+        .await?;
+    event.actor = claims.subject.clone();
+
+    let mappings = inner.store.group_mappings().await?;
+    let mut roles: Vec<String> = mappings
+        .iter()
+        .filter(|m| m.provider_id == provider.record.id && claims.groups.contains(&m.idp_group))
+        .map(|m| m.role.clone())
+        .collect();
+    roles.sort();
+    roles.dedup();
+    if roles.is_empty() {
+        if provider.record.refuse_unmapped {
+            return Err(Callback::Refused("no_mapped_group".into()));
+        }
+        roles.push(portcullis_core::identity::ROLE_USER.into());
+    }
+    let identity = portcullis_core::identity::Identity {
+        name: claims
+            .name
+            .clone()
+            .unwrap_or_else(|| claims.subject.clone()),
+        subject: claims.subject.clone(),
+        email: claims.email.clone(),
+        provider: provider.record.id.clone(),
+        roles,
+    };
+    let (session, cookies) = crate::login::establish_session(gw, identity, claims.sid.clone())
+        .await
+        .map_err(|e| Failure(e.to_string()))?;
+    if metadata.end_session_endpoint.is_some() {
+        // Kept server-side only, for `id_token_hint` at RP-initiated logout.
+        inner
+            .store
+            .set_session_id_token(&session.id, &id_token)
+            .await?;
+    }
+    event.outcome = "success".into();
+    event.target = Some(session.id.clone());
+    event.reason = Some(format!("provider:{}", provider.record.id));
+    gw.audit(event.clone()).await;
+    let mut response = Redirect::to(&pending.next).into_response();
+    let headers = response.headers_mut();
+    for value in cookies {
+        headers.append(header::SET_COOKIE, value);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// Exchanges the authorization code (with the PKCE verifier) for the ID token,
+/// authenticating as the discovery document allows: `client_secret_basic`
+/// preferred, else `client_secret_post`; public clients send only their id.
+async fn exchange_code(
+    gw: &Gateway,
+    provider: &Provider,
+    metadata: &Metadata,
+    code: &str,
+    pending: &PendingLogin,
+) -> Result<String, Failure> {
+    let redirect = redirect_uri(gw);
+    let mut form = vec![
+        ("grant_type", "authorization_code".to_owned()),
+        ("code", code.to_owned()),
+        ("redirect_uri", redirect),
+        ("code_verifier", pending.pkce_verifier.expose().to_owned()),
+        ("client_id", provider.record.client_id.clone()),
+    ];
+    let methods = metadata
+        .token_endpoint_auth_methods_supported
+        .clone()
+        .unwrap_or_else(|| vec!["client_secret_basic".into()]);
+    let mut request = gw.0.oidc.http.post(&metadata.token_endpoint);
+    if let Some(secret) = &provider.client_secret {
+        if methods.iter().any(|m| m == "client_secret_basic") {
+            // RFC 6749 2.3.1: both parts form-urlencoded before Basic encoding.
+            let user = form_encode(&[("", provider.record.client_id.as_str())]);
+            let pass = form_encode(&[("", secret.expose())]);
+            let pair = format!(
+                "{}:{}",
+                user.trim_start_matches('='),
+                pass.trim_start_matches('=')
+            );
+            let basic = base64::engine::general_purpose::STANDARD.encode(pair);
+            request = request.header(header::AUTHORIZATION, format!("Basic {basic}"));
+        } else if methods.iter().any(|m| m == "client_secret_post") {
+            form.push(("client_secret", secret.expose().to_owned()));
+        } else {
+            return Err(Failure("no_supported_client_auth_method".into()));
+        }
+    }
+    let response = request
+        .header(header::ACCEPT, "application/json")
+        .form(&form)
+        .send()
+        .await
+        .map_err(|e| Failure(format!("token request: {e}")))?;
+    #[derive(Deserialize)]
+    struct TokenResponse {
+        id_token: Option<String>,
+    }
+    let tokens: TokenResponse = read_json(response, "token endpoint").await?;
+    tokens.id_token.ok_or_else(|| Failure("no_id_token".into()))
+}
+
+/// The unverified `iss` of a JWT, only to choose which provider's keys to check it
+/// with.
+fn peek_issuer(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("iss")?.as_str().map(str::to_owned)
+}
+
+/// `POST {prefix}/oidc/back-channel-logout` (OIDC Back-Channel Logout 1.0): verify
+/// the logout token, remember its `jti`, revoke the matching sessions and close
+/// their WebSockets on every replica. 200 with `no-store`; any failure 400.
+pub async fn back_channel_logout(
+    State(gw): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    let mut event = gw.audit_event("anonymous", "auth.oidc.back_channel_logout", "failure");
+    event.ip = Some(peer.ip().to_string());
+    let outcome = logout_from_token(&gw, &body, &mut event).await;
+    let status = match outcome {
+        Ok(revoked) => {
+            event.outcome = "success".into();
+            event.reason = Some(format!("revoked:{revoked}"));
+            StatusCode::OK
+        }
+        Err(Failure(reason)) => {
+            event.reason = Some(reason);
+            StatusCode::BAD_REQUEST
+        }
+    };
+    gw.audit(event).await;
+    let mut response = if status == StatusCode::OK {
+        status.into_response()
+    } else {
+        (
+            status,
+            axum::Json(serde_json::json!({
+                "error": "invalid_request",
+                "error_description": "logout token refused",
+            })),
+        )
+            .into_response()
+    };
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn logout_from_token(
+    gw: &Gateway,
+    body: &[u8],
+    event: &mut portcullis_store::AuditEvent,
+) -> Result<usize, Failure> {
+    #[derive(Deserialize)]
+    struct Form {
+        logout_token: Option<String>,
+    }
+    let form: Form =
+        serde_urlencoded::from_bytes(body).map_err(|_| Failure("malformed_form".into()))?;
+    let token = form
+        .logout_token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Failure("missing_logout_token".into()))?;
+    let inner = &gw.0;
+    let issuer = peek_issuer(&token).ok_or_else(|| Failure("malformed".into()))?;
+    let provider = inner
+        .oidc
+        .snapshot()
+        .into_values()
+        .find(|p| p.record.issuer == issuer)
+        .ok_or_else(|| Failure("unknown_issuer".into()))?;
+    event.target = Some(provider.record.id.clone());
+    let metadata = inner.oidc.metadata(&provider).await?;
+    let expect = Expectations {
+        issuer: &provider.record.issuer,
+        client_id: &provider.record.client_id,
+        algorithms: &provider.algorithms,
+        now_s: now_s(gw),
+    };
+    let claims = inner
+        .oidc
+        .with_keys(&provider, &metadata, |keys| {
+            rules::verify_logout_token(&token, keys, &expect)
+        })
+        .await?;
+    if let Some(sub) = &claims.subject {
+        event.actor = sub.clone();
+    }
+    let fresh = inner
+        .store
+        .remember_logout_jti(
+            &provider.record.id,
+            &claims.jti,
+            claims.remember_until_s.saturating_mul(1000),
+        )
+        .await?;
+    if !fresh {
+        return Err(Failure("replayed_jti".into()));
+    }
+    let revoked = inner
+        .store
+        .revoke_oidc_sessions(
+            &provider.record.id,
+            claims.sid.as_deref(),
+            claims.subject.as_deref(),
+            inner.clock.now_ms(),
+        )
+        .await?;
+    for id in &revoked {
+        inner.sessions.invalidate(id);
+        inner.bus.publish_local(BusEvent::Revoked(id.clone()));
+    }
+    Ok(revoked.len())
+}
