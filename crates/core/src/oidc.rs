@@ -107,6 +107,8 @@ pub enum TokenError {
     NoncePresent,
     #[error("logout token lacks the back-channel logout event")]
     Events,
+    #[error("UserInfo is about another subject")]
+    UserinfoSubject,
 }
 
 impl TokenError {
@@ -127,6 +129,7 @@ impl TokenError {
             Self::Missing(claim) => format!("missing_{claim}"),
             Self::NoncePresent => "nonce_present".into(),
             Self::Events => "missing_event".into(),
+            Self::UserinfoSubject => "userinfo_sub_mismatch".into(),
         }
     }
 }
@@ -277,15 +280,7 @@ pub fn verify_id_token(
         _ => return Err(TokenError::Nonce),
     }
     let subject = string_claim(&claims, "sub").ok_or(TokenError::Missing("sub"))?;
-    let groups = match claims.get(groups_claim) {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
-        Some(Value::String(one)) => vec![one.clone()],
-        _ => Vec::new(),
-    };
+    let groups = groups_of(&claims, groups_claim);
     Ok(IdClaims {
         subject: subject.to_owned(),
         sid: string_claim(&claims, "sid").map(str::to_owned),
@@ -296,6 +291,43 @@ pub fn verify_id_token(
         groups,
         expires_s: exp,
     })
+}
+
+/// Completes ID-token claims from the UserInfo response (OIDC Core 5.3): providers
+/// may leave `email`, `name` and groups out of the ID token. The UserInfo `sub`
+/// must be the ID token's, else the response is refused. ID-token values win.
+pub fn merge_userinfo(
+    claims: &mut IdClaims,
+    userinfo: &Value,
+    groups_claim: &str,
+) -> Result<(), TokenError> {
+    if string_claim(userinfo, "sub") != Some(claims.subject.as_str()) {
+        return Err(TokenError::UserinfoSubject);
+    }
+    if claims.email.is_none() {
+        claims.email = string_claim(userinfo, "email").map(str::to_owned);
+    }
+    if claims.name.is_none() {
+        claims.name = string_claim(userinfo, "name")
+            .or_else(|| string_claim(userinfo, "preferred_username"))
+            .map(str::to_owned);
+    }
+    if claims.groups.is_empty() {
+        claims.groups = groups_of(userinfo, groups_claim);
+    }
+    Ok(())
+}
+
+fn groups_of(claims: &Value, groups_claim: &str) -> Vec<String> {
+    match claims.get(groups_claim) {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::String(one)) => vec![one.clone()],
+        _ => Vec::new(),
+    }
 }
 
 /// The claims of a valid logout token.

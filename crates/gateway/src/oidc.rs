@@ -50,6 +50,7 @@ pub struct Metadata {
     pub token_endpoint: String,
     pub jwks_uri: String,
     pub end_session_endpoint: Option<String>,
+    pub userinfo_endpoint: Option<String>,
     #[serde(default)]
     pub token_endpoint_auth_methods_supported: Option<Vec<String>>,
 }
@@ -578,14 +579,15 @@ async fn finish_login(
         .provider(&pending.provider_id)
         .ok_or_else(|| Failure("unknown_provider".into()))?;
     let metadata = inner.oidc.metadata(&provider).await?;
-    let id_token = exchange_code(gw, &provider, &metadata, code, &pending).await?;
+    let tokens = exchange_code(gw, &provider, &metadata, code, &pending).await?;
+    let id_token = tokens.id_token;
     let expect = Expectations {
         issuer: &provider.record.issuer,
         client_id: &provider.record.client_id,
         algorithms: &provider.algorithms,
         now_s: now_s(gw),
     };
-    let claims = inner
+    let mut claims = inner
         .oidc
         .with_keys(&provider, &metadata, |keys| {
             rules::verify_id_token(
@@ -598,6 +600,21 @@ async fn finish_login(
         })
         .await?;
     event.actor = claims.subject.clone();
+    if let (Some(endpoint), Some(access_token)) =
+        (&metadata.userinfo_endpoint, &tokens.access_token)
+    {
+        let response = inner
+            .oidc
+            .http
+            .get(endpoint)
+            .bearer_auth(access_token.expose())
+            .header(header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| Failure(format!("userinfo: {e}")))?;
+        let userinfo: serde_json::Value = read_json(response, "userinfo endpoint").await?;
+        rules::merge_userinfo(&mut claims, &userinfo, &provider.record.groups_claim)?;
+    }
 
     let mappings = inner.store.group_mappings().await?;
     let mut roles: Vec<String> = mappings
@@ -646,6 +663,13 @@ async fn finish_login(
     Ok(response)
 }
 
+/// What the token endpoint returned that Portcullis uses (nothing is stored but
+/// the ID token, for `id_token_hint`; refresh tokens are never kept).
+struct Tokens {
+    id_token: String,
+    access_token: Option<SecretString>,
+}
+
 /// Exchanges the authorization code (with the PKCE verifier) for the ID token,
 /// authenticating as the discovery document allows: `client_secret_basic`
 /// preferred, else `client_secret_post`; public clients send only their id.
@@ -655,7 +679,7 @@ async fn exchange_code(
     metadata: &Metadata,
     code: &str,
     pending: &PendingLogin,
-) -> Result<String, Failure> {
+) -> Result<Tokens, Failure> {
     let redirect = redirect_uri(gw);
     let mut form = vec![
         ("grant_type", "authorization_code".to_owned()),
@@ -696,18 +720,33 @@ async fn exchange_code(
     #[derive(Deserialize)]
     struct TokenResponse {
         id_token: Option<String>,
+        access_token: Option<String>,
     }
     let tokens: TokenResponse = read_json(response, "token endpoint").await?;
-    tokens.id_token.ok_or_else(|| Failure("no_id_token".into()))
+    Ok(Tokens {
+        id_token: tokens
+            .id_token
+            .ok_or_else(|| Failure("no_id_token".into()))?,
+        access_token: tokens.access_token.map(SecretString::new),
+    })
 }
 
-/// The unverified `iss` of a JWT, only to choose which provider's keys to check it
-/// with.
-fn peek_issuer(token: &str) -> Option<String> {
+/// The unverified `iss` and `aud` of a JWT, only to choose which provider (an
+/// issuer may serve several of our clients) checks it.
+fn peek_issuer_audience(token: &str) -> Option<(String, Vec<String>)> {
     let payload = token.split('.').nth(1)?;
     let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    claims.get("iss")?.as_str().map(str::to_owned)
+    let issuer = claims.get("iss")?.as_str()?.to_owned();
+    let audience = match claims.get("aud") {
+        Some(serde_json::Value::String(one)) => vec![one.clone()],
+        Some(serde_json::Value::Array(many)) => many
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some((issuer, audience))
 }
 
 /// `POST {prefix}/oidc/back-channel-logout` (OIDC Back-Channel Logout 1.0): verify
@@ -767,13 +806,14 @@ async fn logout_from_token(
         .filter(|t| !t.is_empty())
         .ok_or_else(|| Failure("missing_logout_token".into()))?;
     let inner = &gw.0;
-    let issuer = peek_issuer(&token).ok_or_else(|| Failure("malformed".into()))?;
+    let (issuer, audience) =
+        peek_issuer_audience(&token).ok_or_else(|| Failure("malformed".into()))?;
     let provider = inner
         .oidc
         .snapshot()
         .into_values()
-        .find(|p| p.record.issuer == issuer)
-        .ok_or_else(|| Failure("unknown_issuer".into()))?;
+        .find(|p| p.record.issuer == issuer && audience.contains(&p.record.client_id))
+        .ok_or_else(|| Failure("unknown_issuer_or_audience".into()))?;
     event.target = Some(provider.record.id.clone());
     let metadata = inner.oidc.metadata(&provider).await?;
     let expect = Expectations {

@@ -442,3 +442,37 @@ fn issuer_rows() {
         assert_eq!(validate_provider_id(id).is_ok(), ok, "{id}");
     }
 }
+
+#[test]
+fn userinfo_completes_but_never_overrides_or_switches_subject() {
+    let base = IdClaims {
+        subject: "user-42".into(),
+        sid: None,
+        email: None,
+        name: Some("From ID token".into()),
+        groups: Vec::new(),
+        expires_s: NOW,
+    };
+    let mut claims = base.clone();
+    merge_userinfo(
+        &mut claims,
+        &json!({"sub": "user-42", "email": "a@example.com", "name": "Other", "groups": ["eng"]}),
+        "groups",
+    )
+    .unwrap();
+    assert_eq!(claims.email.as_deref(), Some("a@example.com"));
+    assert_eq!(claims.name.as_deref(), Some("From ID token"));
+    assert_eq!(claims.groups, vec!["eng"]);
+    for other in [
+        json!({"sub": "someone-else"}),
+        json!({"email": "x"}),
+        json!({"sub": ""}),
+    ] {
+        let mut claims = base.clone();
+        assert_eq!(
+            merge_userinfo(&mut claims, &other, "groups"),
+            Err(TokenError::UserinfoSubject),
+            "{other}"
+        );
+    }
+}

@@ -324,8 +324,18 @@ impl TestGateway {
         ip: std::net::IpAddr,
         tweak: impl FnOnce(&mut GatewayConfig),
     ) -> Self {
-        let upstream = TestUpstream::start().await;
         let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+        Self::start_listening(db, listener, tweak).await
+    }
+
+    /// A gateway on a listener bound beforehand (so its address can be told to an
+    /// OpenID provider before the gateway is configured).
+    pub async fn start_listening(
+        db: &TestDb,
+        listener: tokio::net::TcpListener,
+        tweak: impl FnOnce(&mut GatewayConfig),
+    ) -> Self {
+        let upstream = TestUpstream::start().await;
         let addr = listener.local_addr().unwrap();
         let mut config = GatewayConfig::new(
             Upstream::parse(&format!("http://{}", upstream.addr)).unwrap(),

@@ -7,6 +7,7 @@ mod api_tokens;
 mod harness;
 mod internal;
 mod login;
+mod oidc;
 mod processes;
 mod proxy;
 mod sessions;

@@ -1,0 +1,581 @@
+//! OpenID Connect end to end, against a real OpenID provider: `oidc-provider` (npm,
+//! OpenID Certified) started on loopback for each test, with an RS256 client
+//! (`client_secret_basic`), an ES256 client (`client_secret_post`) and back-channel
+//! logout. The flow is driven without a browser: redirects followed with a cookie
+//! jar, the provider's login and consent forms submitted.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use portcullis_gateway::OidcProviderSpec;
+use reqwest::cookie::{CookieStore, Jar};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::both_backends;
+use crate::harness::*;
+use crate::websocket::{close_frame, connect, next_data};
+
+const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+const UNKNOWN_KEY: &str = include_str!("../../../core/src/oidc/testdata/rsa-other.pem");
+
+/// The provider process, killed on drop.
+pub struct TestProvider {
+    child: Child,
+    pub issuer: String,
+    keys: Value,
+}
+
+impl Drop for TestProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TestProvider {
+    /// Starts the provider for a gateway that will listen on `gateway`.
+    pub fn start(gateway: SocketAddr, dir: &std::path::Path) -> Self {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oidc-provider");
+        assert!(
+            std::path::Path::new(root)
+                .join("node_modules/oidc-provider")
+                .exists(),
+            "the test OpenID provider is not installed: run `npm ci` in {root} (scripts/test does)"
+        );
+        let keys_out = dir.join(format!("op-keys-{}.json", gateway.port()));
+        let mut child = Command::new("node")
+            .arg("server.mjs")
+            .current_dir(root)
+            .env(
+                "REDIRECT_URI",
+                format!("http://{gateway}/.auth/oidc/callback"),
+            )
+            .env(
+                "BCL_URI",
+                format!("http://{gateway}/.auth/oidc/back-channel-logout"),
+            )
+            .env("KEYS_OUT", &keys_out)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("op.log")).unwrap())
+            .spawn()
+            .expect("node runs the test OpenID provider");
+        let mut line = String::new();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut line).unwrap();
+        // Keep draining, so the provider never writes into a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        let port = line
+            .trim()
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("provider did not start: {line:?}"));
+        let keys = serde_json::from_str(&std::fs::read_to_string(keys_out).unwrap()).unwrap();
+        Self {
+            child,
+            issuer: format!("http://127.0.0.1:{port}"),
+            keys,
+        }
+    }
+
+    /// A form action of the provider's, as an absolute URL.
+    fn absolute(&self, action: &str) -> String {
+        if action.starts_with("http") {
+            action.to_owned()
+        } else {
+            format!("{}{action}", self.issuer)
+        }
+    }
+
+    fn spec(&self, id: &str, client_id: &str, algorithms: &[&str]) -> OidcProviderSpec {
+        OidcProviderSpec {
+            id: id.into(),
+            display_name: format!("Test SSO {id}"),
+            issuer: self.issuer.clone(),
+            client_id: client_id.into(),
+            client_secret: Some(portcullis_core::secret::SecretString::new(format!(
+                "{client_id}-secret"
+            ))),
+            scopes: vec!["openid".into(), "email".into(), "profile".into()],
+            algorithms: algorithms.iter().map(|s| s.to_string()).collect(),
+            groups_claim: "groups".into(),
+            refuse_unmapped: false,
+        }
+    }
+
+    /// A logout token signed with the provider's own RSA key (or `pem`/`kid`).
+    fn logout_token(&self, claims: &Value, key: Option<(&str, &str)>) -> String {
+        let (kid, pem) = key.unwrap_or((
+            self.keys["rsa"]["kid"].as_str().unwrap(),
+            self.keys["rsa"]["pem"].as_str().unwrap(),
+        ));
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some(kid.into());
+        header.typ = Some("logout+jwt".into());
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+        jsonwebtoken::encode(&header, claims, &key).unwrap()
+    }
+}
+
+/// A gateway with providers `rs` (RS256, basic auth) and `es` (ES256, post auth)
+/// in front of the test upstream, and the provider it trusts.
+async fn setup(db: &TestDb) -> (TestGateway, TestProvider) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let op = TestProvider::start(listener.local_addr().unwrap(), &db.dir);
+    let specs = vec![
+        op.spec("rs", "portcullis-rs", &["RS256"]),
+        op.spec("es", "portcullis-es-post", &["ES256"]),
+    ];
+    let gw = TestGateway::start_listening(db, listener, |c| c.oidc_providers = specs).await;
+    (gw, op)
+}
+
+/// A browser: one cookie jar across the gateway and the provider.
+struct Browser {
+    jar: Arc<Jar>,
+    follow: reqwest::Client,
+    /// Stops at the gateway's callback, so tests can replay or tamper with it.
+    to_callback: reqwest::Client,
+}
+
+impl Browser {
+    fn new() -> Self {
+        let jar = Arc::new(Jar::default());
+        let build = |stop: bool| {
+            reqwest::Client::builder()
+                .cookie_provider(jar.clone())
+                .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                    if stop && attempt.url().path().ends_with("/oidc/callback") {
+                        attempt.stop()
+                    } else if attempt.previous().len() > 20 {
+                        attempt.error("too many redirects")
+                    } else {
+                        attempt.follow()
+                    }
+                }))
+                .build()
+                .unwrap()
+        };
+        Self {
+            follow: build(false),
+            to_callback: build(true),
+            jar,
+        }
+    }
+
+    fn cookies(&self, url: &str) -> String {
+        self.jar
+            .cookies(&url.parse().unwrap())
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    }
+
+    fn cookie(&self, url: &str, name: &str) -> Option<String> {
+        self.cookies(url)
+            .split("; ")
+            .find_map(|pair| pair.strip_prefix(&format!("{name}=")).map(str::to_owned))
+    }
+
+    /// Submits the provider's login and consent forms until its pages are done.
+    /// Returns the last response (from the gateway or wherever the flow ended).
+    async fn through_provider(
+        &self,
+        client: &reqwest::Client,
+        mut response: reqwest::Response,
+        op: &TestProvider,
+        login: &str,
+    ) -> reqwest::Response {
+        for _ in 0..4 {
+            if !response.url().as_str().starts_with(&op.issuer) || response.status() != 200 {
+                return response;
+            }
+            let page = response.text().await.unwrap();
+            let action = form_action(&page).unwrap_or_else(|| panic!("no form: {page}"));
+            let url = op.absolute(&action);
+            let form: Vec<(&str, &str)> = if page.contains(r#"value="login""#) {
+                vec![("prompt", "login"), ("login", login), ("password", "any")]
+            } else {
+                vec![("prompt", "consent")]
+            };
+            response = client.post(url).form(&form).send().await.unwrap();
+        }
+        panic!("the provider kept asking");
+    }
+
+    /// Signs in at provider `provider` as `login` and returns the final response
+    /// (the upstream's, at `next`).
+    async fn sign_in(
+        &self,
+        gw: &TestGateway,
+        op: &TestProvider,
+        provider: &str,
+        login: &str,
+    ) -> reqwest::Response {
+        let start = format!(
+            "http://{}/.auth/oidc/login?provider={provider}&next=/echo",
+            gw.addr
+        );
+        let response = self.follow.get(start).send().await.unwrap();
+        self.through_provider(&self.follow, response, op, login)
+            .await
+    }
+
+    /// Runs the flow up to the provider's redirect to the callback; returns the
+    /// callback URL.
+    async fn callback_url(&self, gw: &TestGateway, op: &TestProvider, login: &str) -> String {
+        let start = format!("http://{}/.auth/oidc/login?provider=rs&next=/echo", gw.addr);
+        let response = self.to_callback.get(start).send().await.unwrap();
+        let response = self
+            .through_provider(&self.to_callback, response, op, login)
+            .await;
+        assert!(response.status().is_redirection(), "{}", response.status());
+        let location = response.headers()["location"].to_str().unwrap().to_owned();
+        assert!(location.contains("/.auth/oidc/callback?"), "{location}");
+        if location.starts_with("http") {
+            location
+        } else {
+            format!("http://{}{location}", gw.addr)
+        }
+    }
+}
+
+fn form_action(page: &str) -> Option<String> {
+    let start = page.find("action=\"")? + "action=\"".len();
+    let end = page[start..].find('"')? + start;
+    Some(page[start..end].replace("&amp;", "&"))
+}
+
+async fn audit_reasons(gw: &TestGateway, action: &str) -> Vec<String> {
+    gw.store
+        .audit_events(&portcullis_store::AuditFilter {
+            action: Some(action.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| format!("{}:{}", e.outcome, e.reason.unwrap_or_default()))
+        .collect()
+}
+
+async fn sign_in_and_back_channel_logout(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (gw, op) = setup(&db).await;
+    gw.store
+        .add_group_mapping(&portcullis_store::GroupMapping {
+            id: "map-1".into(),
+            provider_id: "rs".into(),
+            idp_group: "eng".into(),
+            role: "admin".into(),
+        })
+        .await
+        .unwrap();
+    // The sign-in page offers the provider.
+    let page = gw
+        .client
+        .get("/.auth/login", &[("accept", "text/html")])
+        .await;
+    assert!(
+        page.text().contains("Sign in with Test SSO rs"),
+        "{}",
+        page.text()
+    );
+
+    let browser = Browser::new();
+    let response = browser.sign_in(&gw, &op, "rs", "ada").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.url().path(), "/echo", "lands on next");
+    let seen: Value = response.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-forwarded-user"][0], "ada");
+    assert_eq!(seen["headers"]["x-forwarded-email"][0], "ada@example.test");
+    assert_eq!(
+        seen["headers"]["x-forwarded-groups"][0], "admin",
+        "eng → admin"
+    );
+    let gateway_url = format!("http://{}/", gw.addr);
+    let me: Value = browser
+        .follow
+        .get(format!("{gateway_url}.auth/me"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["provider"], "rs");
+    assert_eq!(me["sub"], "ada");
+
+    // A live WebSocket carried by that session.
+    let cookie = format!(
+        "portcullis_session={}",
+        browser.cookie(&gateway_url, "portcullis_session").unwrap()
+    );
+    let origin = format!("http://{}", gw.addr);
+    let (mut ws, _) = connect(
+        gw.addr,
+        "/ws/echo",
+        &[("cookie", &cookie), ("origin", &origin)],
+    )
+    .await
+    .unwrap();
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("hi"));
+
+    // The user signs out at the provider, which tells the gateway over the back
+    // channel: the session is revoked and its socket closed.
+    let end = browser
+        .follow
+        .get(format!("{}/session/end", op.issuer))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let action = form_action(&end).expect("logout form");
+    let xsrf = end
+        .split("name=\"xsrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("xsrf")
+        .to_owned();
+    let done = browser
+        .follow
+        .post(op.absolute(&action))
+        .form(&[("xsrf", xsrf.as_str()), ("logout", "yes")])
+        .send()
+        .await
+        .unwrap();
+    assert!(done.status().is_success(), "{}", done.status());
+    let frame = close_frame(&mut ws, Duration::from_secs(3))
+        .await
+        .expect("closed after the back-channel logout");
+    assert_eq!(u16::from(frame.code), 4401);
+    assert!(
+        header_refused_within(&gw.client, "cookie", &cookie, Duration::from_secs(1)).await,
+        "the session is revoked"
+    );
+    let reasons = audit_reasons(&gw, "auth.oidc.back_channel_logout").await;
+    assert!(
+        reasons.contains(&"success:revoked:1".to_string()),
+        "{reasons:?}"
+    );
+}
+
+async fn es256_with_client_secret_post_and_unmapped_groups(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (gw, op) = setup(&db).await;
+    let browser = Browser::new();
+    let response = browser.sign_in(&gw, &op, "es", "bob").await;
+    assert_eq!(response.status(), 200);
+    let seen: Value = response.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-forwarded-user"][0], "bob");
+    assert_eq!(
+        seen["headers"]["x-forwarded-groups"][0], "user",
+        "no mapping → user"
+    );
+    let reasons = audit_reasons(&gw, "auth.oidc.login").await;
+    assert!(
+        reasons.contains(&"success:provider:es".to_string()),
+        "{reasons:?}"
+    );
+}
+
+/// The reference's six negative cases, each by name, and the other refusals of the
+/// callback. Every one answers 400 with the same message; the audit log has the
+/// reason.
+async fn negative_cases(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (gw, op) = setup(&db).await;
+    let uniform = "Sign-in with the identity provider failed";
+
+    // Callback with replayed state: the first use signs in, the replay is refused.
+    let browser = Browser::new();
+    let callback = browser.callback_url(&gw, &op, "ada").await;
+    let pending = browser
+        .cookie(&callback, "portcullis_oidc_pending")
+        .unwrap();
+    let first = browser.follow.get(&callback).send().await.unwrap();
+    assert_eq!(first.status(), 200, "the genuine callback signs in");
+    let path = callback
+        .split_once(&gw.addr.to_string())
+        .unwrap()
+        .1
+        .to_owned();
+    let replay = gw
+        .client
+        .get(
+            &path,
+            &[("cookie", &format!("portcullis_oidc_pending={pending}"))],
+        )
+        .await;
+    assert_eq!(replay.status, 400, "callback with replayed state");
+    assert!(replay.text().contains(uniform));
+
+    // Callback with PKCE verifier mismatch: the provider refuses the exchange.
+    let browser = Browser::new();
+    let callback = browser.callback_url(&gw, &op, "ada").await;
+    let pending = browser
+        .cookie(&callback, "portcullis_oidc_pending")
+        .unwrap();
+    let id = pending.split('.').nth(1).unwrap();
+    let mut row = gw.store.consume_pending_login(id).await.unwrap().unwrap();
+    row.pkce_verifier = portcullis_core::secret::SecretString::new("x".repeat(43));
+    gw.store.insert_pending_login(&row).await.unwrap();
+    let response = browser.follow.get(&callback).send().await.unwrap();
+    assert_eq!(
+        response.status(),
+        400,
+        "callback with PKCE verifier mismatch"
+    );
+
+    // Callback with expired pre-login row.
+    let browser = Browser::new();
+    let callback = browser.callback_url(&gw, &op, "ada").await;
+    gw.clock.advance(601_000);
+    let response = browser.follow.get(&callback).send().await.unwrap();
+    assert_eq!(
+        response.status(),
+        400,
+        "callback with expired pre-login row"
+    );
+    gw.clock.advance(-601_000);
+
+    // More callback refusals: no pending cookie, a forged one, a wrong state, an
+    // error from the provider.
+    let browser = Browser::new();
+    let callback = browser.callback_url(&gw, &op, "ada").await;
+    let pending = browser
+        .cookie(&callback, "portcullis_oidc_pending")
+        .unwrap();
+    let path = callback
+        .split_once(&gw.addr.to_string())
+        .unwrap()
+        .1
+        .to_owned();
+    let forged = format!("{}x", &pending[..pending.len() - 1]);
+    let wrong_state = path.replace("state=", "state=x");
+    let idp_error = "/.auth/oidc/callback?error=access_denied&state=".to_owned()
+        + path
+            .split("state=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap();
+    let rows: [(&str, String, Option<String>); 4] = [
+        ("no pending cookie", path.clone(), None),
+        ("forged pending cookie", path.clone(), Some(forged)),
+        ("wrong state", wrong_state, Some(pending.clone())),
+        ("provider error", idp_error, Some(pending.clone())),
+    ];
+    for (name, path, cookie) in rows {
+        let cookie = cookie.map(|c| format!("portcullis_oidc_pending={c}"));
+        let headers: Vec<(&str, &str)> = cookie.iter().map(|c| ("cookie", c.as_str())).collect();
+        let response = gw.client.get(&path, &headers).await;
+        assert_eq!(response.status, 400, "{name}");
+        assert!(response.text().contains(uniform), "{name}");
+    }
+
+    let reasons = audit_reasons(&gw, "auth.oidc.login").await;
+    for expected in [
+        "failure:pending_row_missing_or_replayed",
+        "failure:pending_row_expired",
+        "failure:missing_pending_cookie",
+        "failure:state_mismatch",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r == expected),
+            "{expected} in {reasons:?}"
+        );
+    }
+    assert!(
+        reasons.iter().any(|r| r.contains("invalid_grant")),
+        "PKCE mismatch is the provider's invalid_grant: {reasons:?}"
+    );
+
+    // Back-channel logout tokens, forged with the provider's own key so that each
+    // refusal is about the claim under test; the control row is accepted.
+    let now = now_ms() / 1000;
+    let base = json!({
+        "iss": op.issuer, "aud": "portcullis-rs", "iat": now, "jti": "jti-control",
+        "sid": "no-such-sid", "events": { EVENT: {} },
+    });
+    let post = |token: String| {
+        let client = gw.client.clone();
+        async move {
+            client
+                .request(
+                    "POST",
+                    "/.auth/oidc/back-channel-logout",
+                    &[("content-type", "application/x-www-form-urlencoded")],
+                    format!("logout_token={token}"),
+                )
+                .await
+        }
+    };
+    let accepted = post(op.logout_token(&base, None)).await;
+    assert_eq!(
+        accepted.status,
+        200,
+        "control: a well-formed token is accepted: {:?}",
+        audit_reasons(&gw, "auth.oidc.back_channel_logout").await
+    );
+    assert_eq!(
+        accepted.header("cache-control").as_deref(),
+        Some("no-store")
+    );
+    let mut missing_events = base.clone();
+    missing_events.as_object_mut().unwrap().remove("events");
+    missing_events["jti"] = json!("jti-2");
+    let mut with_nonce = base.clone();
+    with_nonce["nonce"] = json!("n");
+    with_nonce["jti"] = json!("jti-3");
+    let mut unknown_key = base.clone();
+    unknown_key["jti"] = json!("jti-4");
+    let rows = [
+        (
+            "BCL with missing events claim",
+            op.logout_token(&missing_events, None),
+            "missing_event",
+        ),
+        (
+            "BCL with nonce present",
+            op.logout_token(&with_nonce, None),
+            "nonce_present",
+        ),
+        (
+            "BCL signed by an unknown key",
+            op.logout_token(&unknown_key, Some(("not-a-provider-key", UNKNOWN_KEY))),
+            "unknown_kid",
+        ),
+        (
+            "BCL replayed jti",
+            op.logout_token(&base, None),
+            "replayed_jti",
+        ),
+        ("BCL not a JWT", "garbage".into(), "malformed"),
+    ];
+    for (name, token, reason) in rows {
+        let response = post(token).await;
+        assert_eq!(response.status, 400, "{name}");
+        assert_eq!(
+            response.header("cache-control").as_deref(),
+            Some("no-store")
+        );
+        let reasons = audit_reasons(&gw, "auth.oidc.back_channel_logout").await;
+        assert!(
+            reasons.iter().any(|r| r == &format!("failure:{reason}")),
+            "{name}: {reason} in {reasons:?}"
+        );
+    }
+}
+
+both_backends!(
+    sign_in_and_back_channel_logout,
+    es256_with_client_secret_post_and_unmapped_groups,
+    negative_cases,
+);
