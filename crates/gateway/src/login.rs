@@ -370,6 +370,7 @@ pub async fn logout(
         Err(e) => return e.into_response(),
     };
     // Only a cookie session is ended here; API tokens are revoked by id.
+    let mut end_session_url = None;
     if let Some(auth) = auth.as_ref().filter(|a| a.via_cookie) {
         if let Err(e) = check_csrf(&gw, auth, &headers, &body) {
             return e.into_response();
@@ -393,11 +394,16 @@ pub async fn logout(
         event.target = Some(id);
         event.ip = Some(peer.ip().to_string());
         gw.audit(event).await;
+        // Signed in through a provider that can end its own session: offer that too.
+        end_session_url = crate::oidc::end_session_url(&gw, auth).await;
     }
-    let mut response = if json_flow {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        Redirect::to(&format!("{}/login", gw.config().auth_prefix)).into_response()
+    let mut response = match (json_flow, end_session_url) {
+        (true, None) => StatusCode::NO_CONTENT.into_response(),
+        (true, Some(url)) => Json(json!({ "end_session_url": url })).into_response(),
+        (false, Some(url)) => Redirect::to(&url).into_response(),
+        (false, None) => {
+            Redirect::to(&format!("{}/login", gw.config().auth_prefix)).into_response()
+        }
     };
     for name in [SESSION_COOKIE, CSRF_COOKIE] {
         if let Ok(value) = HeaderValue::from_str(&cookies::clear(gw.config(), name)) {

@@ -382,6 +382,58 @@ async fn es256_with_client_secret_post_and_unmapped_groups(backend: Backend) {
         reasons.contains(&"success:provider:es".to_string()),
         "{reasons:?}"
     );
+
+    // RP-initiated logout: the gateway ends its session and offers the provider's
+    // end-session endpoint with the ID token kept for that purpose.
+    let gateway_url = format!("http://{}/", gw.addr);
+    let csrf = browser.cookie(&gateway_url, "portcullis_csrf").unwrap();
+    let out = browser
+        .follow
+        .post(format!("{gateway_url}.auth/logout"))
+        .header("accept", "application/json")
+        .header("x-csrf-token", csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 200);
+    let url = out.json::<Value>().await.unwrap()["end_session_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        url.starts_with(&format!("{}/session/end?", op.issuer)),
+        "{url}"
+    );
+    assert!(url.contains("id_token_hint=") && url.contains("post_logout_redirect_uri="));
+    let page = browser.follow.get(&url).send().await.unwrap();
+    assert_eq!(page.status(), 200, "the provider accepts the hint");
+    let text = page.text().await.unwrap();
+    let action = form_action(&text).expect("the provider's logout form");
+    let xsrf = text
+        .split("name=\"xsrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let back = browser
+        .follow
+        .post(op.absolute(&action))
+        .form(&[("xsrf", xsrf.as_str()), ("logout", "yes")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        back.url().path(),
+        "/.auth/login",
+        "back at the gateway's sign-in page"
+    );
+    let me = browser
+        .follow
+        .get(format!("{gateway_url}.auth/me"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 401, "signed out of the gateway");
 }
 
 /// The reference's six negative cases, each by name, and the other refusals of the
