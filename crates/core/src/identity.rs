@@ -37,6 +37,10 @@ pub enum Permission {
     SessionList,
     SessionListAll,
     SessionRevoke,
+    OidcList,
+    OidcCreate,
+    OidcEdit,
+    OidcDelete,
     AuditRead,
 }
 
@@ -46,6 +50,10 @@ impl Permission {
             Permission::SessionList => "auth.session.list",
             Permission::SessionListAll => "auth.session.list.all",
             Permission::SessionRevoke => "auth.session.revoke",
+            Permission::OidcList => "auth.oidc.list",
+            Permission::OidcCreate => "auth.oidc.create",
+            Permission::OidcEdit => "auth.oidc.edit",
+            Permission::OidcDelete => "auth.oidc.delete",
             Permission::AuditRead => "audit.read",
         }
     }
@@ -78,6 +86,14 @@ mod tests {
         assert!(who.has_permission(Permission::SessionList));
         assert!(!who.has_permission(Permission::SessionListAll));
         assert!(!who.has_permission(Permission::AuditRead));
+        for oidc in [
+            Permission::OidcList,
+            Permission::OidcCreate,
+            Permission::OidcEdit,
+            Permission::OidcDelete,
+        ] {
+            assert!(!who.has_permission(oidc), "{}", oidc.name());
+        }
         who.roles = vec![ROLE_ADMIN.into()];
         assert!(who.has_permission(Permission::AuditRead));
         who.roles = vec!["viewer".into()];

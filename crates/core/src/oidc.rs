@@ -484,5 +484,118 @@ pub fn validate_issuer(issuer: &str) -> Result<(), String> {
     }
 }
 
+/// Every problem with a provider's fields (shared by the config file, the admin
+/// API and the CLI, so all three accept exactly the same providers).
+pub fn check_provider_fields(
+    id: &str,
+    issuer: &str,
+    client_id: &str,
+    scopes: &[String],
+    algorithms: &[String],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = validate_provider_id(id) {
+        problems.push(format!("id: {e}"));
+    }
+    if let Err(e) = validate_issuer(issuer) {
+        problems.push(format!("issuer: {e}"));
+    }
+    if client_id.trim().is_empty() {
+        problems.push("client_id is empty".into());
+    }
+    if let Err(e) = parse_algorithms(algorithms) {
+        problems.push(format!("algorithms: {e}"));
+    }
+    if !scopes.iter().any(|s| s == "openid") {
+        problems.push("scopes must include \"openid\"".into());
+    }
+    if scopes
+        .iter()
+        .any(|s| s.is_empty() || s.contains(char::is_whitespace))
+    {
+        problems.push("scopes must be single words".into());
+    }
+    problems
+}
+
+/// What a provider offered at its last accepted discovery: signing algorithms
+/// (those we allow) and keys (type and strength). A refresh that offers less is a
+/// downgrade and needs `force`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct KeyBaseline {
+    pub algorithms: Vec<String>,
+    /// `RSA-<bits>`, `EC-<curve>` or `OKP-<curve>`, sorted.
+    pub keys: Vec<String>,
+}
+
+pub fn key_baseline(advertised: &[String], allowed: &[Algorithm], keys: &JwkSet) -> KeyBaseline {
+    let mut algorithms: Vec<String> = advertised
+        .iter()
+        .filter(|a| {
+            a.parse::<Algorithm>()
+                .is_ok_and(|alg| allowed.contains(&alg))
+        })
+        .cloned()
+        .collect();
+    algorithms.sort();
+    algorithms.dedup();
+    let mut described: Vec<String> = keys
+        .keys
+        .iter()
+        .filter_map(|jwk| match &jwk.algorithm {
+            jsonwebtoken::jwk::AlgorithmParameters::RSA(rsa) => {
+                let bytes = URL_SAFE_NO_PAD.decode(rsa.n.trim_end_matches('=')).ok()?;
+                let leading = bytes.iter().take_while(|b| **b == 0).count();
+                Some(format!("RSA-{}", (bytes.len() - leading) * 8))
+            }
+            jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(ec) => {
+                Some(format!("EC-{:?}", ec.curve))
+            }
+            jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(okp) => {
+                Some(format!("OKP-{:?}", okp.curve))
+            }
+            _ => None,
+        })
+        .collect();
+    described.sort();
+    KeyBaseline {
+        algorithms,
+        keys: described,
+    }
+}
+
+/// Why `new` offers less than `old`, if it does: an algorithm dropped, a key type
+/// gone, RSA keys shorter than before, or fewer keys.
+pub fn downgrade(old: &KeyBaseline, new: &KeyBaseline) -> Option<String> {
+    if let Some(lost) = old.algorithms.iter().find(|a| !new.algorithms.contains(a)) {
+        return Some(format!("algorithm {lost} is no longer offered"));
+    }
+    let kind = |k: &String| k.split('-').next().unwrap_or_default().to_owned();
+    for old_kind in old.keys.iter().map(kind) {
+        if !new.keys.iter().any(|k| kind(k) == old_kind) {
+            return Some(format!("no {old_kind} key any more"));
+        }
+    }
+    let rsa_min = |b: &KeyBaseline| {
+        b.keys
+            .iter()
+            .filter_map(|k| k.strip_prefix("RSA-")?.parse::<u32>().ok())
+            .min()
+    };
+    if let (Some(before), Some(after)) = (rsa_min(old), rsa_min(new))
+        && after < before
+    {
+        return Some(format!("RSA keys shrank from {before} to {after} bits"));
+    }
+    if new.keys.len() < old.keys.len() {
+        return Some(format!(
+            "fewer keys than before ({} → {})",
+            old.keys.len(),
+            new.keys.len()
+        ));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests;

@@ -32,6 +32,9 @@ pub enum GatewayError {
     NotFound,
     #[error("conflict: {0}")]
     Conflict(&'static str),
+    /// Input that fails validation; the message names the problems (never secrets).
+    #[error("invalid: {0}")]
+    Invalid(String),
     /// Any failed OpenID Connect sign-in or logout token: one uniform answer, the
     /// precise reason goes to the audit log.
     #[error("OpenID Connect failure: {0}")]
@@ -68,6 +71,7 @@ impl GatewayError {
             GatewayError::HostNotAllowed | GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::Conflict(_) => StatusCode::CONFLICT,
+            GatewayError::Invalid(_) => StatusCode::BAD_REQUEST,
             GatewayError::OidcFailed(_) => StatusCode::BAD_REQUEST,
             GatewayError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Busy | GatewayError::StoreUnavailable(_) => {
@@ -91,6 +95,7 @@ impl GatewayError {
             GatewayError::BadRequest(_) => "bad_request",
             GatewayError::NotFound => "not_found",
             GatewayError::Conflict(_) => "conflict",
+            GatewayError::Invalid(_) => "invalid",
             GatewayError::OidcFailed(_) => "oidc_failed",
             GatewayError::Throttled { .. } => "too_many_attempts",
             GatewayError::Busy => "busy",
@@ -113,6 +118,7 @@ impl GatewayError {
             GatewayError::BadRequest(why) => format!("Bad request: {why}."),
             GatewayError::NotFound => "Not found.".into(),
             GatewayError::Conflict(why) => format!("Conflict: {why}."),
+            GatewayError::Invalid(why) => format!("Invalid request: {why}."),
             GatewayError::OidcFailed(_) => {
                 "Sign-in with the identity provider failed. Please start again.".into()
             }

@@ -7,6 +7,7 @@
 //! listener until a shutdown future resolves, so tests bind `127.0.0.1:0`.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod auth;
 pub mod config;
 mod cookies;

@@ -334,7 +334,7 @@ struct CsrfForm {
 
 /// Checks the CSRF token of a cookie-authenticated mutation: the `X-CSRF-Token`
 /// header, or a `csrf_token` form field for no-JavaScript forms.
-fn check_csrf(
+pub(crate) fn check_csrf(
     gw: &Gateway,
     auth: &Authenticated,
     headers: &HeaderMap,

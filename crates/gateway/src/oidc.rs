@@ -52,6 +52,8 @@ pub struct Metadata {
     pub end_session_endpoint: Option<String>,
     pub userinfo_endpoint: Option<String>,
     #[serde(default)]
+    pub id_token_signing_alg_values_supported: Option<Vec<String>>,
+    #[serde(default)]
     pub token_endpoint_auth_methods_supported: Option<Vec<String>>,
 }
 
@@ -88,6 +90,13 @@ pub struct Oidc {
     http: reqwest::Client,
     secret: SecretKey,
     providers: RwLock<HashMap<String, Arc<Provider>>>,
+}
+
+#[derive(Debug)]
+pub enum RefreshError {
+    NotFound,
+    Fetch(Failure),
+    Downgrade(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -230,6 +239,20 @@ impl Oidc {
         }
     }
 
+    /// Seals a client secret for provider `id` under the secret key.
+    pub fn seal_client_secret(
+        &self,
+        id: &str,
+        secret: &str,
+        entropy: &dyn portcullis_core::secret::Entropy,
+    ) -> Result<Vec<u8>, portcullis_core::keys::KeyError> {
+        self.secret.seal(
+            entropy,
+            &rules::client_secret_context(id),
+            secret.as_bytes(),
+        )
+    }
+
     pub fn provider(&self, id: &str) -> Option<Arc<Provider>> {
         self.snapshot().get(id).cloned()
     }
@@ -254,6 +277,81 @@ impl Oidc {
             .await
             .map_err(|e| Failure(format!("fetch {url}: {e}")))?;
         read_json(response, url).await
+    }
+
+    /// Re-runs discovery and refetches the keys of provider `id` now, refusing a
+    /// downgrade from the recorded baseline unless `force`. On success the new
+    /// baseline is recorded and the caches replaced.
+    pub async fn refresh(
+        &self,
+        store: &Store,
+        id: &str,
+        force: bool,
+        now_ms: i64,
+    ) -> Result<rules::KeyBaseline, RefreshError> {
+        let provider = self.provider(id).ok_or(RefreshError::NotFound)?;
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            provider.record.issuer.trim_end_matches('/')
+        );
+        let metadata: Metadata = self.fetch_json(&url).await.map_err(RefreshError::Fetch)?;
+        if metadata.issuer != provider.record.issuer {
+            return Err(RefreshError::Fetch(Failure(
+                "discovery_issuer_mismatch".into(),
+            )));
+        }
+        let keys: JwkSet = self
+            .fetch_json(&metadata.jwks_uri)
+            .await
+            .map_err(RefreshError::Fetch)?;
+        let advertised = metadata
+            .id_token_signing_alg_values_supported
+            .clone()
+            .unwrap_or_else(|| vec!["RS256".into()]);
+        let baseline = rules::key_baseline(&advertised, &provider.algorithms, &keys);
+        let previous = provider
+            .record
+            .key_baseline
+            .as_deref()
+            .and_then(|b| serde_json::from_str::<rules::KeyBaseline>(b).ok());
+        if let Some(previous) = previous
+            && let Some(why) = rules::downgrade(&previous, &baseline)
+            && !force
+        {
+            return Err(RefreshError::Downgrade(why));
+        }
+        let serialized = serde_json::to_string(&baseline)
+            .map_err(|e| RefreshError::Fetch(Failure(e.to_string())))?;
+        store
+            .set_oidc_key_baseline(id, &serialized, now_ms)
+            .await
+            .map_err(|e| RefreshError::Fetch(e.into()))?;
+        write_lock(
+            &provider.metadata,
+            Some((Arc::new(metadata), Instant::now())),
+        );
+        write_lock(&provider.jwks, Arc::new(keys));
+        Ok(baseline)
+    }
+
+    /// Reloads providers when they change anywhere (announced on the bus) and after
+    /// the bus lost messages.
+    pub async fn follow(
+        self: Arc<Self>,
+        mut events: tokio::sync::broadcast::Receiver<BusEvent>,
+        store: Store,
+    ) {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let reload = match events.recv().await {
+                Ok(BusEvent::Revoked(id)) => id == portcullis_store::oidc::PROVIDERS_CHANGED,
+                Ok(BusEvent::Flush) | Err(RecvError::Lagged(_)) => true,
+                Err(RecvError::Closed) => return,
+            };
+            if reload && let Err(error) = self.reload(&store).await {
+                tracing::error!(%error, "could not reload OpenID providers");
+            }
+        }
     }
 
     /// The provider's discovery document, fetched when missing or stale. Its

@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit};
 use axum::http::{HeaderMap, Request, Response, Uri, header};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -54,6 +54,28 @@ pub fn router(gw: Gateway) -> Router {
         .route(
             "/oidc/back-channel-logout",
             post(crate::oidc::back_channel_logout),
+        )
+        .route(
+            "/api/v1/oidc/providers",
+            get(crate::admin::list_providers).post(crate::admin::create_provider),
+        )
+        .route(
+            "/api/v1/oidc/providers/{id}",
+            get(crate::admin::get_provider)
+                .put(crate::admin::edit_provider)
+                .delete(crate::admin::delete_provider),
+        )
+        .route(
+            "/api/v1/oidc/providers/{id}/refresh",
+            post(crate::admin::refresh_provider),
+        )
+        .route(
+            "/api/v1/oidc/group-mappings",
+            get(crate::admin::list_mappings).post(crate::admin::add_mapping),
+        )
+        .route(
+            "/api/v1/oidc/group-mappings/{id}",
+            delete(crate::admin::remove_mapping),
         )
         .fallback(login::not_found)
         .layer(DefaultBodyLimit::max(GATEWAY_BODY_LIMIT));

@@ -54,7 +54,7 @@ pub(crate) struct Inner {
     pub sessions: Arc<SessionCache>,
     pub live: Arc<LiveConnections>,
     pub internal: Arc<InternalCredentials>,
-    pub oidc: Oidc,
+    pub oidc: Arc<Oidc>,
     pub bus: RevocationBus,
     pub throttle: Arc<LoginThrottle>,
     pub passwords: PasswordPool,
@@ -90,14 +90,16 @@ impl Gateway {
         let csrf = CsrfKey::new(&secret.derive("portcullis csrf v1"));
         let internal =
             Arc::new(InternalCredentials::load(&store, secret.clone(), clock.now_ms()).await?);
-        let oidc = Oidc::start(
-            &store,
-            secret.clone(),
-            &config.oidc_providers,
-            entropy.as_ref(),
-            clock.now_ms(),
-        )
-        .await?;
+        let oidc = Arc::new(
+            Oidc::start(
+                &store,
+                secret.clone(),
+                &config.oidc_providers,
+                entropy.as_ref(),
+                clock.now_ms(),
+            )
+            .await?,
+        );
         let bus = RevocationBus::start(store.clone()).await?;
         let (sessions, mut activity) = SessionCache::new();
         let sessions = Arc::new(sessions);
@@ -118,6 +120,9 @@ impl Gateway {
             store.clone(),
             clock.clone(),
         )));
+        tasks.push(tokio::spawn(
+            oidc.clone().follow(bus.subscribe(), store.clone()),
+        ));
         tasks.push(tokio::spawn(internal.clone().follow(
             bus.subscribe(),
             store.clone(),

@@ -490,17 +490,8 @@ impl RawSettings {
         for (n, raw) in declared.enumerate() {
             let name = format!("oidc.providers[{n}] ({:?})", raw.id);
             let before = errors.len();
-            if let Err(e) = portcullis_core::oidc::validate_provider_id(&raw.id) {
-                errors.push(format!("{name}: id: {e}"));
-            }
             if specs.iter().any(|s| s.id == raw.id) {
                 errors.push(format!("{name}: id is declared twice"));
-            }
-            if let Err(e) = portcullis_core::oidc::validate_issuer(&raw.issuer) {
-                errors.push(format!("{name}: issuer: {e}"));
-            }
-            if raw.client_id.trim().is_empty() {
-                errors.push(format!("{name}: client_id is empty"));
             }
             let algorithms = raw.algorithms.clone().unwrap_or_else(|| {
                 portcullis_core::oidc::DEFAULT_ALGORITHMS
@@ -508,22 +499,21 @@ impl RawSettings {
                     .map(|s| s.to_string())
                     .collect()
             });
-            if let Err(e) = portcullis_core::oidc::parse_algorithms(&algorithms) {
-                errors.push(format!("{name}: algorithms: {e}"));
-            }
             let scopes = raw
                 .scopes
                 .clone()
                 .unwrap_or_else(|| vec!["openid".into(), "email".into(), "profile".into()]);
-            if !scopes.iter().any(|s| s == "openid") {
-                errors.push(format!("{name}: scopes must include \"openid\""));
-            }
-            if scopes
-                .iter()
-                .any(|s| s.is_empty() || s.contains(char::is_whitespace))
-            {
-                errors.push(format!("{name}: scopes must be single words"));
-            }
+            errors.extend(
+                portcullis_core::oidc::check_provider_fields(
+                    &raw.id,
+                    &raw.issuer,
+                    &raw.client_id,
+                    &scopes,
+                    &algorithms,
+                )
+                .into_iter()
+                .map(|problem| format!("{name}: {problem}")),
+            );
             let client_secret = match (&raw.client_secret_env, &raw.client_secret_file) {
                 (Some(_), Some(_)) => {
                     errors.push(format!(
@@ -875,5 +865,129 @@ mod tests {
             Some("http://127.0.0.1:1"),
             "file fills the rest"
         );
+    }
+
+    #[test]
+    fn oidc_provider_rows() {
+        let dir = std::env::temp_dir().join(format!("pc-oidc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret_file = dir.join("secret");
+        std::fs::write(&secret_file, "from-a-file\n").unwrap();
+        let empty_file = dir.join("empty");
+        std::fs::write(&empty_file, "").unwrap();
+        // A variable every test process has, standing in for the operator's secret.
+        let present_var = "PATH";
+        let provider = |extra: &str| {
+            format!(
+                "upstream = \"http://127.0.0.1:1\"\n[[oidc.providers]]\nid = \"corp\"\n\
+                 issuer = \"https://id.example.com\"\nclient_id = \"portcullis\"\n{extra}"
+            )
+        };
+        let rows: Vec<(&str, String, Result<(), &str>)> = vec![
+            ("public client", provider(""), Ok(())),
+            (
+                "secret from the environment",
+                provider(&format!("client_secret_env = \"{present_var}\"\n")),
+                Ok(()),
+            ),
+            (
+                "secret from a file",
+                provider(&format!(
+                    "client_secret_file = {:?}\n",
+                    secret_file.display().to_string()
+                )),
+                Ok(()),
+            ),
+            (
+                "all the options",
+                provider(
+                    "display_name = \"Corp\"\nscopes = [\"openid\", \"email\"]\nalgorithms = [\"ES256\"]\ngroups_claim = \"roles\"\nrefuse_unmapped = true\n",
+                ),
+                Ok(()),
+            ),
+            (
+                "unset secret variable",
+                provider("client_secret_env = \"PORTCULLIS_TEST_UNSET_VARIABLE\"\n"),
+                Err("is not set"),
+            ),
+            (
+                "empty secret file",
+                provider(&format!(
+                    "client_secret_file = {:?}\n",
+                    empty_file.display().to_string()
+                )),
+                Err("is empty"),
+            ),
+            (
+                "both secret sources",
+                provider(&format!(
+                    "client_secret_env = \"{present_var}\"\nclient_secret_file = \"x\"\n"
+                )),
+                Err("not both"),
+            ),
+            (
+                "http issuer off loopback",
+                provider("").replace("https://id.example.com", "http://id.example.com"),
+                Err("https"),
+            ),
+            (
+                "alg none",
+                provider("algorithms = [\"none\"]\n"),
+                Err("algorithms"),
+            ),
+            ("HS256", provider("algorithms = [\"HS256\"]\n"), Err("HMAC")),
+            (
+                "no openid scope",
+                provider("scopes = [\"email\"]\n"),
+                Err("openid"),
+            ),
+            (
+                "bad id",
+                provider("").replace("\"corp\"", "\"Corp SSO\""),
+                Err("id"),
+            ),
+            (
+                "declared twice",
+                format!(
+                    "{}\n{}",
+                    provider(""),
+                    provider("").replace("upstream = \"http://127.0.0.1:1\"\n", "")
+                ),
+                Err("declared twice"),
+            ),
+        ];
+        let path = dir.join("c.toml");
+        for (name, text, expected) in rows {
+            std::fs::write(&path, &text).unwrap();
+            let raw = RawSettings {
+                data_dir: Some(dir.clone()),
+                ..RawSettings::default()
+            }
+            .with_file(&path)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            match (raw.resolve(true), expected) {
+                (Ok(settings), Ok(())) => {
+                    let specs = &settings.gateway.unwrap().oidc_providers;
+                    assert_eq!(specs.len(), 1, "{name}");
+                }
+                (Err(problems), Err(needle)) => assert!(
+                    problems
+                        .errors
+                        .iter()
+                        .any(|e| e.contains(needle) && e.contains("oidc.providers")),
+                    "{name}: {needle} in {:?}",
+                    problems.errors
+                ),
+                (r, _) => panic!(
+                    "{name}: unexpected {:?}",
+                    r.map(|_| ()).map_err(|p| p.errors)
+                ),
+            }
+        }
+        // The file holds no secret itself, and unknown provider keys are refused.
+        std::fs::write(&path, provider("client_secret = \"inline\"\n")).unwrap();
+        let err = RawSettings::default().with_file(&path).unwrap_err();
+        assert!(err.contains("client_secret"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

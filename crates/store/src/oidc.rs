@@ -69,7 +69,23 @@ pub enum ProviderDelete {
     InUse,
 }
 
+/// Announced on the revocation bus when providers or mappings change, so every
+/// gateway reloads them.
+pub const PROVIDERS_CHANGED: &str = "cfg:oidc";
+
 impl Store {
+    /// Tells every gateway (through the revocation bus) that OpenID providers or
+    /// group mappings changed.
+    pub async fn announce_oidc_change(&self, now_ms: i64) -> Result<(), StoreError> {
+        let notify = matches!(self.backend, Backend::Postgres(_));
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            log_revocation!(tx, PROVIDERS_CHANGED, now_ms, notify);
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
     /// Inserts or replaces the provider `p.id` (its `created_ms` is kept on update).
     pub async fn upsert_oidc_provider(&self, p: &ProviderRecord) -> Result<(), StoreError> {
         on_pool!(self, pool => {

@@ -476,3 +476,63 @@ fn userinfo_completes_but_never_overrides_or_switches_subject() {
         );
     }
 }
+
+#[test]
+fn downgrade_rows() {
+    let allowed = parse_algorithms(&["RS256".into(), "ES256".into(), "EdDSA".into()]).unwrap();
+    let base = key_baseline(
+        &["RS256".into(), "ES256".into(), "HS256".into()],
+        &allowed,
+        &keys(),
+    );
+    assert_eq!(
+        base.algorithms,
+        vec!["ES256", "RS256"],
+        "HS256 is never ours"
+    );
+    assert_eq!(base.keys, vec!["EC-P256", "RSA-2048"]);
+    let b = |algs: &[&str], keys: &[&str]| KeyBaseline {
+        algorithms: algs.iter().map(|s| s.to_string()).collect(),
+        keys: keys.iter().map(|s| s.to_string()).collect(),
+    };
+    let rows = [
+        (
+            "same",
+            b(&["ES256", "RS256"], &["EC-P256", "RSA-2048"]),
+            false,
+        ),
+        ("rotated keys, same shape", base.clone(), false),
+        (
+            "more algorithms and keys",
+            b(
+                &["ES256", "EdDSA", "RS256"],
+                &["EC-P256", "OKP-Ed25519", "RSA-2048", "RSA-4096"],
+            ),
+            false,
+        ),
+        (
+            "stronger RSA",
+            b(&["ES256", "RS256"], &["EC-P256", "RSA-4096"]),
+            false,
+        ),
+        (
+            "algorithm dropped",
+            b(&["RS256"], &["EC-P256", "RSA-2048"]),
+            true,
+        ),
+        (
+            "key type gone",
+            b(&["ES256", "RS256"], &["RSA-2048", "RSA-2048"]),
+            true,
+        ),
+        (
+            "weaker RSA",
+            b(&["ES256", "RS256"], &["EC-P256", "RSA-1024"]),
+            true,
+        ),
+        ("fewer keys", b(&["ES256", "RS256"], &["EC-P256"]), true),
+    ];
+    for (name, new, is_downgrade) in rows {
+        assert_eq!(downgrade(&base, &new).is_some(), is_downgrade, "{name}");
+    }
+}

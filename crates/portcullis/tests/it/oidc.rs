@@ -626,7 +626,274 @@ async fn negative_cases(backend: Backend) {
     }
 }
 
+/// `{prefix}/api/v1/oidc/...`: RBAC, CSRF, CRUD with the secret never shown,
+/// validation, 409s, group mappings, refresh with downgrade refusal.
+async fn admin_api(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (gw, op) = setup(&db).await;
+    let admin = gw.login(ADMIN).await;
+    let user = gw.login(USER).await;
+    let call = |method: &'static str, path: &str, session: &Session, csrf: bool, body: Value| {
+        let client = gw.client.clone();
+        let path = format!("/.auth/api/v1/oidc/{path}");
+        let cookie = session.cookie_header();
+        let token = session.csrf.clone();
+        async move {
+            let mut headers = vec![
+                ("cookie", cookie),
+                ("content-type", "application/json".to_owned()),
+            ];
+            if csrf {
+                headers.push(("x-csrf-token", token));
+            }
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let body = if body.is_null() {
+                String::new()
+            } else {
+                body.to_string()
+            };
+            client.request(method, &path, &headers, body).await
+        }
+    };
+    let corp = json!({
+        "id": "corp", "display_name": "Corp", "issuer": op.issuer,
+        "client_id": "portcullis-rs", "client_secret": "portcullis-rs-secret",
+        "algorithms": ["RS256"],
+    });
+
+    // RBAC and CSRF.
+    assert_eq!(
+        call("GET", "providers", &user, false, Value::Null)
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        call("POST", "providers", &user, true, corp.clone())
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        call("POST", "providers", &admin, false, corp.clone())
+            .await
+            .status,
+        403,
+        "CSRF"
+    );
+    let anonymous = gw.client.get("/.auth/api/v1/oidc/providers", &[]).await;
+    assert_eq!(anonymous.status, 401);
+
+    // Create, list (no secret), get, conflict.
+    let created = call("POST", "providers", &admin, true, corp.clone()).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert!(!created.text().contains("portcullis-rs-secret"));
+    assert_eq!(created.json()["has_client_secret"], true);
+    assert_eq!(
+        call("POST", "providers", &admin, true, corp.clone())
+            .await
+            .status,
+        409
+    );
+    let listed = call("GET", "providers", &admin, false, Value::Null).await;
+    assert_eq!(listed.status, 200);
+    assert!(!listed.text().contains("secret\":\""), "{}", listed.text());
+    let ids: Vec<_> = listed.json()["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, vec!["corp", "es", "rs"]);
+    // The new provider is live at once: its button, and a working sign-in.
+    let page = gw
+        .client
+        .get("/.auth/login", &[("accept", "text/html")])
+        .await;
+    assert!(page.text().contains("Sign in with Corp"));
+    let browser = Browser::new();
+    let response = browser.sign_in(&gw, &op, "corp", "ada").await;
+    assert_eq!(response.status(), 200);
+
+    // Validation: every problem is named, nothing is stored.
+    let rows = [
+        (
+            "http issuer that is not loopback",
+            json!({"id": "x1", "issuer": "http://id.example.com", "client_id": "c"}),
+            "issuer",
+        ),
+        (
+            "alg none",
+            json!({"id": "x2", "issuer": op.issuer, "client_id": "c", "algorithms": ["none"]}),
+            "algorithms",
+        ),
+        (
+            "HS256",
+            json!({"id": "x3", "issuer": op.issuer, "client_id": "c", "algorithms": ["HS256"]}),
+            "HMAC",
+        ),
+        (
+            "bad id",
+            json!({"id": "Bad Id", "issuer": op.issuer, "client_id": "c"}),
+            "id",
+        ),
+        (
+            "no openid scope",
+            json!({"id": "x4", "issuer": op.issuer, "client_id": "c", "scopes": ["email"]}),
+            "openid",
+        ),
+        (
+            "unknown field",
+            json!({"id": "x5", "issuer": op.issuer, "client_id": "c", "secret": "s"}),
+            "unknown field",
+        ),
+        ("not JSON", json!("just a string"), "invalid JSON"),
+    ];
+    for (name, body, mentions) in rows {
+        let response = call("POST", "providers", &admin, true, body).await;
+        assert_eq!(response.status, 400, "{name}: {}", response.text());
+        assert!(
+            response.text().contains(mentions),
+            "{name}: {}",
+            response.text()
+        );
+    }
+
+    // Edit keeps the secret unless a new one is given.
+    let edited = call(
+        "PUT",
+        "providers/corp",
+        &admin,
+        true,
+        json!({"display_name": "Corp SSO", "issuer": op.issuer, "client_id": "portcullis-rs", "algorithms": ["RS256"]}),
+    )
+    .await;
+    assert_eq!(edited.status, 200, "{}", edited.text());
+    assert_eq!(edited.json()["display_name"], "Corp SSO");
+    assert_eq!(edited.json()["has_client_secret"], true);
+
+    // Group mappings.
+    let mapping = call(
+        "POST",
+        "group-mappings",
+        &admin,
+        true,
+        json!({"provider_id": "corp", "idp_group": "eng", "role": "admin"}),
+    )
+    .await;
+    assert_eq!(mapping.status, 201, "{}", mapping.text());
+    let mapping_id = mapping.json()["id"].as_str().unwrap().to_owned();
+    let again = call(
+        "POST",
+        "group-mappings",
+        &admin,
+        true,
+        json!({"provider_id": "corp", "idp_group": "eng", "role": "admin"}),
+    )
+    .await;
+    assert_eq!(again.status, 409);
+    let unknown = call(
+        "POST",
+        "group-mappings",
+        &admin,
+        true,
+        json!({"provider_id": "nope", "idp_group": "eng", "role": "admin"}),
+    )
+    .await;
+    assert_eq!(unknown.status, 404);
+    let listed = call("GET", "group-mappings", &admin, false, Value::Null).await;
+    assert_eq!(listed.json()["mappings"][0]["idp_group"], "eng");
+    assert_eq!(
+        call(
+            "DELETE",
+            &format!("group-mappings/{mapping_id}"),
+            &admin,
+            true,
+            Value::Null
+        )
+        .await
+        .status,
+        204
+    );
+
+    // Refresh records a baseline; a downgrade is refused unless forced.
+    let refreshed = call("POST", "providers/corp/refresh", &admin, true, Value::Null).await;
+    assert_eq!(refreshed.status, 200, "{}", refreshed.text());
+    assert_eq!(
+        refreshed.json()["key_baseline"],
+        json!({"algorithms": ["RS256"], "keys": ["EC-P256", "RSA-2048"]}),
+        "RS256 is this provider's only allowed algorithm; both keys are recorded"
+    );
+    // Pretend the provider used to offer more than it does now.
+    let mut record = gw.store.oidc_provider("corp").await.unwrap().unwrap();
+    record.key_baseline = Some(
+        json!({"algorithms": ["RS256"], "keys": ["EC-P256", "OKP-Ed25519", "RSA-2048"]})
+            .to_string(),
+    );
+    gw.store.upsert_oidc_provider(&record).await.unwrap();
+    // Announced as another replica would: this gateway reloads from the bus.
+    gw.store.announce_oidc_change(now_ms()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let refused = call("POST", "providers/corp/refresh", &admin, true, Value::Null).await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert!(refused.text().contains("force=true"), "{}", refused.text());
+    let forced = call(
+        "POST",
+        "providers/corp/refresh?force=true",
+        &admin,
+        true,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(forced.status, 200, "{}", forced.text());
+
+    // A provider that sessions still use cannot be deleted; one that none use can.
+    let in_use = call("DELETE", "providers/corp", &admin, true, Value::Null).await;
+    assert_eq!(in_use.status, 409, "{}", in_use.text());
+    assert_eq!(
+        call("DELETE", "providers/es", &admin, true, Value::Null)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        call("DELETE", "providers/es", &admin, true, Value::Null)
+            .await
+            .status,
+        404
+    );
+    let page = gw
+        .client
+        .get("/.auth/login", &[("accept", "text/html")])
+        .await;
+    assert!(
+        !page.text().contains("Test SSO es"),
+        "deleted provider gone at once"
+    );
+
+    let actions: Vec<String> = gw
+        .store
+        .audit_events(&portcullis_store::AuditFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    for action in [
+        "auth.oidc.provider.create",
+        "auth.oidc.provider.edit",
+        "auth.oidc.provider.refresh",
+        "auth.oidc.provider.delete",
+        "auth.oidc.mapping.add",
+        "auth.oidc.mapping.remove",
+    ] {
+        assert!(actions.iter().any(|a| a == action), "{action} audited");
+    }
+}
+
 both_backends!(
+    admin_api,
     sign_in_and_back_channel_logout,
     es256_with_client_secret_post_and_unmapped_groups,
     negative_cases,

@@ -1,0 +1,416 @@
+//! The admin API under `{prefix}/api/v1` (SPEC 8): OpenID providers and group
+//! mappings. Every route authenticates through the one authentication phase,
+//! checks a permission (RBAC), and requires the CSRF token on cookie-authenticated
+//! mutations. Changes are audited and announced on the bus so every replica
+//! reloads them.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use portcullis_core::identity::Permission;
+use portcullis_core::oidc::{self as rules, ProviderRecord};
+use portcullis_core::secret::random_id;
+use portcullis_store::{GroupMapping, ProviderDelete};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::{Authenticated, authenticate};
+use crate::error::GatewayError;
+use crate::oidc::RefreshError;
+use crate::state::Gateway;
+
+/// Largest JSON body the admin API reads.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Authenticates, authorizes and (for cookie-authenticated mutations) checks CSRF.
+async fn require(
+    gw: &Gateway,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: &[u8],
+    permission: Permission,
+    mutating: bool,
+) -> Result<Authenticated, GatewayError> {
+    let auth = authenticate(gw, headers, peer)
+        .await?
+        .ok_or(GatewayError::Unauthenticated)?;
+    if !auth.identity().has_permission(permission) {
+        let mut event = gw.audit_event(&auth.identity().subject, permission.name(), "failure");
+        event.reason = Some("forbidden".into());
+        event.ip = Some(peer.ip().to_string());
+        gw.audit(event).await;
+        return Err(GatewayError::Forbidden);
+    }
+    if mutating && auth.via_cookie {
+        crate::login::check_csrf(gw, &auth, headers, &Bytes::copy_from_slice(body))?;
+    }
+    Ok(auth)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, GatewayError> {
+    if body.len() > MAX_BODY {
+        return Err(GatewayError::BadRequest("body too large"));
+    }
+    serde_json::from_slice(body).map_err(|e| GatewayError::Invalid(format!("invalid JSON: {e}")))
+}
+
+/// A provider as the API shows it: never the client secret, only whether one is set.
+fn view(p: &ProviderRecord) -> serde_json::Value {
+    json!({
+        "id": p.id,
+        "display_name": p.display_name,
+        "issuer": p.issuer,
+        "client_id": p.client_id,
+        "has_client_secret": p.client_secret_sealed.is_some(),
+        "scopes": p.scopes,
+        "algorithms": p.algorithms,
+        "groups_claim": p.groups_claim,
+        "refuse_unmapped": p.refuse_unmapped,
+        "source": p.source,
+        "key_baseline": p.key_baseline.as_deref().and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok()),
+    })
+}
+
+/// What the API accepts to create or edit a provider.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderInput {
+    pub id: Option<String>,
+    pub display_name: Option<String>,
+    pub issuer: String,
+    pub client_id: String,
+    /// Absent on edit: keep the stored one. Empty string: remove it (public client).
+    pub client_secret: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub algorithms: Option<Vec<String>>,
+    pub groups_claim: Option<String>,
+    #[serde(default)]
+    pub refuse_unmapped: bool,
+}
+
+/// Validates `input` into a record for provider `id`, sealing a new client secret.
+fn record_from(
+    gw: &Gateway,
+    id: &str,
+    input: ProviderInput,
+    existing: Option<&ProviderRecord>,
+) -> Result<ProviderRecord, GatewayError> {
+    let scopes = input
+        .scopes
+        .unwrap_or_else(|| vec!["openid".into(), "email".into(), "profile".into()]);
+    let algorithms = input.algorithms.unwrap_or_else(|| {
+        rules::DEFAULT_ALGORITHMS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    });
+    let problems =
+        rules::check_provider_fields(id, &input.issuer, &input.client_id, &scopes, &algorithms);
+    if !problems.is_empty() {
+        return Err(GatewayError::Invalid(problems.join("; ")));
+    }
+    let inner = &gw.0;
+    let sealed = match input.client_secret.as_deref() {
+        None => existing.and_then(|e| e.client_secret_sealed.clone()),
+        Some("") => None,
+        Some(secret) => Some(
+            inner
+                .oidc
+                .seal_client_secret(id, secret, inner.entropy.as_ref())
+                .map_err(|e| GatewayError::Internal(e.to_string()))?,
+        ),
+    };
+    let now = inner.clock.now_ms();
+    Ok(ProviderRecord {
+        id: id.to_owned(),
+        display_name: input.display_name.unwrap_or_else(|| id.to_owned()),
+        issuer: input.issuer,
+        client_id: input.client_id,
+        client_secret_sealed: sealed,
+        scopes,
+        algorithms,
+        groups_claim: input.groups_claim.unwrap_or_else(|| "groups".into()),
+        refuse_unmapped: input.refuse_unmapped,
+        source: "api".into(),
+        key_baseline: existing.and_then(|e| e.key_baseline.clone()),
+        created_ms: existing.map_or(now, |e| e.created_ms),
+        updated_ms: now,
+    })
+}
+
+/// After a change: reload here at once, tell the other replicas, audit.
+async fn changed(gw: &Gateway, auth: &Authenticated, peer: SocketAddr, action: &str, target: &str) {
+    let inner = &gw.0;
+    if let Err(error) = inner.oidc.reload(&inner.store).await {
+        tracing::error!(%error, "could not reload OpenID providers");
+    }
+    if let Err(error) = inner.store.announce_oidc_change(inner.clock.now_ms()).await {
+        tracing::error!(%error, "could not announce the provider change to other replicas");
+    }
+    let mut event = gw.audit_event(&auth.identity().subject, action, "success");
+    event.target = Some(target.to_owned());
+    event.ip = Some(peer.ip().to_string());
+    gw.audit(event).await;
+}
+
+fn respond(result: Result<Response, GatewayError>) -> Response {
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+pub async fn list_providers(
+    State(gw): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    respond(
+        async {
+            require(&gw, peer, &headers, &[], Permission::OidcList, false).await?;
+            let providers = gw.0.store.oidc_providers().await?;
+            let list: Vec<_> = providers.iter().map(view).collect();
+            Ok(Json(json!({ "providers": list })).into_response())
+        }
+        .await,
+    )
+}
+
+pub async fn get_provider(
+    State(gw): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    respond(
+        async {
+            require(&gw, peer, &headers, &[], Permission::OidcList, false).await?;
+            let provider = gw.0.store.oidc_provider(&id).await?;
+            let provider = provider.ok_or(GatewayError::NotFound)?;
+            Ok(Json(view(&provider)).into_response())
+        }
+        .await,
+    )
+}
+
+pub async fn create_provider(
+    State(gw): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    respond(
+        async {
+            let auth = require(&gw, peer, &headers, &body, Permission::OidcCreate, true).await?;
+            let input: ProviderInput = parse(&body)?;
+            let id = input
+                .id
+                .clone()
+                .ok_or_else(|| GatewayError::Invalid("id is required".into()))?;
+            if gw.0.store.oidc_provider(&id).await?.is_some() {
+                return Err(GatewayError::Conflict("a provider with this id exists"));
+            }
+            let record = record_from(&gw, &id, input, None)?;
+            gw.0.store.upsert_oidc_provider(&record).await?;
+            changed(&gw, &auth, peer, "auth.oidc.provider.create", &id).await;
+            Ok((StatusCode::CREATED, Json(view(&record))).into_response())
+        }
+        .await,
+    )
+}
+
+pub async fn edit_provider(
+    State(gw): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    respond(
+        async {
+            let auth = require(&gw, peer, &headers, &body, Permission::OidcEdit, true).await?;
+            let input: ProviderInput = parse(&body)?;
+            if input.id.as_deref().is_some_and(|given| given != id) {
+                return Err(GatewayError::Invalid("the id cannot be changed".into()));
+            }
+            let existing = gw.0.store.oidc_provider(&id).await?;
+            let existing = existing.ok_or(GatewayError::NotFound)?;
+            let record = record_from(&gw, &id, input, Some(&existing))?;
+            gw.0.store.upsert_oidc_provider(&record).await?;
+            changed(&gw, &auth, peer, "auth.oidc.provider.edit", &id).await;
+            Ok(Json(view(&record)).into_response())
+        }
+        .await,
+    )
+}
+
+pub async fn delete_provider(
+    State(gw): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    respond(
+        async {
+            let auth = require(&gw, peer, &headers, &body, Permission::OidcDelete, true).await?;
+            let now = gw.0.clock.now_ms();
+            match gw.0.store.delete_oidc_provider(&id, now).await? {
+                ProviderDelete::Deleted => {
+                    changed(&gw, &auth, peer, "auth.oidc.provider.delete", &id).await;
+                    Ok(StatusCode::NO_CONTENT.into_response())
+                }
+                ProviderDelete::NotFound => Err(GatewayError::NotFound),
+                ProviderDelete::InUse => Err(GatewayError::Conflict(
+                    "sessions still reference this provider; revoke them first",
+                )),
+            }
+        }
+        .await,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RefreshQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+pub async fn refresh_provider(
+    State(gw): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    Query(query): Query<RefreshQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    respond(
+        async {
+            let auth = require(&gw, peer, &headers, &body, Permission::OidcEdit, true).await?;
+            let inner = &gw.0;
+            let outcome = inner
+                .oidc
+                .refresh(&inner.store, &id, query.force, inner.clock.now_ms())
+                .await;
+            let mut event = gw.audit_event(
+                &auth.identity().subject,
+                "auth.oidc.provider.refresh",
+                "failure",
+            );
+            event.target = Some(id.clone());
+            event.ip = Some(peer.ip().to_string());
+            match outcome {
+                Ok(baseline) => {
+                    changed(&gw, &auth, peer, "auth.oidc.provider.refresh", &id).await;
+                    Ok(Json(json!({ "id": id, "key_baseline": baseline })).into_response())
+                }
+                Err(RefreshError::NotFound) => Err(GatewayError::NotFound),
+                Err(RefreshError::Fetch(failure)) => {
+                    event.reason = Some(failure.0.clone());
+                    gw.audit(event).await;
+                    Err(GatewayError::UpstreamUnavailable(failure.0))
+                }
+                Err(RefreshError::Downgrade(why)) => {
+                    event.reason = Some(format!("downgrade: {why}"));
+                    gw.audit(event).await;
+                    Err(GatewayError::Invalid(format!(
+                        "refused: the provider now offers less than before ({why}); \
+                     repeat with ?force=true to accept"
+                    )))
+                }
+            }
+        }
+        .await,
+    )
+}
+
+pub async fn list_mappings(
+    State(gw): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    respond(
+        async {
+            require(&gw, peer, &headers, &[], Permission::OidcList, false).await?;
+            let mappings = gw.0.store.group_mappings().await?;
+            Ok(Json(json!({ "mappings": mappings })).into_response())
+        }
+        .await,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingInput {
+    provider_id: String,
+    idp_group: String,
+    role: String,
+}
+
+pub async fn add_mapping(
+    State(gw): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    respond(
+        async {
+            let auth = require(&gw, peer, &headers, &body, Permission::OidcEdit, true).await?;
+            let input: MappingInput = parse(&body)?;
+            let role_ok = !input.role.is_empty()
+                && input.role.len() <= 64
+                && input
+                    .role
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+            if !role_ok || input.idp_group.is_empty() || input.idp_group.len() > 256 {
+                return Err(GatewayError::Invalid(
+                    "role: 1 to 64 of a-z A-Z 0-9 - _ . :; idp_group: 1 to 256 characters".into(),
+                ));
+            }
+            if gw
+                .0
+                .store
+                .oidc_provider(&input.provider_id)
+                .await?
+                .is_none()
+            {
+                return Err(GatewayError::NotFound);
+            }
+            let mapping = GroupMapping {
+                id: random_id(gw.0.entropy.as_ref(), "map-")
+                    .map_err(|e| GatewayError::Internal(e.to_string()))?,
+                provider_id: input.provider_id,
+                idp_group: input.idp_group,
+                role: input.role,
+            };
+            if !gw.0.store.add_group_mapping(&mapping).await? {
+                return Err(GatewayError::Conflict("this mapping exists"));
+            }
+            changed(&gw, &auth, peer, "auth.oidc.mapping.add", &mapping.id).await;
+            Ok((StatusCode::CREATED, Json(mapping)).into_response())
+        }
+        .await,
+    )
+}
+
+pub async fn remove_mapping(
+    State(gw): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    respond(
+        async {
+            let auth = require(&gw, peer, &headers, &body, Permission::OidcEdit, true).await?;
+            if !gw.0.store.remove_group_mapping(&id).await? {
+                return Err(GatewayError::NotFound);
+            }
+            changed(&gw, &auth, peer, "auth.oidc.mapping.remove", &id).await;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        .await,
+    )
+}
