@@ -119,13 +119,6 @@ impl Oidc {
         entropy: &dyn portcullis_core::secret::Entropy,
         now_ms: i64,
     ) -> Result<Self, OidcStartError> {
-        // reqwest is built without a default crypto provider (see Cargo.toml).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(HTTP_TIMEOUT)
-            .build()
-            .map_err(|e| OidcStartError::Http(e.to_string()))?;
         for spec in declared {
             let existing = store.oidc_provider(&spec.id).await?;
             let sealed = match &spec.client_secret {
@@ -173,6 +166,19 @@ impl Oidc {
                 }
             }
         }
+        Self::load(store, secret).await
+    }
+
+    /// Loads the providers stored in the database, reconciling nothing (for the
+    /// CLI, which must not touch providers declared in a gateway's config file).
+    pub async fn load(store: &Store, secret: SecretKey) -> Result<Self, OidcStartError> {
+        // reqwest is built without a default crypto provider (see Cargo.toml).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(HTTP_TIMEOUT)
+            .build()
+            .map_err(|e| OidcStartError::Http(e.to_string()))?;
         let this = Self {
             http,
             secret,

@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use crate::settings::{RawSettings, SecretSource, Settings};
 
 /// Resolves settings or fails with every problem listed.
-fn resolve(raw: &RawSettings, need_upstream: bool) -> anyhow::Result<Settings> {
+pub(crate) fn resolve(raw: &RawSettings, need_upstream: bool) -> anyhow::Result<Settings> {
     let settings = raw
         .resolve(need_upstream)
         .map_err(|problems| anyhow::anyhow!("{problems}"))?;
@@ -61,7 +61,7 @@ pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+pub(crate) async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     if settings.database_url.starts_with("sqlite:") {
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
@@ -312,7 +312,7 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-async fn cli_audit(store: &Store, action: &str, target: Option<String>) {
+pub(crate) async fn cli_audit(store: &Store, action: &str, target: Option<String>) {
     let event = AuditEvent {
         at_ms: SystemClock.now_ms(),
         actor: "cli".into(),

@@ -8,6 +8,7 @@
 mod child;
 mod commands;
 mod demo;
+mod oidc_cli;
 mod settings;
 
 use std::path::PathBuf;
@@ -59,6 +60,11 @@ enum Command {
     Sessions {
         #[command(subcommand)]
         action: SessionsCommand,
+    },
+    /// OpenID Connect providers
+    Oidc {
+        #[command(subcommand)]
+        action: oidc_cli::OidcCommand,
     },
     /// Bearer tokens for non-browser clients
     ApiTokens {
@@ -170,6 +176,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys {
             action: KeysCommand::ResetInternalCredential,
         } => commands::reset_internal_credential(raw).await,
+        Command::Oidc { action } => oidc_cli::run(raw, action).await,
         Command::ApiTokens { action } => match action {
             ApiTokensCommand::Create { user, label } => {
                 commands::create_api_token(raw, user, label).await

@@ -892,7 +892,108 @@ async fn admin_api(backend: Backend) {
     }
 }
 
+/// `portcullis oidc add|list|refresh|remove` against a running gateway's database.
+async fn cli_manages_providers(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (gw, op) = setup(&db).await;
+    let cli = |args: &[&str]| {
+        let out = crate::processes::command(&db)
+            .env("CORP_SECRET", "portcullis-rs-secret")
+            .arg("oidc")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = cli(&[
+        "add",
+        "--id",
+        "cli",
+        "--issuer",
+        &op.issuer,
+        "--client-id",
+        "portcullis-rs",
+        "--client-secret-env",
+        "CORP_SECRET",
+        "--algorithms",
+        "RS256",
+        "--display-name",
+        "From CLI",
+    ]);
+    assert!(ok, "{out}{err}");
+    // The running gateway hears of it through the bus.
+    let live = eventually(Duration::from_secs(2), || {
+        let client = gw.client.clone();
+        async move {
+            client
+                .get("/.auth/login", &[("accept", "text/html")])
+                .await
+                .text()
+                .contains("Sign in with From CLI")
+        }
+    })
+    .await;
+    assert!(
+        live.is_some(),
+        "the gateway did not pick up the new provider"
+    );
+    let browser = Browser::new();
+    assert_eq!(browser.sign_in(&gw, &op, "cli", "ada").await.status(), 200);
+
+    let (ok, out, _) = cli(&["list", "--json"]);
+    assert!(ok);
+    assert!(
+        out.contains("\"id\":\"cli\"") && out.contains("\"has_client_secret\":true"),
+        "{out}"
+    );
+    assert!(!out.contains("portcullis-rs-secret"), "{out}");
+
+    let (ok, out, err) = cli(&["refresh", "cli"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("RSA-2048"), "{out}");
+
+    let (ok, _, err) = cli(&["remove", "cli"]);
+    assert!(!ok, "in use");
+    assert!(err.contains("still used"), "{err}");
+    let (ok, out, err) = cli(&["remove", "es"]);
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = cli(&[
+        "add",
+        "--id",
+        "bad",
+        "--issuer",
+        "http://id.example.com",
+        "--client-id",
+        "c",
+        "--algorithms",
+        "none",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("issuer") && err.contains("algorithms"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(&[
+        "add",
+        "--id",
+        "x",
+        "--issuer",
+        &op.issuer,
+        "--client-id",
+        "c",
+        "--client-secret-env",
+        "NOT_SET_ANYWHERE",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("NOT_SET_ANYWHERE is not set"), "{err}");
+}
+
 both_backends!(
+    cli_manages_providers,
     admin_api,
     sign_in_and_back_channel_logout,
     es256_with_client_secret_post_and_unmapped_groups,
