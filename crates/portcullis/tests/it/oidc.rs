@@ -125,9 +125,12 @@ impl TestProvider {
 async fn setup(db: &TestDb) -> (TestGateway, TestProvider) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let op = TestProvider::start(listener.local_addr().unwrap(), &db.dir);
+    let mut strict = op.spec("strict", "portcullis-strict", &["RS256"]);
+    strict.refuse_unmapped = true;
     let specs = vec![
         op.spec("rs", "portcullis-rs", &["RS256"]),
         op.spec("es", "portcullis-es-post", &["ES256"]),
+        strict,
     ];
     let gw = TestGateway::start_listening(db, listener, |c| c.oidc_providers = specs).await;
     (gw, op)
@@ -368,6 +371,14 @@ async fn sign_in_and_back_channel_logout(backend: Backend) {
 async fn es256_with_client_secret_post_and_unmapped_groups(backend: Backend) {
     let db = TestDb::new(backend).await;
     let (gw, op) = setup(&db).await;
+    // A provider that refuses users without a mapped group: 403, and on record.
+    let refused = Browser::new().sign_in(&gw, &op, "strict", "bob").await;
+    assert_eq!(refused.status(), 403);
+    let reasons = audit_reasons(&gw, "auth.oidc.login").await;
+    assert!(
+        reasons.contains(&"failure:no_mapped_group".to_string()),
+        "{reasons:?}"
+    );
     let browser = Browser::new();
     let response = browser.sign_in(&gw, &op, "es", "bob").await;
     assert_eq!(response.status(), 200);
@@ -705,7 +716,7 @@ async fn admin_api(backend: Backend) {
         .iter()
         .map(|p| p["id"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(ids, vec!["corp", "es", "rs"]);
+    assert_eq!(ids, vec!["corp", "es", "rs", "strict"]);
     // The new provider is live at once: its button, and a working sign-in.
     let page = gw
         .client

@@ -64,7 +64,11 @@ server.listen(0, '127.0.0.1', () => {
   const { port } = server.address();
   const issuer = `http://127.0.0.1:${port}`;
   const provider = new Provider(issuer, {
-    clients: [client('portcullis-rs', 'RS256'), client('portcullis-es-post', 'ES256')],
+    clients: [
+      client('portcullis-rs', 'RS256'),
+      client('portcullis-es-post', 'ES256'),
+      client('portcullis-strict', 'RS256'),
+    ],
     jwks: { keys: [jwk(rsa, 'rsa-1', 'RS256'), jwk(ec, 'ec-1', 'ES256')] },
     findAccount,
     claims: { openid: ['sub'], email: ['email'], profile: ['name', 'groups'] },
