@@ -403,6 +403,10 @@ async fn pump<S>(
         }
     };
     tokio::pin!(lifetime);
+    // One future for the session's end, polled by every select below: creating
+    // it per message would register a timer per message.
+    let over = session_over(gw, &mut registration, expires_ms);
+    tokio::pin!(over);
     // Every await that could block (including a send to a peer that stopped
     // reading) races the session's end, so a revocation is never held up by a
     // stalled connection.
@@ -413,7 +417,7 @@ async fn pump<S>(
                     let closing = message.is_close();
                     tokio::select! {
                         sent = upstream.send(message) => if sent.is_err() || closing { break Stop::Closed },
-                        reason = session_over(gw, &mut registration, expires_ms) => break Stop::Ended(reason),
+                        reason = &mut over => break Stop::Ended(reason),
                     }
                 }
                 _ => break Stop::Closed,
@@ -423,12 +427,12 @@ async fn pump<S>(
                     let closing = message.is_close();
                     tokio::select! {
                         sent = client.send(message) => if sent.is_err() || closing { break Stop::Closed },
-                        reason = session_over(gw, &mut registration, expires_ms) => break Stop::Ended(reason),
+                        reason = &mut over => break Stop::Ended(reason),
                     }
                 }
                 _ => break Stop::Closed,
             },
-            reason = session_over(gw, &mut registration, expires_ms) => break Stop::Ended(reason),
+            reason = &mut over => break Stop::Ended(reason),
             () = &mut lifetime => break Stop::Lifetime,
         }
     };

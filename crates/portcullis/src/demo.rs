@@ -45,7 +45,9 @@ pub async fn run(mut raw: RawSettings) -> anyhow::Result<ExitCode> {
     raw.upstream = Some(format!("http://{upstream_addr}"));
     raw.data_dir = Some(dir.clone());
     raw.database = Some(format!("sqlite://{}", dir.join("portcullis.db").display()));
-    raw.basic_users = Some(format!("demo:{hash}"));
+    raw.basic_users = Some(portcullis_core::secret::SecretString::new(format!(
+        "demo:{hash}"
+    )));
     raw.basic_admins = Some("demo".into());
     let settings = raw
         .resolve(true)

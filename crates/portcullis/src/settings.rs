@@ -99,7 +99,8 @@ pub struct RawSettings {
     pub argon2_workers: Option<usize>,
     /// `user:argon2hash` entries separated by `;`
     #[arg(skip)]
-    pub basic_users: Option<String>,
+    /// (Password hashes: kept out of `Debug` output like any secret.)
+    pub basic_users: Option<SecretString>,
     /// Basic users with the admin role, comma-separated
     #[arg(skip)]
     pub basic_admins: Option<String>,
@@ -220,7 +221,7 @@ impl RawSettings {
     /// Reads `AUTH_BASIC_USERS` / `AUTH_BASIC_ADMINS`, which override the file.
     pub fn with_basic_env(mut self) -> Self {
         if let Ok(users) = std::env::var("AUTH_BASIC_USERS") {
-            self.basic_users = Some(users);
+            self.basic_users = Some(SecretString::new(users));
         }
         if let Ok(admins) = std::env::var("AUTH_BASIC_ADMINS") {
             self.basic_admins = Some(admins);
@@ -440,7 +441,10 @@ impl RawSettings {
             errors.push("--argon2-workers: must be at least 1".into());
         }
         let (basic_users, entry_warnings) = BasicUsers::parse(
-            self.basic_users.as_deref().unwrap_or_default(),
+            self.basic_users
+                .as_ref()
+                .map(SecretString::expose)
+                .unwrap_or_default(),
             self.basic_admins.as_deref().unwrap_or_default(),
         );
         warnings.extend(entry_warnings.iter().map(ToString::to_string));
@@ -865,6 +869,19 @@ mod tests {
             Some("http://127.0.0.1:1"),
             "file fills the rest"
         );
+    }
+
+    #[test]
+    fn debug_output_holds_no_password_hash() {
+        let raw = RawSettings {
+            basic_users: Some(SecretString::new(
+                "alice:$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA",
+            )),
+            ..base()
+        };
+        let printed = format!("{raw:?}");
+        assert!(!printed.contains("argon2id"), "{printed}");
+        assert!(printed.contains("[redacted]"));
     }
 
     #[test]
