@@ -1003,7 +1003,114 @@ async fn cli_manages_providers(backend: Backend) {
     assert!(err.contains("NOT_SET_ANYWHERE is not set"), "{err}");
 }
 
+/// Tokens naming unknown keys refetch the provider's key set at most once per
+/// window, however many arrive.
+async fn unknown_kids_refetch_keys_at_most_once_per_window(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (gw, op) = setup(&db).await;
+    let fetches = || async {
+        reqwest::get(format!("{}/test/jwks-fetches", op.issuer))
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()["count"]
+            .as_u64()
+            .unwrap()
+    };
+    // A sign-in loads the key set once.
+    assert_eq!(
+        Browser::new().sign_in(&gw, &op, "rs", "ada").await.status(),
+        200
+    );
+    let before = fetches().await;
+    assert!(before >= 1);
+    let now = now_ms() / 1000;
+    for n in 0..10 {
+        let claims = json!({
+            "iss": op.issuer, "aud": "portcullis-rs", "iat": now, "jti": format!("j{n}"),
+            "sid": "s", "events": { EVENT: {} },
+        });
+        let token = op.logout_token(&claims, Some((&format!("rotated-{n}"), UNKNOWN_KEY)));
+        let response = gw
+            .client
+            .request(
+                "POST",
+                "/.auth/oidc/back-channel-logout",
+                &[("content-type", "application/x-www-form-urlencoded")],
+                format!("logout_token={token}"),
+            )
+            .await;
+        assert_eq!(response.status, 400);
+    }
+    let after = fetches().await;
+    assert!(
+        after - before <= 1,
+        "{} key-set fetches for 10 unknown kids within one window",
+        after - before
+    );
+}
+
+/// The provider's back-channel call reaches one replica; a WebSocket of the same
+/// session on another replica closes all the same.
+async fn back_channel_logout_reaches_every_replica(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (a, op) = setup(&db).await;
+    let specs = vec![
+        op.spec("rs", "portcullis-rs", &["RS256"]),
+        op.spec("es", "portcullis-es-post", &["ES256"]),
+    ];
+    let b = TestGateway::start_with(&db, |c| c.oidc_providers = specs).await;
+    let browser = Browser::new();
+    assert_eq!(browser.sign_in(&a, &op, "rs", "ada").await.status(), 200);
+    let session = browser
+        .cookie(&format!("http://{}/", a.addr), "portcullis_session")
+        .unwrap();
+    let cookie = format!("portcullis_session={session}");
+    let origin = format!("http://{}", b.addr);
+    let (mut ws, _) = connect(
+        b.addr,
+        "/ws/echo",
+        &[("cookie", &cookie), ("origin", &origin)],
+    )
+    .await
+    .unwrap();
+    ws.send(Message::text("on b")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("on b"));
+
+    let end = browser
+        .follow
+        .get(format!("{}/session/end", op.issuer))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let action = form_action(&end).unwrap();
+    let xsrf = end
+        .split("name=\"xsrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    browser
+        .follow
+        .post(op.absolute(&action))
+        .form(&[("xsrf", xsrf.as_str()), ("logout", "yes")])
+        .send()
+        .await
+        .unwrap();
+    let frame = close_frame(&mut ws, Duration::from_secs(3))
+        .await
+        .expect("closed on the other replica");
+    assert_eq!(u16::from(frame.code), 4401);
+    assert!(header_refused_within(&b.client, "cookie", &cookie, Duration::from_secs(1)).await);
+}
+
 both_backends!(
+    unknown_kids_refetch_keys_at_most_once_per_window,
+    back_channel_logout_reaches_every_replica,
     cli_manages_providers,
     admin_api,
     sign_in_and_back_channel_logout,

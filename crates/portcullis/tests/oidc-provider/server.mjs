@@ -87,6 +87,17 @@ server.listen(0, '127.0.0.1', () => {
     cookies: { keys: ['portcullis-test-cookie-key'] },
   });
   provider.on('backchannel.error', (ctx, err) => console.error('backchannel.error', err.message));
-  server.on('request', provider.callback());
+  // Counts key-set fetches, so tests can prove the gateway's refetch rate limit.
+  let jwksFetches = 0;
+  const handle = provider.callback();
+  server.on('request', (req, res) => {
+    if (req.url === '/test/jwks-fetches') {
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({ count: jwksFetches }));
+      return;
+    }
+    if (req.url.startsWith('/jwks')) jwksFetches += 1;
+    handle(req, res);
+  });
   console.log(`listening ${port}`);
 });
