@@ -24,6 +24,7 @@ pub mod session_cache;
 mod state;
 mod throttle;
 pub mod ws;
+mod ws_frames;
 
 pub use config::{GatewayConfig, OidcProviderSpec, PublicUrl, SameSite, Upstream, WsReject};
 pub use internal::reset_deployment_credential;

@@ -1,10 +1,12 @@
 //! WebSocket upgrades: authenticated by the same phase as every request, then
-//! relayed frame by frame so the gateway can end a connection with a close code of
-//! its own (4401) when the session dies. An opaque byte pipe could only drop the
-//! TCP connection, which browsers report as an uninformative 1006.
+//! relayed as bytes, verbatim, while the relay tracks frame headers
+//! (`ws_frames`) so the gateway can still end a connection with a close
+//! code of its own (4401) between two frames when the session dies. An opaque byte
+//! pipe could only drop the TCP connection, which browsers report as an
+//! uninformative 1006.
 //!
-//! `Sec-WebSocket-Extensions` is not forwarded: the relay parses frames and does not
-//! implement permessage-deflate, so no extension may be negotiated end to end.
+//! `Sec-WebSocket-Extensions` is not forwarded: no extension may be negotiated end
+//! to end (the relay refuses frames with reserved bits), so frames stay readable.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,15 +14,13 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use axum::response::IntoResponse;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::tungstenite;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::auth::{
     Authenticated, Outcome, authenticate_bearer_value, authenticate_outcome, authenticate_ticket,
@@ -31,6 +31,8 @@ use crate::error::GatewayError;
 use crate::live::{EndReason, REASON_EXPIRED, Registration};
 use crate::proxy::{UpstreamClient, upstream_headers};
 use crate::state::Gateway;
+use crate::ws_frames::{self, FrameTracker};
+use base64::Engine as _;
 use portcullis_core::subprotocol::{Offer, answer, parse_offer};
 
 /// Close code for "your session ended; sign in again" (SPEC 6.4, 6.5).
@@ -246,9 +248,12 @@ pub fn refuse(gw: &Gateway, request: Request<Incoming>, refusal: Refusal) -> Res
     }
 }
 
-type Upstream = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+/// The upstream side of a relayed connection, after its handshake.
+type Upstream = hyper::upgrade::Upgraded;
 
-/// Connects to the upstream WebSocket with the request's (rewritten) headers.
+/// Connects to the upstream WebSocket with the request's (rewritten) headers: a
+/// plain HTTP/1.1 upgrade through hyper, whose upgraded stream keeps any bytes the
+/// upstream sent right after its 101 (a greeting frame is never lost).
 async fn connect_upstream(
     gw: &Gateway,
     client: &UpstreamClient,
@@ -264,8 +269,6 @@ async fn connect_upstream(
             .map_err(|e: http::uri::InvalidUri| e.to_string())?;
         path = without_query_param(&uri, "token");
     }
-    let url = format!("ws://{}{path}", client.authority());
-    let mut upstream_request = url.into_client_request().map_err(|e| e.to_string())?;
     let mut headers = request.headers().clone();
     upstream_headers(
         &mut headers,
@@ -277,8 +280,8 @@ async fn connect_upstream(
         // A bearer credential was ours; the upstream never sees it.
         headers.remove(header::AUTHORIZATION);
     }
-    // The upstream handshake gets its own key and version; extensions cannot pass a
-    // frame-parsing relay.
+    // The upstream handshake gets its own key and version; no extension may be
+    // negotiated (the relay refuses compressed frames).
     for name in [
         header::SEC_WEBSOCKET_KEY,
         header::SEC_WEBSOCKET_VERSION,
@@ -294,28 +297,78 @@ async fn connect_upstream(
     {
         headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
     }
-    let target = upstream_request.headers_mut();
-    for name in headers.keys() {
-        target.remove(name);
-        for value in headers.get_all(name) {
-            target.append(name.clone(), value.clone());
-        }
+    let mut key_bytes = [0u8; 16];
+    gw.0.entropy
+        .fill(&mut key_bytes)
+        .map_err(|e| e.to_string())?;
+    let key = base64::engine::general_purpose::STANDARD.encode(key_bytes);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(
+        header::SEC_WEBSOCKET_VERSION,
+        HeaderValue::from_static("13"),
+    );
+    headers.insert(
+        header::SEC_WEBSOCKET_KEY,
+        HeaderValue::from_str(&key).map_err(|e| e.to_string())?,
+    );
+    if !headers.contains_key(header::HOST)
+        && let Ok(host) = HeaderValue::from_str(client.authority().as_str())
+    {
+        headers.insert(header::HOST, host);
     }
-    let connect =
-        tokio_tungstenite::connect_async_with_config(upstream_request, Some(config()), true);
-    match tokio::time::timeout(client.timeout(), connect).await {
-        Ok(Ok((socket, response))) => {
-            let selected = response
-                .headers()
-                .get(header::SEC_WEBSOCKET_PROTOCOL)
-                .and_then(|v| v.to_str().ok());
-            let protocol = answer(offer, selected).and_then(|p| HeaderValue::from_str(p).ok());
-            Ok((socket, protocol))
+    let mut upstream_request = Request::new(http_body_util::Empty::<bytes::Bytes>::new());
+    *upstream_request.uri_mut() = path
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| e.to_string())?;
+    *upstream_request.headers_mut() = headers;
+
+    let handshake = async {
+        let tcp = tokio::net::TcpStream::connect(client.authority().as_str())
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection.with_upgrades());
+        let response = sender
+            .send_request(upstream_request)
+            .await
+            .map_err(|e| e.to_string())?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Err(format!("upstream answered {}", response.status()));
         }
-        Ok(Err(tungstenite::Error::Http(response))) => {
-            Err(format!("upstream answered {}", response.status()))
+        let accepted = response
+            .headers()
+            .get(header::SEC_WEBSOCKET_ACCEPT)
+            .is_some_and(|v| v.as_bytes() == derive_accept_key(key.as_bytes()).as_bytes());
+        if !accepted {
+            return Err("upstream sent a wrong Sec-WebSocket-Accept".into());
         }
-        Ok(Err(e)) => Err(e.to_string()),
+        if response
+            .headers()
+            .contains_key(header::SEC_WEBSOCKET_EXTENSIONS)
+        {
+            return Err("upstream negotiated an extension that was not offered".into());
+        }
+        let selected = response
+            .headers()
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let upgraded = hyper::upgrade::on(response)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((upgraded, selected))
+    };
+    match tokio::time::timeout(client.timeout(), handshake).await {
+        Ok(Ok((upgraded, selected))) => {
+            let protocol =
+                answer(offer, selected.as_deref()).and_then(|p| HeaderValue::from_str(p).ok());
+            Ok((upgraded, protocol))
+        }
+        Ok(Err(e)) => Err(e),
         Err(_) => Err("upstream handshake timed out".into()),
     }
 }
@@ -353,18 +406,17 @@ pub async fn relay(
     let gw = gw.clone();
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
-        let socket =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config()))
-                .await;
-        pump(&gw, &auth, registration, socket, upstream).await;
+        pump(&gw, &auth, registration, upgraded, upstream).await;
     });
     switching_protocols(&accept, protocol)
 }
 
 /// Why a relay stopped.
 enum Stop {
-    /// Either side closed or failed.
-    Closed,
+    /// Both sides finished on their own (close handshake, then end of stream).
+    Finished,
+    /// A side broke the protocol or the connection failed.
+    Failed,
     Ended(EndReason),
     Lifetime,
 }
@@ -384,90 +436,203 @@ async fn session_over(gw: &Gateway, registration: &mut Registration, expires_ms:
     }
 }
 
-/// Moves frames both ways until either side closes or the session ends. Each send
-/// is awaited before the next read on that side: backpressure, not buffering.
-async fn pump<S>(
+/// Read buffer per direction: large enough for a burst of terminal output in one
+/// system call.
+const RELAY_BUFFER: usize = 64 * 1024;
+
+/// One direction of the relay: bytes pass verbatim; only frame headers are read.
+struct Direction<R, W> {
+    reader: R,
+    writer: W,
+    tracker: FrameTracker,
+    /// A write was interrupted: the peer has part of a frame, nothing may be
+    /// injected any more.
+    torn: bool,
+}
+
+/// How one direction ended.
+enum DirectionEnd {
+    /// The sender closed its stream.
+    Eof,
+    Failed,
+    /// Told to stop.
+    Stopped,
+}
+
+impl<R, W> Direction<R, W>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    /// Copies until the sender ends, something fails, or `stop` fires. Each write
+    /// completes before the next read: backpressure, not buffering.
+    async fn run(&mut self, stop: &mut tokio::sync::watch::Receiver<bool>) -> DirectionEnd {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; RELAY_BUFFER];
+        loop {
+            let n = tokio::select! {
+                read = self.reader.read(&mut buf) => match read {
+                    Ok(0) => {
+                        let _ = self.writer.shutdown().await;
+                        return DirectionEnd::Eof;
+                    }
+                    Ok(n) => n,
+                    Err(_) => return DirectionEnd::Failed,
+                },
+                () = stopped(stop) => return DirectionEnd::Stopped,
+            };
+            if let Err((error, deliverable)) = self.tracker.feed(&buf[..n]) {
+                // Whole frames before the violation still reach the peer.
+                tracing::debug!(%error, "WebSocket protocol violation; closing");
+                let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                    let _ = self.writer.write_all(&buf[..deliverable]).await;
+                    let _ = self.writer.flush().await;
+                })
+                .await;
+                return DirectionEnd::Failed;
+            }
+            self.torn = true;
+            tokio::select! {
+                written = self.writer.write_all(&buf[..n]) => {
+                    if written.is_err() {
+                        return DirectionEnd::Failed;
+                    }
+                    self.torn = false;
+                }
+                () = stopped(stop) => return DirectionEnd::Stopped,
+            }
+        }
+    }
+
+    /// Sends a close frame if the stream is between frames and intact.
+    async fn inject_close(&mut self, frame: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        if self.torn || !self.tracker.at_boundary() || self.tracker.saw_close() {
+            return;
+        }
+        let _ = self.writer.write_all(frame).await;
+        let _ = self.writer.flush().await;
+    }
+}
+
+/// Moves bytes both ways until both sides have finished, either fails, or the
+/// session ends (then each side gets a close frame between two frames: 4401 with
+/// the reason to the client, 1001 to the upstream).
+async fn pump(
     gw: &Gateway,
     auth: &Authenticated,
     mut registration: Registration,
-    mut client: WebSocketStream<S>,
-    mut upstream: Upstream,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
+    client: hyper::upgrade::Upgraded,
+    upstream: Upstream,
+) {
     let expires_ms = auth.session.session.expires_ms;
-    let lifetime = async {
-        match gw.config().ws_max_lifetime {
-            Some(max) => tokio::time::sleep(max).await,
-            None => std::future::pending().await,
-        }
+    let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
+    let (upstream_read, upstream_write) = tokio::io::split(TokioIo::new(upstream));
+    let mut to_upstream = Direction {
+        reader: client_read,
+        writer: upstream_write,
+        tracker: FrameTracker::new(true),
+        torn: false,
     };
-    tokio::pin!(lifetime);
-    // One future for the session's end, polled by every select below: creating
-    // it per message would register a timer per message.
-    let over = session_over(gw, &mut registration, expires_ms);
-    tokio::pin!(over);
-    // Every await that could block (including a send to a peer that stopped
-    // reading) races the session's end, so a revocation is never held up by a
-    // stalled connection.
-    let stop = loop {
-        tokio::select! {
-            message = client.next() => match message {
-                Some(Ok(message)) => {
-                    let closing = message.is_close();
-                    tokio::select! {
-                        sent = upstream.send(message) => if sent.is_err() || closing { break Stop::Closed },
-                        reason = &mut over => break Stop::Ended(reason),
-                    }
-                }
-                _ => break Stop::Closed,
-            },
-            message = upstream.next() => match message {
-                Some(Ok(message)) => {
-                    let closing = message.is_close();
-                    tokio::select! {
-                        sent = client.send(message) => if sent.is_err() || closing { break Stop::Closed },
-                        reason = &mut over => break Stop::Ended(reason),
-                    }
-                }
-                _ => break Stop::Closed,
-            },
-            reason = &mut over => break Stop::Ended(reason),
-            () = &mut lifetime => break Stop::Lifetime,
-        }
+    let mut to_client = Direction {
+        reader: upstream_read,
+        writer: client_write,
+        tracker: FrameTracker::new(false),
+        torn: false,
     };
-    let (to_client, to_upstream) = match stop {
-        Stop::Closed => (None, None),
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop = {
+        let (mut rx_a, mut rx_b) = (stop_rx.clone(), stop_rx);
+        let (up, down) = (&mut to_upstream, &mut to_client);
+        let lifetime = async {
+            match gw.config().ws_max_lifetime {
+                Some(max) => tokio::time::sleep(max).await,
+                None => std::future::pending().await,
+            }
+        };
+        let over = session_over(gw, &mut registration, expires_ms);
+        let stop_tx = &stop_tx;
+        let directions = async move {
+            // A failure on either side ends both; an end of stream waits for the other.
+            let a = async {
+                let end = up.run(&mut rx_a).await;
+                if matches!(end, DirectionEnd::Failed) {
+                    let _ = stop_tx.send(true);
+                }
+                end
+            };
+            let b = async {
+                let end = down.run(&mut rx_b).await;
+                if matches!(end, DirectionEnd::Failed) {
+                    let _ = stop_tx.send(true);
+                }
+                end
+            };
+            let (a, b) = tokio::join!(a, b);
+            if matches!((a, b), (DirectionEnd::Eof, DirectionEnd::Eof)) {
+                Stop::Finished
+            } else {
+                Stop::Failed
+            }
+        };
+        tokio::pin!(directions, over, lifetime);
+        let stop = tokio::select! {
+            stop = &mut directions => stop,
+            reason = &mut over => Stop::Ended(reason),
+            () = &mut lifetime => Stop::Lifetime,
+        };
+        if matches!(stop, Stop::Ended(_) | Stop::Lifetime) {
+            // Both directions return at once, between two reads or mid-write.
+            let _ = stop_tx.send(true);
+            let _ = directions.await;
+        }
+        stop
+    };
+    let (to_client_frame, to_upstream_frame) = match stop {
+        Stop::Finished | Stop::Failed => return,
         Stop::Ended(reason) => (
-            Some(close_frame(CLOSE_SESSION_ENDED, reason)),
-            Some(close_frame(1001, "client session ended")),
+            ws_frames::close_frame(CLOSE_SESSION_ENDED, reason, None),
+            ws_frames::close_frame(1001, "client session ended", Some(mask(gw))),
         ),
         // Not a session end: 1001 tells the client to simply reconnect.
         Stop::Lifetime => (
-            Some(close_frame(1001, "maximum connection lifetime reached")),
-            Some(close_frame(1001, "maximum connection lifetime reached")),
+            ws_frames::close_frame(1001, "maximum connection lifetime reached", None),
+            ws_frames::close_frame(1001, "maximum connection lifetime reached", Some(mask(gw))),
         ),
     };
-    // A peer that stopped reading cannot hold the close up either.
+    // A peer that stopped reading cannot hold the close up.
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        if let Some(frame) = to_client {
-            let _ = client.close(Some(frame)).await;
-        }
+        tokio::join!(
+            to_client.inject_close(&to_client_frame),
+            to_upstream.inject_close(&to_upstream_frame)
+        )
     })
     .await;
+    // Let both sides answer and hang up, reading (and discarding) what they still
+    // send, so no unread data turns the close into a reset; never wait forever.
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        if let Some(frame) = to_upstream {
-            let _ = upstream.close(Some(frame)).await;
-        }
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = tokio::join!(to_client.writer.shutdown(), to_upstream.writer.shutdown());
+        let mut sink = vec![0u8; 4096];
+        let mut sink2 = vec![0u8; 4096];
+        tokio::join!(
+            async { while matches!(to_upstream.reader.read(&mut sink).await, Ok(n) if n > 0) {} },
+            async { while matches!(to_client.reader.read(&mut sink2).await, Ok(n) if n > 0) {} },
+        )
     })
     .await;
-    // Let both close handshakes finish, but never wait forever.
-    let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        tokio::join!(async { while client.next().await.is_some() {} }, async {
-            while upstream.next().await.is_some() {}
-        },)
-    })
-    .await;
+}
+
+/// Resolves once `stop` is set (or its sender is gone).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+/// A fresh masking key for a frame the gateway sends as a client.
+fn mask(gw: &Gateway) -> [u8; 4] {
+    let mut key = [0u8; 4];
+    let _ = gw.0.entropy.fill(&mut key);
+    key
 }
 
 #[cfg(test)]

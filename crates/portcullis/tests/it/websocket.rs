@@ -692,7 +692,89 @@ async fn a_stalled_upstream_cannot_delay_revocation(backend: Backend) {
     flood.abort();
 }
 
+/// An upstream that writes its 101 and a first frame in one segment: the frame
+/// arrives after the handshake bytes the gateway parses, and must not be lost. Then
+/// frames the protocol forbids end the connection rather than pass.
+async fn a_greeting_in_the_handshake_segment_is_relayed(backend: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let raw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let raw_addr = raw.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = raw.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let text = String::from_utf8_lossy(&head).to_lowercase();
+                let key = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("sec-websocket-key:"))
+                    .unwrap()
+                    .trim()
+                    .to_owned();
+                let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(
+                    // The key is base64: case matters, so take it from the raw head.
+                    String::from_utf8_lossy(&head)
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .starts_with("sec-websocket-key:")
+                                .then(|| l.split_once(':').unwrap().1.trim().to_owned())
+                        })
+                        .unwrap_or(key)
+                        .as_bytes(),
+                );
+                let mut out = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                     Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                )
+                .into_bytes();
+                out.extend_from_slice(&[0x81, 5]);
+                out.extend_from_slice(b"hello");
+                if text.starts_with("get /ws/bad") {
+                    // A masked frame from a server: forbidden.
+                    out.extend_from_slice(&[0x81, 0x85, 1, 2, 3, 4, 0, 0, 0, 0, 0]);
+                }
+                tcp.write_all(&out).await.unwrap();
+                let mut sink = [0u8; 1024];
+                while tcp.read(&mut sink).await.unwrap_or(0) > 0 {}
+            });
+        }
+    });
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start_with(&db, |c| {
+        c.upstream = portcullis_gateway::Upstream::parse(&format!("http://{raw_addr}")).unwrap()
+    })
+    .await;
+    let s = gw.login(USER).await;
+    let origin = format!("http://{}", gw.addr);
+    let headers = [("cookie", s.cookie_header()), ("origin", origin)];
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (mut ws, _) = connect(gw.addr, "/ws/good", &headers).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("hello"));
+
+    let (mut ws, _) = connect(gw.addr, "/ws/bad", &headers).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("hello"));
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => panic!("a forbidden frame passed: {t}"),
+                Some(Ok(_)) => continue,
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection ends on a protocol violation");
+}
+
 both_backends!(
+    a_greeting_in_the_handshake_segment_is_relayed,
     a_stalled_upstream_cannot_delay_revocation,
     fragments_and_client_close_codes_cross_the_relay,
     connections_end_at_the_maximum_lifetime,
