@@ -21,6 +21,14 @@ use crate::secret::{Entropy, EntropyError, SecretString, ct_eq};
 
 /// Signing algorithms accepted when a provider names none.
 pub const DEFAULT_ALGORITHMS: &[&str] = &["RS256", "ES256", "EdDSA"];
+/// Scopes requested when a provider names none.
+pub const DEFAULT_SCOPES: &[&str] = &["openid", "email", "profile"];
+
+/// `list`, or the defaults when it is absent (for scopes and algorithms).
+pub fn or_defaults(list: Option<Vec<String>>, defaults: &[&str]) -> Vec<String> {
+    list.unwrap_or_else(|| defaults.iter().map(|s| s.to_string()).collect())
+}
+
 /// The `events` member a logout token must carry.
 pub const BACKCHANNEL_LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 /// Clock skew tolerated on `iat` and `exp`.

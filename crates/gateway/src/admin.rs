@@ -99,15 +99,8 @@ fn record_from(
     input: ProviderInput,
     existing: Option<&ProviderRecord>,
 ) -> Result<ProviderRecord, GatewayError> {
-    let scopes = input
-        .scopes
-        .unwrap_or_else(|| vec!["openid".into(), "email".into(), "profile".into()]);
-    let algorithms = input.algorithms.unwrap_or_else(|| {
-        rules::DEFAULT_ALGORITHMS
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-    });
+    let scopes = rules::or_defaults(input.scopes, rules::DEFAULT_SCOPES);
+    let algorithms = rules::or_defaults(input.algorithms, rules::DEFAULT_ALGORITHMS);
     let problems =
         rules::check_provider_fields(id, &input.issuer, &input.client_id, &scopes, &algorithms);
     if !problems.is_empty() {

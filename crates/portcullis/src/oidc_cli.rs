@@ -75,15 +75,8 @@ pub async fn run(raw: RawSettings, command: OidcCommand) -> anyhow::Result<ExitC
     let now = SystemClock.now_ms();
     match command {
         OidcCommand::Add(args) => {
-            let scopes = args
-                .scopes
-                .unwrap_or_else(|| vec!["openid".into(), "email".into(), "profile".into()]);
-            let algorithms = args.algorithms.unwrap_or_else(|| {
-                rules::DEFAULT_ALGORITHMS
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect()
-            });
+            let scopes = rules::or_defaults(args.scopes, rules::DEFAULT_SCOPES);
+            let algorithms = rules::or_defaults(args.algorithms, rules::DEFAULT_ALGORITHMS);
             let problems = rules::check_provider_fields(
                 &args.id,
                 &args.issuer,

@@ -497,16 +497,14 @@ impl RawSettings {
             if specs.iter().any(|s| s.id == raw.id) {
                 errors.push(format!("{name}: id is declared twice"));
             }
-            let algorithms = raw.algorithms.clone().unwrap_or_else(|| {
-                portcullis_core::oidc::DEFAULT_ALGORITHMS
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect()
-            });
-            let scopes = raw
-                .scopes
-                .clone()
-                .unwrap_or_else(|| vec!["openid".into(), "email".into(), "profile".into()]);
+            let algorithms = portcullis_core::oidc::or_defaults(
+                raw.algorithms.clone(),
+                portcullis_core::oidc::DEFAULT_ALGORITHMS,
+            );
+            let scopes = portcullis_core::oidc::or_defaults(
+                raw.scopes.clone(),
+                portcullis_core::oidc::DEFAULT_SCOPES,
+            );
             errors.extend(
                 portcullis_core::oidc::check_provider_fields(
                     &raw.id,

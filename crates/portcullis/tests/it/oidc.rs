@@ -226,6 +226,27 @@ impl Browser {
             .await
     }
 
+    /// Opens the provider's end-session page at `url` (which must accept whatever
+    /// hint it carries) and confirms "sign me out", as a user would.
+    async fn sign_out_at_provider(&self, op: &TestProvider, url: &str) -> reqwest::Response {
+        let page = self.follow.get(url).send().await.unwrap();
+        assert_eq!(page.status(), 200, "the provider's end-session page");
+        let page = page.text().await.unwrap();
+        let action = form_action(&page).expect("the provider's logout form");
+        let xsrf = page
+            .split("name=\"xsrf\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("xsrf")
+            .to_owned();
+        self.follow
+            .post(op.absolute(&action))
+            .form(&[("xsrf", xsrf.as_str()), ("logout", "yes")])
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Runs the flow up to the provider's redirect to the callback; returns the
     /// callback URL.
     async fn callback_url(&self, gw: &TestGateway, op: &TestProvider, login: &str) -> String {
@@ -329,29 +350,9 @@ async fn sign_in_and_back_channel_logout(backend: Backend) {
 
     // The user signs out at the provider, which tells the gateway over the back
     // channel: the session is revoked and its socket closed.
-    let end = browser
-        .follow
-        .get(format!("{}/session/end", op.issuer))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let action = form_action(&end).expect("logout form");
-    let xsrf = end
-        .split("name=\"xsrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("xsrf")
-        .to_owned();
     let done = browser
-        .follow
-        .post(op.absolute(&action))
-        .form(&[("xsrf", xsrf.as_str()), ("logout", "yes")])
-        .send()
-        .await
-        .unwrap();
+        .sign_out_at_provider(&op, &format!("{}/session/end", op.issuer))
+        .await;
     assert!(done.status().is_success(), "{}", done.status());
     let frame = close_frame(&mut ws, Duration::from_secs(3))
         .await
@@ -416,23 +417,7 @@ async fn es256_with_client_secret_post_and_unmapped_groups(backend: Backend) {
         "{url}"
     );
     assert!(url.contains("id_token_hint=") && url.contains("post_logout_redirect_uri="));
-    let page = browser.follow.get(&url).send().await.unwrap();
-    assert_eq!(page.status(), 200, "the provider accepts the hint");
-    let text = page.text().await.unwrap();
-    let action = form_action(&text).expect("the provider's logout form");
-    let xsrf = text
-        .split("name=\"xsrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap()
-        .to_owned();
-    let back = browser
-        .follow
-        .post(op.absolute(&action))
-        .form(&[("xsrf", xsrf.as_str()), ("logout", "yes")])
-        .send()
-        .await
-        .unwrap();
+    let back = browser.sign_out_at_provider(&op, &url).await;
     assert_eq!(
         back.url().path(),
         "/.auth/login",
@@ -1078,29 +1063,9 @@ async fn back_channel_logout_reaches_every_replica(backend: Backend) {
     ws.send(Message::text("on b")).await.unwrap();
     assert_eq!(next_data(&mut ws).await, Message::text("on b"));
 
-    let end = browser
-        .follow
-        .get(format!("{}/session/end", op.issuer))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let action = form_action(&end).unwrap();
-    let xsrf = end
-        .split("name=\"xsrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap()
-        .to_owned();
     browser
-        .follow
-        .post(op.absolute(&action))
-        .form(&[("xsrf", xsrf.as_str()), ("logout", "yes")])
-        .send()
-        .await
-        .unwrap();
+        .sign_out_at_provider(&op, &format!("{}/session/end", op.issuer))
+        .await;
     let frame = close_frame(&mut ws, Duration::from_secs(3))
         .await
         .expect("closed on the other replica");
