@@ -448,6 +448,8 @@ struct Direction<R, W> {
     /// A write was interrupted: the peer has part of a frame, nothing may be
     /// injected any more.
     torn: bool,
+    /// Sent to the receiver when the sender vanishes without a close frame.
+    on_vanish: Vec<u8>,
 }
 
 /// How one direction ended.
@@ -473,11 +475,15 @@ where
             let n = tokio::select! {
                 read = self.reader.read(&mut buf) => match read {
                     Ok(0) => {
+                        self.vanished().await;
                         let _ = self.writer.shutdown().await;
                         return DirectionEnd::Eof;
                     }
                     Ok(n) => n,
-                    Err(_) => return DirectionEnd::Failed,
+                    Err(_) => {
+                        self.vanished().await;
+                        return DirectionEnd::Failed;
+                    }
                 },
                 () = stopped(stop) => return DirectionEnd::Stopped,
             };
@@ -504,10 +510,19 @@ where
         }
     }
 
+    /// The sender is gone. Unless it said goodbye (a close frame passed), tell the
+    /// receiver clearly (1011 to a client, 1001 to the upstream) rather than leave
+    /// it with a bare end of stream.
+    async fn vanished(&mut self) {
+        let frame = std::mem::take(&mut self.on_vanish);
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.inject_close(&frame)).await;
+    }
+
     /// Sends a close frame if the stream is between frames and intact.
     async fn inject_close(&mut self, frame: &[u8]) {
         use tokio::io::AsyncWriteExt;
-        if self.torn || !self.tracker.at_boundary() || self.tracker.saw_close() {
+        if frame.is_empty() || self.torn || !self.tracker.at_boundary() || self.tracker.saw_close()
+        {
             return;
         }
         let _ = self.writer.write_all(frame).await;
@@ -533,12 +548,14 @@ async fn pump(
         writer: upstream_write,
         tracker: FrameTracker::new(true),
         torn: false,
+        on_vanish: ws_frames::close_frame(1001, "client connection lost", Some(mask(gw))),
     };
     let mut to_client = Direction {
         reader: upstream_read,
         writer: client_write,
         tracker: FrameTracker::new(false),
         torn: false,
+        on_vanish: ws_frames::close_frame(CLOSE_UPSTREAM_FAILED, "upstream connection lost", None),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop = {

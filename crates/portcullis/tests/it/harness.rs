@@ -191,6 +191,7 @@ pub fn upstream_closes()
 }
 
 /// WebSocket echo: echoes every message; `close:N` closes with code N ("bye");
+/// `vanish` drops the connection without a close frame;
 /// `headers` answers with the handshake headers as JSON. Selects the Jupyter kernel
 /// subprotocol when offered.
 async fn ws_echo(
@@ -225,6 +226,8 @@ async fn ws_echo(
                             .await;
                         continue;
                     }
+                    // Hang up without a close frame, as a crashed upstream would.
+                    Message::Text(text) if text.as_str() == "vanish" => return,
                     Message::Text(text) if text.as_str() == "headers" => {
                         Message::Text(serde_json::to_string(&seen).unwrap().into())
                     }

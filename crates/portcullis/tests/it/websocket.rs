@@ -773,7 +773,24 @@ async fn a_greeting_in_the_handshake_segment_is_relayed(backend: Backend) {
     assert!(ended.is_ok(), "the connection ends on a protocol violation");
 }
 
+/// An upstream that hangs up without a close frame: the client gets a clear 1011.
+async fn an_upstream_that_vanishes_is_a_clear_close(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let s = gw.login(USER).await;
+    let mut ws = connect_as(gw.addr, &s).await;
+    ws.send(Message::text("x")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("x"));
+    ws.send(Message::text("vanish")).await.unwrap();
+    let frame = close_frame(&mut ws, Duration::from_secs(2))
+        .await
+        .expect("a close frame, not a bare end of stream");
+    assert_eq!(u16::from(frame.code), 1011);
+    assert_eq!(frame.reason.as_str(), "upstream connection lost");
+}
+
 both_backends!(
+    an_upstream_that_vanishes_is_a_clear_close,
     a_greeting_in_the_handshake_segment_is_relayed,
     a_stalled_upstream_cannot_delay_revocation,
     fragments_and_client_close_codes_cross_the_relay,
