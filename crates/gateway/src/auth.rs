@@ -125,6 +125,19 @@ pub async fn authenticate_ticket(
         None => None,
     };
     let reason = match session_id {
+        // Minted with an API token: the ticket carries that token's identity.
+        Some(id) if id.starts_with(portcullis_core::ticket::API_TOKEN_ID_PREFIX) => {
+            match inner.sessions.lookup_token_id(&inner.store, &id).await {
+                Ok(session) => {
+                    return Ok(Outcome::Authenticated(Authenticated {
+                        session,
+                        via_cookie: false,
+                    }));
+                }
+                Err(LookupError::Store(e)) => return Err(e.into()),
+                Err(_) => "token_revoked",
+            }
+        }
         Some(id) => match inner.sessions.lookup(&inner.store, &id, now).await {
             Ok(session) => {
                 return Ok(Outcome::Authenticated(Authenticated {

@@ -486,6 +486,14 @@ pub async fn ws_ticket(
     if let Err(e) = check_csrf(&gw, &auth, &headers, &body) {
         return e.into_response();
     }
+    // The internal credential is multi-use and loopback-only: a ticket would only
+    // carry it to where it is not accepted.
+    if auth
+        .session_id()
+        .starts_with(portcullis_core::internal::ID_PREFIX)
+    {
+        return GatewayError::Forbidden.into_response();
+    }
     let inner = &gw.0;
     let ticket = match portcullis_core::ticket::mint(inner.entropy.as_ref()) {
         Ok(ticket) => ticket,

@@ -85,6 +85,29 @@ pub enum LookupError {
     Store(#[from] StoreError),
 }
 
+/// An API token row as a pseudo-session: its id is the token id (so revocations
+/// and the WebSocket registry treat it like a session) and it has no expiry.
+fn token_entry(row: portcullis_store::ApiTokenRow) -> Arc<CachedSession> {
+    let session = Session {
+        identity: portcullis_core::identity::Identity {
+            name: row.subject.clone(),
+            subject: row.subject.clone(),
+            email: None,
+            provider: "api-token".into(),
+            roles: row.role_list(),
+        },
+        id: row.id,
+        created_ms: row.created_ms,
+        last_seen_ms: row.created_ms,
+        expires_ms: i64::MAX,
+        idle_timeout_ms: None,
+        revoked_ms: None,
+        oidc_sid: None,
+        access_token_id: None,
+    };
+    Arc::new(CachedSession::pseudo(session))
+}
+
 #[derive(Debug)]
 pub struct SessionCache {
     entries: Cache<String, Arc<CachedSession>>,
@@ -174,28 +197,25 @@ impl SessionCache {
             .api_token_by_hash(hash)
             .await?
             .ok_or(LookupError::Unknown)?;
-        let session = Session {
-            identity: portcullis_core::identity::Identity {
-                name: row.subject.clone(),
-                subject: row.subject.clone(),
-                email: None,
-                provider: "api-token".into(),
-                roles: row.role_list(),
-            },
-            id: row.id,
-            created_ms: row.created_ms,
-            last_seen_ms: row.created_ms,
-            expires_ms: i64::MAX,
-            idle_timeout_ms: None,
-            revoked_ms: None,
-            oidc_sid: None,
-            access_token_id: None,
-        };
-        let entry = Arc::new(CachedSession::pseudo(session));
+        let entry = token_entry(row);
         if self.epoch.load(Ordering::Acquire) == epoch {
             self.tokens.insert(hash.to_owned(), entry.clone());
         }
         Ok(entry)
+    }
+
+    /// The live API token `id` (`tok-…`) as a pseudo-session, read from the
+    /// database (for a WebSocket ticket the token minted; not cached).
+    pub async fn lookup_token_id(
+        &self,
+        store: &Store,
+        id: &str,
+    ) -> Result<Arc<CachedSession>, LookupError> {
+        let row = store
+            .api_token_by_id(id)
+            .await?
+            .ok_or(LookupError::Unknown)?;
+        Ok(token_entry(row))
     }
 
     /// Caches a session just created and committed by this process.

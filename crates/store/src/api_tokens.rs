@@ -58,6 +58,20 @@ impl Store {
         Ok(row)
     }
 
+    /// The live (unrevoked) token with this id.
+    pub async fn api_token_by_id(&self, id: &str) -> Result<Option<ApiTokenRow>, StoreError> {
+        let row = on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT id, subject, roles, label, created_ms, revoked_ms FROM api_tokens \
+                 WHERE id = $1 AND revoked_ms IS NULL",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(row)
+    }
+
     /// Whether token `id` exists and is not revoked.
     pub async fn api_token_live(&self, id: &str) -> Result<bool, StoreError> {
         let row: Option<(String,)> = on_pool!(self, pool => {

@@ -133,4 +133,50 @@ async fn bearer_tokens_authenticate_and_are_not_forwarded(backend: Backend) {
     );
 }
 
-both_backends!(bearer_tokens_authenticate_and_are_not_forwarded);
+/// `POST {prefix}/ws-ticket` with a bearer (SPEC 6.1): the ticket carries the
+/// token's identity, and dies with the token. The internal credential gets none.
+async fn bearers_mint_usable_tickets(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let (id, secret) = create_token(&gw.store, "robot", "user").await;
+    let mint = |bearer: String| {
+        let client = gw.client.clone();
+        async move {
+            client
+                .request(
+                    "POST",
+                    "/.auth/ws-ticket",
+                    &[("authorization", &bearer)],
+                    "",
+                )
+                .await
+        }
+    };
+    let minted = mint(format!("Bearer {secret}")).await;
+    assert_eq!(minted.status, 200, "{}", minted.text());
+    let ticket = minted.json()["ticket"].as_str().unwrap().to_owned();
+    let (mut ws, response) = connect(gw.addr, &format!("/ws/echo?ticket={ticket}"), &[])
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 101);
+    let seen = crate::websocket::upstream_view(&mut ws).await;
+    assert_eq!(seen["x-forwarded-user"], "robot");
+
+    // A ticket minted before its token was revoked dies with it.
+    let late = mint(format!("Bearer {secret}")).await.json()["ticket"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(gw.store.revoke_api_token(&id, now_ms()).await.unwrap());
+    let refused = connect(gw.addr, &format!("/ws/echo?ticket={late}"), &[]).await;
+    assert!(refused.is_err(), "a revoked token's ticket is refused");
+
+    let internal = gw.gateway.internal_credential().await.unwrap();
+    let refused = mint(format!("Bearer {}", internal.expose())).await;
+    assert_eq!(refused.status, 403, "no ticket for the internal credential");
+}
+
+both_backends!(
+    bearer_tokens_authenticate_and_are_not_forwarded,
+    bearers_mint_usable_tickets
+);
