@@ -234,7 +234,7 @@ impl InternalCredentials {
                         tracing::warn!(%id, "internal credential was reset; restart the gateway to mint a new one");
                     }
                 }
-                Ok(BusEvent::Revoked(_)) => {}
+                Ok(BusEvent::Revoked(_) | BusEvent::Changed(_)) => {}
                 Ok(BusEvent::Flush) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     if !self.shared {
                         continue;

@@ -136,6 +136,7 @@ impl LiveConnections {
         loop {
             match events.recv().await {
                 Ok(BusEvent::Revoked(id)) => self.end_session(&id, REASON_REVOKED),
+                Ok(BusEvent::Changed(_)) => {}
                 Ok(BusEvent::Flush) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     self.recheck_all(&store, clock.as_ref()).await
                 }

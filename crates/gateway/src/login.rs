@@ -338,7 +338,7 @@ pub(crate) fn check_csrf(
     gw: &Gateway,
     auth: &Authenticated,
     headers: &HeaderMap,
-    body: &Bytes,
+    body: &[u8],
 ) -> Result<(), GatewayError> {
     // CSRF rides on ambient credentials; a bearer token is sent deliberately.
     if !auth.via_cookie {

@@ -350,7 +350,8 @@ impl Oidc {
         use tokio::sync::broadcast::error::RecvError;
         loop {
             let reload = match events.recv().await {
-                Ok(BusEvent::Revoked(id)) => id == portcullis_store::oidc::PROVIDERS_CHANGED,
+                Ok(BusEvent::Changed(topic)) => topic == portcullis_store::oidc::PROVIDERS_CHANGED,
+                Ok(BusEvent::Revoked(_)) => false,
                 Ok(BusEvent::Flush) | Err(RecvError::Lagged(_)) => true,
                 Err(RecvError::Closed) => return,
             };

@@ -279,6 +279,7 @@ impl SessionCache {
         loop {
             match events.recv().await {
                 Ok(BusEvent::Revoked(id)) => self.invalidate(&id),
+                Ok(BusEvent::Changed(_)) => {}
                 Ok(BusEvent::Flush) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     self.invalidate_all()
                 }

@@ -46,28 +46,28 @@ impl Store {
 
     /// The live (unrevoked) token with this hash.
     pub async fn api_token_by_hash(&self, hash: &str) -> Result<Option<ApiTokenRow>, StoreError> {
-        let row = on_pool!(self, pool => {
-            sqlx::query_as(
-                "SELECT id, subject, roles, label, created_ms, revoked_ms FROM api_tokens \
-                 WHERE hash = $1 AND revoked_ms IS NULL",
-            )
-            .bind(hash)
-            .fetch_optional(pool)
-            .await?
-        });
-        Ok(row)
+        self.live_api_token("hash = $1", hash).await
     }
 
     /// The live (unrevoked) token with this id.
     pub async fn api_token_by_id(&self, id: &str) -> Result<Option<ApiTokenRow>, StoreError> {
+        self.live_api_token("id = $1", id).await
+    }
+
+    async fn live_api_token(
+        &self,
+        predicate: &'static str,
+        value: &str,
+    ) -> Result<Option<ApiTokenRow>, StoreError> {
+        let sql = format!(
+            "SELECT id, subject, roles, label, created_ms, revoked_ms FROM api_tokens \
+             WHERE {predicate} AND revoked_ms IS NULL"
+        );
         let row = on_pool!(self, pool => {
-            sqlx::query_as(
-                "SELECT id, subject, roles, label, created_ms, revoked_ms FROM api_tokens \
-                 WHERE id = $1 AND revoked_ms IS NULL",
-            )
-            .bind(id)
-            .fetch_optional(pool)
-            .await?
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(value)
+                .fetch_optional(pool)
+                .await?
         });
         Ok(row)
     }

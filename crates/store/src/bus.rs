@@ -21,10 +21,27 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BusEvent {
-    /// This session was revoked.
+    /// This session (or API token, or internal credential) was revoked.
     Revoked(String),
+    /// Shared configuration changed (the log entry's topic, e.g. `cfg:oidc`):
+    /// whoever caches it reloads. Never a revocation.
+    Changed(String),
     /// Revocations may have been missed: forget every cached session.
     Flush,
+}
+
+/// Prefix of revocation-log entries that announce a configuration change.
+pub const CHANGE_PREFIX: &str = "cfg:";
+
+impl BusEvent {
+    /// The event a revocation-log entry (or its notification) stands for.
+    pub fn from_log(entry: String) -> Self {
+        if entry.starts_with(CHANGE_PREFIX) {
+            BusEvent::Changed(entry)
+        } else {
+            BusEvent::Revoked(entry)
+        }
+    }
 }
 
 /// A running bus. Its task stops when the last clone of the bus is dropped.
@@ -82,7 +99,7 @@ async fn listen_postgres(mut listener: PgListener, sender: broadcast::Sender<Bus
     loop {
         match listener.try_recv().await {
             Ok(Some(notification)) => {
-                let _ = sender.send(BusEvent::Revoked(notification.payload().to_owned()));
+                let _ = sender.send(BusEvent::from_log(notification.payload().to_owned()));
             }
             // The connection dropped; PgListener reconnects on the next call.
             Ok(None) => {
@@ -109,7 +126,7 @@ async fn poll_log(store: Store, mut seq: i64, sender: broadcast::Sender<BusEvent
                 healthy = true;
                 for (next, id) in rows {
                     seq = next;
-                    let _ = sender.send(BusEvent::Revoked(id));
+                    let _ = sender.send(BusEvent::from_log(id));
                 }
             }
             Err(error) => {
@@ -120,5 +137,23 @@ async fn poll_log(store: Store, mut seq: i64, sender: broadcast::Sender<BusEvent
                 let _ = sender.send(BusEvent::Flush);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configuration_changes_are_not_revocations() {
+        for (entry, event) in [
+            ("ses-abc", BusEvent::Revoked("ses-abc".into())),
+            ("tok-abc", BusEvent::Revoked("tok-abc".into())),
+            ("int-abc", BusEvent::Revoked("int-abc".into())),
+            ("cfg:oidc", BusEvent::Changed("cfg:oidc".into())),
+        ] {
+            assert_eq!(BusEvent::from_log(entry.into()), event, "{entry}");
+        }
+        assert!(crate::oidc::PROVIDERS_CHANGED.starts_with(CHANGE_PREFIX));
     }
 }

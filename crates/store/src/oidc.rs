@@ -310,31 +310,17 @@ impl Store {
         now_ms: i64,
     ) -> Result<Vec<String>, StoreError> {
         let (predicate, value) = match (sid, subject) {
-            (Some(sid), _) => ("oidc_sid = $4", sid),
-            (None, Some(subject)) => ("subject = $4", subject),
+            (Some(sid), _) => ("provider = $3 AND oidc_sid = $4", sid),
+            (None, Some(subject)) => ("provider = $3 AND subject = $4", subject),
             (None, None) => return Ok(Vec::new()),
         };
-        let update = format!(
-            "UPDATE sessions SET revoked_ms = $1, revoked_by = $2 \
-             WHERE provider = $3 AND {predicate} AND revoked_ms IS NULL RETURNING id"
-        );
-        let notify = matches!(self.backend, Backend::Postgres(_));
-        let ids = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let ids: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(update))
-                .bind(now_ms)
-                .bind("oidc-back-channel-logout")
-                .bind(provider_id)
-                .bind(value)
-                .fetch_all(&mut *tx)
-                .await?;
-            for (id,) in &ids {
-                log_revocation!(tx, id, now_ms, notify);
-            }
-            tx.commit().await?;
-            ids.into_iter().map(|(id,)| id).collect()
-        });
-        Ok(ids)
+        self.revoke_where(
+            predicate,
+            &[provider_id, value],
+            "oidc-back-channel-logout",
+            now_ms,
+        )
+        .await
     }
 
     /// Keeps the ID token a session came from, for `id_token_hint` at logout.

@@ -134,7 +134,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         Ok(!self
-            .revoke_where("id = $3", id, by, now_ms)
+            .revoke_where("id = $3", &[id], by, now_ms)
             .await?
             .is_empty())
     }
@@ -146,13 +146,16 @@ impl Store {
         by: &str,
         now_ms: i64,
     ) -> Result<Vec<String>, StoreError> {
-        self.revoke_where("subject = $3", subject, by, now_ms).await
+        self.revoke_where("subject = $3", &[subject], by, now_ms)
+            .await
     }
 
-    async fn revoke_where(
+    /// Revokes the live sessions matching `predicate`, whose `$3`, `$4`, … are
+    /// `values`; logs and (on PostgreSQL) notifies each in the same transaction.
+    pub(crate) async fn revoke_where(
         &self,
         predicate: &'static str,
-        value: &str,
+        values: &[&str],
         by: &str,
         now_ms: i64,
     ) -> Result<Vec<String>, StoreError> {
@@ -162,12 +165,13 @@ impl Store {
         let notify = matches!(self.backend, Backend::Postgres(_));
         let ids: Vec<String> = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let ids: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(update))
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(update.clone()))
                 .bind(now_ms)
-                .bind(by)
-                .bind(value)
-                .fetch_all(&mut *tx)
-                .await?;
+                .bind(by);
+            for value in values {
+                query = query.bind(*value);
+            }
+            let ids: Vec<(String,)> = query.fetch_all(&mut *tx).await?;
             for (id,) in &ids {
                 log_revocation!(tx, id, now_ms, notify);
             }

@@ -620,6 +620,8 @@ async fn negative_cases(backend: Backend) {
             "{name}: {reason} in {reasons:?}"
         );
     }
+    let response = post("x".repeat(70 * 1024)).await;
+    assert_eq!(response.status, 413, "BCL with an oversized body");
 }
 
 /// `{prefix}/api/v1/oidc/...`: RBAC, CSRF, CRUD with the secret never shown,
@@ -755,6 +757,16 @@ async fn admin_api(backend: Backend) {
             response.text()
         );
     }
+    let oversized = json!({"id": "x6", "issuer": op.issuer, "client_id": "c",
+        "display_name": "x".repeat(70 * 1024)});
+    let response = call("POST", "providers", &admin, true, oversized).await;
+    assert_eq!(response.status, 413, "oversized body: {}", response.text());
+    let listed = call("GET", "providers", &admin, false, Value::Null).await;
+    assert!(
+        !listed.text().contains("\"x6\""),
+        "nothing invalid was stored: {}",
+        listed.text()
+    );
 
     // Edit keeps the secret unless a new one is given.
     let edited = call(
