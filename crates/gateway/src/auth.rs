@@ -69,6 +69,14 @@ pub async fn authenticate_outcome(
     let Some(value) = cookies::read(headers, SESSION_COOKIE) else {
         return Ok(Outcome::NoCredential);
     };
+    authenticate_session_cookie(gw, value).await
+}
+
+/// Authenticates the value of the session cookie: signature, then the session.
+pub async fn authenticate_session_cookie(
+    gw: &Gateway,
+    value: &str,
+) -> Result<Outcome, GatewayError> {
     let inner = &gw.0;
     let ring = inner.keyring.current();
     let id = match ring.verify(value, SESSION_PREFIX) {

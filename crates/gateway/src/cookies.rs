@@ -14,14 +14,27 @@ pub const GATEWAY_COOKIES: [&str; 3] = [SESSION_COOKIE, CSRF_COOKIE, PENDING_COO
 
 /// The first value of cookie `name` across all `Cookie` headers.
 pub fn read<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+    read_from(headers.get_all(COOKIE).iter().map(|v| v.as_bytes()), name)
+}
+
+/// [`read`] over raw `Cookie` header values; values that are not text are skipped.
+pub fn read_from<'a>(values: impl Iterator<Item = &'a [u8]>, name: &str) -> Option<&'a str> {
+    values
+        .filter_map(visible_ascii)
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// The value as text if it is visible ASCII (what `HeaderValue::to_str` accepts);
+/// other values are skipped, never guessed at.
+fn visible_ascii(value: &[u8]) -> Option<&str> {
+    value
+        .iter()
+        .all(|b| *b == b'\t' || (0x20..0x7f).contains(b))
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
 }
 
 /// `Set-Cookie` value for a session-lifetime cookie.
@@ -54,10 +67,13 @@ pub fn clear(config: &GatewayConfig, name: &str) -> String {
 /// The `Cookie` header with the gateway's own cookies removed (`None` if nothing
 /// else remains).
 pub fn without_gateway_cookies(headers: &HeaderMap) -> Option<String> {
-    let kept: Vec<&str> = headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+    without_gateway_cookies_in(headers.get_all(COOKIE).iter().map(|v| v.as_bytes()))
+}
+
+/// [`without_gateway_cookies`] over raw `Cookie` header values.
+pub fn without_gateway_cookies_in<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<String> {
+    let kept: Vec<&str> = values
+        .filter_map(visible_ascii)
         .flat_map(|v| v.split(';'))
         .map(str::trim)
         .filter(|pair| !pair.is_empty())

@@ -12,6 +12,7 @@ mod auth;
 pub mod config;
 mod cookies;
 pub mod error;
+mod fastpath;
 mod internal;
 mod keyring;
 pub mod live;

@@ -35,7 +35,7 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1): they describe one connection and
 /// never cross a proxy, in either direction.
-fn is_hop_by_hop(name: &str) -> bool {
+pub(crate) fn is_hop_by_hop(name: &str) -> bool {
     matches!(
         name,
         "connection"
@@ -54,7 +54,7 @@ fn is_hop_by_hop(name: &str) -> bool {
 /// the client-hop headers (`X-Forwarded-For`, `Forwarded`, …) are replaced with what
 /// the gateway observed, because the gateway is the edge and the client's own
 /// claims about its address and scheme are worthless.
-fn is_gateway_owned(name: &str) -> bool {
+pub(crate) fn is_gateway_owned(name: &str) -> bool {
     IDENTITY_HEADERS.contains(&name)
         || matches!(
             name,
@@ -71,6 +71,8 @@ fn is_gateway_owned(name: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
     client: Client<HttpConnector, Incoming>,
+    /// The fast path's own pool ([`crate::fastpath`]).
+    raw: std::sync::Arc<crate::fastpath::RawPool>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     timeout: std::time::Duration,
@@ -85,6 +87,10 @@ impl UpstreamClient {
         self.timeout
     }
 
+    pub(crate) fn raw(&self) -> &crate::fastpath::RawPool {
+        &self.raw
+    }
+
     pub fn new(config: &GatewayConfig) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -95,6 +101,7 @@ impl UpstreamClient {
             .build(connector);
         Self {
             client,
+            raw: std::sync::Arc::new(crate::fastpath::RawPool::new(&config.upstream.authority)),
             scheme: config.upstream.scheme.clone(),
             authority: config.upstream.authority.clone(),
             timeout: config.upstream_timeout,

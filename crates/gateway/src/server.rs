@@ -15,12 +15,14 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit};
 use axum::http::{HeaderMap, Request, Response, Uri, header};
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
+use bytes::BytesMut;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tower_service::Service;
 
 use crate::error::GatewayError;
+use crate::fastpath;
 use crate::login;
 use crate::proxy::{self, UpstreamClient};
 use crate::state::Gateway;
@@ -32,7 +34,6 @@ const GATEWAY_BODY_LIMIT: usize = 64 * 1024;
 /// real browsers (about 8 KiB) and small enough that a client cannot make the
 /// gateway buffer much. Larger heads get 431.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
-const MAX_HEADERS: usize = 128;
 /// A client must finish sending its request head within this time (slowloris).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for in-flight requests.
@@ -86,7 +87,7 @@ pub fn router(gw: Gateway) -> Router {
 }
 
 /// Whether `path` belongs to the gateway rather than the upstream.
-fn is_own_path(prefix: &str, path: &str) -> bool {
+pub(crate) fn is_own_path(prefix: &str, path: &str) -> bool {
     path.strip_prefix(prefix)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
@@ -118,7 +119,7 @@ fn check_host(gw: &Gateway, headers: &HeaderMap, uri: &Uri) -> Result<(), Gatewa
     }
 }
 
-fn host_allowed(gw: &Gateway, host: &str) -> bool {
+pub(crate) fn host_allowed(gw: &Gateway, host: &str) -> bool {
     let config = gw.config();
     let public = config.public_url.authority.as_str();
     let default_port = if config.public_url.is_https() {
@@ -187,7 +188,7 @@ pub async fn serve(
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_HEAD_BYTES)
-        .max_headers(MAX_HEADERS);
+        .max_headers(crate::fastpath::MAX_HEADERS);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -210,13 +211,34 @@ pub async fn serve(
             upstream: upstream.clone(),
             peer,
         };
-        let connection = http
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
         let mut stopping = stop.subscribe();
         let alive = alive.clone();
+        let http = http.clone();
+        let limits = fastpath::Limits {
+            max_head_bytes: MAX_HEAD_BYTES,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+        };
         tokio::spawn(async move {
             let _alive = alive;
+            let mut stream = stream;
+            let mut buf = BytesMut::with_capacity(8 * 1024);
+            let handoff = fastpath::serve(
+                &service.gw,
+                &service.upstream,
+                peer,
+                limits,
+                &mut stream,
+                &mut buf,
+                &mut stopping,
+            )
+            .await;
+            if handoff == fastpath::Handoff::Closed {
+                return;
+            }
+            let io = fastpath::Prefixed::new(buf.freeze(), stream);
+            let connection = http
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
             let mut connection = std::pin::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,

@@ -40,12 +40,27 @@ pub struct CachedSession {
     queued: AtomicBool,
     /// Upstream identity headers, built once per cached session, not per request.
     identity_headers: OnceLock<Vec<(HeaderName, HeaderValue)>>,
+    /// The same headers as HTTP/1 lines (`name: value\r\n`), for the fast path.
+    identity_lines: OnceLock<Vec<u8>>,
 }
 
 impl CachedSession {
     pub fn identity_headers(&self) -> &[(HeaderName, HeaderValue)] {
         self.identity_headers
             .get_or_init(|| crate::proxy::identity_header_values(&self.session.identity))
+    }
+
+    pub fn identity_lines(&self) -> &[u8] {
+        self.identity_lines.get_or_init(|| {
+            let mut lines = Vec::new();
+            for (name, value) in self.identity_headers() {
+                lines.extend_from_slice(name.as_str().as_bytes());
+                lines.extend_from_slice(b": ");
+                lines.extend_from_slice(value.as_bytes());
+                lines.extend_from_slice(b"\r\n");
+            }
+            lines
+        })
     }
 
     pub fn last_seen(&self) -> Millis {
@@ -60,6 +75,7 @@ impl CachedSession {
             persisted_seen: AtomicI64::new(i64::MAX),
             queued: AtomicBool::new(true),
             identity_headers: OnceLock::new(),
+            identity_lines: OnceLock::new(),
             session,
         }
     }
@@ -230,6 +246,7 @@ impl SessionCache {
             persisted_seen: AtomicI64::new(session.last_seen_ms),
             queued: AtomicBool::new(false),
             identity_headers: OnceLock::new(),
+            identity_lines: OnceLock::new(),
             session,
         });
         if self.epoch.load(Ordering::Acquire) == epoch {
