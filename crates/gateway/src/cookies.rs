@@ -37,6 +37,20 @@ fn visible_ascii(value: &[u8]) -> Option<&str> {
         .flatten()
 }
 
+/// The `name=value` pairs of raw `Cookie` header values that are not the
+/// gateway's, in order.
+pub fn foreign_pairs<'a>(values: impl Iterator<Item = &'a [u8]>) -> impl Iterator<Item = &'a str> {
+    values
+        .filter_map(visible_ascii)
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| {
+            let name = pair.split('=').next().unwrap_or_default().trim();
+            !GATEWAY_COOKIES.contains(&name)
+        })
+}
+
 /// `Set-Cookie` value for a session-lifetime cookie.
 pub fn set(
     config: &GatewayConfig,
@@ -72,16 +86,7 @@ pub fn without_gateway_cookies(headers: &HeaderMap) -> Option<String> {
 
 /// [`without_gateway_cookies`] over raw `Cookie` header values.
 pub fn without_gateway_cookies_in<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<String> {
-    let kept: Vec<&str> = values
-        .filter_map(visible_ascii)
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty())
-        .filter(|pair| {
-            let name = pair.split('=').next().unwrap_or_default().trim();
-            !GATEWAY_COOKIES.contains(&name)
-        })
-        .collect();
+    let kept: Vec<&str> = foreign_pairs(values).collect();
     if kept.is_empty() {
         None
     } else {

@@ -18,13 +18,15 @@
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, BytesMut};
 use http_body_util::BodyExt;
+use memchr::memmem;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::auth::{Outcome, authenticate_session_cookie, is_portcullis_bearer};
 use crate::cookies::{self, SESSION_COOKIE};
@@ -75,11 +77,17 @@ pub async fn serve(
     stopping: &mut watch::Receiver<bool>,
 ) -> Handoff {
     let mut out = Vec::with_capacity(1024);
+    let mut back = Vec::with_capacity(4096);
+    let forwarded = forwarded_lines(gw, peer);
+    let mut timer = Timer::new(limits.header_read_timeout);
+    // Registered once per connection, not once per wait.
+    let mut stop = std::pin::pin!(stopping.changed());
     loop {
-        let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
+        let deadline = Instant::now() + limits.header_read_timeout;
+        timer.arm(deadline);
         let plan = loop {
             out.clear();
-            match plan_request(gw, peer, buf, &mut out) {
+            match plan_request(gw, &forwarded, buf, &mut out) {
                 Plan::Incomplete if buf.len() >= limits.max_head_bytes => return Handoff::Hyper,
                 Plan::Incomplete => {}
                 Plan::Hyper => return Handoff::Hyper,
@@ -89,11 +97,13 @@ pub async fn serve(
                 buf.reserve(8 * 1024);
             }
             tokio::select! {
-                read = tokio::time::timeout_at(deadline, client.read_buf(buf)) => match read {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Handoff::Closed,
-                    Ok(Ok(_)) => {}
+                biased;
+                read = client.read_buf(buf) => match read {
+                    Ok(0) | Err(_) => return Handoff::Closed,
+                    Ok(_) => {}
                 },
-                _ = stopping.changed() => return Handoff::Closed,
+                () = timer.expired(deadline) => return Handoff::Closed,
+                _ = &mut stop => return Handoff::Closed,
             }
         };
         let Ok(cookie) = std::str::from_utf8(&buf[plan.cookie.clone()]) else {
@@ -107,8 +117,14 @@ pub async fn serve(
         out.extend_from_slice(session.identity_lines());
         out.extend_from_slice(b"\r\n");
         buf.advance(plan.head_len);
+        // Let every other connection whose request arrived in this turn of the
+        // event loop read and authenticate its own first: the upstream then
+        // receives the turn's requests back to back and is woken once for them,
+        // not once each. Waking a sleeping process is the dearest part of a
+        // loopback send (docs/PERFORMANCE.md).
+        tokio::task::yield_now().await;
 
-        let keep_open = match relay(upstream, client, &plan, &mut out).await {
+        let keep_open = match relay(upstream, client, &plan, &out, &mut back, &mut timer).await {
             Ok(Relayed { close }) => !close && !plan.close,
             Err(Failure::Client) => false,
             Err(Failure::Upstream(error)) => {
@@ -119,9 +135,44 @@ pub async fn serve(
                 !plan.close
             }
         };
-        if !keep_open || *stopping.borrow() {
+        let stopping = futures_util::FutureExt::now_or_never(&mut stop).is_some();
+        if !keep_open || stopping {
             let _ = client.shutdown().await;
             return Handoff::Closed;
+        }
+    }
+}
+
+/// One timer per connection for each of its deadlines in turn (the next request
+/// head, the upstream's answer). It is re-armed lazily, when it fires before the
+/// deadline at hand, so a request costs a clock read instead of a timer insertion
+/// and removal.
+struct Timer {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Timer {
+    fn new(after: Duration) -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep(after)),
+        }
+    }
+
+    /// Makes sure the timer fires no later than `deadline`.
+    fn arm(&mut self, deadline: Instant) {
+        if self.sleep.deadline() > deadline {
+            self.sleep.as_mut().reset(deadline);
+        }
+    }
+
+    /// Resolves once `deadline` (armed before) has passed.
+    async fn expired(&mut self, deadline: Instant) {
+        loop {
+            (&mut self.sleep).await;
+            if Instant::now() >= deadline {
+                return;
+            }
+            self.sleep.as_mut().reset(deadline);
         }
     }
 }
@@ -149,7 +200,8 @@ enum Plan {
 /// Parses the request at the start of `buf` and, if the fast path takes it, writes
 /// its upstream head into `out` (all but the identity headers and the final blank
 /// line, which need the session).
-fn plan_request(gw: &Gateway, peer: SocketAddr, buf: &[u8], out: &mut Vec<u8>) -> Plan {
+/// `forwarded` holds the connection's `X-Forwarded-For` and `-Proto` lines.
+fn plan_request(gw: &Gateway, forwarded: &[u8], buf: &[u8], out: &mut Vec<u8>) -> Plan {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let head_len = match request.parse(buf) {
@@ -211,9 +263,9 @@ fn plan_request(gw: &Gateway, peer: SocketAddr, buf: &[u8], out: &mut Vec<u8>) -
                 return Plan::Hyper;
             }
         } else if name.eq_ignore_ascii_case("cookie") {
-            ours_in_cookies |= h.value.windows(11).any(|w| w == b"portcullis_");
+            ours_in_cookies |= memmem::find(h.value, b"portcullis_").is_some();
         } else if name.eq_ignore_ascii_case("accept") {
-            html = h.value.windows(9).any(|w| w == b"text/html");
+            html = memmem::find(h.value, b"text/html").is_some();
         }
     }
     let Some(host) = host
@@ -248,25 +300,24 @@ fn plan_request(gw: &Gateway, peer: SocketAddr, buf: &[u8], out: &mut Vec<u8>) -
         }
         if name == "cookie" && ours_in_cookies {
             // All Cookie headers become one, without the gateway's cookies.
-            if !cookies_written
-                && let Some(rest) = cookies::without_gateway_cookies_in(cookie_values())
-            {
-                push_header(out, b"cookie", rest.as_bytes());
+            if !cookies_written {
+                let mut pairs = cookies::foreign_pairs(cookie_values());
+                if let Some(first) = pairs.next() {
+                    out.extend_from_slice(b"cookie: ");
+                    out.extend_from_slice(first.as_bytes());
+                    for pair in pairs {
+                        out.extend_from_slice(b"; ");
+                        out.extend_from_slice(pair.as_bytes());
+                    }
+                    out.extend_from_slice(b"\r\n");
+                }
             }
             cookies_written = true;
             continue;
         }
         push_header(out, h.name.as_bytes(), h.value);
     }
-    out.extend_from_slice(b"x-forwarded-for: ");
-    write_display(out, peer.ip());
-    out.extend_from_slice(b"\r\n");
-    let proto = if config.public_url.is_https() {
-        "https"
-    } else {
-        "http"
-    };
-    push_header(out, b"x-forwarded-proto", proto.as_bytes());
+    out.extend_from_slice(forwarded);
     push_header(out, b"x-forwarded-host", host.as_bytes());
     Plan::Forward(Forward {
         head_len,
@@ -279,6 +330,21 @@ fn plan_request(gw: &Gateway, peer: SocketAddr, buf: &[u8], out: &mut Vec<u8>) -
         ),
         html: html && (method == "GET" || method == "HEAD"),
     })
+}
+
+/// The `X-Forwarded-For` and `X-Forwarded-Proto` lines of a connection: what the
+/// gateway saw, never what the client claimed.
+fn forwarded_lines(gw: &Gateway, peer: SocketAddr) -> Vec<u8> {
+    let proto = if gw.config().public_url.is_https() {
+        "https"
+    } else {
+        "http"
+    };
+    format!(
+        "x-forwarded-for: {}\r\nx-forwarded-proto: {proto}\r\n",
+        peer.ip()
+    )
+    .into_bytes()
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -358,31 +424,34 @@ async fn relay(
     upstream: &UpstreamClient,
     client: &mut TcpStream,
     plan: &Forward,
+    request: &[u8],
     out: &mut Vec<u8>,
+    timer: &mut Timer,
 ) -> Result<Relayed, Failure> {
     let pool = upstream.raw();
     let exchange = async {
         let mut conn = pool.checkout().await?;
-        match conn.send_and_read_head(&out[..]).await {
-            Ok(()) => Ok(conn),
+        match conn.send_and_read_head(request, plan, out).await {
+            Ok(head) => Ok((conn, head)),
             // A pooled connection the upstream closed in the meantime: once more on
             // a new one, if the request may be repeated.
             Err(_) if conn.reused && plan.idempotent && conn.buf.is_empty() => {
                 let mut fresh = pool.connect().await?;
-                fresh.send_and_read_head(&out[..]).await?;
-                Ok(fresh)
+                let head = fresh.send_and_read_head(request, plan, out).await?;
+                Ok((fresh, head))
             }
             Err(e) => Err(e),
         }
     };
-    let mut conn = match tokio::time::timeout(upstream.timeout(), exchange).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => return Err(Failure::Upstream(GatewayError::UpstreamUnavailable(e))),
-        Err(_) => return Err(Failure::Upstream(GatewayError::UpstreamTimeout)),
+    let deadline = Instant::now() + upstream.timeout();
+    timer.arm(deadline);
+    let (mut conn, (framing, mut reusable)) = tokio::select! {
+        biased;
+        exchanged = exchange => {
+            exchanged.map_err(|e| Failure::Upstream(GatewayError::UpstreamUnavailable(e)))?
+        }
+        () = timer.expired(deadline) => return Err(Failure::Upstream(GatewayError::UpstreamTimeout)),
     };
-    out.clear();
-    let (framing, mut reusable) = response_head(&conn.buf, plan, out)
-        .map_err(|e| Failure::Upstream(GatewayError::UpstreamUnavailable(e.into())))?;
     let head_len = conn.head_len;
     conn.buf.advance(head_len);
     let close = framing == Framing::UntilClose;
@@ -441,17 +510,10 @@ async fn relay(
 /// status line, end-to-end headers, framing, `Date` if missing. Returns how the
 /// body is delimited and whether the upstream connection may be reused.
 fn response_head(
-    buf: &[u8],
+    response: &httparse::Response<'_, '_>,
     plan: &Forward,
     out: &mut Vec<u8>,
 ) -> Result<(Framing, bool), &'static str> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut headers);
-    match response.parse(buf) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => return Err("incomplete response head"),
-        Err(_) => return Err("malformed response head"),
-    }
     let (Some(version), Some(code)) = (response.version, response.code) else {
         return Err("malformed response head");
     };
@@ -500,7 +562,12 @@ fn response_head(
         (false, false, None) => Framing::UntilClose,
     };
     out.extend_from_slice(b"HTTP/1.1 ");
-    write_display(out, code);
+    // httparse reads exactly three digits.
+    out.extend_from_slice(&[
+        b'0' + (code / 100 % 10) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+    ]);
     out.push(b' ');
     out.extend_from_slice(response.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -616,7 +683,14 @@ impl UpstreamConn {
     }
 
     /// Sends `request` and reads until a final (non-1xx) response head is complete.
-    async fn send_and_read_head(&mut self, request: &[u8]) -> Result<(), String> {
+    /// Sends `request`, reads the final response head and writes its client-facing
+    /// version to `back` (see [`response_head`]).
+    async fn send_and_read_head(
+        &mut self,
+        request: &[u8],
+        plan: &Forward,
+        back: &mut Vec<u8>,
+    ) -> Result<(Framing, bool), String> {
         self.buf.clear();
         self.chunked = Chunked::default();
         self.stream
@@ -636,7 +710,8 @@ impl UpstreamConn {
                     Some(101) => return Err("unexpected 101 Switching Protocols".into()),
                     _ => {
                         self.head_len = len;
-                        return Ok(());
+                        back.clear();
+                        return response_head(&response, plan, back).map_err(String::from);
                     }
                 },
                 Ok(httparse::Status::Partial) => {}
