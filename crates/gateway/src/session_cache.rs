@@ -53,7 +53,9 @@ impl CachedSession {
     pub fn identity_lines(&self) -> &[u8] {
         self.identity_lines.get_or_init(|| {
             let mut lines = Vec::new();
-            for (name, value) in self.identity_headers() {
+            // Built from the values directly: a session used only on the fast path
+            // never holds both forms.
+            for (name, value) in crate::proxy::identity_header_values(&self.session.identity) {
                 lines.extend_from_slice(name.as_str().as_bytes());
                 lines.extend_from_slice(b": ");
                 lines.extend_from_slice(value.as_bytes());
