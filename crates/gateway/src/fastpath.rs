@@ -455,11 +455,6 @@ async fn relay(
     let head_len = conn.head_len;
     conn.buf.advance(head_len);
     let close = framing == Framing::UntilClose;
-    if close {
-        // Delimited by the upstream closing, so by closing towards the client too.
-        out.truncate(out.len() - 2);
-        out.extend_from_slice(b"connection: close\r\n\r\n");
-    }
 
     // The head and whatever of the body came with it leave in one write.
     let complete = match framing {
@@ -595,6 +590,11 @@ fn response_head(
     }
     if !has_date {
         push_date(out);
+    }
+    // Delimited by the upstream closing, so by closing towards the client too; and
+    // a client that asked to close is told the connection ends here.
+    if framing == Framing::UntilClose || plan.close {
+        out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
     Ok((framing, reusable))

@@ -239,9 +239,13 @@ impl Oidc {
     }
 
     fn snapshot(&self) -> HashMap<String, Arc<Provider>> {
+        self.read_providers(|providers| providers.clone())
+    }
+
+    fn read_providers<T>(&self, read: impl FnOnce(&HashMap<String, Arc<Provider>>) -> T) -> T {
         match self.providers.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+            Ok(guard) => read(&guard),
+            Err(poisoned) => read(&poisoned.into_inner()),
         }
     }
 
@@ -260,16 +264,17 @@ impl Oidc {
     }
 
     pub fn provider(&self, id: &str) -> Option<Arc<Provider>> {
-        self.snapshot().get(id).cloned()
+        self.read_providers(|providers| providers.get(id).cloned())
     }
 
     /// `(id, display name)` of every provider, for the sign-in page.
     pub fn buttons(&self) -> Vec<(String, String)> {
-        let mut list: Vec<_> = self
-            .snapshot()
-            .values()
-            .map(|p| (p.record.id.clone(), p.record.display_name.clone()))
-            .collect();
+        let mut list: Vec<_> = self.read_providers(|providers| {
+            providers
+                .values()
+                .map(|p| (p.record.id.clone(), p.record.display_name.clone()))
+                .collect()
+        });
         list.sort();
         list
     }
@@ -915,9 +920,12 @@ async fn logout_from_token(
         peek_issuer_audience(&token).ok_or_else(|| Failure("malformed".into()))?;
     let provider = inner
         .oidc
-        .snapshot()
-        .into_values()
-        .find(|p| p.record.issuer == issuer && audience.contains(&p.record.client_id))
+        .read_providers(|providers| {
+            providers
+                .values()
+                .find(|p| p.record.issuer == issuer && audience.contains(&p.record.client_id))
+                .cloned()
+        })
         .ok_or_else(|| Failure("unknown_issuer_or_audience".into()))?;
     event.target = Some(provider.record.id.clone());
     let metadata = inner.oidc.metadata(&provider).await?;

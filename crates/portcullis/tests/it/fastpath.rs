@@ -182,7 +182,7 @@ async fn upstream_responses_are_delimited_and_cleaned(backend: Backend) {
             "GET",
             "/interim",
             "HTTP/1.1 200 OK",
-            &["\r\n\r\nok"],
+            &["\r\n\r\nok", "connection: close"],
             &["Early Hints", "a.css"],
         ),
         (
