@@ -4,6 +4,28 @@
 use serde::Serialize;
 
 /// Role every authenticated identity has unless configured otherwise.
+/// What kind of credential a principal id names: a session (`ses-…`), an API token
+/// (`tok-…`) or the internal credential (`int-…`). They share one id space so that
+/// revocation, the live-connection registry and identity headers treat all alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrincipalKind {
+    Session,
+    ApiToken,
+    Internal,
+}
+
+impl PrincipalKind {
+    pub fn of(id: &str) -> Self {
+        if id.starts_with(crate::ticket::API_TOKEN_ID_PREFIX) {
+            Self::ApiToken
+        } else if id.starts_with(crate::internal::ID_PREFIX) {
+            Self::Internal
+        } else {
+            Self::Session
+        }
+    }
+}
+
 pub const ROLE_USER: &str = "user";
 /// Role with every permission.
 pub const ROLE_ADMIN: &str = "admin";
@@ -73,6 +95,22 @@ fn role_grants(role: &str, permission: Permission) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn principal_kinds_by_id() {
+        let minted = crate::ticket::mint_api_token(&crate::secret::OsEntropy).map(|t| t.id);
+        for (id, kind) in [
+            ("ses-abc", PrincipalKind::Session),
+            ("tok-abc", PrincipalKind::ApiToken),
+            ("int-abc", PrincipalKind::Internal),
+        ] {
+            assert_eq!(PrincipalKind::of(id), kind, "{id}");
+        }
+        assert_eq!(
+            minted.map(|id| PrincipalKind::of(&id)).ok(),
+            Some(PrincipalKind::ApiToken)
+        );
+    }
 
     #[test]
     fn built_in_roles() {

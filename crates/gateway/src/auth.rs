@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 use portcullis_core::cookie::{CookieError, SESSION_PREFIX};
-use portcullis_core::identity::Identity;
+use portcullis_core::identity::{Identity, PrincipalKind};
 use portcullis_core::internal;
 
 use crate::cookies::{self, SESSION_COOKIE};
@@ -134,7 +134,7 @@ pub async fn authenticate_ticket(
     };
     let reason = match session_id {
         // Minted with an API token: the ticket carries that token's identity.
-        Some(id) if id.starts_with(portcullis_core::ticket::API_TOKEN_ID_PREFIX) => {
+        Some(id) if PrincipalKind::of(&id) == PrincipalKind::ApiToken => {
             match inner.sessions.lookup_token_id(&inner.store, &id).await {
                 Ok(session) => {
                     return Ok(Outcome::Authenticated(Authenticated {

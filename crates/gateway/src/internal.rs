@@ -9,6 +9,7 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use portcullis_core::identity::PrincipalKind;
 use portcullis_core::internal::{self, InternalCredential};
 use portcullis_core::keys::{KeyError, SecretKey};
 use portcullis_core::secret::{Entropy, SecretString};
@@ -228,7 +229,7 @@ impl InternalCredentials {
     ) {
         loop {
             match events.recv().await {
-                Ok(BusEvent::Revoked(id)) if id.starts_with(internal::ID_PREFIX) => {
+                Ok(BusEvent::Revoked(id)) if PrincipalKind::of(&id) == PrincipalKind::Internal => {
                     if self.current().is_some_and(|m| m.credential.id() == id) {
                         self.forget();
                         tracing::warn!(%id, "internal credential was reset; restart the gateway to mint a new one");

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use portcullis_core::clock::Clock;
+use portcullis_core::identity::PrincipalKind;
 use portcullis_core::session::SessionEnd;
 use portcullis_store::{BusEvent, Store};
 use tokio::sync::{broadcast, watch};
@@ -147,17 +148,20 @@ impl LiveConnections {
 
     async fn recheck_all(&self, store: &Store, clock: &dyn Clock) {
         for id in self.session_ids() {
-            // The internal credential's holder re-checks its own connections.
-            if id.starts_with(portcullis_core::internal::ID_PREFIX) {
-                continue;
-            }
-            if id.starts_with(portcullis_core::ticket::API_TOKEN_ID_PREFIX) {
-                match store.api_token_live(&id).await {
-                    Ok(true) => {}
-                    Ok(false) => self.end_session(&id, REASON_REVOKED),
-                    Err(error) => tracing::warn!(%error, "could not re-check a live API token"),
+            match PrincipalKind::of(&id) {
+                // The internal credential's holder re-checks its own connections.
+                PrincipalKind::Internal => continue,
+                PrincipalKind::ApiToken => {
+                    match store.api_token_live(&id).await {
+                        Ok(true) => {}
+                        Ok(false) => self.end_session(&id, REASON_REVOKED),
+                        Err(error) => {
+                            tracing::warn!(%error, "could not re-check a live API token")
+                        }
+                    }
+                    continue;
                 }
-                continue;
+                PrincipalKind::Session => {}
             }
             match store.session(&id).await {
                 Ok(Some(session)) => match session.check(clock.now_ms(), clock.now_ms()) {

@@ -10,7 +10,7 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
-use portcullis_core::identity::Identity;
+use portcullis_core::identity::{Identity, PrincipalKind};
 use portcullis_core::redirect::safe_next;
 use portcullis_core::secret::SecretString;
 use portcullis_core::session::new_session;
@@ -488,10 +488,7 @@ pub async fn ws_ticket(
     }
     // The internal credential is multi-use and loopback-only: a ticket would only
     // carry it to where it is not accepted.
-    if auth
-        .session_id()
-        .starts_with(portcullis_core::internal::ID_PREFIX)
-    {
+    if PrincipalKind::of(auth.session_id()) == PrincipalKind::Internal {
         return GatewayError::Forbidden.into_response();
     }
     let inner = &gw.0;

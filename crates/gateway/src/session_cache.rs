@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use moka::sync::Cache;
 use portcullis_core::clock::Millis;
+use portcullis_core::identity::PrincipalKind;
 use portcullis_core::session::{Session, SessionEnd};
 use portcullis_store::{BusEvent, Store, StoreError};
 use tokio::sync::{broadcast, mpsc};
@@ -270,7 +271,7 @@ impl SessionCache {
     /// revoked rarely: a token revocation drops the whole (small) token cache.
     pub fn invalidate(&self, id: &str) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        if id.starts_with(portcullis_core::ticket::API_TOKEN_ID_PREFIX) {
+        if PrincipalKind::of(id) == PrincipalKind::ApiToken {
             self.tokens.invalidate_all();
         } else {
             self.entries.invalidate(id);

@@ -33,6 +33,7 @@ use crate::proxy::{UpstreamClient, upstream_headers};
 use crate::state::Gateway;
 use crate::ws_frames::{self, FrameTracker};
 use base64::Engine as _;
+use portcullis_core::identity::PrincipalKind;
 use portcullis_core::subprotocol::{Offer, answer, parse_offer};
 
 /// Close code for "your session ended; sign in again" (SPEC 6.4, 6.5).
@@ -133,9 +134,7 @@ pub async fn authenticate_upgrade(
         authenticate_outcome(gw, &parts.headers, peer).await
     };
     if let Ok(Outcome::Authenticated(auth)) = &outcome
-        && auth
-            .session_id()
-            .starts_with(portcullis_core::internal::ID_PREFIX)
+        && PrincipalKind::of(auth.session_id()) == PrincipalKind::Internal
     {
         // Long-lived connections of spawned processes: each one is on record.
         let mut event = gw.audit_event(

@@ -379,6 +379,17 @@ impl TestGateway {
         }
     }
 
+    /// The audit events recorded for `action`.
+    pub async fn audit(&self, action: &str) -> Vec<portcullis_store::AuditEvent> {
+        self.store
+            .audit_events(&portcullis_store::AuditFilter {
+                action: Some(action.into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    }
+
     /// Signs in through the JSON API and returns the session cookie value and the
     /// CSRF token.
     pub async fn login(&self, user: &str) -> Session {

@@ -41,16 +41,6 @@ async fn http_status(gw: &TestGateway, credential: &str) -> u16 {
         .status
 }
 
-async fn audit(gw: &TestGateway, action: &str) -> Vec<portcullis_store::AuditEvent> {
-    gw.store
-        .audit_events(&portcullis_store::AuditFilter {
-            action: Some(action.into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-}
-
 async fn minted_once_and_stable(backend: Backend) {
     let db = TestDb::new(backend).await;
     let gw = TestGateway::start(&db).await;
@@ -59,7 +49,7 @@ async fn minted_once_and_stable(backend: Backend) {
     for _ in 0..3 {
         assert_eq!(mint(&gw).await, first, "minted once, then stable");
     }
-    assert_eq!(audit(&gw, "auth.internal_credential.mint").await.len(), 1);
+    assert_eq!(gw.audit("auth.internal_credential.mint").await.len(), 1);
 
     // Another gateway on the same database: with PostgreSQL the credential belongs
     // to the deployment (stored sealed, so every replica accepts a child's
@@ -135,7 +125,7 @@ async fn multi_use_over_every_carrier(backend: Backend) {
             assert!(!seen.to_string().contains(&credential[4..]), "{seen}");
         }
     }
-    let upgrades = audit(&gw, "auth.internal_credential").await;
+    let upgrades = gw.audit("auth.internal_credential").await;
     assert_eq!(
         upgrades.iter().filter(|e| e.outcome == "success").count(),
         6,
@@ -185,7 +175,7 @@ async fn refusals(backend: Backend) {
     // `Bearer` with nothing after it is not a credential of ours at all.
     assert_eq!(http_status(&gw, "").await, 401);
 
-    let refused = audit(&gw, "auth.internal_credential").await;
+    let refused = gw.audit("auth.internal_credential").await;
     let reasons: Vec<_> = refused.iter().filter_map(|e| e.reason.clone()).collect();
     assert!(reasons.iter().any(|r| r == "not_minted"), "{reasons:?}");
     assert!(reasons.iter().any(|r| r == "mismatch"), "{reasons:?}");
@@ -229,8 +219,8 @@ async fn reset_and_remint(backend: Backend) {
         101,
         "the new credential's sockets register"
     );
-    assert_eq!(audit(&gw, "auth.internal_credential.mint").await.len(), 2);
-    assert_eq!(audit(&gw, "auth.internal_credential.reset").await.len(), 1);
+    assert_eq!(gw.audit("auth.internal_credential.mint").await.len(), 2);
+    assert_eq!(gw.audit("auth.internal_credential.reset").await.len(), 1);
 }
 
 async fn independent_of_the_ticket_store(backend: Backend) {
@@ -317,7 +307,7 @@ async fn loopback_peers_only(backend: Backend) {
         .await,
         403
     );
-    let refused = audit(&gw, "auth.internal_credential").await;
+    let refused = gw.audit("auth.internal_credential").await;
     assert!(
         refused
             .iter()

@@ -87,14 +87,7 @@ async fn unknown_user_and_wrong_password_are_indistinguishable(backend: Backend)
     );
     assert!(unknown.set_cookie("portcullis_session").is_none());
     // The audit log keeps the precise reason for operators.
-    let events = gw
-        .store
-        .audit_events(&portcullis_store::AuditFilter {
-            action: Some("auth.login".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let events = gw.audit("auth.login").await;
     let reasons: Vec<_> = events.iter().filter_map(|e| e.reason.clone()).collect();
     assert!(reasons.contains(&"unknown_user".to_string()), "{reasons:?}");
     assert!(reasons.contains(&"bad_password".to_string()), "{reasons:?}");
@@ -385,14 +378,7 @@ async fn logout_needs_csrf_then_revokes(backend: Backend) {
             .status,
         401
     );
-    let events = gw
-        .store
-        .audit_events(&portcullis_store::AuditFilter {
-            action: Some("auth.logout".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let events = gw.audit("auth.logout").await;
     assert_eq!(events.len(), 2);
 }
 

@@ -273,13 +273,8 @@ fn form_action(page: &str) -> Option<String> {
 }
 
 async fn audit_reasons(gw: &TestGateway, action: &str) -> Vec<String> {
-    gw.store
-        .audit_events(&portcullis_store::AuditFilter {
-            action: Some(action.into()),
-            ..Default::default()
-        })
+    gw.audit(action)
         .await
-        .unwrap()
         .into_iter()
         .map(|e| format!("{}:{}", e.outcome, e.reason.unwrap_or_default()))
         .collect()

@@ -416,14 +416,7 @@ async fn tickets_are_single_use_and_bound_to_their_session(backend: Backend) {
             "{bad} echoed in {body}"
         );
     }
-    let events = gw
-        .store
-        .audit_events(&portcullis_store::AuditFilter {
-            action: Some("auth.ws_ticket".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let events = gw.audit("auth.ws_ticket").await;
     assert!(events.len() >= 4, "{events:?}");
     for e in &events {
         let target = e.target.clone().unwrap_or_default();
