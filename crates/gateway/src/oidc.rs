@@ -80,7 +80,26 @@ impl From<TokenError> for Failure {
 
 impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
-        Failure(format!("store: {e}"))
+        Failure(format!("{STORE_FAILURE}{e}"))
+    }
+}
+
+/// How a failure of the database starts its reason.
+const STORE_FAILURE: &str = "store: ";
+
+impl Failure {
+    /// The database could not answer: nothing was refused, so the answer is 503
+    /// (a provider retries a back-channel logout; a user retries a sign-in).
+    pub fn store_unavailable(&self) -> bool {
+        self.0.starts_with(STORE_FAILURE)
+    }
+
+    fn into_response(self) -> Response {
+        if self.store_unavailable() {
+            GatewayError::StoreUnavailable(self.0).into_response_for(true)
+        } else {
+            GatewayError::OidcFailed(self.0).into_response_for(true)
+        }
     }
 }
 
@@ -523,13 +542,13 @@ pub async fn login(
     let id = query.provider.unwrap_or_default();
     match start_login(&gw, &id, query.next.as_deref()).await {
         Ok(response) => response,
-        Err(Failure(reason)) => {
+        Err(failure) => {
             let mut event = gw.audit_event("anonymous", "auth.oidc.login", "failure");
             event.target = Some(id);
-            event.reason = Some(reason.clone());
+            event.reason = Some(failure.0.clone());
             event.ip = Some(peer.ip().to_string());
             gw.audit(event).await;
-            GatewayError::OidcFailed(reason).into_response_for(true)
+            failure.into_response()
         }
     }
 }
@@ -608,10 +627,10 @@ pub async fn callback(
     let outcome = finish_login(&gw, &headers, &query, &mut event).await;
     let mut response = match outcome {
         Ok(response) => response,
-        Err(Callback::Failed(Failure(reason))) => {
-            event.reason = Some(reason.clone());
+        Err(Callback::Failed(failure)) => {
+            event.reason = Some(failure.0.clone());
             gw.audit(event).await;
-            GatewayError::OidcFailed(reason).into_response_for(true)
+            failure.into_response()
         }
         Err(Callback::Refused(reason)) => {
             event.reason = Some(reason);
@@ -861,7 +880,8 @@ fn peek_issuer_audience(token: &str) -> Option<(String, Vec<String>)> {
 
 /// `POST {prefix}/oidc/back-channel-logout` (OIDC Back-Channel Logout 1.0): verify
 /// the logout token, remember its `jti`, revoke the matching sessions and close
-/// their WebSockets on every replica. 200 with `no-store`; any failure 400.
+/// their WebSockets on every replica. 200 with `no-store`; a refused token 400; 503
+/// when the database cannot answer (the provider may retry: nothing was applied).
 pub async fn back_channel_logout(
     State(gw): State<Gateway>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -876,23 +896,34 @@ pub async fn back_channel_logout(
             event.reason = Some(format!("revoked:{revoked}"));
             StatusCode::OK
         }
+        Err(failure) if failure.store_unavailable() => {
+            event.reason = Some(failure.0);
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         Err(Failure(reason)) => {
             event.reason = Some(reason);
             StatusCode::BAD_REQUEST
         }
     };
     gw.audit(event).await;
-    let mut response = if status == StatusCode::OK {
-        status.into_response()
-    } else {
-        (
+    let mut response = match status {
+        StatusCode::OK => status.into_response(),
+        StatusCode::SERVICE_UNAVAILABLE => (
+            status,
+            axum::Json(serde_json::json!({
+                "error": "temporarily_unavailable",
+                "error_description": "try again later",
+            })),
+        )
+            .into_response(),
+        _ => (
             status,
             axum::Json(serde_json::json!({
                 "error": "invalid_request",
                 "error_description": "logout token refused",
             })),
         )
-            .into_response()
+            .into_response(),
     };
     response
         .headers_mut()
@@ -944,26 +975,18 @@ async fn logout_from_token(
     if let Some(sub) = &claims.subject {
         event.actor = sub.clone();
     }
-    let fresh = inner
+    let revoked = inner
         .store
-        .remember_logout_jti(
+        .apply_logout_token(
             &provider.record.id,
             &claims.jti,
             claims.remember_until_s.saturating_mul(1000),
-        )
-        .await?;
-    if !fresh {
-        return Err(Failure("replayed_jti".into()));
-    }
-    let revoked = inner
-        .store
-        .revoke_oidc_sessions(
-            &provider.record.id,
             claims.sid.as_deref(),
             claims.subject.as_deref(),
             inner.clock.now_ms(),
         )
-        .await?;
+        .await?
+        .ok_or_else(|| Failure("replayed_jti".into()))?;
     for id in &revoked {
         inner.sessions.invalidate(id);
         inner.bus.publish_local(BusEvent::Revoked(id.clone()));

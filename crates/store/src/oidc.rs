@@ -2,6 +2,7 @@
 //! atomically, once), the back-channel logout `jti` replay store, and the ID token
 //! kept for RP-initiated logout.
 
+use crate::sessions::revoke_in_tx;
 use portcullis_core::oidc::{PendingLogin, ProviderRecord};
 use portcullis_core::secret::SecretString;
 
@@ -277,50 +278,57 @@ impl Store {
         ))
     }
 
-    /// Remembers a logout token's `jti` until `expires_ms`; `false` if it was seen
-    /// before (a replay).
-    pub async fn remember_logout_jti(
+    /// Applies a back-channel logout token in one transaction: remembers its `jti`
+    /// (until `expires_ms`) and revokes the live sessions of `provider_id` matching
+    /// `sid` (when given) or else `subject`. `None` when the `jti` was seen before
+    /// (a replay: nothing is revoked). Since both happen or neither does, a
+    /// provider that retries after a failure is not refused as a replay.
+    pub async fn apply_logout_token(
         &self,
         provider_id: &str,
         jti: &str,
         expires_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let n = on_pool!(self, pool => {
-            sqlx::query(
+        sid: Option<&str>,
+        subject: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let matching = match (sid, subject) {
+            (Some(sid), _) => Some(("provider = $3 AND oidc_sid = $4", sid)),
+            (None, Some(subject)) => Some(("provider = $3 AND subject = $4", subject)),
+            (None, None) => None,
+        };
+        let notify = matches!(self.backend, Backend::Postgres(_));
+        let revoked = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let fresh = sqlx::query(
                 "INSERT INTO oidc_logout_jti (provider_id, jti, expires_ms) VALUES ($1, $2, $3) \
                  ON CONFLICT DO NOTHING",
             )
             .bind(provider_id)
             .bind(jti)
             .bind(expires_ms)
-            .execute(pool)
+            .execute(&mut *tx)
             .await?
             .rows_affected()
+                == 1;
+            if !fresh {
+                return Ok(None);
+            }
+            let ids = match matching {
+                Some((predicate, value)) => {
+                    let update = format!(
+                        "UPDATE sessions SET revoked_ms = $1, revoked_by = $2 \
+                         WHERE {predicate} AND revoked_ms IS NULL RETURNING id"
+                    );
+                    let values = [provider_id, value];
+                    revoke_in_tx!(tx, update, values.iter(), "oidc-back-channel-logout", now_ms, notify)
+                }
+                None => Vec::new(),
+            };
+            tx.commit().await?;
+            ids
         });
-        Ok(n == 1)
-    }
-
-    /// Revokes the live sessions of `provider_id` matching `sid` (when given) or
-    /// else `subject`; returns their ids. Logged and notified like every revocation.
-    pub async fn revoke_oidc_sessions(
-        &self,
-        provider_id: &str,
-        sid: Option<&str>,
-        subject: Option<&str>,
-        now_ms: i64,
-    ) -> Result<Vec<String>, StoreError> {
-        let (predicate, value) = match (sid, subject) {
-            (Some(sid), _) => ("provider = $3 AND oidc_sid = $4", sid),
-            (None, Some(subject)) => ("provider = $3 AND subject = $4", subject),
-            (None, None) => return Ok(Vec::new()),
-        };
-        self.revoke_where(
-            predicate,
-            &[provider_id, value],
-            "oidc-back-channel-logout",
-            now_ms,
-        )
-        .await
+        Ok(Some(revoked))
     }
 
     /// Keeps the ID token a session came from, for `id_token_hint` at logout.

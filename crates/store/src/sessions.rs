@@ -3,7 +3,7 @@
 use portcullis_core::identity::Identity;
 use portcullis_core::session::Session;
 
-use crate::{Backend, Store, StoreError, log_revocation, on_pool};
+use crate::{Backend, Store, StoreError, on_pool};
 
 const SESSION_COLUMNS: &str = "id, subject, name, email, provider, roles, created_ms, last_seen_ms, \
      expires_ms, idle_timeout_ms, revoked_ms, oidc_sid, access_token_id";
@@ -59,6 +59,26 @@ pub struct SessionFilter {
     /// Include revoked and expired sessions.
     pub include_ended: bool,
 }
+
+/// Inside transaction `tx`: runs `update` (an `UPDATE sessions … RETURNING id` whose
+/// `$1` is the time, `$2` who revoked, `$3`, `$4`, … `values`), then logs and (on
+/// PostgreSQL) notifies each revoked id. Evaluates to the ids.
+macro_rules! revoke_in_tx {
+    ($tx:expr, $update:expr, $values:expr, $by:expr, $now_ms:expr, $notify:expr) => {{
+        let mut query = sqlx::query_as(sqlx::AssertSqlSafe($update.clone()))
+            .bind($now_ms)
+            .bind($by);
+        for value in $values {
+            query = query.bind(*value);
+        }
+        let ids: Vec<(String,)> = query.fetch_all(&mut *$tx).await?;
+        for (id,) in &ids {
+            $crate::log_revocation!($tx, id, $now_ms, $notify);
+        }
+        ids.into_iter().map(|(id,)| id).collect::<Vec<String>>()
+    }};
+}
+pub(crate) use revoke_in_tx;
 
 impl Store {
     /// Persists a new session. Returns once the row is committed, so a login
@@ -165,18 +185,9 @@ impl Store {
         let notify = matches!(self.backend, Backend::Postgres(_));
         let ids: Vec<String> = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(update.clone()))
-                .bind(now_ms)
-                .bind(by);
-            for value in values {
-                query = query.bind(*value);
-            }
-            let ids: Vec<(String,)> = query.fetch_all(&mut *tx).await?;
-            for (id,) in &ids {
-                log_revocation!(tx, id, now_ms, notify);
-            }
+            let ids = revoke_in_tx!(tx, update, values, by, now_ms, notify);
             tx.commit().await?;
-            ids.into_iter().map(|(id,)| id).collect()
+            ids
         });
         Ok(ids)
     }

@@ -59,6 +59,41 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// Runs `sql` on the test database directly (to break it on purpose).
+    pub async fn execute(&self, sql: &'static str) {
+        if self.pg_name.is_some() {
+            let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+            sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+            sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+        }
+    }
+
+    /// Makes statements of `kind` (`INSERT`, `UPDATE`) on `table` fail until the
+    /// returned statement is run.
+    pub async fn refuse(&self, kind: &str, table: &str) -> &'static str {
+        let (fail, heal) = if self.pg_name.is_some() {
+            (
+                format!(
+                    "CREATE OR REPLACE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
+                     $$ BEGIN RAISE EXCEPTION 'refused'; END $$; \
+                     CREATE TRIGGER refuse BEFORE {kind} ON {table} FOR EACH ROW EXECUTE FUNCTION refuse()"
+                ),
+                format!("DROP TRIGGER refuse ON {table}"),
+            )
+        } else {
+            (
+                format!(
+                    "CREATE TRIGGER refuse BEFORE {kind} ON {table} BEGIN SELECT RAISE(ABORT, 'refused'); END"
+                ),
+                "DROP TRIGGER refuse".to_owned(),
+            )
+        };
+        self.execute(fail.leak()).await;
+        heal.leak()
+    }
+
     pub async fn new(backend: Backend) -> Self {
         let dir = std::env::temp_dir().join(format!("portcullis-it-{}", random_suffix()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -617,6 +617,18 @@ async fn negative_cases(backend: Backend) {
     }
     let response = post("x".repeat(70 * 1024)).await;
     assert_eq!(response.status, 413, "BCL with an oversized body");
+
+    // The database cannot answer: 503, so the provider retries, and the retry is
+    // applied (not refused as a replay).
+    let mut retried = base.clone();
+    retried["jti"] = json!("jti-retried");
+    let token = op.logout_token(&retried, None);
+    let heal = db.refuse("INSERT", "oidc_logout_jti").await;
+    let response = post(token.clone()).await;
+    assert_eq!(response.status, 503, "BCL while the database fails");
+    assert_eq!(response.json()["error"], "temporarily_unavailable");
+    db.execute(heal).await;
+    assert_eq!(post(token).await.status, 200, "the retry is applied");
 }
 
 /// `{prefix}/api/v1/oidc/...`: RBAC, CSRF, CRUD with the secret never shown,
@@ -1080,7 +1092,41 @@ async fn back_channel_logout_reaches_every_replica(backend: Backend) {
     assert!(header_refused_within(&b.client, "cookie", &cookie, Duration::from_secs(1)).await);
 }
 
+/// A logout token's `jti` is remembered in the same transaction as the revocation:
+/// when the revocation fails, the provider's retry is applied, not refused as a
+/// replay (which would lose the logout). The failure is a trigger on `sessions`.
+async fn logout_tokens_apply_all_or_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let session = gw.login(USER).await;
+    let apply = || {
+        gw.store.apply_logout_token(
+            "basic",
+            "jti-1",
+            now_ms() + 60_000,
+            None,
+            Some(USER),
+            now_ms(),
+        )
+    };
+    let heal = db.refuse("UPDATE", "sessions").await;
+    assert!(apply().await.is_err(), "the revocation fails");
+    db.execute(heal).await;
+    let revoked = apply().await.unwrap().expect("the retry is not a replay");
+    assert_eq!(revoked, vec![session.id()]);
+    assert_eq!(
+        apply().await.unwrap(),
+        None,
+        "a second delivery is a replay"
+    );
+    assert!(
+        refused_within(&gw.client, &session.cookie_header(), Duration::from_secs(1)).await,
+        "the session is gone (through the revocation bus)"
+    );
+}
+
 both_backends!(
+    logout_tokens_apply_all_or_nothing,
     unknown_kids_refetch_keys_at_most_once_per_window,
     back_channel_logout_reaches_every_replica,
     cli_manages_providers,
