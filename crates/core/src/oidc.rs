@@ -442,6 +442,12 @@ pub fn client_secret_context(provider_id: &str) -> String {
     format!("portcullis oidc client secret v1:{provider_id}")
 }
 
+/// Sealing context of the ID token kept for a session's RP-initiated logout: bound
+/// to the session, so a sealed token moved to another session's row does not open.
+pub fn id_token_context(session_id: &str) -> String {
+    format!("portcullis oidc id token v1:{session_id}")
+}
+
 /// A provider id: 1 to 64 of `a-z 0-9 - _`, starting with a letter or digit.
 pub fn validate_provider_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()

@@ -84,6 +84,9 @@ impl From<StoreError> for Failure {
     }
 }
 
+/// Marks a stored ID token as sealed (an ID token itself starts with `eyJ`).
+const SEALED_ID_TOKEN: &str = "sealed.";
+
 /// How a failure of the database starts its reason.
 const STORE_FAILURE: &str = "store: ";
 
@@ -280,6 +283,39 @@ impl Oidc {
             &rules::client_secret_context(id),
             secret.as_bytes(),
         )
+    }
+
+    /// The ID token kept for `session_id`, sealed under the secret key (an ID token
+    /// is a signed statement about a user; a database dump should not hand it out).
+    fn seal_id_token(
+        &self,
+        session_id: &str,
+        id_token: &str,
+        entropy: &dyn portcullis_core::secret::Entropy,
+    ) -> Result<String, portcullis_core::keys::KeyError> {
+        let sealed = self.secret.seal(
+            entropy,
+            &rules::id_token_context(session_id),
+            id_token.as_bytes(),
+        )?;
+        Ok(format!(
+            "{SEALED_ID_TOKEN}{}",
+            URL_SAFE_NO_PAD.encode(sealed)
+        ))
+    }
+
+    /// The ID token from its stored form; rows written in clear by earlier versions
+    /// are read as they are.
+    fn open_id_token(&self, session_id: &str, stored: &str) -> Option<String> {
+        let Some(sealed) = stored.strip_prefix(SEALED_ID_TOKEN) else {
+            return Some(stored.to_owned());
+        };
+        let sealed = URL_SAFE_NO_PAD.decode(sealed).ok()?;
+        let plain = self
+            .secret
+            .open(&rules::id_token_context(session_id), &sealed)
+            .ok()?;
+        String::from_utf8(plain).ok()
     }
 
     pub fn provider(&self, id: &str) -> Option<Arc<Provider>> {
@@ -773,10 +809,14 @@ async fn finish_login(
         .await
         .map_err(|e| Failure(e.to_string()))?;
     if metadata.end_session_endpoint.is_some() {
-        // Kept server-side only, for `id_token_hint` at RP-initiated logout.
+        // Kept server-side only, sealed, for `id_token_hint` at RP-initiated logout.
+        let sealed = inner
+            .oidc
+            .seal_id_token(&session.id, &id_token, inner.entropy.as_ref())
+            .map_err(|e| Failure(format!("sealing the ID token: {e}")))?;
         inner
             .store
-            .set_session_id_token(&session.id, &id_token)
+            .set_session_id_token(&session.id, &sealed)
             .await?;
     }
     event.outcome = "success".into();
@@ -1001,7 +1041,13 @@ pub async fn end_session_url(gw: &Gateway, auth: &crate::auth::Authenticated) ->
     let inner = &gw.0;
     let provider = inner.oidc.provider(&auth.identity().provider)?;
     let id_token = match inner.store.take_session_id_token(auth.session_id()).await {
-        Ok(token) => token?,
+        Ok(stored) => {
+            let opened = inner.oidc.open_id_token(auth.session_id(), &stored?);
+            if opened.is_none() {
+                tracing::warn!("the kept ID token does not open; logging out without a hint");
+            }
+            opened?
+        }
         Err(error) => {
             tracing::warn!(%error, "could not read the ID token for RP-initiated logout");
             return None;

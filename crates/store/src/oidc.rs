@@ -347,6 +347,16 @@ impl Store {
         Ok(())
     }
 
+    /// Every stored ID token, as stored (for tests and audits of what rests on disk).
+    pub async fn oidc_session_token_rows(&self) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = on_pool!(self, pool => {
+            sqlx::query_as("SELECT id_token FROM oidc_session_tokens")
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows.into_iter().map(|(t,)| t).collect())
+    }
+
     /// Takes (reads and deletes) the ID token of a session being logged out.
     pub async fn take_session_id_token(
         &self,

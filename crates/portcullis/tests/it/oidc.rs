@@ -390,6 +390,15 @@ async fn es256_with_client_secret_post_and_unmapped_groups(backend: Backend) {
         "{reasons:?}"
     );
 
+    // The ID token kept for RP-initiated logout is sealed at rest.
+    let kept = gw.store.oidc_session_token_rows().await.unwrap();
+    assert!(!kept.is_empty());
+    for stored in &kept {
+        // Sealed bytes in base64url: no JWT (whose parts are joined by dots) inside.
+        let sealed = stored.strip_prefix("sealed.").expect("sealed");
+        assert!(!sealed.is_empty() && !sealed.contains('.'), "{stored}");
+    }
+
     // RP-initiated logout: the gateway ends its session and offers the provider's
     // end-session endpoint with the ID token kept for that purpose.
     let gateway_url = format!("http://{}/", gw.addr);
