@@ -42,6 +42,8 @@ const MAX_RESPONSE_HEAD: usize = 256 * 1024;
 const MAX_TRAILERS: usize = 64 * 1024;
 /// Upstream reads are at most this large; bodies stream through in such pieces.
 const READ_CHUNK: usize = 64 * 1024;
+/// Up to this size, a response's head and the body read with it go out in one write.
+const INLINE_BODY: usize = 16 * 1024;
 /// Idle upstream connections kept per event loop, and for how long.
 const MAX_IDLE: usize = 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -135,6 +137,12 @@ pub async fn serve(
                 !plan.close
             }
         };
+        // A rare huge head must not leave its buffer behind on an idle connection.
+        for buffer in [&mut out, &mut back] {
+            if buffer.capacity() > 2 * INLINE_BODY {
+                *buffer = Vec::with_capacity(4096);
+            }
+        }
         let stopping = futures_util::FutureExt::now_or_never(&mut stop).is_some();
         if !keep_open || stopping {
             let _ = client.shutdown().await;
@@ -456,38 +464,37 @@ async fn relay(
     conn.buf.advance(head_len);
     let close = framing == Framing::UntilClose;
 
-    // The head and whatever of the body came with it leave in one write.
-    let complete = match framing {
-        Framing::Empty => {
-            reusable &= conn.buf.is_empty();
-            true
-        }
+    // How much of the body came with the head, and whether that is all of it.
+    let (now, complete) = match framing {
+        Framing::Empty => (0, true),
         Framing::Length(length) => {
             let now = (conn.buf.len() as u64).min(length) as usize;
-            out.extend_from_slice(&conn.buf[..now]);
             conn.remaining = length - now as u64;
-            conn.buf.advance(now);
-            reusable &= conn.buf.is_empty();
-            conn.remaining == 0
+            (now, conn.remaining == 0)
         }
         Framing::Chunked => {
-            let n = conn
+            let now = conn
                 .chunked
                 .scan(&conn.buf)
                 .map_err(|e| Failure::Upstream(GatewayError::UpstreamUnavailable(e.into())))?;
-            out.extend_from_slice(&conn.buf[..n]);
-            conn.buf.advance(n);
-            reusable &= conn.buf.is_empty();
-            conn.chunked.done()
+            (now, conn.chunked.done())
         }
-        Framing::UntilClose => {
-            out.extend_from_slice(&conn.buf);
-            conn.buf.clear();
-            reusable = false;
-            false
-        }
+        Framing::UntilClose => (conn.buf.len(), false),
     };
-    client.write_all(out).await.map_err(|_| Failure::Client)?;
+    // A small answer leaves in one write, head and body; a large one's body is
+    // written from where it was read, so no per-connection buffer grows with it.
+    if out.len() + now <= INLINE_BODY {
+        out.extend_from_slice(&conn.buf[..now]);
+        client.write_all(out).await.map_err(|_| Failure::Client)?;
+    } else {
+        client.write_all(out).await.map_err(|_| Failure::Client)?;
+        client
+            .write_all(&conn.buf[..now])
+            .await
+            .map_err(|_| Failure::Client)?;
+    }
+    conn.buf.advance(now);
+    reusable &= conn.buf.is_empty() && framing != Framing::UntilClose;
     if !complete {
         // The rest of the body streams through; a break now can only end the connection.
         conn.stream_body(framing, client)

@@ -22,8 +22,16 @@ struct ScriptedUpstream {
     connections: Arc<Mutex<usize>>,
 }
 
-fn scripted_answer(method: &str, path: &str) -> &'static [u8] {
-    match (method, path) {
+/// Length of `/big`'s body: more than one read and more than one write.
+const BIG: usize = 300_000;
+
+fn scripted_answer(method: &str, path: &str) -> Vec<u8> {
+    if path == "/big" {
+        let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n").into_bytes();
+        answer.extend((0..BIG).map(|i| b'a' + (i % 26) as u8));
+        return answer;
+    }
+    let answer: &[u8] = match (method, path) {
         (_, "/chunked") => {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
               5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n"
@@ -48,7 +56,8 @@ fn scripted_answer(method: &str, path: &str) -> &'static [u8] {
         }
         ("HEAD", "/length") => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
         _ => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
-    }
+    };
+    answer.to_vec()
 }
 
 impl ScriptedUpstream {
@@ -86,11 +95,11 @@ impl ScriptedUpstream {
             let path = words.next().unwrap_or_default().to_owned();
             let answer = if path == "/one-shot" {
                 hang_up_next = true;
-                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".as_slice()
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
             } else {
                 scripted_answer(&method, &path)
             };
-            if stream.write_all(answer).await.is_err() || path == "/until-close" {
+            if stream.write_all(&answer).await.is_err() || path == "/until-close" {
                 return;
             }
         }
@@ -255,6 +264,27 @@ async fn upstream_responses_are_delimited_and_cleaned(backend: Backend) {
             );
         }
     }
+
+    // A large body streams through, exactly, and the connections on both sides are
+    // reused after it (two on one client connection, one upstream connection).
+    let before = upstream.connections();
+    let two = format!(
+        "{}{}",
+        get(&gw, &session, "GET", "/big", ""),
+        get(&gw, &session, "GET", "/big", close)
+    );
+    let response = exchange(gw.addr, &two).await;
+    let body: String = (0..BIG).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    assert_eq!(response.matches(&body).count(), 2, "two whole bodies");
+    assert_eq!(
+        response.matches("HTTP/1.1 200 OK").count(),
+        2,
+        "two answers"
+    );
+    assert!(
+        upstream.connections() <= before + 1,
+        "one upstream connection for both"
+    );
 
     // A body delimited by the upstream closing is delimited the same way to the
     // client, which is told so.
