@@ -75,8 +75,21 @@ for round in $(seq 1 "$ROUNDS"); do
     NGINX_SUM=$((NGINX_SUM + N)); PC_SUM=$((PC_SUM + P))
 done
 UPGRADES=$("$TOOL" upgrades "$PC" "$SECONDS_EACH" "$COOKIE" "$CSRF")
+# Memory of quiet connections: Portcullis' resident size before and while IDLE
+# WebSockets (each used once) stay open.
+IDLE=${IDLE:-1000}
+rss() { awk '/VmRSS/ {print $2}' "/proc/${PIDS[-1]}/status"; }
+RSS_BEFORE=$(rss)
+exec 3< <("$TOOL" idle "ws://$PC/" "$IDLE" 10 "Cookie: $COOKIE" "Origin: http://$PC")
+read -r _ <&3
+sleep 1
+RSS_IDLE=$(rss)
+exec 3<&-
 awk -v p="$PC_SUM" -v n="$NGINX_SUM" -v r="$ROUNDS" -v d="$DIRECT" -v u="$UPGRADES" 'BEGIN {
     printf "mean nginx %.0f msg/s, mean portcullis %.0f msg/s, direct %.0f msg/s\n", n/r, p/r, d
     printf "ratio portcullis/nginx: %.2f\n", p/n
     printf "ticket-authenticated upgrades through portcullis: %.0f /s (mint + upgrade + close, one client)\n", u
+}'
+awk -v b="$RSS_BEFORE" -v i="$RSS_IDLE" -v n="$IDLE" 'BEGIN {
+    printf "%d idle WebSockets: portcullis RSS %.1f -> %.1f MiB, %.1f KiB per connection\n", n, b/1024, i/1024, (i-b)/n
 }'

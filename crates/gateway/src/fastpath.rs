@@ -982,6 +982,11 @@ impl tokio::io::AsyncRead for Prefixed {
             let n = self.prefix.len().min(out.remaining());
             out.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // Free the fast path's read buffer rather than keep it for the
+                // connection's life (a WebSocket's can be long).
+                self.prefix = bytes::Bytes::new();
+            }
             return std::task::Poll::Ready(Ok(()));
         }
         std::pin::Pin::new(&mut self.inner).poll_read(cx, out)

@@ -435,9 +435,46 @@ async fn session_over(gw: &Gateway, registration: &mut Registration, expires_ms:
     }
 }
 
-/// Read buffer per direction: large enough for a burst of terminal output in one
-/// system call.
+/// Read buffer per direction while data flows: large enough for a burst of
+/// terminal output in one system call.
 const RELAY_BUFFER: usize = 64 * 1024;
+/// Read buffer per direction of a quiet connection (most of them, most of the
+/// time: idle terminals and kernels), so that many open WebSockets cost little.
+const QUIET_BUFFER: usize = 4 * 1024;
+/// Consecutive small reads after which a large buffer is given back.
+const QUIET_READS: u32 = 32;
+
+/// A read buffer that grows when a read fills it and shrinks back after a run of
+/// small reads.
+struct ReadBuffer {
+    bytes: Vec<u8>,
+    small_reads: u32,
+}
+
+impl ReadBuffer {
+    fn new() -> Self {
+        Self {
+            bytes: vec![0u8; QUIET_BUFFER],
+            small_reads: 0,
+        }
+    }
+
+    /// Adjusts the size after a read of `n` bytes.
+    fn after_read(&mut self, n: usize) {
+        if n == self.bytes.len() && self.bytes.len() < RELAY_BUFFER {
+            self.bytes = vec![0u8; RELAY_BUFFER];
+            self.small_reads = 0;
+        } else if self.bytes.len() > QUIET_BUFFER && n <= QUIET_BUFFER {
+            self.small_reads += 1;
+            if self.small_reads >= QUIET_READS {
+                self.bytes = vec![0u8; QUIET_BUFFER];
+                self.small_reads = 0;
+            }
+        } else {
+            self.small_reads = 0;
+        }
+    }
+}
 
 /// One direction of the relay: bytes pass verbatim; only frame headers are read.
 struct Direction<R, W> {
@@ -469,10 +506,10 @@ where
     /// completes before the next read: backpressure, not buffering.
     async fn run(&mut self, stop: &mut tokio::sync::watch::Receiver<bool>) -> DirectionEnd {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut buf = vec![0u8; RELAY_BUFFER];
+        let mut reads = ReadBuffer::new();
         loop {
             let n = tokio::select! {
-                read = self.reader.read(&mut buf) => match read {
+                read = self.reader.read(&mut reads.bytes) => match read {
                     Ok(0) => {
                         self.vanished().await;
                         let _ = self.writer.shutdown().await;
@@ -486,6 +523,7 @@ where
                 },
                 () = stopped(stop) => return DirectionEnd::Stopped,
             };
+            let buf = &reads.bytes;
             if let Err((error, deliverable)) = self.tracker.feed(&buf[..n]) {
                 // Whole frames before the violation still reach the peer.
                 tracing::debug!(%error, "WebSocket protocol violation; closing");
@@ -506,6 +544,7 @@ where
                 }
                 () = stopped(stop) => return DirectionEnd::Stopped,
             }
+            reads.after_read(n);
         }
     }
 
@@ -654,6 +693,31 @@ fn mask(gw: &Gateway) -> [u8; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relay_buffers_grow_under_load_and_shrink_when_quiet() {
+        let mut reads = ReadBuffer::new();
+        assert_eq!(reads.bytes.len(), QUIET_BUFFER, "a new connection");
+        reads.after_read(100);
+        assert_eq!(reads.bytes.len(), QUIET_BUFFER);
+        reads.after_read(QUIET_BUFFER);
+        assert_eq!(reads.bytes.len(), RELAY_BUFFER, "a read filled it");
+        for _ in 1..QUIET_READS {
+            reads.after_read(10);
+        }
+        reads.after_read(RELAY_BUFFER / 2);
+        assert_eq!(
+            reads.bytes.len(),
+            RELAY_BUFFER,
+            "a large read resets the count"
+        );
+        for _ in 1..QUIET_READS {
+            reads.after_read(10);
+        }
+        assert_eq!(reads.bytes.len(), RELAY_BUFFER);
+        reads.after_read(10);
+        assert_eq!(reads.bytes.len(), QUIET_BUFFER, "quiet again");
+    }
 
     #[test]
     fn ticket_parameter_is_read_and_stripped() {

@@ -28,8 +28,18 @@ async fn main() {
             .await
         }
         Some("upgrades") => upgrades(&args[2], args[3].parse().unwrap(), &args[4], &args[5]).await,
+        Some("idle") => {
+            idle(
+                &args[2],
+                args[3].parse().unwrap(),
+                args[4].parse().unwrap(),
+                &args[5..],
+            )
+            .await
+        }
         _ => panic!(
-            "usage: ws_bench echo ADDR | load URL CONNS SECS [HEADER] | upgrades ADDR SECS COOKIE CSRF"
+            "usage: ws_bench echo ADDR | load URL CONNS SECS [HEADER] | upgrades ADDR SECS COOKIE CSRF \
+             | idle URL CONNS SECS [HEADER]"
         ),
     }
 }
@@ -102,6 +112,25 @@ async fn load(url: &str, connections: usize, seconds: u64, headers: &[String]) {
         total += task.await.unwrap();
     }
     println!("{:.0}", total as f64 / seconds as f64);
+}
+
+/// Opens `connections` WebSockets, sends one message on each and waits for its
+/// echo, prints `open`, then holds them idle for `seconds`.
+async fn idle(url: &str, connections: usize, seconds: u64, headers: &[String]) {
+    let mut open = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let (mut ws, _) = tokio_tungstenite::connect_async(request(url, headers))
+            .await
+            .expect("upgrade");
+        ws.send(Message::binary(vec![7u8; 1024])).await.unwrap();
+        while !matches!(ws.next().await.unwrap().unwrap(), Message::Binary(_)) {}
+        open.push(ws);
+    }
+    println!("open");
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    for mut ws in open {
+        let _ = ws.close(None).await;
+    }
 }
 
 async fn upgrades(gateway: &str, seconds: u64, cookie: &str, csrf: &str) {
