@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, FromRequest, Path, Query, Request};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use portcullis_core::identity::Permission;
 use portcullis_core::oidc::{self as rules, ProviderRecord};
@@ -23,29 +23,77 @@ use crate::error::GatewayError;
 use crate::oidc::RefreshError;
 use crate::state::Gateway;
 
-/// Authenticates, authorizes and (for cookie-authenticated mutations) checks CSRF.
-async fn require(
-    gw: &Gateway,
+/// One admin API call: who asks, from where, with what. Handlers take it as their
+/// last argument (it reads the body, bounded by the router's limit: 413 beyond).
+pub struct AdminCall {
+    gw: Gateway,
     peer: SocketAddr,
-    headers: &HeaderMap,
-    body: &[u8],
-    permission: Permission,
     mutating: bool,
-) -> Result<Authenticated, GatewayError> {
-    let auth = authenticate(gw, headers, peer)
-        .await?
-        .ok_or(GatewayError::Unauthenticated)?;
-    if !auth.identity().has_permission(permission) {
-        let mut event = gw.audit_event(&auth.identity().subject, permission.name(), "failure");
-        event.reason = Some("forbidden".into());
-        event.ip = Some(peer.ip().to_string());
-        gw.audit(event).await;
-        return Err(GatewayError::Forbidden);
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl FromRequest<Gateway> for AdminCall {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, gw: &Gateway) -> Result<Self, Response> {
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0)
+            .ok_or_else(|| GatewayError::Internal("no peer address".into()).into_response())?;
+        // Anything but a read is a mutation and, with a cookie, needs the CSRF token.
+        let mutating = !matches!(*request.method(), Method::GET | Method::HEAD);
+        let headers = request.headers().clone();
+        let body = Bytes::from_request(request, gw)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self {
+            gw: gw.clone(),
+            peer,
+            mutating,
+            headers,
+            body,
+        })
     }
-    if mutating && auth.via_cookie {
-        crate::login::check_csrf(gw, &auth, headers, body)?;
+}
+
+impl AdminCall {
+    /// Authenticates, authorizes and (for cookie-authenticated mutations) checks CSRF.
+    async fn authorize(&self, permission: Permission) -> Result<Authenticated, GatewayError> {
+        let gw = &self.gw;
+        let auth = authenticate(gw, &self.headers, self.peer)
+            .await?
+            .ok_or(GatewayError::Unauthenticated)?;
+        if !auth.identity().has_permission(permission) {
+            let mut event = gw.audit_event(&auth.identity().subject, permission.name(), "failure");
+            event.reason = Some("forbidden".into());
+            event.ip = Some(self.peer.ip().to_string());
+            gw.audit(event).await;
+            return Err(GatewayError::Forbidden);
+        }
+        if self.mutating && auth.via_cookie {
+            crate::login::check_csrf(gw, &auth, &self.headers, &self.body)?;
+        }
+        Ok(auth)
     }
-    Ok(auth)
+
+    /// After a change: reload here at once, tell the other replicas, audit.
+    async fn changed(&self, auth: &Authenticated, action: &str, target: &str) {
+        let inner = &self.gw.0;
+        if let Err(error) = inner.oidc.reload(&inner.store).await {
+            tracing::error!(%error, "could not reload OpenID providers");
+        }
+        if let Err(error) = inner.store.announce_oidc_change(inner.clock.now_ms()).await {
+            tracing::error!(%error, "could not announce the provider change to other replicas");
+        }
+        let mut event = self
+            .gw
+            .audit_event(&auth.identity().subject, action, "success");
+        event.target = Some(target.to_owned());
+        event.ip = Some(self.peer.ip().to_string());
+        self.gw.audit(event).await;
+    }
 }
 
 /// Bodies are bounded by the router's limit (413 beyond it).
@@ -130,33 +178,15 @@ fn record_from(
     })
 }
 
-/// After a change: reload here at once, tell the other replicas, audit.
-async fn changed(gw: &Gateway, auth: &Authenticated, peer: SocketAddr, action: &str, target: &str) {
-    let inner = &gw.0;
-    if let Err(error) = inner.oidc.reload(&inner.store).await {
-        tracing::error!(%error, "could not reload OpenID providers");
-    }
-    if let Err(error) = inner.store.announce_oidc_change(inner.clock.now_ms()).await {
-        tracing::error!(%error, "could not announce the provider change to other replicas");
-    }
-    let mut event = gw.audit_event(&auth.identity().subject, action, "success");
-    event.target = Some(target.to_owned());
-    event.ip = Some(peer.ip().to_string());
-    gw.audit(event).await;
-}
-
 fn respond(result: Result<Response, GatewayError>) -> Response {
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-pub async fn list_providers(
-    State(gw): State<Gateway>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
+pub async fn list_providers(call: AdminCall) -> Response {
     respond(
         async {
-            require(&gw, peer, &headers, &[], Permission::OidcList, false).await?;
+            let gw = &call.gw;
+            call.authorize(Permission::OidcList).await?;
             let providers = gw.0.store.oidc_providers().await?;
             let list: Vec<_> = providers.iter().map(view).collect();
             Ok(Json(json!({ "providers": list })).into_response())
@@ -165,15 +195,11 @@ pub async fn list_providers(
     )
 }
 
-pub async fn get_provider(
-    State(gw): State<Gateway>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
+pub async fn get_provider(Path(id): Path<String>, call: AdminCall) -> Response {
     respond(
         async {
-            require(&gw, peer, &headers, &[], Permission::OidcList, false).await?;
+            let gw = &call.gw;
+            call.authorize(Permission::OidcList).await?;
             let provider = gw.0.store.oidc_provider(&id).await?;
             let provider = provider.ok_or(GatewayError::NotFound)?;
             Ok(Json(view(&provider)).into_response())
@@ -182,16 +208,12 @@ pub async fn get_provider(
     )
 }
 
-pub async fn create_provider(
-    State(gw): State<Gateway>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub async fn create_provider(call: AdminCall) -> Response {
     respond(
         async {
-            let auth = require(&gw, peer, &headers, &body, Permission::OidcCreate, true).await?;
-            let input: ProviderInput = parse(&body)?;
+            let gw = &call.gw;
+            let auth = call.authorize(Permission::OidcCreate).await?;
+            let input: ProviderInput = parse(&call.body)?;
             let id = input
                 .id
                 .clone()
@@ -199,54 +221,44 @@ pub async fn create_provider(
             if gw.0.store.oidc_provider(&id).await?.is_some() {
                 return Err(GatewayError::Conflict("a provider with this id exists"));
             }
-            let record = record_from(&gw, &id, input, None)?;
+            let record = record_from(gw, &id, input, None)?;
             gw.0.store.upsert_oidc_provider(&record).await?;
-            changed(&gw, &auth, peer, "auth.oidc.provider.create", &id).await;
+            call.changed(&auth, "auth.oidc.provider.create", &id).await;
             Ok((StatusCode::CREATED, Json(view(&record))).into_response())
         }
         .await,
     )
 }
 
-pub async fn edit_provider(
-    State(gw): State<Gateway>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub async fn edit_provider(Path(id): Path<String>, call: AdminCall) -> Response {
     respond(
         async {
-            let auth = require(&gw, peer, &headers, &body, Permission::OidcEdit, true).await?;
-            let input: ProviderInput = parse(&body)?;
+            let gw = &call.gw;
+            let auth = call.authorize(Permission::OidcEdit).await?;
+            let input: ProviderInput = parse(&call.body)?;
             if input.id.as_deref().is_some_and(|given| given != id) {
                 return Err(GatewayError::Invalid("the id cannot be changed".into()));
             }
             let existing = gw.0.store.oidc_provider(&id).await?;
             let existing = existing.ok_or(GatewayError::NotFound)?;
-            let record = record_from(&gw, &id, input, Some(&existing))?;
+            let record = record_from(gw, &id, input, Some(&existing))?;
             gw.0.store.upsert_oidc_provider(&record).await?;
-            changed(&gw, &auth, peer, "auth.oidc.provider.edit", &id).await;
+            call.changed(&auth, "auth.oidc.provider.edit", &id).await;
             Ok(Json(view(&record)).into_response())
         }
         .await,
     )
 }
 
-pub async fn delete_provider(
-    State(gw): State<Gateway>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub async fn delete_provider(Path(id): Path<String>, call: AdminCall) -> Response {
     respond(
         async {
-            let auth = require(&gw, peer, &headers, &body, Permission::OidcDelete, true).await?;
+            let gw = &call.gw;
+            let auth = call.authorize(Permission::OidcDelete).await?;
             let now = gw.0.clock.now_ms();
             match gw.0.store.delete_oidc_provider(&id, now).await? {
                 ProviderDelete::Deleted => {
-                    changed(&gw, &auth, peer, "auth.oidc.provider.delete", &id).await;
+                    call.changed(&auth, "auth.oidc.provider.delete", &id).await;
                     Ok(StatusCode::NO_CONTENT.into_response())
                 }
                 ProviderDelete::NotFound => Err(GatewayError::NotFound),
@@ -266,16 +278,14 @@ pub struct RefreshQuery {
 }
 
 pub async fn refresh_provider(
-    State(gw): State<Gateway>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
     Query(query): Query<RefreshQuery>,
-    headers: HeaderMap,
-    body: Bytes,
+    call: AdminCall,
 ) -> Response {
     respond(
         async {
-            let auth = require(&gw, peer, &headers, &body, Permission::OidcEdit, true).await?;
+            let gw = &call.gw;
+            let auth = call.authorize(Permission::OidcEdit).await?;
             let inner = &gw.0;
             let outcome = inner
                 .oidc
@@ -287,17 +297,17 @@ pub async fn refresh_provider(
                 "failure",
             );
             event.target = Some(id.clone());
-            event.ip = Some(peer.ip().to_string());
+            event.ip = Some(call.peer.ip().to_string());
             match outcome {
                 Ok(baseline) => {
-                    changed(&gw, &auth, peer, "auth.oidc.provider.refresh", &id).await;
+                    call.changed(&auth, "auth.oidc.provider.refresh", &id).await;
                     Ok(Json(json!({ "id": id, "key_baseline": baseline })).into_response())
                 }
                 Err(RefreshError::NotFound) => Err(GatewayError::NotFound),
                 Err(RefreshError::Fetch(failure)) => {
-                    event.reason = Some(failure.0.clone());
+                    event.reason = Some(failure.reason.clone());
                     gw.audit(event).await;
-                    Err(GatewayError::UpstreamUnavailable(failure.0))
+                    Err(GatewayError::UpstreamUnavailable(failure.reason))
                 }
                 Err(RefreshError::Downgrade(why)) => {
                     event.reason = Some(format!("downgrade: {why}"));
@@ -313,14 +323,11 @@ pub async fn refresh_provider(
     )
 }
 
-pub async fn list_mappings(
-    State(gw): State<Gateway>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
+pub async fn list_mappings(call: AdminCall) -> Response {
     respond(
         async {
-            require(&gw, peer, &headers, &[], Permission::OidcList, false).await?;
+            let gw = &call.gw;
+            call.authorize(Permission::OidcList).await?;
             let mappings = gw.0.store.group_mappings().await?;
             Ok(Json(json!({ "mappings": mappings })).into_response())
         }
@@ -336,16 +343,12 @@ pub struct MappingInput {
     role: String,
 }
 
-pub async fn add_mapping(
-    State(gw): State<Gateway>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub async fn add_mapping(call: AdminCall) -> Response {
     respond(
         async {
-            let auth = require(&gw, peer, &headers, &body, Permission::OidcEdit, true).await?;
-            let input: MappingInput = parse(&body)?;
+            let gw = &call.gw;
+            let auth = call.authorize(Permission::OidcEdit).await?;
+            let input: MappingInput = parse(&call.body)?;
             let role_ok = !input.role.is_empty()
                 && input.role.len() <= 64
                 && input
@@ -376,27 +379,23 @@ pub async fn add_mapping(
             if !gw.0.store.add_group_mapping(&mapping).await? {
                 return Err(GatewayError::Conflict("this mapping exists"));
             }
-            changed(&gw, &auth, peer, "auth.oidc.mapping.add", &mapping.id).await;
+            call.changed(&auth, "auth.oidc.mapping.add", &mapping.id)
+                .await;
             Ok((StatusCode::CREATED, Json(mapping)).into_response())
         }
         .await,
     )
 }
 
-pub async fn remove_mapping(
-    State(gw): State<Gateway>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub async fn remove_mapping(Path(id): Path<String>, call: AdminCall) -> Response {
     respond(
         async {
-            let auth = require(&gw, peer, &headers, &body, Permission::OidcEdit, true).await?;
+            let gw = &call.gw;
+            let auth = call.authorize(Permission::OidcEdit).await?;
             if !gw.0.store.remove_group_mapping(&id).await? {
                 return Err(GatewayError::NotFound);
             }
-            changed(&gw, &auth, peer, "auth.oidc.mapping.remove", &id).await;
+            call.changed(&auth, "auth.oidc.mapping.remove", &id).await;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         .await,

@@ -15,6 +15,8 @@
 //! are dropped, the gateway's cookies removed, identity and `X-Forwarded-*` headers
 //! set from the session and the connection.
 
+use std::collections::VecDeque;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Mutex;
@@ -210,9 +212,9 @@ enum Plan {
 /// line, which need the session).
 /// `forwarded` holds the connection's `X-Forwarded-For` and `-Proto` lines.
 fn plan_request(gw: &Gateway, forwarded: &[u8], buf: &[u8], out: &mut Vec<u8>) -> Plan {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    let head_len = match request.parse(buf) {
+    let mut headers = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let head_len = match request.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Plan::Incomplete,
         Err(_) => return Plan::Hyper,
@@ -232,7 +234,6 @@ fn plan_request(gw: &Gateway, forwarded: &[u8], buf: &[u8], out: &mut Vec<u8>) -
     }
     let mut host: Option<&[u8]> = None;
     let mut close = false;
-    let mut ours_in_cookies = false;
     let mut html = false;
     for h in request.headers.iter() {
         let name = h.name;
@@ -270,8 +271,6 @@ fn plan_request(gw: &Gateway, forwarded: &[u8], buf: &[u8], out: &mut Vec<u8>) -
             {
                 return Plan::Hyper;
             }
-        } else if name.eq_ignore_ascii_case("cookie") {
-            ours_in_cookies |= memmem::find(h.value, b"portcullis_").is_some();
         } else if name.eq_ignore_ascii_case("accept") {
             html = memmem::find(h.value, b"text/html").is_some();
         }
@@ -306,8 +305,9 @@ fn plan_request(gw: &Gateway, forwarded: &[u8], buf: &[u8], out: &mut Vec<u8>) -
         if is_hop_by_hop(name) || is_gateway_owned(name) {
             continue;
         }
-        if name == "cookie" && ours_in_cookies {
-            // All Cookie headers become one, without the gateway's cookies.
+        if name == "cookie" {
+            // The session cookie is always among them (the fast path needs it): all
+            // Cookie headers become one, without the gateway's cookies.
             if !cookies_written {
                 let mut pairs = cookies::foreign_pairs(cookie_values());
                 if let Some(first) = pairs.next() {
@@ -437,8 +437,10 @@ async fn relay(
     timer: &mut Timer,
 ) -> Result<Relayed, Failure> {
     let pool = upstream.raw();
+    // The one clock reading of the exchange: its deadline and the pool's idle ages.
+    let now = Instant::now();
     let exchange = async {
-        let mut conn = pool.checkout().await?;
+        let mut conn = pool.checkout(now).await?;
         match conn.send_and_read_head(request, plan, out).await {
             Ok(head) => Ok((conn, head)),
             // A pooled connection the upstream closed in the meantime: once more on
@@ -451,7 +453,7 @@ async fn relay(
             Err(e) => Err(e),
         }
     };
-    let deadline = Instant::now() + upstream.timeout();
+    let deadline = now + upstream.timeout();
     timer.arm(deadline);
     let (mut conn, (framing, mut reusable)) = tokio::select! {
         biased;
@@ -465,35 +467,35 @@ async fn relay(
     let close = framing == Framing::UntilClose;
 
     // How much of the body came with the head, and whether that is all of it.
-    let (now, complete) = match framing {
+    let (arrived, complete) = match framing {
         Framing::Empty => (0, true),
         Framing::Length(length) => {
-            let now = (conn.buf.len() as u64).min(length) as usize;
-            conn.remaining = length - now as u64;
-            (now, conn.remaining == 0)
+            let arrived = (conn.buf.len() as u64).min(length) as usize;
+            conn.remaining = length - arrived as u64;
+            (arrived, conn.remaining == 0)
         }
         Framing::Chunked => {
-            let now = conn
+            let arrived = conn
                 .chunked
                 .scan(&conn.buf)
                 .map_err(|e| Failure::Upstream(GatewayError::UpstreamUnavailable(e.into())))?;
-            (now, conn.chunked.done())
+            (arrived, conn.chunked.done())
         }
         Framing::UntilClose => (conn.buf.len(), false),
     };
     // A small answer leaves in one write, head and body; a large one's body is
     // written from where it was read, so no per-connection buffer grows with it.
-    if out.len() + now <= INLINE_BODY {
-        out.extend_from_slice(&conn.buf[..now]);
+    if out.len() + arrived <= INLINE_BODY {
+        out.extend_from_slice(&conn.buf[..arrived]);
         client.write_all(out).await.map_err(|_| Failure::Client)?;
     } else {
         client.write_all(out).await.map_err(|_| Failure::Client)?;
         client
-            .write_all(&conn.buf[..now])
+            .write_all(&conn.buf[..arrived])
             .await
             .map_err(|_| Failure::Client)?;
     }
-    conn.buf.advance(now);
+    conn.buf.advance(arrived);
     reusable &= conn.buf.is_empty() && framing != Framing::UntilClose;
     if !complete {
         // The rest of the body streams through; a break now can only end the connection.
@@ -503,7 +505,7 @@ async fn relay(
         reusable &= conn.buf.is_empty();
     }
     if reusable && framing != Framing::UntilClose {
-        pool.checkin(conn);
+        pool.checkin(conn, now);
     }
     Ok(Relayed { close })
 }
@@ -705,9 +707,14 @@ impl UpstreamConn {
             .await
             .map_err(|e| format!("sending the request: {e}"))?;
         loop {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut response = httparse::Response::new(&mut headers);
-            match response.parse(&self.buf) {
+            let mut headers = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut []);
+            let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut response,
+                &self.buf,
+                &mut headers,
+            );
+            match parsed {
                 Ok(httparse::Status::Complete(len)) => match response.code {
                     // Interim responses (100, 102, 103) are not forwarded.
                     Some(code) if (100..200).contains(&code) && code != 101 => {
@@ -783,7 +790,7 @@ impl UpstreamConn {
 #[derive(Debug)]
 pub struct RawPool {
     addr: String,
-    idle: Mutex<Vec<(UpstreamConn, Instant)>>,
+    idle: Mutex<VecDeque<(UpstreamConn, Instant)>>,
 }
 
 impl std::fmt::Debug for UpstreamConn {
@@ -799,16 +806,20 @@ impl RawPool {
         let port = authority.port_u16().unwrap_or(80);
         Self {
             addr: format!("{}:{port}", authority.host()),
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(VecDeque::new()),
         }
     }
 
     /// The most recently used idle connection that is still open, or a new one.
-    async fn checkout(&self) -> Result<UpstreamConn, String> {
+    async fn checkout(&self, now: Instant) -> Result<UpstreamConn, String> {
         loop {
-            let next = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let next = self
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_back();
             let Some((mut conn, since)) = next else { break };
-            if since.elapsed() > IDLE_TIMEOUT {
+            if now.saturating_duration_since(since) > IDLE_TIMEOUT {
                 continue;
             }
             // An idle connection must have nothing to read: data or EOF means the
@@ -835,16 +846,18 @@ impl RawPool {
         Ok(UpstreamConn::new(stream))
     }
 
-    fn checkin(&self, conn: UpstreamConn) {
+    /// Returns `conn`, last used at `now`; connections idle too long leave the
+    /// other end (the oldest).
+    fn checkin(&self, conn: UpstreamConn, now: Instant) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while idle
-            .first()
-            .is_some_and(|(_, since)| since.elapsed() > IDLE_TIMEOUT)
+            .front()
+            .is_some_and(|(_, since)| now.saturating_duration_since(*since) > IDLE_TIMEOUT)
         {
-            idle.remove(0);
+            idle.pop_front();
         }
         if idle.len() < MAX_IDLE {
-            idle.push((conn, Instant::now()));
+            idle.push_back((conn, now));
         }
     }
 }

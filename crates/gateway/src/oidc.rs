@@ -70,38 +70,44 @@ pub struct Provider {
 
 /// Why a sign-in or logout token failed (kept for the audit log).
 #[derive(Debug)]
-pub struct Failure(pub String);
+pub struct Failure {
+    pub reason: String,
+    /// The database could not answer: nothing was refused, so the answer is 503
+    /// (a provider retries a back-channel logout; a user retries a sign-in).
+    pub store_unavailable: bool,
+}
 
 impl From<TokenError> for Failure {
     fn from(e: TokenError) -> Self {
-        Failure(e.reason())
+        Failure::new(e.reason())
     }
 }
 
 impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
-        Failure(format!("{STORE_FAILURE}{e}"))
+        Failure {
+            reason: format!("store: {e}"),
+            store_unavailable: true,
+        }
     }
 }
 
 /// Marks a stored ID token as sealed (an ID token itself starts with `eyJ`).
 const SEALED_ID_TOKEN: &str = "sealed.";
 
-/// How a failure of the database starts its reason.
-const STORE_FAILURE: &str = "store: ";
-
 impl Failure {
-    /// The database could not answer: nothing was refused, so the answer is 503
-    /// (a provider retries a back-channel logout; a user retries a sign-in).
-    pub fn store_unavailable(&self) -> bool {
-        self.0.starts_with(STORE_FAILURE)
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            store_unavailable: false,
+        }
     }
 
     fn into_response(self) -> Response {
-        if self.store_unavailable() {
-            GatewayError::StoreUnavailable(self.0).into_response_for(true)
+        if self.store_unavailable {
+            GatewayError::StoreUnavailable(self.reason).into_response_for(true)
         } else {
-            GatewayError::OidcFailed(self.0).into_response_for(true)
+            GatewayError::OidcFailed(self.reason).into_response_for(true)
         }
     }
 }
@@ -341,7 +347,7 @@ impl Oidc {
             .header(header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| Failure(format!("fetch {url}: {e}")))?;
+            .map_err(|e| Failure::new(format!("fetch {url}: {e}")))?;
         read_json(response, url).await
     }
 
@@ -362,8 +368,8 @@ impl Oidc {
         );
         let metadata: Metadata = self.fetch_json(&url).await.map_err(RefreshError::Fetch)?;
         if metadata.issuer != provider.record.issuer {
-            return Err(RefreshError::Fetch(Failure(
-                "discovery_issuer_mismatch".into(),
+            return Err(RefreshError::Fetch(Failure::new(
+                "discovery_issuer_mismatch",
             )));
         }
         let keys: JwkSet = self
@@ -387,7 +393,7 @@ impl Oidc {
             return Err(RefreshError::Downgrade(why));
         }
         let serialized = serde_json::to_string(&baseline)
-            .map_err(|e| RefreshError::Fetch(Failure(e.to_string())))?;
+            .map_err(|e| RefreshError::Fetch(Failure::new(e.to_string())))?;
         store
             .set_oidc_key_baseline(id, &serialized, now_ms)
             .await
@@ -435,7 +441,7 @@ impl Oidc {
         );
         let metadata: Metadata = self.fetch_json(&url).await?;
         if metadata.issuer != provider.record.issuer {
-            return Err(Failure("discovery_issuer_mismatch".into()));
+            return Err(Failure::new("discovery_issuer_mismatch"));
         }
         let metadata = Arc::new(metadata);
         write_lock(&provider.metadata, Some((metadata.clone(), Instant::now())));
@@ -514,10 +520,10 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| Failure(format!("read {url}: {e}")))?
+        .map_err(|e| Failure::new(format!("read {url}: {e}")))?
     {
         if body.len() + chunk.len() > MAX_DOCUMENT {
-            return Err(Failure(format!("{url}: response too large")));
+            return Err(Failure::new(format!("{url}: response too large")));
         }
         body.extend_from_slice(&chunk);
     }
@@ -529,9 +535,9 @@ async fn read_json<T: serde::de::DeserializeOwned>(
         let code = serde_json::from_slice::<OAuthError>(&body)
             .map(|e| e.error)
             .unwrap_or_else(|_| status.as_u16().to_string());
-        return Err(Failure(format!("{url}: {code}")));
+        return Err(Failure::new(format!("{url}: {code}")));
     }
-    serde_json::from_slice(&body).map_err(|e| Failure(format!("{url}: invalid JSON: {e}")))
+    serde_json::from_slice(&body).map_err(|e| Failure::new(format!("{url}: invalid JSON: {e}")))
 }
 
 fn now_s(gw: &Gateway) -> i64 {
@@ -581,7 +587,7 @@ pub async fn login(
         Err(failure) => {
             let mut event = gw.audit_event("anonymous", "auth.oidc.login", "failure");
             event.target = Some(id);
-            event.reason = Some(failure.0.clone());
+            event.reason = Some(failure.reason.clone());
             event.ip = Some(peer.ip().to_string());
             gw.audit(event).await;
             failure.into_response()
@@ -594,10 +600,10 @@ async fn start_login(gw: &Gateway, id: &str, next: Option<&str>) -> Result<Respo
     let provider = inner
         .oidc
         .provider(id)
-        .ok_or_else(|| Failure("unknown_provider".into()))?;
+        .ok_or_else(|| Failure::new("unknown_provider"))?;
     let metadata = inner.oidc.metadata(&provider).await?;
     let entropy = inner.entropy.as_ref();
-    let entropy_failed = |e: portcullis_core::secret::EntropyError| Failure(e.to_string());
+    let entropy_failed = |e: portcullis_core::secret::EntropyError| Failure::new(e.to_string());
     let pkce = rules::pkce(entropy).map_err(entropy_failed)?;
     let now = inner.clock.now_ms();
     let pending = PendingLogin {
@@ -615,7 +621,7 @@ async fn start_login(gw: &Gateway, id: &str, next: Option<&str>) -> Result<Respo
         .keyring
         .current()
         .sign(&pending.id)
-        .map_err(|e| Failure(e.to_string()))?;
+        .map_err(|e| Failure::new(e.to_string()))?;
     let scopes = provider.record.scopes.join(" ");
     let redirect = redirect_uri(gw);
     let query = form_encode(&[
@@ -664,7 +670,7 @@ pub async fn callback(
     let mut response = match outcome {
         Ok(response) => response,
         Err(Callback::Failed(failure)) => {
-            event.reason = Some(failure.0.clone());
+            event.reason = Some(failure.reason.clone());
             gw.audit(event).await;
             failure.into_response()
         }
@@ -701,13 +707,13 @@ async fn finish_login(
 ) -> Result<Response, Callback> {
     let inner = &gw.0;
     let cookie = cookies::read(headers, PENDING_COOKIE)
-        .ok_or_else(|| Failure("missing_pending_cookie".into()))?;
+        .ok_or_else(|| Failure::new("missing_pending_cookie"))?;
     let pending_id = inner
         .keyring
         .current()
         .verify(cookie, PRE_LOGIN_PREFIX)
         .map_err(|e| {
-            Failure(format!(
+            Failure::new(format!(
                 "pending_cookie_{}",
                 e.to_string().replace(' ', "_")
             ))
@@ -717,14 +723,14 @@ async fn finish_login(
         .store
         .consume_pending_login(&pending_id)
         .await?
-        .ok_or_else(|| Failure("pending_row_missing_or_replayed".into()))?;
+        .ok_or_else(|| Failure::new("pending_row_missing_or_replayed"))?;
     event.target = Some(pending.provider_id.clone());
     if pending.expires_ms <= inner.clock.now_ms() {
-        return Err(Failure("pending_row_expired".into()).into());
+        return Err(Failure::new("pending_row_expired").into());
     }
     let state = query.state.as_deref().unwrap_or_default();
     if !ct_eq(state.as_bytes(), pending.state.expose().as_bytes()) {
-        return Err(Failure("state_mismatch".into()).into());
+        return Err(Failure::new("state_mismatch").into());
     }
     if let Some(error) = &query.error {
         let code: String = error
@@ -732,17 +738,17 @@ async fn finish_login(
             .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
             .take(64)
             .collect();
-        return Err(Failure(format!("idp_error:{code}")).into());
+        return Err(Failure::new(format!("idp_error:{code}")).into());
     }
     let code = query
         .code
         .as_deref()
         .filter(|c| !c.is_empty())
-        .ok_or_else(|| Failure("missing_code".into()))?;
+        .ok_or_else(|| Failure::new("missing_code"))?;
     let provider = inner
         .oidc
         .provider(&pending.provider_id)
-        .ok_or_else(|| Failure("unknown_provider".into()))?;
+        .ok_or_else(|| Failure::new("unknown_provider"))?;
     let metadata = inner.oidc.metadata(&provider).await?;
     let tokens = exchange_code(gw, &provider, &metadata, code, &pending).await?;
     let id_token = tokens.id_token;
@@ -776,7 +782,7 @@ async fn finish_login(
             .header(header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| Failure(format!("userinfo: {e}")))?;
+            .map_err(|e| Failure::new(format!("userinfo: {e}")))?;
         let userinfo: serde_json::Value = read_json(response, "userinfo endpoint").await?;
         rules::merge_userinfo(&mut claims, &userinfo, &provider.record.groups_claim)?;
     }
@@ -807,13 +813,16 @@ async fn finish_login(
     };
     let (session, cookies) = crate::login::establish_session(gw, identity, claims.sid.clone())
         .await
-        .map_err(|e| Failure(e.to_string()))?;
+        .map_err(|e| Failure {
+            store_unavailable: matches!(e, GatewayError::StoreUnavailable(_)),
+            reason: e.to_string(),
+        })?;
     if metadata.end_session_endpoint.is_some() {
         // Kept server-side only, sealed, for `id_token_hint` at RP-initiated logout.
         let sealed = inner
             .oidc
             .seal_id_token(&session.id, &id_token, inner.entropy.as_ref())
-            .map_err(|e| Failure(format!("sealing the ID token: {e}")))?;
+            .map_err(|e| Failure::new(format!("sealing the ID token: {e}")))?;
         inner
             .store
             .set_session_id_token(&session.id, &sealed)
@@ -877,7 +886,7 @@ async fn exchange_code(
         } else if methods.iter().any(|m| m == "client_secret_post") {
             form.push(("client_secret", secret.expose().to_owned()));
         } else {
-            return Err(Failure("no_supported_client_auth_method".into()));
+            return Err(Failure::new("no_supported_client_auth_method"));
         }
     }
     let response = request
@@ -885,7 +894,7 @@ async fn exchange_code(
         .form(&form)
         .send()
         .await
-        .map_err(|e| Failure(format!("token request: {e}")))?;
+        .map_err(|e| Failure::new(format!("token request: {e}")))?;
     #[derive(Deserialize)]
     struct TokenResponse {
         id_token: Option<String>,
@@ -893,9 +902,7 @@ async fn exchange_code(
     }
     let tokens: TokenResponse = read_json(response, "token endpoint").await?;
     Ok(Tokens {
-        id_token: tokens
-            .id_token
-            .ok_or_else(|| Failure("no_id_token".into()))?,
+        id_token: tokens.id_token.ok_or_else(|| Failure::new("no_id_token"))?,
         access_token: tokens.access_token.map(SecretString::new),
     })
 }
@@ -936,11 +943,11 @@ pub async fn back_channel_logout(
             event.reason = Some(format!("revoked:{revoked}"));
             StatusCode::OK
         }
-        Err(failure) if failure.store_unavailable() => {
-            event.reason = Some(failure.0);
+        Err(failure) if failure.store_unavailable => {
+            event.reason = Some(failure.reason);
             StatusCode::SERVICE_UNAVAILABLE
         }
-        Err(Failure(reason)) => {
+        Err(Failure { reason, .. }) => {
             event.reason = Some(reason);
             StatusCode::BAD_REQUEST
         }
@@ -981,14 +988,14 @@ async fn logout_from_token(
         logout_token: Option<String>,
     }
     let form: Form =
-        serde_urlencoded::from_bytes(body).map_err(|_| Failure("malformed_form".into()))?;
+        serde_urlencoded::from_bytes(body).map_err(|_| Failure::new("malformed_form"))?;
     let token = form
         .logout_token
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| Failure("missing_logout_token".into()))?;
+        .ok_or_else(|| Failure::new("missing_logout_token"))?;
     let inner = &gw.0;
     let (issuer, audience) =
-        peek_issuer_audience(&token).ok_or_else(|| Failure("malformed".into()))?;
+        peek_issuer_audience(&token).ok_or_else(|| Failure::new("malformed"))?;
     let provider = inner
         .oidc
         .read_providers(|providers| {
@@ -997,7 +1004,7 @@ async fn logout_from_token(
                 .find(|p| p.record.issuer == issuer && audience.contains(&p.record.client_id))
                 .cloned()
         })
-        .ok_or_else(|| Failure("unknown_issuer_or_audience".into()))?;
+        .ok_or_else(|| Failure::new("unknown_issuer_or_audience"))?;
     event.target = Some(provider.record.id.clone());
     let metadata = inner.oidc.metadata(&provider).await?;
     let expect = Expectations {
@@ -1026,7 +1033,7 @@ async fn logout_from_token(
             inner.clock.now_ms(),
         )
         .await?
-        .ok_or_else(|| Failure("replayed_jti".into()))?;
+        .ok_or_else(|| Failure::new("replayed_jti"))?;
     for id in &revoked {
         inner.sessions.invalidate(id);
         inner.bus.publish_local(BusEvent::Revoked(id.clone()));

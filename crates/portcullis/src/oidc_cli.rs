@@ -196,7 +196,9 @@ pub async fn run(raw: RawSettings, command: OidcCommand) -> anyhow::Result<ExitC
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(RefreshError::NotFound) => bail!("no provider {id}"),
-                Err(RefreshError::Fetch(failure)) => bail!("could not refresh {id}: {}", failure.0),
+                Err(RefreshError::Fetch(failure)) => {
+                    bail!("could not refresh {id}: {}", failure.reason)
+                }
                 Err(RefreshError::Downgrade(why)) => bail!(
                     "refused: {id} now offers less than before ({why}); repeat with --force to accept"
                 ),

@@ -293,6 +293,41 @@ async fn upstream_responses_are_delimited_and_cleaned(backend: Backend) {
     assert!(response.contains("connection: close"), "{response}");
     assert!(response.ends_with("\r\n\r\nuntil the end"), "{response}");
 
+    // Spoofed identity and forwarding headers, in any letter case, and hop-by-hop
+    // headers never reach the upstream; the gateway's own values do, once.
+    let spoofed = "X-Forwarded-User: root\r\nX-FORWARDED-GROUPS: superuser\r\n\
+                   x-Forwarded-Email: root@evil.example\r\nForwarded: for=6.6.6.6\r\n\
+                   X-Real-IP: 6.6.6.6\r\nX-Forwarded-For: 6.6.6.6\r\nTE: trailers\r\n\
+                   Connection: close\r\n";
+    let response = exchange(gw.addr, &get(&gw, &session, "GET", "/spoofed", spoofed)).await;
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    let head = upstream
+        .heads()
+        .into_iter()
+        .find(|h| h.starts_with("GET /spoofed "))
+        .expect("the request reached the upstream");
+    let lower = head.to_ascii_lowercase();
+    for absent in [
+        "root",
+        "superuser",
+        "6.6.6.6",
+        "forwarded: ",
+        "x-real-ip",
+        "te: ",
+    ] {
+        assert!(!lower.contains(absent), "{absent} in {head}");
+    }
+    assert_eq!(
+        lower.matches("x-forwarded-user: bob\r\n").count(),
+        1,
+        "{head}"
+    );
+    assert_eq!(
+        lower.matches("x-forwarded-for: 127.0.0.1\r\n").count(),
+        1,
+        "{head}"
+    );
+
     // The upstream saw the identity and none of the gateway's cookies.
     let heads = upstream.heads();
     assert!(!heads.is_empty());

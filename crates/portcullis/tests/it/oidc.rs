@@ -272,6 +272,35 @@ fn form_action(page: &str) -> Option<String> {
     Some(page[start..end].replace("&amp;", "&"))
 }
 
+/// A WebSocket on `addr` carried by session cookie value `session`, checked to
+/// echo; with the `Cookie` header that carries it.
+async fn live_socket(addr: SocketAddr, session: &str) -> (String, crate::websocket::Ws) {
+    let cookie = format!("portcullis_session={session}");
+    let origin = format!("http://{addr}");
+    let (mut ws, _) = connect(
+        addr,
+        "/ws/echo",
+        &[("cookie", &cookie), ("origin", &origin)],
+    )
+    .await
+    .unwrap();
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("hi"));
+    (cookie, ws)
+}
+
+/// The session behind `cookie` ended: its socket got 4401 and the cookie is refused.
+async fn assert_ended(mut ws: crate::websocket::Ws, client: &TestClient, cookie: &str) {
+    let frame = close_frame(&mut ws, Duration::from_secs(3))
+        .await
+        .expect("the socket is closed");
+    assert_eq!(u16::from(frame.code), 4401);
+    assert!(
+        header_refused_within(client, "cookie", cookie, Duration::from_secs(1)).await,
+        "the session is revoked"
+    );
+}
+
 async fn audit_reasons(gw: &TestGateway, action: &str) -> Vec<String> {
     gw.audit(action)
         .await
@@ -328,20 +357,8 @@ async fn sign_in_and_back_channel_logout(backend: Backend) {
     assert_eq!(me["sub"], "ada");
 
     // A live WebSocket carried by that session.
-    let cookie = format!(
-        "portcullis_session={}",
-        browser.cookie(&gateway_url, "portcullis_session").unwrap()
-    );
-    let origin = format!("http://{}", gw.addr);
-    let (mut ws, _) = connect(
-        gw.addr,
-        "/ws/echo",
-        &[("cookie", &cookie), ("origin", &origin)],
-    )
-    .await
-    .unwrap();
-    ws.send(Message::text("hi")).await.unwrap();
-    assert_eq!(next_data(&mut ws).await, Message::text("hi"));
+    let session = browser.cookie(&gateway_url, "portcullis_session").unwrap();
+    let (cookie, ws) = live_socket(gw.addr, &session).await;
 
     // The user signs out at the provider, which tells the gateway over the back
     // channel: the session is revoked and its socket closed.
@@ -349,14 +366,7 @@ async fn sign_in_and_back_channel_logout(backend: Backend) {
         .sign_out_at_provider(&op, &format!("{}/session/end", op.issuer))
         .await;
     assert!(done.status().is_success(), "{}", done.status());
-    let frame = close_frame(&mut ws, Duration::from_secs(3))
-        .await
-        .expect("closed after the back-channel logout");
-    assert_eq!(u16::from(frame.code), 4401);
-    assert!(
-        header_refused_within(&gw.client, "cookie", &cookie, Duration::from_secs(1)).await,
-        "the session is revoked"
-    );
+    assert_ended(ws, &gw.client, &cookie).await;
     let reasons = audit_reasons(&gw, "auth.oidc.back_channel_logout").await;
     assert!(
         reasons.contains(&"success:revoked:1".to_string()),
@@ -808,24 +818,14 @@ async fn admin_api(backend: Backend) {
     .await;
     assert_eq!(mapping.status, 201, "{}", mapping.text());
     let mapping_id = mapping.json()["id"].as_str().unwrap().to_owned();
-    let again = call(
-        "POST",
-        "group-mappings",
-        &admin,
-        true,
-        json!({"provider_id": "corp", "idp_group": "eng", "role": "admin"}),
-    )
-    .await;
-    assert_eq!(again.status, 409);
-    let unknown = call(
-        "POST",
-        "group-mappings",
-        &admin,
-        true,
-        json!({"provider_id": "nope", "idp_group": "eng", "role": "admin"}),
-    )
-    .await;
-    assert_eq!(unknown.status, 404);
+    for (name, provider, status) in [
+        ("the same again", "corp", 409),
+        ("unknown provider", "nope", 404),
+    ] {
+        let body = json!({"provider_id": provider, "idp_group": "eng", "role": "admin"});
+        let response = call("POST", "group-mappings", &admin, true, body).await;
+        assert_eq!(response.status, status, "{name}");
+    }
     let listed = call("GET", "group-mappings", &admin, false, Value::Null).await;
     assert_eq!(listed.json()["mappings"][0]["idp_group"], "eng");
     assert_eq!(
@@ -1079,26 +1079,12 @@ async fn back_channel_logout_reaches_every_replica(backend: Backend) {
     let session = browser
         .cookie(&format!("http://{}/", a.addr), "portcullis_session")
         .unwrap();
-    let cookie = format!("portcullis_session={session}");
-    let origin = format!("http://{}", b.addr);
-    let (mut ws, _) = connect(
-        b.addr,
-        "/ws/echo",
-        &[("cookie", &cookie), ("origin", &origin)],
-    )
-    .await
-    .unwrap();
-    ws.send(Message::text("on b")).await.unwrap();
-    assert_eq!(next_data(&mut ws).await, Message::text("on b"));
+    let (cookie, ws) = live_socket(b.addr, &session).await;
 
     browser
         .sign_out_at_provider(&op, &format!("{}/session/end", op.issuer))
         .await;
-    let frame = close_frame(&mut ws, Duration::from_secs(3))
-        .await
-        .expect("closed on the other replica");
-    assert_eq!(u16::from(frame.code), 4401);
-    assert!(header_refused_within(&b.client, "cookie", &cookie, Duration::from_secs(1)).await);
+    assert_ended(ws, &b.client, &cookie).await;
 }
 
 /// A logout token's `jti` is remembered in the same transaction as the revocation:
