@@ -160,7 +160,7 @@ impl BasicUsers {
             subject: username.to_owned(),
             name: username.to_owned(),
             email: None,
-            provider: "basic".to_owned(),
+            provider: crate::identity::IdentityProvider::Basic,
             roles,
         }
     }

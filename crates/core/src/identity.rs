@@ -30,6 +30,71 @@ pub const ROLE_USER: &str = "user";
 /// Role with every permission.
 pub const ROLE_ADMIN: &str = "admin";
 
+/// Where an identity comes from. The built-in providers have reserved names that
+/// no OpenID provider may take ([`RESERVED_PROVIDER_IDS`]), so an identity from one
+/// can never be mistaken for, or revoked as, one from another (a provider named
+/// `basic` could otherwise end local users' sessions by back-channel logout).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityProvider {
+    /// `AUTH_BASIC_USERS`.
+    Basic,
+    /// An OpenID provider, by id.
+    Oidc(String),
+    /// A magic link's client.
+    Magic,
+    /// An API token's owner.
+    ApiToken,
+    /// The internal credential.
+    Internal,
+}
+
+/// Names of the built-in providers; refused as OpenID provider ids.
+pub const RESERVED_PROVIDER_IDS: [&str; 4] = ["basic", "magic", "api-token", "server-internal"];
+
+impl IdentityProvider {
+    /// The name stored with a session and shown by `/me`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            IdentityProvider::Basic => "basic",
+            IdentityProvider::Oidc(id) => id,
+            IdentityProvider::Magic => "magic",
+            IdentityProvider::ApiToken => "api-token",
+            IdentityProvider::Internal => crate::internal::SUBJECT,
+        }
+    }
+
+    /// Reads a stored name back; only OpenID provider ids are not reserved.
+    pub fn from_stored(name: &str) -> Self {
+        match name {
+            "basic" => IdentityProvider::Basic,
+            "magic" => IdentityProvider::Magic,
+            "api-token" => IdentityProvider::ApiToken,
+            crate::internal::SUBJECT => IdentityProvider::Internal,
+            id => IdentityProvider::Oidc(id.to_owned()),
+        }
+    }
+
+    /// The OpenID provider's id, for an identity that came from one.
+    pub fn oidc_id(&self) -> Option<&str> {
+        match self {
+            IdentityProvider::Oidc(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for IdentityProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for IdentityProvider {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 /// An authenticated principal, as forwarded upstream and shown by `/me`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Identity {
@@ -38,8 +103,7 @@ pub struct Identity {
     /// Display name.
     pub name: String,
     pub email: Option<String>,
-    /// `basic`, an OIDC provider id, `magic`, `api-token` or `server-internal`.
-    pub provider: String,
+    pub provider: IdentityProvider,
     pub roles: Vec<String>,
 }
 
@@ -113,12 +177,32 @@ mod tests {
     }
 
     #[test]
+    fn provider_names_round_trip_and_reserved_names_are_built_in() {
+        for provider in [
+            IdentityProvider::Basic,
+            IdentityProvider::Magic,
+            IdentityProvider::ApiToken,
+            IdentityProvider::Internal,
+            IdentityProvider::Oidc("corp-sso".into()),
+        ] {
+            assert_eq!(IdentityProvider::from_stored(provider.as_str()), provider);
+        }
+        for name in RESERVED_PROVIDER_IDS {
+            assert_eq!(
+                IdentityProvider::from_stored(name).oidc_id(),
+                None,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
     fn built_in_roles() {
         let mut who = Identity {
             subject: "a".into(),
             name: "a".into(),
             email: None,
-            provider: "basic".into(),
+            provider: IdentityProvider::Basic,
             roles: vec![ROLE_USER.into()],
         };
         assert!(who.has_permission(Permission::SessionList));

@@ -98,7 +98,7 @@ pub fn identity() -> Identity {
         subject: SUBJECT.into(),
         name: SUBJECT.into(),
         email: None,
-        provider: SUBJECT.into(),
+        provider: crate::identity::IdentityProvider::Internal,
         roles: vec!["internal".into()],
     }
 }

@@ -448,8 +448,14 @@ pub fn id_token_context(session_id: &str) -> String {
     format!("portcullis oidc id token v1:{session_id}")
 }
 
-/// A provider id: 1 to 64 of `a-z 0-9 - _`, starting with a letter or digit.
+/// A provider id: 1 to 64 of `a-z 0-9 - _`, starting with a letter or digit, and
+/// not the name of a built-in provider.
 pub fn validate_provider_id(id: &str) -> Result<(), String> {
+    if crate::identity::RESERVED_PROVIDER_IDS.contains(&id) {
+        return Err(format!(
+            "{id:?} is reserved for a built-in sign-in method; choose another provider id"
+        ));
+    }
     let ok = !id.is_empty()
         && id.len() <= 64
         && id

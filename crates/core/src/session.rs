@@ -140,7 +140,7 @@ mod tests {
             subject: "alice".into(),
             name: "alice".into(),
             email: None,
-            provider: "basic".into(),
+            provider: crate::identity::IdentityProvider::Basic,
             roles: vec!["user".into()],
         };
         new_session(

@@ -20,7 +20,7 @@ fn identity(i: usize) -> Identity {
         subject: format!("user{i}@corp.example.com"),
         name: format!("User Number {i}"),
         email: Some(format!("user{i}@corp.example.com")),
-        provider: "corp-sso".into(),
+        provider: portcullis_core::identity::IdentityProvider::Oidc("corp-sso".into()),
         roles: vec!["user".into(), "analysts".into()],
     }
 }

@@ -18,9 +18,11 @@ use portcullis_store::{GroupMapping, ProviderDelete};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth::{Authenticated, authenticate};
 use crate::error::GatewayError;
 use crate::oidc::RefreshError;
+use crate::pipeline::Authenticated;
+use crate::pipeline::authenticate::authenticate_endpoint;
+use crate::pipeline::authorize::{EndpointAccess, authorize_endpoint};
 use crate::state::Gateway;
 
 /// One admin API call: who asks, from where, with what. Handlers take it as their
@@ -62,19 +64,18 @@ impl AdminCall {
     /// Authenticates, authorizes and (for cookie-authenticated mutations) checks CSRF.
     async fn authorize(&self, permission: Permission) -> Result<Authenticated, GatewayError> {
         let gw = &self.gw;
-        let auth = authenticate(gw, &self.headers, self.peer)
+        let auth = authenticate_endpoint(gw, &self.headers, self.peer)
             .await?
             .ok_or(GatewayError::Unauthenticated)?;
-        if !auth.identity().has_permission(permission) {
-            let mut event = gw.audit_event(&auth.identity().subject, permission.name(), "failure");
-            event.reason = Some("forbidden".into());
-            event.ip = Some(self.peer.ip().to_string());
-            gw.audit(event).await;
-            return Err(GatewayError::Forbidden);
-        }
-        if self.mutating && auth.via_cookie {
-            crate::login::check_csrf(gw, &auth, &self.headers, &self.body)?;
-        }
+        let access = EndpointAccess {
+            headers: &self.headers,
+            body: &self.body,
+            mutating: self.mutating,
+            permission: Some(permission),
+            mints_ticket: false,
+            peer: self.peer,
+        };
+        authorize_endpoint(gw, &auth, &access).await?;
         Ok(auth)
     }
 
@@ -307,7 +308,10 @@ pub async fn refresh_provider(
                 Err(RefreshError::Fetch(failure)) => {
                     event.reason = Some(failure.reason.clone());
                     gw.audit(event).await;
-                    Err(GatewayError::UpstreamUnavailable(failure.reason))
+                    Err(match failure.store {
+                        Some(e) => GatewayError::Store(e),
+                        None => GatewayError::Provider(failure.reason),
+                    })
                 }
                 Err(RefreshError::Downgrade(why)) => {
                     event.reason = Some(format!("downgrade: {why}"));

@@ -194,6 +194,17 @@ impl GatewayConfig {
     }
 }
 
+#[cfg(test)]
+impl GatewayConfig {
+    /// Defaults in front of an upstream on loopback, for unit tests.
+    pub(crate) fn for_tests() -> Self {
+        Self::new(
+            Upstream::parse("http://127.0.0.1:9").unwrap_or_else(|e| unreachable!("{e}")),
+            PublicUrl::parse("http://127.0.0.1:4180").unwrap_or_else(|e| unreachable!("{e}")),
+        )
+    }
+}
+
 /// Checks an auth prefix: `/` followed by path characters, no trailing slash.
 pub fn validate_prefix(prefix: &str) -> Result<(), String> {
     let ok = prefix.len() >= 2

@@ -1,15 +1,41 @@
-//! The only place that turns failures into HTTP statuses and client-visible text.
+//! The only place that turns failures into HTTP statuses, WebSocket close codes,
+//! OAuth error bodies and client-visible text (linkerd's rescue at the edge).
 //!
-//! Clients learn who is at fault and a uniform message; internal detail goes to the
-//! log under an error id that the client also receives, so an operator can match a
-//! user's report to the log line without the user ever seeing the detail.
+//! Every failure says whose fault it is ([`Fault`]). Clients learn a uniform
+//! message; for the upstream's faults and ours, the cause goes to the log under an
+//! error id (the request id) that the client also receives, so an operator can
+//! match a user's report to the log line without the user ever seeing the detail.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use portcullis_store::StoreError;
 use serde_json::json;
 
 use crate::pages;
+use crate::pipeline::RequestId;
+use crate::upstream::UpstreamError;
+
+/// Close code for "your session ended, or you never had one; sign in again"
+/// (SPEC 6.4, 6.5).
+pub const CLOSE_SESSION_ENDED: u16 = 4401;
+/// Close code for "the credential presented was refused" (SPEC 6.5).
+pub const CLOSE_REJECTED: u16 = 4403;
+/// The upstream refused or failed the WebSocket. 1011 ("unexpected condition")
+/// rather than the later-registered 1014 ("bad gateway"), which strict clients
+/// still treat as reserved and answer with a protocol error.
+pub const CLOSE_UPSTREAM_FAILED: u16 = 1011;
+
+/// Whose fault a failure is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The request (4xx): nothing to log beyond the access log.
+    Client,
+    /// The upstream or the identity provider (502/504).
+    Upstream,
+    /// The gateway or its database (5xx).
+    Gateway,
+}
 
 /// Everything a gateway request can end with other than success.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +44,10 @@ pub enum GatewayError {
     Unauthenticated,
     #[error("invalid credentials")]
     InvalidCredentials,
+    /// A credential was presented and refused (WebSocket upgrades tell this apart
+    /// from [`GatewayError::Unauthenticated`]).
+    #[error("credential rejected")]
+    CredentialRejected,
     #[error("CSRF token missing or wrong")]
     Csrf,
     #[error("origin not allowed")]
@@ -35,51 +65,70 @@ pub enum GatewayError {
     /// Input that fails validation; the message names the problems (never secrets).
     #[error("invalid: {0}")]
     Invalid(String),
-    /// Any failed OpenID Connect sign-in or logout token: one uniform answer, the
-    /// precise reason goes to the audit log.
+    /// Any failed OpenID Connect sign-in: one uniform answer, the precise reason
+    /// goes to the audit log.
     #[error("OpenID Connect failure: {0}")]
     OidcFailed(String),
+    /// A back-channel logout token that fails validation (the reason is audited).
+    #[error("logout token refused: {0}")]
+    LogoutTokenRefused(String),
     #[error("too many attempts")]
     Throttled { retry_after_secs: u64 },
     #[error("login workers busy")]
     Busy,
-    #[error("upstream unavailable: {0}")]
-    UpstreamUnavailable(String),
-    #[error("upstream timed out")]
-    UpstreamTimeout,
-    #[error("database unavailable: {0}")]
-    StoreUnavailable(String),
+    #[error("upstream: {0}")]
+    Upstream(#[from] UpstreamError),
+    /// The identity provider could not be reached or answered nonsense.
+    #[error("identity provider: {0}")]
+    Provider(String),
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    #[error("entropy source: {0}")]
+    Entropy(#[from] portcullis_core::secret::EntropyError),
     #[error("internal error: {0}")]
     Internal(String),
 }
 
-impl From<portcullis_store::StoreError> for GatewayError {
-    fn from(e: portcullis_store::StoreError) -> Self {
-        GatewayError::StoreUnavailable(e.to_string())
-    }
+tokio::task_local! {
+    /// The id of the request being served, so an error's id is its request's.
+    pub static CURRENT_REQUEST: RequestId;
 }
 
 impl GatewayError {
+    pub fn fault(&self) -> Fault {
+        match self {
+            GatewayError::Upstream(_) | GatewayError::Provider(_) => Fault::Upstream,
+            GatewayError::Store(_)
+            | GatewayError::Entropy(_)
+            | GatewayError::Internal(_)
+            | GatewayError::Busy => Fault::Gateway,
+            _ => Fault::Client,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::Unauthenticated | GatewayError::InvalidCredentials => {
                 StatusCode::UNAUTHORIZED
             }
-            GatewayError::Csrf | GatewayError::OriginNotAllowed | GatewayError::Forbidden => {
-                StatusCode::FORBIDDEN
-            }
-            GatewayError::HostNotAllowed | GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::CredentialRejected
+            | GatewayError::Csrf
+            | GatewayError::OriginNotAllowed
+            | GatewayError::Forbidden => StatusCode::FORBIDDEN,
+            GatewayError::HostNotAllowed
+            | GatewayError::BadRequest(_)
+            | GatewayError::Invalid(_)
+            | GatewayError::OidcFailed(_)
+            | GatewayError::LogoutTokenRefused(_) => StatusCode::BAD_REQUEST,
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::Conflict(_) => StatusCode::CONFLICT,
-            GatewayError::Invalid(_) => StatusCode::BAD_REQUEST,
-            GatewayError::OidcFailed(_) => StatusCode::BAD_REQUEST,
             GatewayError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
-            GatewayError::Busy | GatewayError::StoreUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
+            GatewayError::Busy | GatewayError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Upstream(UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Upstream(_) | GatewayError::Provider(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::Entropy(_) | GatewayError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
             }
-            GatewayError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
-            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -88,21 +137,23 @@ impl GatewayError {
         match self {
             GatewayError::Unauthenticated => "unauthenticated",
             GatewayError::InvalidCredentials => "invalid_credentials",
+            GatewayError::CredentialRejected | GatewayError::Forbidden => "forbidden",
             GatewayError::Csrf => "csrf_failed",
             GatewayError::OriginNotAllowed => "origin_not_allowed",
             GatewayError::HostNotAllowed => "host_not_allowed",
-            GatewayError::Forbidden => "forbidden",
             GatewayError::BadRequest(_) => "bad_request",
             GatewayError::NotFound => "not_found",
             GatewayError::Conflict(_) => "conflict",
             GatewayError::Invalid(_) => "invalid",
             GatewayError::OidcFailed(_) => "oidc_failed",
+            GatewayError::LogoutTokenRefused(_) => "invalid_request",
             GatewayError::Throttled { .. } => "too_many_attempts",
             GatewayError::Busy => "busy",
-            GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
-            GatewayError::UpstreamTimeout => "upstream_timeout",
-            GatewayError::StoreUnavailable(_) => "unavailable",
-            GatewayError::Internal(_) => "internal_error",
+            GatewayError::Upstream(UpstreamError::Timeout) => "upstream_timeout",
+            GatewayError::Upstream(_) => "upstream_unavailable",
+            GatewayError::Provider(_) => "provider_unavailable",
+            GatewayError::Store(_) => "unavailable",
+            GatewayError::Entropy(_) | GatewayError::Internal(_) => "internal_error",
         }
     }
 
@@ -114,7 +165,9 @@ impl GatewayError {
             GatewayError::Csrf => "Missing or invalid X-CSRF-Token header.".into(),
             GatewayError::OriginNotAllowed => "Request origin is not allowed.".into(),
             GatewayError::HostNotAllowed => "Host header is not allowed for this gateway.".into(),
-            GatewayError::Forbidden => "You do not have access to this resource.".into(),
+            GatewayError::CredentialRejected | GatewayError::Forbidden => {
+                "You do not have access to this resource.".into()
+            }
             GatewayError::BadRequest(why) => format!("Bad request: {why}."),
             GatewayError::NotFound => "Not found.".into(),
             GatewayError::Conflict(why) => format!("Conflict: {why}."),
@@ -122,52 +175,69 @@ impl GatewayError {
             GatewayError::OidcFailed(_) => {
                 "Sign-in with the identity provider failed. Please start again.".into()
             }
+            GatewayError::LogoutTokenRefused(_) => "logout token refused".into(),
             GatewayError::Throttled { retry_after_secs } => {
                 format!("Too many sign-in attempts. Try again in {retry_after_secs} s.")
             }
             GatewayError::Busy => "The gateway is busy. Try again shortly.".into(),
-            GatewayError::UpstreamUnavailable(_) => {
-                "The application behind this gateway is not reachable.".into()
-            }
-            GatewayError::UpstreamTimeout => {
+            GatewayError::Upstream(UpstreamError::Timeout) => {
                 "The application behind this gateway did not answer in time.".into()
             }
-            GatewayError::StoreUnavailable(_) => {
+            GatewayError::Upstream(_) => {
+                "The application behind this gateway is not reachable.".into()
+            }
+            GatewayError::Provider(_) => "The identity provider is not reachable.".into(),
+            GatewayError::Store(_) => {
                 "The gateway cannot reach its database; access is refused until it can.".into()
             }
-            GatewayError::Internal(_) => "Internal error.".into(),
+            GatewayError::Entropy(_) | GatewayError::Internal(_) => "Internal error.".into(),
         }
     }
 
-    /// Internal detail worth an error id in the log.
-    fn detail(&self) -> Option<&str> {
+    /// How a WebSocket upgrade refused for this reason is closed when refusals are
+    /// sent as close codes (`--ws-reject=close`); `None`: answered with the status.
+    pub fn close(&self) -> Option<(u16, &'static str)> {
         match self {
-            GatewayError::UpstreamUnavailable(d)
-            | GatewayError::StoreUnavailable(d)
-            | GatewayError::Internal(d) => Some(d),
+            GatewayError::Unauthenticated => Some((CLOSE_SESSION_ENDED, "authentication required")),
+            GatewayError::CredentialRejected => Some((CLOSE_REJECTED, "credential rejected")),
+            GatewayError::OriginNotAllowed => Some((CLOSE_REJECTED, "origin not allowed")),
+            GatewayError::Forbidden | GatewayError::Csrf => Some((CLOSE_REJECTED, "forbidden")),
+            GatewayError::Upstream(_) => Some((CLOSE_UPSTREAM_FAILED, "upstream unavailable")),
             _ => None,
         }
     }
 
-    fn error_id(&self) -> Option<String> {
-        let detail = self.detail()?;
-        let mut raw = [0u8; 6];
-        let _ = getrandom_fill(&mut raw);
-        let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        tracing::error!(error_id = %id, code = self.code(), detail, "request failed");
+    /// Logs the cause of an upstream or gateway fault under an error id (the
+    /// current request's id) and returns the id.
+    fn log(&self) -> Option<RequestId> {
+        if self.fault() == Fault::Client {
+            return None;
+        }
+        let id = CURRENT_REQUEST
+            .try_with(RequestId::clone)
+            .unwrap_or_else(|_| RequestId::next());
+        let mut chain = String::new();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            chain.push_str(": ");
+            chain.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        tracing::error!(error_id = %id, code = self.code(), error = %self, causes = %chain, "request failed");
         Some(id)
     }
 
     /// The response, as an HTML page when the client is a browser navigation.
     pub fn into_response_for(self, wants_html: bool) -> Response {
         let status = self.status();
-        let error_id = self.error_id();
+        let error_id = self.log();
+        let error_id = error_id.as_ref().map(RequestId::as_str);
         let message = self.public_message();
         let mut response = if wants_html {
-            let page = pages::error_page(status, &message, error_id.as_deref());
+            let page = pages::error_page(status, &message, error_id);
             (status, page).into_response()
         } else {
-            let body = match &error_id {
+            let body = match error_id {
                 Some(id) => json!({"error": self.code(), "message": message, "error_id": id}),
                 None => json!({"error": self.code(), "message": message}),
             };
@@ -175,21 +245,72 @@ impl GatewayError {
         };
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 9110 section 11.6.1: a 401 names the schemes that would do.
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"portcullis\""),
+            );
+        }
         if let GatewayError::Throttled { retry_after_secs } = self {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
         response
     }
-}
 
-fn getrandom_fill(buf: &mut [u8]) -> Result<(), portcullis_core::secret::EntropyError> {
-    use portcullis_core::secret::{Entropy, OsEntropy};
-    OsEntropy.fill(buf)
+    /// The answer of an OAuth-style endpoint (back-channel logout, RFC 6749
+    /// section 5.2 bodies): 400 `invalid_request` for a refused token, 503
+    /// `temporarily_unavailable` when the database cannot answer (the provider may
+    /// retry: nothing was applied). Never cached.
+    pub fn into_oauth_response(self) -> Response {
+        let (status, error, description) = match self.fault() {
+            Fault::Client => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "logout token refused",
+            ),
+            Fault::Upstream | Fault::Gateway => {
+                self.log();
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "try again later",
+                )
+            }
+        };
+        let mut response = (
+            status,
+            Json(json!({"error": error, "error_description": description})),
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
 }
 
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         self.into_response_for(false)
+    }
+}
+
+impl From<crate::keyring::KeyringError> for GatewayError {
+    fn from(e: crate::keyring::KeyringError) -> Self {
+        match e {
+            crate::keyring::KeyringError::Store(e) => GatewayError::Store(e),
+            other => GatewayError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::internal::InternalError> for GatewayError {
+    fn from(e: crate::internal::InternalError) -> Self {
+        match e {
+            crate::internal::InternalError::Store(e) => GatewayError::Store(e),
+            other => GatewayError::Internal(other.to_string()),
+        }
     }
 }
 
@@ -199,8 +320,87 @@ mod tests {
 
     #[test]
     fn internal_detail_never_reaches_the_client() {
-        let err = GatewayError::StoreUnavailable("password=hunter2 connection refused".into());
-        assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let err = GatewayError::Internal("password=hunter2 connection refused".into());
+        assert_eq!(err.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!err.public_message().contains("hunter2"));
+    }
+
+    #[test]
+    fn each_failure_has_one_status_fault_and_close_code() {
+        // (error, status, fault, close code)
+        let rows: Vec<(GatewayError, u16, Fault, Option<u16>)> = vec![
+            (
+                GatewayError::Unauthenticated,
+                401,
+                Fault::Client,
+                Some(4401),
+            ),
+            (
+                GatewayError::CredentialRejected,
+                403,
+                Fault::Client,
+                Some(4403),
+            ),
+            (
+                GatewayError::OriginNotAllowed,
+                403,
+                Fault::Client,
+                Some(4403),
+            ),
+            (GatewayError::Csrf, 403, Fault::Client, Some(4403)),
+            (GatewayError::HostNotAllowed, 400, Fault::Client, None),
+            (
+                GatewayError::Upstream(UpstreamError::ClosedEarly),
+                502,
+                Fault::Upstream,
+                Some(1011),
+            ),
+            (
+                GatewayError::Upstream(UpstreamError::Timeout),
+                504,
+                Fault::Upstream,
+                Some(1011),
+            ),
+            (
+                GatewayError::Provider("x".into()),
+                502,
+                Fault::Upstream,
+                None,
+            ),
+            (GatewayError::Busy, 503, Fault::Gateway, None),
+            (
+                GatewayError::Internal("x".into()),
+                500,
+                Fault::Gateway,
+                None,
+            ),
+        ];
+        for (error, status, fault, close) in rows {
+            let name = error.to_string();
+            assert_eq!(error.status().as_u16(), status, "{name}");
+            assert_eq!(error.fault(), fault, "{name}");
+            assert_eq!(error.close().map(|c| c.0), close, "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_401_names_its_scheme_and_an_error_id_is_the_request_id() {
+        let response = GatewayError::Unauthenticated.into_response();
+        assert_eq!(
+            response.headers()[header::WWW_AUTHENTICATE],
+            "Bearer realm=\"portcullis\""
+        );
+        let id = RequestId::next();
+        let response = CURRENT_REQUEST
+            .scope(id.clone(), async {
+                GatewayError::Internal("boom".into()).into_response()
+            })
+            .await;
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error_id"], id.as_str());
     }
 }

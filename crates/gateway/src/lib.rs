@@ -8,10 +8,9 @@
 #![forbid(unsafe_code)]
 
 mod admin;
-mod auth;
 pub mod config;
 mod cookies;
-pub mod error;
+mod error;
 mod fastpath;
 mod internal;
 mod keyring;
@@ -19,12 +18,14 @@ pub mod live;
 mod login;
 pub mod oidc;
 mod pages;
+mod pipeline;
 mod proxy;
 mod server;
 pub mod session_cache;
 mod state;
 mod throttle;
-pub mod ws;
+mod upstream;
+mod ws;
 mod ws_frames;
 
 pub use config::{GatewayConfig, OidcProviderSpec, PublicUrl, SameSite, Upstream, WsReject};

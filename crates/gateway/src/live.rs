@@ -23,10 +23,25 @@ pub const REASON_EXPIRED: EndReason = "session expired";
 /// before the end and register just after it.
 const RECENT_ENDS: Duration = Duration::from_secs(60);
 
+/// Live connections and recently ended ids under one lock: registering and ending
+/// are atomic with respect to each other, so a connection registers either before
+/// an end (and is told) or after it (and finds it remembered), never in between.
 #[derive(Debug, Default)]
 pub struct LiveConnections {
-    sessions: Mutex<HashMap<String, watch::Sender<Option<EndReason>>>>,
-    recently_ended: Mutex<HashMap<String, (EndReason, Instant)>>,
+    state: Mutex<Registry>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    sessions: HashMap<String, watch::Sender<Option<EndReason>>>,
+    recently_ended: HashMap<String, (EndReason, Instant)>,
+}
+
+impl Registry {
+    fn forget_old_ends(&mut self) {
+        self.recently_ended
+            .retain(|_, (_, at)| at.elapsed() < RECENT_ENDS);
+    }
 }
 
 /// One connection's membership; leaving the registry happens on drop.
@@ -55,19 +70,20 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         drop(self.ended.take());
-        let mut sessions = self.registry.lock();
-        if sessions
+        let mut registry = self.registry.lock();
+        if registry
+            .sessions
             .get(&self.session_id)
             .is_some_and(|sender| sender.receiver_count() == 0)
         {
-            sessions.remove(&self.session_id);
+            registry.sessions.remove(&self.session_id);
         }
     }
 }
 
 impl LiveConnections {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, watch::Sender<Option<EndReason>>>> {
-        match self.sessions.lock() {
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        match self.state.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         }
@@ -77,10 +93,15 @@ impl LiveConnections {
     /// (after the connection authenticated but before this call), the registration
     /// starts out ended, so no revocation can slip through the gap.
     pub fn register(self: &Arc<Self>, session_id: &str) -> Registration {
-        let ended = self.recent().get(session_id).map(|(reason, _)| *reason);
         let receiver = {
-            let mut sessions = self.lock();
-            let sender = sessions
+            let mut registry = self.lock();
+            registry.forget_old_ends();
+            let ended = registry
+                .recently_ended
+                .get(session_id)
+                .map(|(reason, _)| *reason);
+            let sender = registry
+                .sessions
                 .entry(session_id.to_owned())
                 .or_insert_with(|| watch::channel(None).0);
             if ended.is_some() {
@@ -95,31 +116,25 @@ impl LiveConnections {
         }
     }
 
-    fn recent(&self) -> MutexGuard<'_, HashMap<String, (EndReason, Instant)>> {
-        let mut recent = match self.recently_ended.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        recent.retain(|_, (_, at)| at.elapsed() < RECENT_ENDS);
-        recent
-    }
-
     /// Closes every connection of `session_id`, and any that registers shortly after.
     pub fn end_session(&self, session_id: &str, reason: EndReason) {
-        self.recent()
+        let mut registry = self.lock();
+        registry.forget_old_ends();
+        registry
+            .recently_ended
             .insert(session_id.to_owned(), (reason, Instant::now()));
-        if let Some(sender) = self.lock().get(session_id) {
+        if let Some(sender) = registry.sessions.get(session_id) {
             sender.send_replace(Some(reason));
         }
     }
 
     pub fn session_ids(&self) -> Vec<String> {
-        self.lock().keys().cloned().collect()
+        self.lock().sessions.keys().cloned().collect()
     }
 
     /// Number of sessions with at least one live connection.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().sessions.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -199,6 +214,32 @@ mod tests {
         assert_eq!(registry.session_ids(), vec!["ses-b".to_string()]);
         drop(b);
         assert!(registry.is_empty());
+    }
+
+    #[test]
+    fn registering_and_ending_race_without_losing_an_end() {
+        // Many rounds of a registration racing an end on two threads: whichever
+        // wins, the registration must end up ended.
+        for round in 0..2_000 {
+            let registry = Arc::new(LiveConnections::default());
+            let id = format!("ses-{round}");
+            let barrier = Arc::new(std::sync::Barrier::new(2));
+            let ender = {
+                let (registry, id, barrier) = (registry.clone(), id.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    registry.end_session(&id, REASON_REVOKED);
+                })
+            };
+            barrier.wait();
+            let registration = registry.register(&id);
+            ender.join().unwrap();
+            let ended = registration
+                .ended
+                .as_ref()
+                .is_some_and(|receiver| receiver.borrow().is_some());
+            assert!(ended, "round {round}: a revocation was lost");
+        }
     }
 
     #[tokio::test]

@@ -10,17 +10,19 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
-use portcullis_core::identity::{Identity, PrincipalKind};
+use portcullis_core::identity::Identity;
 use portcullis_core::redirect::safe_next;
 use portcullis_core::secret::SecretString;
 use portcullis_core::session::new_session;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth::{Authenticated, authenticate};
 use crate::cookies::{self, CSRF_COOKIE, SESSION_COOKIE};
 use crate::error::GatewayError;
 use crate::pages;
+use crate::pipeline::authenticate::authenticate_endpoint;
+use crate::pipeline::authorize::{EndpointAccess, authorize_endpoint};
+use crate::pipeline::carrier::{self, Carrier};
 use crate::state::Gateway;
 
 /// Longest username or password considered; longer input is refused before any
@@ -327,37 +329,6 @@ fn rfc3339(ms: i64) -> Option<String> {
     (ms < i64::MAX).then(|| humantime::format_rfc3339_seconds(time).to_string())
 }
 
-#[derive(Deserialize)]
-struct CsrfForm {
-    csrf_token: Option<String>,
-}
-
-/// Checks the CSRF token of a cookie-authenticated mutation: the `X-CSRF-Token`
-/// header, or a `csrf_token` form field for no-JavaScript forms.
-pub(crate) fn check_csrf(
-    gw: &Gateway,
-    auth: &Authenticated,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<(), GatewayError> {
-    // CSRF rides on ambient credentials; a bearer token is sent deliberately.
-    if !auth.via_cookie {
-        return Ok(());
-    }
-    let from_header = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
-    let from_form = serde_urlencoded::from_bytes::<CsrfForm>(body)
-        .ok()
-        .and_then(|f| f.csrf_token);
-    let presented = from_header
-        .or(from_form.as_deref())
-        .ok_or(GatewayError::Csrf)?;
-    if gw.0.csrf.verify(auth.session_id(), presented) {
-        Ok(())
-    } else {
-        Err(GatewayError::Csrf)
-    }
-}
-
 pub async fn logout(
     State(gw): State<Gateway>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -365,14 +336,22 @@ pub async fn logout(
     body: Bytes,
 ) -> Response {
     let json_flow = wants_json_response(&headers);
-    let auth = match authenticate(&gw, &headers, peer).await {
+    let auth = match authenticate_endpoint(&gw, &headers, peer).await {
         Ok(auth) => auth,
         Err(e) => return e.into_response(),
     };
     // Only a cookie session is ended here; API tokens are revoked by id.
     let mut end_session_url = None;
-    if let Some(auth) = auth.as_ref().filter(|a| a.via_cookie) {
-        if let Err(e) = check_csrf(&gw, auth, &headers, &body) {
+    if let Some(auth) = auth.as_ref().filter(|a| a.carrier == Carrier::Cookie) {
+        let access = EndpointAccess {
+            headers: &headers,
+            body: &body,
+            mutating: true,
+            permission: None,
+            mints_ticket: false,
+            peer,
+        };
+        if let Err(e) = authorize_endpoint(&gw, auth, &access).await {
             return e.into_response();
         }
         let inner = &gw.0;
@@ -418,7 +397,7 @@ pub async fn me(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    match authenticate(&gw, &headers, peer).await {
+    match authenticate_endpoint(&gw, &headers, peer).await {
         Ok(Some(auth)) => {
             let mut body = identity_json(auth.identity());
             body["session_id"] = json!(auth.session_id());
@@ -441,13 +420,10 @@ pub async fn verify(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    match authenticate(&gw, &headers, peer).await {
+    match authenticate_endpoint(&gw, &headers, peer).await {
         Ok(Some(auth)) => {
             let mut response = StatusCode::OK.into_response();
-            crate::proxy::set_identity_headers(
-                response.headers_mut(),
-                auth.session.identity_headers(),
-            );
+            crate::upstream::rewrite::set_identity_headers(response.headers_mut(), auth.identity());
             response
         }
         Ok(None) => {
@@ -478,23 +454,26 @@ pub async fn ws_ticket(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let auth = match authenticate(&gw, &headers, peer).await {
+    let auth = match authenticate_endpoint(&gw, &headers, peer).await {
         Ok(Some(auth)) => auth,
         Ok(None) => return GatewayError::Unauthenticated.into_response(),
         Err(e) => return e.into_response(),
     };
-    if let Err(e) = check_csrf(&gw, &auth, &headers, &body) {
+    let access = EndpointAccess {
+        headers: &headers,
+        body: &body,
+        mutating: true,
+        permission: None,
+        mints_ticket: true,
+        peer,
+    };
+    if let Err(e) = authorize_endpoint(&gw, &auth, &access).await {
         return e.into_response();
-    }
-    // The internal credential is multi-use and loopback-only: a ticket would only
-    // carry it to where it is not accepted.
-    if PrincipalKind::of(auth.session_id()) == PrincipalKind::Internal {
-        return GatewayError::Forbidden.into_response();
     }
     let inner = &gw.0;
     let ticket = match portcullis_core::ticket::mint(inner.entropy.as_ref()) {
         Ok(ticket) => ticket,
-        Err(e) => return GatewayError::Internal(e.to_string()).into_response(),
+        Err(e) => return GatewayError::Entropy(e).into_response(),
     };
     let now = inner.clock.now_ms();
     let ttl = inner.config.ws_ticket_ttl_ms;
@@ -520,11 +499,9 @@ pub async fn ws_ticket(
 /// so clients need no trial and error. Unauthenticated; reveals no secret.
 pub async fn capabilities(State(gw): State<Gateway>) -> Response {
     let config = gw.config();
-    let mut schemes = vec!["ticket", "jep121-subprotocol", "authorization-bearer"];
-    if config.ws_query_token {
-        schemes.push("query-token");
-    }
-    schemes.push("cookie");
+    let schemes: Vec<&str> = carrier::carriers(config, true)
+        .map(Carrier::scheme)
+        .collect();
     Json(json!({
         "websocket": {
             "schemes": schemes,
@@ -536,7 +513,7 @@ pub async fn capabilities(State(gw): State<Gateway>) -> Response {
                 crate::config::WsReject::Status => "status",
                 crate::config::WsReject::Close => "close",
             },
-            "close_codes": {"session_ended": crate::ws::CLOSE_SESSION_ENDED, "rejected": crate::ws::CLOSE_REJECTED},
+            "close_codes": {"session_ended": crate::error::CLOSE_SESSION_ENDED, "rejected": crate::error::CLOSE_REJECTED},
         }
     }))
     .into_response()

@@ -74,7 +74,7 @@ pub struct Failure {
     pub reason: String,
     /// The database could not answer: nothing was refused, so the answer is 503
     /// (a provider retries a back-channel logout; a user retries a sign-in).
-    pub store_unavailable: bool,
+    pub store: Option<StoreError>,
 }
 
 impl From<TokenError> for Failure {
@@ -87,7 +87,7 @@ impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
         Failure {
             reason: format!("store: {e}"),
-            store_unavailable: true,
+            store: Some(e),
         }
     }
 }
@@ -99,16 +99,19 @@ impl Failure {
     pub fn new(reason: impl Into<String>) -> Self {
         Self {
             reason: reason.into(),
-            store_unavailable: false,
+            store: None,
+        }
+    }
+
+    fn into_error(self) -> GatewayError {
+        match self.store {
+            Some(e) => GatewayError::Store(e),
+            None => GatewayError::OidcFailed(self.reason),
         }
     }
 
     fn into_response(self) -> Response {
-        if self.store_unavailable {
-            GatewayError::StoreUnavailable(self.reason).into_response_for(true)
-        } else {
-            GatewayError::OidcFailed(self.reason).into_response_for(true)
-        }
+        self.into_error().into_response_for(true)
     }
 }
 
@@ -808,14 +811,14 @@ async fn finish_login(
             .unwrap_or_else(|| claims.subject.clone()),
         subject: claims.subject.clone(),
         email: claims.email.clone(),
-        provider: provider.record.id.clone(),
+        provider: portcullis_core::identity::IdentityProvider::Oidc(provider.record.id.clone()),
         roles,
     };
     let (session, cookies) = crate::login::establish_session(gw, identity, claims.sid.clone())
         .await
-        .map_err(|e| Failure {
-            store_unavailable: matches!(e, GatewayError::StoreUnavailable(_)),
-            reason: e.to_string(),
+        .map_err(|e| match e {
+            GatewayError::Store(e) => Failure::from(e),
+            other => Failure::new(other.to_string()),
         })?;
     if metadata.end_session_endpoint.is_some() {
         // Kept server-side only, sealed, for `id_token_hint` at RP-initiated logout.
@@ -937,44 +940,26 @@ pub async fn back_channel_logout(
     let mut event = gw.audit_event("anonymous", "auth.oidc.back_channel_logout", "failure");
     event.ip = Some(peer.ip().to_string());
     let outcome = logout_from_token(&gw, &body, &mut event).await;
-    let status = match outcome {
+    let response = match outcome {
         Ok(revoked) => {
             event.outcome = "success".into();
             event.reason = Some(format!("revoked:{revoked}"));
-            StatusCode::OK
+            let mut response = StatusCode::OK.into_response();
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
         }
-        Err(failure) if failure.store_unavailable => {
-            event.reason = Some(failure.reason);
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        Err(Failure { reason, .. }) => {
-            event.reason = Some(reason);
-            StatusCode::BAD_REQUEST
+        Err(failure) => {
+            event.reason = Some(failure.reason.clone());
+            match failure.store {
+                Some(e) => GatewayError::Store(e),
+                None => GatewayError::LogoutTokenRefused(failure.reason),
+            }
+            .into_oauth_response()
         }
     };
     gw.audit(event).await;
-    let mut response = match status {
-        StatusCode::OK => status.into_response(),
-        StatusCode::SERVICE_UNAVAILABLE => (
-            status,
-            axum::Json(serde_json::json!({
-                "error": "temporarily_unavailable",
-                "error_description": "try again later",
-            })),
-        )
-            .into_response(),
-        _ => (
-            status,
-            axum::Json(serde_json::json!({
-                "error": "invalid_request",
-                "error_description": "logout token refused",
-            })),
-        )
-            .into_response(),
-    };
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -1044,9 +1029,12 @@ async fn logout_from_token(
 /// RP-initiated logout: the provider's `end_session_endpoint` for a session that
 /// came from it, with the `id_token_hint` kept server-side at sign-in (taken, so it
 /// is used once) and a return to the sign-in page. `None` for other sessions.
-pub async fn end_session_url(gw: &Gateway, auth: &crate::auth::Authenticated) -> Option<String> {
+pub async fn end_session_url(
+    gw: &Gateway,
+    auth: &crate::pipeline::Authenticated,
+) -> Option<String> {
     let inner = &gw.0;
-    let provider = inner.oidc.provider(&auth.identity().provider)?;
+    let provider = inner.oidc.provider(auth.identity().provider.oidc_id()?)?;
     let id_token = match inner.store.take_session_id_token(auth.session_id()).await {
         Ok(stored) => {
             let opened = inner.oidc.open_id_token(auth.session_id(), &stored?);

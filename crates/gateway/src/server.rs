@@ -21,11 +21,15 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tower_service::Service;
 
-use crate::error::GatewayError;
+use crate::error::{CURRENT_REQUEST, GatewayError};
 use crate::fastpath;
 use crate::login;
-use crate::proxy::{self, UpstreamClient};
+use crate::pipeline::authenticate::Primed;
+use crate::pipeline::{PathKind, RequestContext};
+use crate::proxy;
 use crate::state::Gateway;
+use crate::upstream::UpstreamClient;
+use crate::upstream::rewrite::X_REQUEST_ID;
 
 /// Bodies the gateway itself reads (login forms, JSON) are small; larger ones are
 /// refused with 413 before being read. Proxied bodies are streamed and not limited.
@@ -146,6 +150,8 @@ struct Connection {
     router: Router,
     upstream: UpstreamClient,
     peer: SocketAddr,
+    /// The fast path's authentication of the first request hyper reads.
+    primed: std::sync::Arc<std::sync::Mutex<Option<Primed>>>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Connection {
@@ -153,20 +159,55 @@ impl hyper::service::Service<Request<Incoming>> for Connection {
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move {
-            if let Err(e) = check_host(&this.gw, request.headers(), request.uri()) {
-                return Ok(e.into_response());
+        let primed = this
+            .primed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(primed) = primed {
+            request.extensions_mut().insert(primed);
+        }
+        let mut ctx = RequestContext::for_request(self.peer, PathKind::Proxy, request.headers());
+        Box::pin(CURRENT_REQUEST.scope(ctx.id.clone(), async move {
+            let method = request.method().clone();
+            let path = request.uri().path().to_owned();
+            let mut response = this.dispatch(&mut ctx, request).await;
+            if let Ok(id) = axum::http::HeaderValue::from_str(ctx.id.as_str()) {
+                response.headers_mut().insert(X_REQUEST_ID, id);
             }
-            if is_own_path(&this.gw.config().auth_prefix, request.uri().path()) {
-                let mut request = request.map(Body::new);
-                request.extensions_mut().insert(ConnectInfo(this.peer));
-                let mut router = this.router;
-                return router.call(request).await;
+            let status = response.status();
+            // A relayed WebSocket logs when it ends, not at its 101.
+            if !(ctx.kind == PathKind::Upgrade && status == http::StatusCode::SWITCHING_PROTOCOLS) {
+                ctx.finish(method.as_str(), &path, status.as_u16());
             }
-            Ok(proxy::handle(&this.gw, &this.upstream, this.peer, request).await)
-        })
+            Ok(response)
+        }))
+    }
+}
+
+impl Connection {
+    async fn dispatch(
+        &self,
+        ctx: &mut RequestContext,
+        request: Request<Incoming>,
+    ) -> Response<Body> {
+        if let Err(e) = check_host(&self.gw, request.headers(), request.uri()) {
+            ctx.kind = PathKind::Endpoint;
+            return e.into_response();
+        }
+        if is_own_path(&self.gw.config().auth_prefix, request.uri().path()) {
+            ctx.kind = PathKind::Endpoint;
+            let mut request = request.map(Body::new);
+            request.extensions_mut().insert(ConnectInfo(self.peer));
+            let mut router = self.router.clone();
+            return match router.call(request).await {
+                Ok(response) => response,
+                Err(infallible) => match infallible {},
+            };
+        }
+        proxy::handle(&self.gw, &self.upstream, ctx, request).await
     }
 }
 
@@ -210,6 +251,7 @@ pub async fn serve(
             router: router.clone(),
             upstream: upstream.clone(),
             peer,
+            primed: Default::default(),
         };
         let mut stopping = stop.subscribe();
         let alive = alive.clone();
@@ -232,8 +274,14 @@ pub async fn serve(
                 &mut stopping,
             )
             .await;
-            if handoff == fastpath::Handoff::Closed {
-                return;
+            match handoff {
+                fastpath::Handoff::Closed => return,
+                fastpath::Handoff::Hyper(primed) => {
+                    *service
+                        .primed
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = primed;
+                }
             }
             let io = fastpath::Prefixed::new(buf.freeze(), stream);
             let connection = http

@@ -12,9 +12,8 @@
 //! batches by [`SessionCache::flush_activity`], at most once per
 //! [`TOUCH_GRANULARITY`] per session.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -39,33 +38,9 @@ pub struct CachedSession {
     last_seen: AtomicI64,
     persisted_seen: AtomicI64,
     queued: AtomicBool,
-    /// Upstream identity headers, built once per cached session, not per request.
-    identity_headers: OnceLock<Vec<(HeaderName, HeaderValue)>>,
-    /// The same headers as HTTP/1 lines (`name: value\r\n`), for the fast path.
-    identity_lines: OnceLock<Vec<u8>>,
 }
 
 impl CachedSession {
-    pub fn identity_headers(&self) -> &[(HeaderName, HeaderValue)] {
-        self.identity_headers
-            .get_or_init(|| crate::proxy::identity_header_values(&self.session.identity))
-    }
-
-    pub fn identity_lines(&self) -> &[u8] {
-        self.identity_lines.get_or_init(|| {
-            let mut lines = Vec::new();
-            // Built from the values directly: a session used only on the fast path
-            // never holds both forms.
-            for (name, value) in crate::proxy::identity_header_values(&self.session.identity) {
-                lines.extend_from_slice(name.as_str().as_bytes());
-                lines.extend_from_slice(b": ");
-                lines.extend_from_slice(value.as_bytes());
-                lines.extend_from_slice(b"\r\n");
-            }
-            lines
-        })
-    }
-
     pub fn last_seen(&self) -> Millis {
         self.last_seen.load(Ordering::Relaxed)
     }
@@ -77,8 +52,6 @@ impl CachedSession {
             last_seen: AtomicI64::new(session.last_seen_ms),
             persisted_seen: AtomicI64::new(i64::MAX),
             queued: AtomicBool::new(true),
-            identity_headers: OnceLock::new(),
-            identity_lines: OnceLock::new(),
             session,
         }
     }
@@ -112,7 +85,7 @@ fn token_entry(row: portcullis_store::ApiTokenRow) -> Arc<CachedSession> {
             name: row.subject.clone(),
             subject: row.subject.clone(),
             email: None,
-            provider: "api-token".into(),
+            provider: portcullis_core::identity::IdentityProvider::ApiToken,
             roles: row.role_list(),
         },
         id: row.id,
@@ -133,6 +106,8 @@ pub struct SessionCache {
     /// API tokens by secret hash, as pseudo-sessions named by their `tok-` id.
     tokens: Cache<String, Arc<CachedSession>>,
     epoch: AtomicU64,
+    /// Sessions read from the database (misses), for diagnostics.
+    loads: AtomicU64,
     activity: mpsc::UnboundedSender<Arc<CachedSession>>,
 }
 
@@ -153,6 +128,7 @@ impl SessionCache {
                 entries,
                 tokens,
                 epoch: AtomicU64::new(0),
+                loads: AtomicU64::new(0),
                 activity,
             },
             rx,
@@ -191,6 +167,7 @@ impl SessionCache {
             Cached::Miss => {}
         }
         let epoch = self.epoch.load(Ordering::Acquire);
+        self.loads.fetch_add(1, Ordering::Relaxed);
         let session = store.session(id).await?.ok_or(LookupError::Unknown)?;
         session
             .check(now, session.last_seen_ms)
@@ -248,8 +225,6 @@ impl SessionCache {
             last_seen: AtomicI64::new(session.last_seen_ms),
             persisted_seen: AtomicI64::new(session.last_seen_ms),
             queued: AtomicBool::new(false),
-            identity_headers: OnceLock::new(),
-            identity_lines: OnceLock::new(),
             session,
         });
         if self.epoch.load(Ordering::Acquire) == epoch {
@@ -283,6 +258,11 @@ impl SessionCache {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.entries.invalidate_all();
         self.tokens.invalidate_all();
+    }
+
+    /// How many session lookups have gone to the database.
+    pub fn database_loads(&self) -> u64 {
+        self.loads.load(Ordering::Relaxed)
     }
 
     pub fn len(&self) -> u64 {

@@ -259,6 +259,26 @@ impl Gateway {
         Ok(())
     }
 
+    /// Fills `buf` from the gateway's entropy source; a failure is an error, never
+    /// zeros.
+    pub(crate) fn fill_random(
+        &self,
+        buf: &mut [u8],
+    ) -> Result<(), portcullis_core::secret::EntropyError> {
+        self.0.entropy.fill(buf)
+    }
+
+    /// Registers a live WebSocket of principal `id` (before its upstream is
+    /// contacted).
+    pub(crate) fn register_live(&self, id: &str) -> crate::live::Registration {
+        self.0.live.register(id)
+    }
+
+    /// Whether `presented` is the CSRF token of session `session_id`.
+    pub(crate) fn csrf_valid(&self, session_id: &str, presented: &str) -> bool {
+        self.0.csrf.verify(session_id, presented)
+    }
+
     pub(crate) fn audit_event(&self, actor: &str, action: &str, outcome: &str) -> AuditEvent {
         AuditEvent {
             at_ms: self.0.clock.now_ms(),

@@ -1,49 +1,41 @@
-//! WebSocket upgrades: authenticated by the same phase as every request, then
-//! relayed as bytes, verbatim, while the relay tracks frame headers
-//! (`ws_frames`) so the gateway can still end a connection with a close
-//! code of its own (4401) between two frames when the session dies. An opaque byte
-//! pipe could only drop the TCP connection, which browsers report as an
-//! uninformative 1006.
+//! WebSocket upgrades: the pipeline's phases, then a relay of bytes, verbatim,
+//! that tracks frame headers (`ws_frames`) so the gateway can still end a
+//! connection with a close code of its own (4401) between two frames when the
+//! session dies. An opaque byte pipe could only drop the TCP connection, which
+//! browsers report as an uninformative 1006.
 //!
-//! `Sec-WebSocket-Extensions` is not forwarded: no extension may be negotiated end
-//! to end (the relay refuses frames with reserved bits), so frames stay readable.
+//! A connection is registered under its principal before the upstream is
+//! contacted, so a revocation that lands during the upstream handshake is never
+//! missed. `Sec-WebSocket-Extensions` is not forwarded: no extension may be
+//! negotiated end to end (the relay refuses frames with reserved bits), so frames
+//! stay readable.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use axum::response::IntoResponse;
+use base64::Engine as _;
 use futures_util::StreamExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use portcullis_core::identity::PrincipalKind;
+use portcullis_core::subprotocol::{Offer, answer, parse_offer};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
-use crate::auth::{
-    Authenticated, Outcome, authenticate_bearer_value, authenticate_outcome, authenticate_ticket,
-    portcullis_bearer,
-};
 use crate::config::WsReject;
-use crate::error::GatewayError;
+use crate::error::{CLOSE_SESSION_ENDED, CLOSE_UPSTREAM_FAILED, GatewayError};
 use crate::live::{EndReason, REASON_EXPIRED, Registration};
-use crate::proxy::{UpstreamClient, upstream_headers};
+use crate::pipeline::authorize::{UpstreamAccess, authorize_upstream};
+use crate::pipeline::{Authenticated, Outcome, RequestContext, authenticate};
 use crate::state::Gateway;
+use crate::upstream::rewrite::{UpstreamRewrite, upstream_target};
+use crate::upstream::{UpstreamClient, websocket};
 use crate::ws_frames::{self, FrameTracker};
-use base64::Engine as _;
-use portcullis_core::identity::PrincipalKind;
-use portcullis_core::subprotocol::{Offer, answer, parse_offer};
 
-/// Close code for "your session ended; sign in again" (SPEC 6.4, 6.5).
-pub const CLOSE_SESSION_ENDED: u16 = 4401;
-/// Close code for "the credential presented was refused" (SPEC 6.5).
-pub const CLOSE_REJECTED: u16 = 4403;
-/// The upstream refused or failed the WebSocket. 1011 ("unexpected condition")
-/// rather than the later-registered 1014 ("bad gateway"), which strict clients
-/// still treat as reserved and answer with a protocol error.
-pub const CLOSE_UPSTREAM_FAILED: u16 = 1011;
 /// How often a live connection re-checks its session's absolute expiry.
 const EXPIRY_CHECK: Duration = Duration::from_secs(1);
 /// How long a closing connection waits for the other side's close reply.
@@ -66,115 +58,6 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
         })
     };
     has_token(header::UPGRADE, "websocket") && has_token(header::CONNECTION, "upgrade")
-}
-
-/// The first value of query parameter `name`, percent-decoded.
-pub fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
-    uri.query()?
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| {
-            percent_encoding::percent_decode_str(value)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-}
-
-/// `path?query` with every `name=` parameter removed: gateway credentials in the
-/// URL are never forwarded upstream.
-pub fn without_query_param(uri: &http::Uri, name: &str) -> String {
-    let path = uri.path();
-    let Some(query) = uri.query() else {
-        return path.to_owned();
-    };
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| pair.split('=').next() != Some(name))
-        .collect();
-    if kept.is_empty() {
-        path.to_owned()
-    } else {
-        format!("{path}?{}", kept.join("&"))
-    }
-}
-
-/// Authenticates an upgrade with the first credential present, in the precedence
-/// of SPEC 6: `?ticket=`, the JEP 121 subprotocol token, `Authorization: Bearer`,
-/// `?token=` (when enabled), the session cookie. Also returns the parsed subprotocol
-/// offer the relay forwards (without the JEP 121 entries).
-pub async fn authenticate_upgrade(
-    gw: &Gateway,
-    parts: &http::request::Parts,
-    peer: SocketAddr,
-) -> (Result<Outcome, GatewayError>, Offer) {
-    let offer = parse_offer(
-        parts
-            .headers
-            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-            .iter()
-            .filter_map(|v| v.to_str().ok()),
-    );
-    let offer = match offer {
-        Ok(offer) => offer,
-        Err(error) => {
-            tracing::debug!(%error, "malformed subprotocol token");
-            return (Ok(Outcome::Rejected), Offer::default());
-        }
-    };
-    let outcome = if let Some(ticket) = query_param(&parts.uri, "ticket") {
-        authenticate_ticket(gw, &ticket, peer).await
-    } else if let Some(token) = &offer.token {
-        authenticate_bearer_value(gw, token, peer).await
-    } else if portcullis_bearer(&parts.headers).is_some() {
-        authenticate_outcome(gw, &parts.headers, peer).await
-    } else if let Some(token) = query_token(gw, &parts.uri) {
-        authenticate_bearer_value(gw, &token, peer).await
-    } else {
-        authenticate_outcome(gw, &parts.headers, peer).await
-    };
-    if let Ok(Outcome::Authenticated(auth)) = &outcome
-        && PrincipalKind::of(auth.session_id()) == PrincipalKind::Internal
-    {
-        // Long-lived connections of spawned processes: each one is on record.
-        let mut event = gw.audit_event(
-            portcullis_core::internal::SUBJECT,
-            "auth.internal_credential",
-            "success",
-        );
-        event.target = Some(parts.uri.path().to_owned());
-        event.ip = Some(peer.ip().to_string());
-        gw.audit(event).await;
-    }
-    (outcome, offer)
-}
-
-/// `?token=` when enabled and holding one of our credentials; anything else in
-/// `token` is the upstream's own (Jupyter uses that name too).
-fn query_token(gw: &Gateway, uri: &http::Uri) -> Option<String> {
-    if !gw.config().ws_query_token {
-        return None;
-    }
-    query_param(uri, "token").filter(|t| crate::auth::is_portcullis_bearer(t))
-}
-
-/// Cookies are a browser credential, and browsers always send `Origin` on a
-/// WebSocket handshake, so a cookie-authenticated upgrade must carry the public
-/// origin. A missing `Origin` is refused too: a non-browser client should present a
-/// bearer credential, and refusing closes the cross-site hijacking hole for good.
-pub fn origin_allowed(gw: &Gateway, headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ORIGIN)
-        .is_some_and(|o| o.as_bytes() == gw.config().public_url.origin().as_bytes())
-}
-
-/// Why an upgrade is refused.
-#[derive(Debug, Clone, Copy)]
-pub enum Refusal {
-    /// No credential at all: 401 or close 4401.
-    NoCredential,
-    /// A credential was presented and refused: 403 or close 4403.
-    Rejected(&'static str),
 }
 
 fn accept_key(headers: &HeaderMap) -> Option<String> {
@@ -230,153 +113,125 @@ fn close_frame(code: u16, reason: &'static str) -> CloseFrame {
     }
 }
 
-/// Turns an upgrade away, by status code (default) or by close code
-/// (`--ws-reject=close`).
-pub fn refuse(gw: &Gateway, request: Request<Incoming>, refusal: Refusal) -> Response<Body> {
-    let (status_error, code, reason) = match refusal {
-        Refusal::NoCredential => (
-            GatewayError::Unauthenticated,
-            CLOSE_SESSION_ENDED,
-            "authentication required",
-        ),
-        Refusal::Rejected(why) => (GatewayError::Forbidden, CLOSE_REJECTED, why),
+/// An upgrade outside the auth prefix: authenticate (SPEC 6 carrier order, the
+/// subprotocol offer included), authorize, register, rewrite, open the upstream
+/// WebSocket, answer 101 and relay until either side ends or the session dies.
+pub async fn handle(
+    gw: &Gateway,
+    client: &UpstreamClient,
+    ctx: &mut RequestContext,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let offer = parse_offer(
+        request
+            .headers()
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    let offer = match offer {
+        Ok(offer) => offer,
+        Err(error) => {
+            tracing::debug!(%error, "malformed subprotocol token");
+            return refuse(gw, request, GatewayError::CredentialRejected);
+        }
     };
-    match (gw.config().ws_reject, accept_key(request.headers())) {
-        (WsReject::Close, Some(accept)) => accept_then_close(request, &accept, code, reason),
-        _ => status_error.into_response(),
+    // authenticate
+    let outcome = authenticate(gw, request.headers(), request.uri(), Some(&offer), ctx.peer).await;
+    let auth = match outcome {
+        Ok(Outcome::Authenticated(auth)) => auth,
+        Ok(Outcome::NoCredential) => return refuse(gw, request, GatewayError::Unauthenticated),
+        Ok(Outcome::Rejected) => return refuse(gw, request, GatewayError::CredentialRejected),
+        Err(e) => return e.into_response(),
+    };
+    // authorize
+    let access = UpstreamAccess {
+        method: request.method(),
+        path: request.uri().path(),
+        origin: request
+            .headers()
+            .get(header::ORIGIN)
+            .map(HeaderValue::as_bytes),
+        upgrade: true,
+    };
+    if let Err(e) = authorize_upstream(gw, &auth, &access) {
+        return refuse(gw, request, e);
+    }
+    if PrincipalKind::of(auth.session_id()) == PrincipalKind::Internal {
+        // Long-lived connections of spawned processes: each one is on record.
+        let mut event = gw.audit_event(
+            portcullis_core::internal::SUBJECT,
+            "auth.internal_credential",
+            "success",
+        );
+        event.target = Some(request.uri().path().to_owned());
+        event.ip = Some(ctx.peer.ip().to_string());
+        gw.audit(event).await;
+    }
+    ctx.principal = Some(auth.clone());
+    relay(gw, client, ctx, auth, offer, request).await
+}
+
+/// Turns an upgrade away, by status code (default) or by close code
+/// (`--ws-reject=close`); both decided by [`GatewayError`].
+fn refuse(gw: &Gateway, request: Request<Incoming>, error: GatewayError) -> Response<Body> {
+    match (
+        gw.config().ws_reject,
+        error.close(),
+        accept_key(request.headers()),
+    ) {
+        (WsReject::Close, Some((code, reason)), Some(accept)) => {
+            accept_then_close(request, &accept, code, reason)
+        }
+        _ => error.into_response(),
     }
 }
 
-/// The upstream side of a relayed connection, after its handshake.
-type Upstream = hyper::upgrade::Upgraded;
-
-/// Connects to the upstream WebSocket with the request's (rewritten) headers: a
-/// plain HTTP/1.1 upgrade through hyper, whose upgraded stream keeps any bytes the
-/// upstream sent right after its 101 (a greeting frame is never lost).
+/// Rewrites the request for the upstream (the one rewrite, with the JEP 121 entries
+/// left out of the offer) and opens the upstream WebSocket.
 async fn connect_upstream(
     gw: &Gateway,
     client: &UpstreamClient,
-    peer: SocketAddr,
+    ctx: &RequestContext,
     auth: &Authenticated,
     offer: &Offer,
     request: &Request<Incoming>,
-) -> Result<(Upstream, Option<HeaderValue>), String> {
-    let mut path = without_query_param(request.uri(), "ticket");
-    if query_token(gw, request.uri()).is_some() {
-        let uri: http::Uri = path
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| e.to_string())?;
-        path = without_query_param(&uri, "token");
-    }
-    let mut headers = request.headers().clone();
-    upstream_headers(
-        &mut headers,
-        auth.session.identity_headers(),
-        peer,
-        gw.config().public_url.scheme.as_str(),
+) -> Result<(websocket::Accepted, Option<HeaderValue>), GatewayError> {
+    let target = upstream_target(
+        request.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+        Some(auth.carrier),
     );
-    if !auth.via_cookie {
-        // A bearer credential was ours; the upstream never sees it.
-        headers.remove(header::AUTHORIZATION);
+    let mut headers = request.headers().clone();
+    UpstreamRewrite {
+        identity: auth.identity(),
+        carrier: auth.carrier,
+        client_ip: ctx.peer.ip(),
+        proto: crate::proxy::proto(gw),
+        request_id: &ctx.id,
     }
-    // The upstream handshake gets its own key and version; no extension may be
-    // negotiated (the relay refuses compressed frames).
-    for name in [
-        header::SEC_WEBSOCKET_KEY,
-        header::SEC_WEBSOCKET_VERSION,
-        header::SEC_WEBSOCKET_EXTENSIONS,
-        header::SEC_WEBSOCKET_ACCEPT,
-        header::SEC_WEBSOCKET_PROTOCOL,
-    ] {
-        headers.remove(name);
-    }
+    .apply(&mut headers);
     // The offer minus the JEP 121 entries: the token never reaches the upstream.
+    headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
     if !offer.forwarded.is_empty()
         && let Ok(value) = HeaderValue::from_str(&offer.forwarded.join(", "))
     {
         headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
     }
-    let mut key_bytes = [0u8; 16];
-    gw.0.entropy
-        .fill(&mut key_bytes)
-        .map_err(|e| e.to_string())?;
-    let key = base64::engine::general_purpose::STANDARD.encode(key_bytes);
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(
-        header::SEC_WEBSOCKET_VERSION,
-        HeaderValue::from_static("13"),
-    );
-    headers.insert(
-        header::SEC_WEBSOCKET_KEY,
-        HeaderValue::from_str(&key).map_err(|e| e.to_string())?,
-    );
-    if !headers.contains_key(header::HOST)
-        && let Ok(host) = HeaderValue::from_str(client.authority().as_str())
-    {
-        headers.insert(header::HOST, host);
-    }
-    let mut upstream_request = Request::new(http_body_util::Empty::<bytes::Bytes>::new());
-    *upstream_request.uri_mut() = path
-        .parse()
-        .map_err(|e: http::uri::InvalidUri| e.to_string())?;
-    *upstream_request.headers_mut() = headers;
-
-    let handshake = async {
-        let tcp = tokio::net::TcpStream::connect(client.authority().as_str())
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = tcp.set_nodelay(true);
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(connection.with_upgrades());
-        let response = sender
-            .send_request(upstream_request)
-            .await
-            .map_err(|e| e.to_string())?;
-        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            return Err(format!("upstream answered {}", response.status()));
-        }
-        let accepted = response
-            .headers()
-            .get(header::SEC_WEBSOCKET_ACCEPT)
-            .is_some_and(|v| v.as_bytes() == derive_accept_key(key.as_bytes()).as_bytes());
-        if !accepted {
-            return Err("upstream sent a wrong Sec-WebSocket-Accept".into());
-        }
-        if response
-            .headers()
-            .contains_key(header::SEC_WEBSOCKET_EXTENSIONS)
-        {
-            return Err("upstream negotiated an extension that was not offered".into());
-        }
-        let selected = response
-            .headers()
-            .get(header::SEC_WEBSOCKET_PROTOCOL)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let upgraded = hyper::upgrade::on(response)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok((upgraded, selected))
-    };
-    match tokio::time::timeout(client.timeout(), handshake).await {
-        Ok(Ok((upgraded, selected))) => {
-            let protocol =
-                answer(offer, selected.as_deref()).and_then(|p| HeaderValue::from_str(p).ok());
-            Ok((upgraded, protocol))
-        }
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err("upstream handshake timed out".into()),
-    }
+    let mut key = [0u8; 16];
+    gw.fill_random(&mut key)?;
+    let key = base64::engine::general_purpose::STANDARD.encode(key);
+    let accepted = websocket::handshake(client, &target, headers, &key).await?;
+    let protocol =
+        answer(offer, accepted.protocol.as_deref()).and_then(|p| HeaderValue::from_str(p).ok());
+    Ok((accepted, protocol))
 }
 
-/// Relays an authenticated upgrade to the upstream.
-pub async fn relay(
+/// Relays an authenticated upgrade to the upstream. The connection is registered
+/// before the upstream is contacted.
+async fn relay(
     gw: &Gateway,
     client: &UpstreamClient,
-    peer: SocketAddr,
+    ctx: &RequestContext,
     auth: Authenticated,
     offer: Offer,
     mut request: Request<Incoming>,
@@ -387,28 +242,33 @@ pub async fn relay(
         )
         .into_response();
     };
+    let registration = gw.register_live(auth.session_id());
     let (upstream, protocol) =
-        match connect_upstream(gw, client, peer, &auth, &offer, &request).await {
+        match connect_upstream(gw, client, ctx, &auth, &offer, &request).await {
             Ok(pair) => pair,
-            Err(detail) => {
-                tracing::warn!(%detail, "upstream WebSocket failed");
-                return accept_then_close(
-                    request,
-                    &accept,
-                    CLOSE_UPSTREAM_FAILED,
-                    "upstream unavailable",
-                );
+            Err(e) => {
+                let (code, reason) = e
+                    .close()
+                    .unwrap_or((CLOSE_UPSTREAM_FAILED, "upstream unavailable"));
+                tracing::warn!(error = %e, request_id = %ctx.id, "upstream WebSocket failed");
+                return accept_then_close(request, &accept, code, reason);
             }
         };
-    let registration = gw.0.live.register(auth.session_id());
     let upgrade = hyper::upgrade::on(&mut request);
     let gw = gw.clone();
+    let ctx = ctx.clone();
+    let path = request.uri().path().to_owned();
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
-        pump(&gw, &auth, registration, upgraded, upstream).await;
+        pump(&gw, &auth, registration, upgraded, upstream.stream).await;
+        // The log phase of a WebSocket: when it ends.
+        ctx.finish("GET", &path, 101);
     });
     switching_protocols(&accept, protocol)
 }
+
+/// The upstream side of a relayed connection, after its handshake.
+type Upstream = hyper::upgrade::Upgraded;
 
 /// Why a relay stopped.
 enum Stop {
@@ -579,6 +439,18 @@ async fn pump(
     upstream: Upstream,
 ) {
     let expires_ms = auth.session.session.expires_ms;
+    // Masking keys for the close frames the gateway may send the upstream as a
+    // client (RFC 6455 section 5.3: unpredictable). Without entropy there is no
+    // safe frame to send: the connection ends here.
+    let mut masks = [0u8; 8];
+    if let Err(error) = gw.fill_random(&mut masks) {
+        tracing::error!(%error, "no entropy for WebSocket masking keys; closing the connection");
+        return;
+    }
+    let (vanish_mask, end_mask) = (
+        [masks[0], masks[1], masks[2], masks[3]],
+        [masks[4], masks[5], masks[6], masks[7]],
+    );
     let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
     let (upstream_read, upstream_write) = tokio::io::split(TokioIo::new(upstream));
     let mut to_upstream = Direction {
@@ -586,7 +458,7 @@ async fn pump(
         writer: upstream_write,
         tracker: FrameTracker::new(true),
         torn: false,
-        on_vanish: ws_frames::close_frame(1001, "client connection lost", Some(mask(gw))),
+        on_vanish: ws_frames::close_frame(1001, "client connection lost", Some(vanish_mask)),
     };
     let mut to_client = Direction {
         reader: upstream_read,
@@ -647,12 +519,12 @@ async fn pump(
         Stop::Finished | Stop::Failed => return,
         Stop::Ended(reason) => (
             ws_frames::close_frame(CLOSE_SESSION_ENDED, reason, None),
-            ws_frames::close_frame(1001, "client session ended", Some(mask(gw))),
+            ws_frames::close_frame(1001, "client session ended", Some(end_mask)),
         ),
         // Not a session end: 1001 tells the client to simply reconnect.
         Stop::Lifetime => (
             ws_frames::close_frame(1001, "maximum connection lifetime reached", None),
-            ws_frames::close_frame(1001, "maximum connection lifetime reached", Some(mask(gw))),
+            ws_frames::close_frame(1001, "maximum connection lifetime reached", Some(end_mask)),
         ),
     };
     // A peer that stopped reading cannot hold the close up.
@@ -683,13 +555,6 @@ async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await.map(|_| ());
 }
 
-/// A fresh masking key for a frame the gateway sends as a client.
-fn mask(gw: &Gateway) -> [u8; 4] {
-    let mut key = [0u8; 4];
-    let _ = gw.0.entropy.fill(&mut key);
-    key
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -717,22 +582,5 @@ mod tests {
         assert_eq!(reads.bytes.len(), RELAY_BUFFER);
         reads.after_read(10);
         assert_eq!(reads.bytes.len(), QUIET_BUFFER, "quiet again");
-    }
-
-    #[test]
-    fn ticket_parameter_is_read_and_stripped() {
-        let rows = [
-            ("/ws?ticket=abc", Some("abc"), "/ws"),
-            ("/ws?a=1&ticket=abc&b=2", Some("abc"), "/ws?a=1&b=2"),
-            ("/ws?ticketx=1", None, "/ws?ticketx=1"),
-            ("/ws?ticket=a%2Db", Some("a-b"), "/ws"),
-            ("/ws?ticket=1&ticket=2", Some("1"), "/ws"),
-            ("/ws", None, "/ws"),
-        ];
-        for (uri, ticket, forwarded) in rows {
-            let uri: http::Uri = uri.parse().unwrap();
-            assert_eq!(query_param(&uri, "ticket").as_deref(), ticket, "{uri}");
-            assert_eq!(without_query_param(&uri, "ticket"), forwarded, "{uri}");
-        }
     }
 }

@@ -1,6 +1,6 @@
 //! Session rows: durable at insert, revocable, listed for operators.
 
-use portcullis_core::identity::Identity;
+use portcullis_core::identity::{Identity, IdentityProvider};
 use portcullis_core::session::Session;
 
 use crate::{Backend, Store, StoreError, on_pool};
@@ -33,7 +33,7 @@ impl From<SessionRow> for Session {
                 subject: r.subject,
                 name: r.name,
                 email: r.email,
-                provider: r.provider,
+                provider: IdentityProvider::from_stored(&r.provider),
                 roles: r
                     .roles
                     .split(',')
@@ -100,7 +100,7 @@ impl Store {
             .bind(&s.identity.subject)
             .bind(&s.identity.name)
             .bind(&s.identity.email)
-            .bind(&s.identity.provider)
+            .bind(s.identity.provider.as_str())
             .bind(&roles)
             .bind(s.created_ms)
             .bind(s.last_seen_ms)

@@ -438,6 +438,13 @@ fn issuer_rows() {
         ("Corp", false),
         ("-x", false),
         ("a/b", false),
+        // The built-in providers' names: a provider called `basic` could revoke
+        // local users' sessions by back-channel logout.
+        ("basic", false),
+        ("magic", false),
+        ("api-token", false),
+        ("server-internal", false),
+        ("basic2", true),
     ] {
         assert_eq!(validate_provider_id(id).is_ok(), ok, "{id}");
     }

@@ -9,6 +9,7 @@ mod harness;
 mod internal;
 mod login;
 mod oidc;
+mod pipeline;
 mod processes;
 mod proxy;
 mod sessions;

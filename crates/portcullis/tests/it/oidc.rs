@@ -763,6 +763,11 @@ async fn admin_api(backend: Backend) {
             "id",
         ),
         (
+            "the built-in provider's name",
+            json!({"id": "basic", "issuer": op.issuer, "client_id": "c"}),
+            "reserved",
+        ),
+        (
             "no openid scope",
             json!({"id": "x4", "issuer": op.issuer, "client_id": "c", "scopes": ["email"]}),
             "openid",

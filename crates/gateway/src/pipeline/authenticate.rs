@@ -1,27 +1,30 @@
-//! The authentication phase: the one place that decides who a request is. Every
-//! proxied request, forward-auth check and gateway API call goes through
-//! [`authenticate`].
+//! The authenticate phase: the one place that decides who a request is. Every
+//! proxied request, WebSocket upgrade, forward-auth check and gateway API call goes
+//! through [`authenticate`], which examines the first credential present in the
+//! carrier order of [`super::carrier::CARRIERS`]; the fast path calls
+//! [`authenticate_session_cookie`] once that table has picked the cookie.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::HeaderMap;
+use http::{HeaderMap, Uri};
 use portcullis_core::cookie::{CookieError, SESSION_PREFIX};
 use portcullis_core::identity::{Identity, PrincipalKind};
 use portcullis_core::internal;
+use portcullis_core::subprotocol::Offer;
 
-use crate::cookies::{self, SESSION_COOKIE};
+use super::carrier::{self, Carrier};
 use crate::error::GatewayError;
 use crate::session_cache::{CachedSession, LookupError};
 use crate::state::Gateway;
 
-/// A request that proved who it is.
+/// A request that proved who it is, and how.
 #[derive(Debug, Clone)]
 pub struct Authenticated {
     pub session: Arc<CachedSession>,
-    /// Authenticated by the session cookie, the one ambient credential: only such
-    /// requests need CSRF tokens and (for WebSockets) an allowed `Origin`.
-    pub via_cookie: bool,
+    /// What carried the credential: decides CSRF, the `Origin` rule of upgrades
+    /// and which credential the upstream rewrite removes.
+    pub carrier: Carrier,
 }
 
 impl Authenticated {
@@ -34,20 +37,6 @@ impl Authenticated {
     }
 }
 
-/// Who the request is: `Ok(None)` when it carries no valid credential. Errors only
-/// when the answer cannot be known (database unreachable): the caller must then
-/// refuse, never pass the request (fail closed).
-pub async fn authenticate(
-    gw: &Gateway,
-    headers: &HeaderMap,
-    peer: SocketAddr,
-) -> Result<Option<Authenticated>, GatewayError> {
-    Ok(match authenticate_outcome(gw, headers, peer).await? {
-        Outcome::Authenticated(auth) => Some(auth),
-        Outcome::NoCredential | Outcome::Rejected => None,
-    })
-}
-
 /// The result of authentication, distinguishing "nothing presented" from
 /// "presented and refused" for callers that answer them differently (WebSockets).
 #[derive(Debug)]
@@ -57,51 +46,131 @@ pub enum Outcome {
     Rejected,
 }
 
-/// Like [`authenticate`], with the reason a request is not authenticated.
-pub async fn authenticate_outcome(
+impl Outcome {
+    pub fn authenticated(self) -> Option<Authenticated> {
+        match self {
+            Outcome::Authenticated(auth) => Some(auth),
+            Outcome::NoCredential | Outcome::Rejected => None,
+        }
+    }
+}
+
+/// A credential's session, or `None` when the credential is refused.
+pub type Verified = Option<Arc<CachedSession>>;
+
+/// The outcome of a session cookie the fast path already authenticated, handed to
+/// the general path with its connection, so that a refused cookie is not
+/// authenticated twice (two database reads during an outage before the 503).
+/// Used once, and only for a request carrying that very cookie.
+#[derive(Debug, Clone)]
+pub struct Primed {
+    cookie: Arc<str>,
+    outcome: Arc<std::sync::Mutex<Option<Result<Verified, GatewayError>>>>,
+}
+
+impl Primed {
+    pub fn new(cookie: &str, outcome: Result<Verified, GatewayError>) -> Self {
+        Self {
+            cookie: cookie.into(),
+            outcome: Arc::new(std::sync::Mutex::new(Some(outcome))),
+        }
+    }
+
+    fn take_for(&self, cookie: &str) -> Option<Result<Verified, GatewayError>> {
+        if *self.cookie != *cookie {
+            return None;
+        }
+        self.outcome
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
+/// Who the request is. `offer` is the parsed `Sec-WebSocket-Protocol` of an
+/// upgrade and `None` for any other request (which may use only the carriers not
+/// reserved to upgrades). Errors only when the answer cannot be known (database
+/// unreachable): the caller must then refuse, never pass the request (fail closed).
+pub async fn authenticate(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    uri: &Uri,
+    offer: Option<&Offer>,
+    peer: SocketAddr,
+) -> Result<Outcome, GatewayError> {
+    authenticate_primed(gw, headers, uri, offer, peer, None).await
+}
+
+/// Who calls one of the gateway's own endpoints (plain requests: the bearer, then
+/// the cookie); `None` when no credential is valid.
+pub async fn authenticate_endpoint(
     gw: &Gateway,
     headers: &HeaderMap,
     peer: SocketAddr,
+) -> Result<Option<Authenticated>, GatewayError> {
+    let no_target = Uri::from_static("/");
+    Ok(authenticate(gw, headers, &no_target, None, peer)
+        .await?
+        .authenticated())
+}
+
+/// [`authenticate`], with the fast path's outcome for the request's cookie.
+pub async fn authenticate_primed(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    uri: &Uri,
+    offer: Option<&Offer>,
+    peer: SocketAddr,
+    primed: Option<Primed>,
 ) -> Result<Outcome, GatewayError> {
-    if let Some(bearer) = portcullis_bearer(headers) {
-        return authenticate_bearer_value(gw, bearer, peer).await;
-    }
-    let Some(value) = cookies::read(headers, SESSION_COOKIE) else {
+    let Some(presented) = carrier::find(gw.config(), headers, uri, offer) else {
         return Ok(Outcome::NoCredential);
     };
-    authenticate_session_cookie(gw, value).await
+    let verified = match presented.carrier {
+        Carrier::Cookie => match primed.and_then(|p| p.take_for(&presented.value)) {
+            Some(outcome) => outcome?,
+            None => authenticate_session_cookie(gw, &presented.value).await?,
+        },
+        Carrier::Ticket => authenticate_ticket(gw, &presented.value, peer).await?,
+        Carrier::Subprotocol | Carrier::Bearer | Carrier::QueryToken => {
+            authenticate_bearer_value(gw, &presented.value, peer).await?
+        }
+    };
+    Ok(match verified {
+        Some(session) => Outcome::Authenticated(Authenticated {
+            session,
+            carrier: presented.carrier,
+        }),
+        None => Outcome::Rejected,
+    })
 }
 
 /// Authenticates the value of the session cookie: signature, then the session.
 pub async fn authenticate_session_cookie(
     gw: &Gateway,
     value: &str,
-) -> Result<Outcome, GatewayError> {
+) -> Result<Verified, GatewayError> {
     let inner = &gw.0;
     let ring = inner.keyring.current();
     let id = match ring.verify(value, SESSION_PREFIX) {
         Ok(id) => id,
         Err(CookieError::UnknownKey) => {
             // Possibly a key rotated in by another process: reload (rate limited) and retry.
-            let reloaded = inner
-                .keyring
-                .reload_if_due(&inner.store)
-                .await
-                .map_err(|e| GatewayError::StoreUnavailable(e.to_string()))?;
+            let reloaded = inner.keyring.reload_if_due(&inner.store).await?;
             if !reloaded {
-                return Ok(Outcome::Rejected);
+                return Ok(None);
             }
             match inner.keyring.current().verify(value, SESSION_PREFIX) {
                 Ok(id) => id,
                 Err(reason) => {
                     tracing::debug!(%reason, "session cookie refused");
-                    return Ok(Outcome::Rejected);
+                    return Ok(None);
                 }
             }
         }
         Err(reason) => {
             tracing::debug!(%reason, "session cookie refused");
-            return Ok(Outcome::Rejected);
+            return Ok(None);
         }
     };
     match inner
@@ -109,11 +178,8 @@ pub async fn authenticate_session_cookie(
         .lookup(&inner.store, id, inner.clock.now_ms())
         .await
     {
-        Ok(session) => Ok(Outcome::Authenticated(Authenticated {
-            session,
-            via_cookie: true,
-        })),
-        Err(LookupError::Unknown | LookupError::Ended(_)) => Ok(Outcome::Rejected),
+        Ok(session) => Ok(Some(session)),
+        Err(LookupError::Unknown | LookupError::Ended(_)) => Ok(None),
         Err(LookupError::Store(e)) => Err(e.into()),
     }
 }
@@ -121,11 +187,11 @@ pub async fn authenticate_session_cookie(
 /// Authenticates a WebSocket ticket: consumed atomically (a replay finds nothing),
 /// then the minting session must still be valid. Refusals are audited with at most
 /// the first eight characters of the ticket.
-pub async fn authenticate_ticket(
+async fn authenticate_ticket(
     gw: &Gateway,
     presented: &str,
     peer: SocketAddr,
-) -> Result<Outcome, GatewayError> {
+) -> Result<Verified, GatewayError> {
     let inner = &gw.0;
     let now = inner.clock.now_ms();
     let session_id = match portcullis_core::ticket::hash_presented(presented) {
@@ -137,10 +203,7 @@ pub async fn authenticate_ticket(
         Some(id) if PrincipalKind::of(&id) == PrincipalKind::ApiToken => {
             match inner.sessions.lookup_token_id(&inner.store, &id).await {
                 Ok(session) => {
-                    return Ok(Outcome::Authenticated(Authenticated {
-                        session,
-                        via_cookie: false,
-                    }));
+                    return Ok(Some(session));
                 }
                 Err(LookupError::Store(e)) => return Err(e.into()),
                 Err(_) => "token_revoked",
@@ -148,10 +211,7 @@ pub async fn authenticate_ticket(
         }
         Some(id) => match inner.sessions.lookup(&inner.store, &id, now).await {
             Ok(session) => {
-                return Ok(Outcome::Authenticated(Authenticated {
-                    session,
-                    via_cookie: false,
-                }));
+                return Ok(Some(session));
             }
             Err(LookupError::Store(e)) => return Err(e.into()),
             Err(_) => "session_ended",
@@ -163,23 +223,7 @@ pub async fn authenticate_ticket(
     event.target = Some(portcullis_core::secret::truncate_secret(presented));
     event.ip = Some(peer.ip().to_string());
     gw.audit(event).await;
-    Ok(Outcome::Rejected)
-}
-
-/// Whether a bearer value is one of ours (an API token `pct_…` or the internal
-/// credential `pci_…`) rather than the upstream's.
-pub fn is_portcullis_bearer(token: &str) -> bool {
-    token.starts_with(portcullis_core::ticket::API_TOKEN_PREFIX)
-        || token.starts_with(internal::PREFIX)
-}
-
-/// The `Authorization: Bearer` value if it is one of ours. Other bearer values
-/// belong to the upstream and pass through untouched.
-pub fn portcullis_bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && is_portcullis_bearer(token)).then_some(token)
+    Ok(None)
 }
 
 /// The internal credential (SPEC 6.3): loopback peers only unless configured
@@ -188,7 +232,7 @@ async fn authenticate_internal(
     gw: &Gateway,
     presented: &str,
     peer: SocketAddr,
-) -> Result<Outcome, GatewayError> {
+) -> Result<Verified, GatewayError> {
     let inner = &gw.0;
     let reason = if !internal::peer_allowed(peer.ip(), inner.config.internal_credential_remote) {
         "remote_peer"
@@ -199,14 +243,11 @@ async fn authenticate_internal(
             .await
         {
             Ok(Some(minted)) => {
-                return Ok(Outcome::Authenticated(Authenticated {
-                    session: minted.session.clone(),
-                    via_cookie: false,
-                }));
+                return Ok(Some(minted.session.clone()));
             }
             Ok(None) if inner.internal.current().is_none() => "not_minted",
             Ok(None) => "mismatch",
-            Err(e) => return Err(GatewayError::StoreUnavailable(e.to_string())),
+            Err(e) => return Err(e.into()),
         }
     };
     let mut event = gw.audit_event(internal::SUBJECT, "auth.internal_credential", "failure");
@@ -214,31 +255,28 @@ async fn authenticate_internal(
     event.target = Some(portcullis_core::secret::truncate_secret(presented));
     event.ip = Some(peer.ip().to_string());
     gw.audit(event).await;
-    Ok(Outcome::Rejected)
+    Ok(None)
 }
 
-async fn authenticate_api_token(gw: &Gateway, presented: &str) -> Result<Outcome, GatewayError> {
+async fn authenticate_api_token(gw: &Gateway, presented: &str) -> Result<Verified, GatewayError> {
     let Some(hash) = portcullis_core::ticket::hash_presented_api_token(presented) else {
-        return Ok(Outcome::Rejected);
+        return Ok(None);
     };
     let inner = &gw.0;
     match inner.sessions.lookup_token(&inner.store, &hash).await {
-        Ok(session) => Ok(Outcome::Authenticated(Authenticated {
-            session,
-            via_cookie: false,
-        })),
+        Ok(session) => Ok(Some(session)),
         Err(LookupError::Store(e)) => Err(e.into()),
-        Err(_) => Ok(Outcome::Rejected),
+        Err(_) => Ok(None),
     }
 }
 
 /// A bearer value from any carrier (header, subprotocol, query): an API token
 /// (`pct_…`), the internal credential (`pci_…`) or a WebSocket ticket.
-pub async fn authenticate_bearer_value(
+async fn authenticate_bearer_value(
     gw: &Gateway,
     value: &str,
     peer: SocketAddr,
-) -> Result<Outcome, GatewayError> {
+) -> Result<Verified, GatewayError> {
     if value.starts_with(portcullis_core::ticket::API_TOKEN_PREFIX) {
         authenticate_api_token(gw, value).await
     } else if value.starts_with(internal::PREFIX) {

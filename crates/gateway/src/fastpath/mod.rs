@@ -1,0 +1,671 @@
+//! The proxy's HTTP/1.1 fast path: the common request (no body, no upgrade,
+//! signed in with the session cookie) is parsed, authenticated, rewritten and
+//! relayed on the connection's own task, with no per-request allocation of header
+//! maps and no hand-off to a client connection task. nginx's shape, in the same
+//! number of system calls (one read and one write on each side).
+//!
+//! Anything else is not handled here: the connection is handed, with the bytes
+//! already read, to the hyper server ([`Handoff::Hyper`]), which answers every
+//! request from then on (login pages, uploads, WebSockets, refusals, malformed
+//! requests). The fast path therefore never answers a client error itself; it only
+//! answers requests that are well formed and authenticated, and 502/504 when the
+//! upstream fails them.
+//!
+//! Every request passes the phases of [`crate::pipeline`]: the carrier table picks
+//! the cookie, [`authenticate_session_cookie`] and [`authorize_upstream`] decide,
+//! and the one upstream rewrite renders the head as bytes
+//! ([`rewrite::render_head`], [`UpstreamRewrite::render_tail`]). A request the
+//! cookie does not authenticate is handed to hyper with the outcome already
+//! decided ([`Primed`]), so it is never authenticated twice.
+
+mod handoff;
+
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Buf, BytesMut};
+use http_body_util::BodyExt;
+use memchr::memmem;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+pub use handoff::Prefixed;
+
+use crate::cookies::{self, SESSION_COOKIE};
+use crate::error::GatewayError;
+use crate::pipeline::authenticate::{Primed, authenticate_session_cookie};
+use crate::pipeline::authorize::{UpstreamAccess, authorize_upstream};
+use crate::pipeline::carrier::{self, Carrier};
+use crate::pipeline::{Authenticated, PathKind, RequestContext, RequestId};
+use crate::state::Gateway;
+use crate::upstream::raw::Framing;
+use crate::upstream::rewrite::{self, NormalName, UpstreamRewrite, is_hop_by_hop, push_header};
+use crate::upstream::{UpstreamClient, UpstreamError};
+
+/// Headers read per request head (more: hyper answers).
+pub const MAX_HEADERS: usize = 128;
+/// Up to this size, a response's head and the body read with it go out in one write.
+const INLINE_BODY: usize = 16 * 1024;
+
+/// Limits on client request heads (shared with the hyper server).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_head_bytes: usize,
+    pub header_read_timeout: Duration,
+}
+
+/// What became of a client connection.
+#[derive(Debug)]
+pub enum Handoff {
+    /// Finished: closed by either side, timed out, failed, or shut down.
+    Closed,
+    /// The request at the start of the buffer is not for the fast path: hyper
+    /// serves the connection from here on, with the outcome of that request's
+    /// authentication when the fast path already tried it.
+    Hyper(Option<Primed>),
+}
+
+/// Serves requests from `client` while they suit the fast path. `buf` holds bytes
+/// read from the client and not yet answered; on [`Handoff::Hyper`] it starts with
+/// the request hyper must read.
+pub async fn serve(
+    gw: &Gateway,
+    upstream: &UpstreamClient,
+    peer: SocketAddr,
+    limits: Limits,
+    client: &mut TcpStream,
+    buf: &mut BytesMut,
+    stopping: &mut watch::Receiver<bool>,
+) -> Handoff {
+    let mut out = Vec::with_capacity(1024);
+    let mut back = Vec::with_capacity(4096);
+    let proto = if gw.config().public_url.is_https() {
+        "https"
+    } else {
+        "http"
+    };
+    let forwarded = rewrite::forwarded_lines(peer.ip(), proto);
+    let mut timer = Timer::new(limits.header_read_timeout);
+    // Registered once per connection, not once per wait.
+    let mut stop = std::pin::pin!(stopping.changed());
+    loop {
+        let arrived = Instant::now();
+        let deadline = arrived + limits.header_read_timeout;
+        timer.arm(deadline);
+        let plan = loop {
+            out.clear();
+            match plan_request(gw, &forwarded, buf, &mut out) {
+                Plan::Incomplete if buf.len() >= limits.max_head_bytes => {
+                    return Handoff::Hyper(None);
+                }
+                Plan::Incomplete => {}
+                Plan::Hyper => return Handoff::Hyper(None),
+                Plan::Forward(plan) => break plan,
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(8 * 1024);
+            }
+            tokio::select! {
+                biased;
+                read = client.read_buf(buf) => match read {
+                    Ok(0) | Err(_) => return Handoff::Closed,
+                    Ok(_) => {}
+                },
+                () = timer.expired(deadline) => return Handoff::Closed,
+                _ = &mut stop => return Handoff::Closed,
+            }
+        };
+        let mut ctx = RequestContext::started_at(peer, PathKind::FastPath, arrived.into_std());
+        let Ok(cookie) = std::str::from_utf8(&buf[plan.cookie.clone()]) else {
+            return Handoff::Hyper(None);
+        };
+        // authenticate
+        let session = match authenticate_session_cookie(gw, cookie).await {
+            Ok(Some(session)) => session,
+            // Refusals and store errors are answered by the one general path,
+            // which is told the outcome instead of asking again.
+            outcome => {
+                return Handoff::Hyper(Some(Primed::new(cookie, outcome)));
+            }
+        };
+        let auth = Authenticated {
+            session,
+            carrier: Carrier::Cookie,
+        };
+        // authorize: refusals are answered by the general path too.
+        let path = std::str::from_utf8(&buf[plan.path.clone()]).unwrap_or("/");
+        let access = UpstreamAccess {
+            method: &plan.method,
+            path,
+            origin: None,
+            upgrade: false,
+        };
+        if authorize_upstream(gw, &auth, &access).is_err() {
+            return Handoff::Hyper(None);
+        }
+        // rewrite (the principal's part)
+        UpstreamRewrite {
+            identity: auth.identity(),
+            carrier: auth.carrier,
+            client_ip: peer.ip(),
+            proto,
+            request_id: &ctx.id,
+        }
+        .render_tail(&mut out);
+        ctx.principal = Some(auth);
+        let logged_path = crate::pipeline::access_log_enabled().then(|| path.to_owned());
+        buf.advance(plan.head_len);
+        // Let every other connection whose request arrived in this turn of the
+        // event loop read and authenticate its own first: the upstream then
+        // receives the turn's requests back to back and is woken once for them,
+        // not once each. Waking a sleeping process is the dearest part of a
+        // loopback send (docs/PERFORMANCE.md).
+        tokio::task::yield_now().await;
+
+        // relay
+        let relayed = relay(
+            upstream, client, &plan, &ctx.id, &out, &mut back, &mut timer,
+        )
+        .await;
+        let (keep_open, status) = match relayed {
+            Ok(Relayed {
+                close,
+                status,
+                upstream_time,
+            }) => {
+                ctx.upstream_time = Some(upstream_time);
+                (!close && !plan.close, status)
+            }
+            Err(Failure::Client) => (false, 0),
+            Err(Failure::Upstream(error)) => {
+                let error = GatewayError::Upstream(error);
+                let status = error.status().as_u16();
+                let respond = crate::error::CURRENT_REQUEST
+                    .sync_scope(ctx.id.clone(), || error.into_response_for(plan.html));
+                if write_response(client, respond, &ctx.id, plan.close)
+                    .await
+                    .is_err()
+                {
+                    return Handoff::Closed;
+                }
+                (!plan.close, status)
+            }
+        };
+        // log
+        if let Some(path) = logged_path {
+            ctx.finish(plan.method.as_str(), &path, status);
+        }
+        // A rare huge head must not leave its buffer behind on an idle connection.
+        for buffer in [&mut out, &mut back] {
+            if buffer.capacity() > 2 * INLINE_BODY {
+                *buffer = Vec::with_capacity(4096);
+            }
+        }
+        let stopping = futures_util::FutureExt::now_or_never(&mut stop).is_some();
+        if !keep_open || stopping {
+            let _ = client.shutdown().await;
+            return Handoff::Closed;
+        }
+    }
+}
+
+/// One timer per connection for each of its deadlines in turn (the next request
+/// head, the upstream's answer). It is re-armed lazily, when it fires before the
+/// deadline at hand, so a request costs a clock read instead of a timer insertion
+/// and removal.
+struct Timer {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Timer {
+    fn new(after: Duration) -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep(after)),
+        }
+    }
+
+    /// Makes sure the timer fires no later than `deadline`.
+    fn arm(&mut self, deadline: Instant) {
+        if self.sleep.deadline() > deadline {
+            self.sleep.as_mut().reset(deadline);
+        }
+    }
+
+    /// Resolves once `deadline` (armed before) has passed.
+    async fn expired(&mut self, deadline: Instant) {
+        loop {
+            (&mut self.sleep).await;
+            if Instant::now() >= deadline {
+                return;
+            }
+            self.sleep.as_mut().reset(deadline);
+        }
+    }
+}
+
+/// A request the fast path takes.
+#[derive(Debug)]
+struct Forward {
+    head_len: usize,
+    method: http::Method,
+    /// The path (without the query), within the buffer.
+    path: Range<usize>,
+    /// The session cookie's value, within the buffer.
+    cookie: Range<usize>,
+    /// The client asked to close after this response.
+    close: bool,
+    head: bool,
+    idempotent: bool,
+    html: bool,
+}
+
+#[derive(Debug)]
+enum Plan {
+    Incomplete,
+    Hyper,
+    Forward(Forward),
+}
+
+/// Parses the request at the start of `buf` and, if the fast path takes it, writes
+/// its upstream head into `out` (all but the identity headers and the final blank
+/// line, which need the session).
+/// `forwarded` holds the connection's `X-Forwarded-For` and `-Proto` lines.
+fn plan_request(gw: &Gateway, forwarded: &[u8], buf: &[u8], out: &mut Vec<u8>) -> Plan {
+    let mut headers = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let head_len = match request.parse_with_uninit_headers(buf, &mut headers) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Plan::Incomplete,
+        Err(_) => return Plan::Hyper,
+    };
+    let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version)
+    else {
+        return Plan::Hyper;
+    };
+    // Origin-form targets that `http::Uri` accepts, outside the gateway's own paths.
+    let config = gw.config();
+    if !target.starts_with('/')
+        || method == "CONNECT"
+        || http::uri::PathAndQuery::try_from(target).is_err()
+        || crate::server::is_own_path(&config.auth_prefix, target.split('?').next().unwrap_or(""))
+    {
+        return Plan::Hyper;
+    }
+    let mut host: Option<&[u8]> = None;
+    let mut close = false;
+    let mut html = false;
+    let mut bearer = false;
+    for h in request.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            if host.is_some() {
+                return Plan::Hyper;
+            }
+            host = Some(h.value);
+        } else if name.eq_ignore_ascii_case("content-length") {
+            if h.value != b"0" {
+                return Plan::Hyper;
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("upgrade")
+            || name.eq_ignore_ascii_case("expect")
+        {
+            return Plan::Hyper;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
+                    // Headers named in Connection are dropped; hyper does that.
+                    return Plan::Hyper;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("authorization") {
+            bearer |= std::str::from_utf8(h.value)
+                .ok()
+                .and_then(carrier::bearer_value)
+                .is_some();
+        } else if name.eq_ignore_ascii_case("accept") {
+            html = memmem::find(h.value, b"text/html").is_some();
+        }
+    }
+    let Some(host) = host
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .filter(|h| crate::server::host_allowed(gw, h))
+    else {
+        return Plan::Hyper;
+    };
+    let cookie_values = || {
+        request
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+            .map(|h| h.value)
+    };
+    let cookie = cookies::read_from(cookie_values(), SESSION_COOKIE);
+    // The carrier table decides; the fast path takes only what the cookie carries.
+    let chosen = carrier::select(config, false, |c| match c {
+        Carrier::Bearer => bearer,
+        Carrier::Cookie => cookie.is_some(),
+        _ => false,
+    });
+    let (Some(Carrier::Cookie), Some(cookie)) = (chosen, cookie) else {
+        return Plan::Hyper;
+    };
+    let start = cookie.as_ptr() as usize - buf.as_ptr() as usize;
+    let cookie = start..start + cookie.len();
+    let path = target.split('?').next().unwrap_or("");
+    let path_start = path.as_ptr() as usize - buf.as_ptr() as usize;
+    let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
+        return Plan::Hyper;
+    };
+    rewrite::render_head(
+        out,
+        method.as_str(),
+        target,
+        request.headers,
+        forwarded,
+        host.as_bytes(),
+    );
+    Plan::Forward(Forward {
+        head_len,
+        path: path_start..path_start + path.len(),
+        cookie,
+        close,
+        head: method == http::Method::HEAD,
+        idempotent: method.is_idempotent(),
+        html: html && (method == http::Method::GET || method == http::Method::HEAD),
+        method,
+    })
+}
+
+fn write_display(out: &mut Vec<u8>, value: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = write!(out, "{value}");
+}
+
+/// Why a relayed exchange failed.
+enum Failure {
+    /// Before any byte of a response reached the client: answer 502/504.
+    Upstream(UpstreamError),
+    /// The client went away, or the response broke off after its head was sent:
+    /// only closing the connection is left.
+    Client,
+}
+
+struct Relayed {
+    /// The client connection must close (the response was delimited by closing).
+    close: bool,
+    status: u16,
+    /// From sending the request to the response head.
+    upstream_time: Duration,
+}
+
+/// Sends the request head in `out` upstream and relays the response to `client`.
+async fn relay(
+    upstream: &UpstreamClient,
+    client: &mut TcpStream,
+    plan: &Forward,
+    request_id: &RequestId,
+    request: &[u8],
+    out: &mut Vec<u8>,
+    timer: &mut Timer,
+) -> Result<Relayed, Failure> {
+    let pool = upstream.raw();
+    // The one clock reading of the exchange: its deadline and the pool's idle ages.
+    let now = Instant::now();
+    let mut status = 0;
+    let mut head = |response: &httparse::Response<'_, '_>| {
+        out.clear();
+        status = response.code.unwrap_or(0);
+        response_head(response, plan, request_id, out)
+    };
+    let exchange = async {
+        let mut conn = pool.checkout(now).await?;
+        match conn.send_and_read_head(request, &mut head).await {
+            Ok(framing) => Ok((conn, framing)),
+            // A pooled connection the upstream closed in the meantime: once more on
+            // a new one, if the request may be repeated.
+            Err(_) if conn.reused && plan.idempotent && conn.buf.is_empty() => {
+                let mut fresh = pool.connect().await?;
+                let framing = fresh.send_and_read_head(request, &mut head).await?;
+                Ok((fresh, framing))
+            }
+            Err(e) => Err(e),
+        }
+    };
+    let deadline = now + upstream.timeout();
+    timer.arm(deadline);
+    let (mut conn, (framing, mut reusable)) = tokio::select! {
+        biased;
+        exchanged = exchange => exchanged.map_err(Failure::Upstream)?,
+        () = timer.expired(deadline) => return Err(Failure::Upstream(UpstreamError::Timeout)),
+    };
+    let upstream_time = now.elapsed();
+    let head_len = conn.head_len;
+    conn.buf.advance(head_len);
+    let close = framing == Framing::UntilClose;
+
+    // How much of the body came with the head, and whether that is all of it.
+    let (arrived, complete) = match framing {
+        Framing::Empty => (0, true),
+        Framing::Length(length) => {
+            let arrived = (conn.buf.len() as u64).min(length) as usize;
+            conn.remaining = length - arrived as u64;
+            (arrived, conn.remaining == 0)
+        }
+        Framing::Chunked => {
+            let arrived = conn
+                .chunked
+                .scan(&conn.buf)
+                .map_err(|e| Failure::Upstream(UpstreamError::Malformed(e.reason())))?;
+            (arrived, conn.chunked.done())
+        }
+        Framing::UntilClose => (conn.buf.len(), false),
+    };
+    // A small answer leaves in one write, head and body; a large one's body is
+    // written from where it was read, so no per-connection buffer grows with it.
+    if out.len() + arrived <= INLINE_BODY {
+        out.extend_from_slice(&conn.buf[..arrived]);
+        client.write_all(out).await.map_err(|_| Failure::Client)?;
+    } else {
+        client.write_all(out).await.map_err(|_| Failure::Client)?;
+        client
+            .write_all(&conn.buf[..arrived])
+            .await
+            .map_err(|_| Failure::Client)?;
+    }
+    conn.buf.advance(arrived);
+    reusable &= conn.buf.is_empty() && framing != Framing::UntilClose;
+    if !complete {
+        // The rest of the body streams through; a break now can only end the connection.
+        conn.stream_body(framing, client)
+            .await
+            .map_err(|_| Failure::Client)?;
+        reusable &= conn.buf.is_empty();
+    }
+    if reusable && framing != Framing::UntilClose {
+        pool.checkin(conn, now);
+    }
+    Ok(Relayed {
+        close,
+        status,
+        upstream_time,
+    })
+}
+
+/// Writes the client-facing head of the upstream response in `buf` to `out`:
+/// status line, end-to-end headers, framing, `Date` if missing. Returns how the
+/// body is delimited and whether the upstream connection may be reused.
+fn response_head(
+    response: &httparse::Response<'_, '_>,
+    plan: &Forward,
+    request_id: &RequestId,
+    out: &mut Vec<u8>,
+) -> Result<(Framing, bool), &'static str> {
+    let (Some(version), Some(code)) = (response.version, response.code) else {
+        return Err("malformed response head");
+    };
+    let mut reusable = version == 1;
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut has_date = false;
+    for h in response.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let digits = h.value.trim_ascii();
+            let value = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
+                .flatten()
+                .ok_or("invalid content-length")?;
+            if length.is_some_and(|l| l != value) {
+                return Err("conflicting content-length");
+            }
+            length = Some(value);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err("unsupported transfer-encoding");
+            }
+            chunked = true;
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    reusable = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == 0 {
+                    reusable = true;
+                }
+            }
+        } else if h.name.eq_ignore_ascii_case("date") {
+            has_date = true;
+        }
+    }
+    if chunked && length.is_some() {
+        // Both framings at once is how responses are smuggled; refuse it.
+        return Err("both content-length and transfer-encoding");
+    }
+    let no_body = plan.head || code == 204 || code == 304;
+    let framing = match (no_body, chunked, length) {
+        (true, _, _) => Framing::Empty,
+        (false, true, _) => Framing::Chunked,
+        (false, false, Some(n)) => Framing::Length(n),
+        (false, false, None) => Framing::UntilClose,
+    };
+    out.extend_from_slice(b"HTTP/1.1 ");
+    // httparse reads exactly three digits.
+    out.extend_from_slice(&[
+        b'0' + (code / 100 % 10) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+    ]);
+    out.push(b' ');
+    out.extend_from_slice(response.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let named_in_connection = |name: &str| {
+        response
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| h.value.split(|b| *b == b','))
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+    };
+    for h in response.headers.iter() {
+        let normal = NormalName::new(h.name);
+        let name = normal.as_str();
+        if is_hop_by_hop(name)
+            || name == rewrite::X_REQUEST_ID
+            || (code == 204 && name == "content-length")
+            || named_in_connection(h.name)
+        {
+            continue;
+        }
+        push_header(out, h.name.as_bytes(), h.value);
+    }
+    push_header(
+        out,
+        rewrite::X_REQUEST_ID.as_bytes(),
+        request_id.as_str().as_bytes(),
+    );
+    if framing == Framing::Chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if !has_date {
+        push_date(out);
+    }
+    // Delimited by the upstream closing, so by closing towards the client too; and
+    // a client that asked to close is told the connection ends here.
+    if framing == Framing::UntilClose || plan.close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok((framing, reusable))
+}
+
+/// `date: <IMF-fixdate>\r\n`, formatted at most once a second per thread.
+fn push_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != secs || text.is_empty() {
+            *at = secs;
+            *text = httpdate::fmt_http_date(now);
+        }
+        push_header(out, b"date", text.as_bytes());
+    });
+}
+
+/// Writes a response the gateway made (502/504) to the client.
+async fn write_response(
+    client: &mut TcpStream,
+    response: axum::response::Response,
+    request_id: &RequestId,
+    close: bool,
+) -> std::io::Result<()> {
+    let (parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(256 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("Unknown")
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name != http::header::CONTENT_LENGTH {
+            push_header(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    out.extend_from_slice(b"content-length: ");
+    write_display(&mut out, body.len());
+    out.extend_from_slice(b"\r\n");
+    push_date(&mut out);
+    push_header(
+        &mut out,
+        rewrite::X_REQUEST_ID.as_bytes(),
+        request_id.as_str().as_bytes(),
+    );
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body);
+    client.write_all(&out).await
+}
