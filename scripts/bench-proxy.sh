@@ -5,7 +5,9 @@
 #
 # The upstream is nginx itself answering a fixed 1 KiB body from memory, so it is
 # never the bottleneck. Both proxies keep upstream connections alive.
-# Usage: [ROUNDS=3] scripts/bench-proxy.sh [DURATION_SECONDS] [CONNECTIONS]
+# Usage: [ROUNDS=3] [PC_LOG=filter] scripts/bench-proxy.sh [DURATION_SECONDS] [CONNECTIONS]
+# PC_LOG is Portcullis's RUST_LOG (default `warn`; `warn,portcullis::access=info`
+# measures the access log, written to a file in the work directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10}
@@ -75,8 +77,9 @@ nginx -c "$WORK/proxy/nginx.conf" -p "$WORK/proxy"
 
 PASSWORD=bench-password
 HASH=$(printf '%s\n' "$PASSWORD" | "$BIN" hash-password)
-AUTH_BASIC_USERS="bench:$HASH" PORTCULLIS_LOGIN_RATE_PER_IP=1000 RUST_LOG=warn \
-    ${PC_WRAPPER:-} "$BIN" serve --listen "$PC" --upstream "http://$UP" --data-dir "$WORK/data" &
+AUTH_BASIC_USERS="bench:$HASH" PORTCULLIS_LOGIN_RATE_PER_IP=1000 RUST_LOG="${PC_LOG:-warn}" \
+    ${PC_WRAPPER:-} "$BIN" serve --listen "$PC" --upstream "http://$UP" --data-dir "$WORK/data" \
+    2>"$WORK/portcullis.log" &
 PIDS+=($!)
 for _ in $(seq 1 100); do curl -sf "http://$PC/.auth/healthz" >/dev/null && break; sleep 0.1; done
 COOKIE=$(curl -s -D - -o /dev/null -H 'Content-Type: application/json' \

@@ -81,11 +81,11 @@ impl AdminCall {
 
     /// After a change: reload here at once, tell the other replicas, audit.
     async fn changed(&self, auth: &Authenticated, action: &str, target: &str) {
-        let inner = &self.gw.0;
-        if let Err(error) = inner.oidc.reload(&inner.store).await {
+        let inner = &self.gw;
+        if let Err(error) = inner.oidc().reload(inner.store()).await {
             tracing::error!(%error, "could not reload OpenID providers");
         }
-        if let Err(error) = inner.store.announce_oidc_change(inner.clock.now_ms()).await {
+        if let Err(error) = inner.store().announce_oidc_change(inner.now()).await {
             tracing::error!(%error, "could not announce the provider change to other replicas");
         }
         let mut event = self
@@ -150,18 +150,18 @@ fn record_from(
     if !problems.is_empty() {
         return Err(GatewayError::Invalid(problems.join("; ")));
     }
-    let inner = &gw.0;
+    let inner = &gw;
     let sealed = match input.client_secret.as_ref().map(SecretString::expose) {
         None => existing.and_then(|e| e.client_secret_sealed.clone()),
         Some("") => None,
         Some(secret) => Some(
             inner
-                .oidc
-                .seal_client_secret(id, secret, inner.entropy.as_ref())
+                .oidc()
+                .seal_client_secret(id, secret, inner.entropy())
                 .map_err(|e| GatewayError::Internal(e.to_string()))?,
         ),
     };
-    let now = inner.clock.now_ms();
+    let now = inner.now();
     Ok(ProviderRecord {
         id: id.to_owned(),
         display_name: input.display_name.unwrap_or_else(|| id.to_owned()),
@@ -188,7 +188,7 @@ pub async fn list_providers(call: AdminCall) -> Response {
         async {
             let gw = &call.gw;
             call.authorize(Permission::OidcList).await?;
-            let providers = gw.0.store.oidc_providers().await?;
+            let providers = gw.store().oidc_providers().await?;
             let list: Vec<_> = providers.iter().map(view).collect();
             Ok(Json(json!({ "providers": list })).into_response())
         }
@@ -201,7 +201,7 @@ pub async fn get_provider(Path(id): Path<String>, call: AdminCall) -> Response {
         async {
             let gw = &call.gw;
             call.authorize(Permission::OidcList).await?;
-            let provider = gw.0.store.oidc_provider(&id).await?;
+            let provider = gw.store().oidc_provider(&id).await?;
             let provider = provider.ok_or(GatewayError::NotFound)?;
             Ok(Json(view(&provider)).into_response())
         }
@@ -219,11 +219,11 @@ pub async fn create_provider(call: AdminCall) -> Response {
                 .id
                 .clone()
                 .ok_or_else(|| GatewayError::Invalid("id is required".into()))?;
-            if gw.0.store.oidc_provider(&id).await?.is_some() {
+            if gw.store().oidc_provider(&id).await?.is_some() {
                 return Err(GatewayError::Conflict("a provider with this id exists"));
             }
             let record = record_from(gw, &id, input, None)?;
-            gw.0.store.upsert_oidc_provider(&record).await?;
+            gw.store().upsert_oidc_provider(&record).await?;
             call.changed(&auth, "auth.oidc.provider.create", &id).await;
             Ok((StatusCode::CREATED, Json(view(&record))).into_response())
         }
@@ -240,10 +240,10 @@ pub async fn edit_provider(Path(id): Path<String>, call: AdminCall) -> Response 
             if input.id.as_deref().is_some_and(|given| given != id) {
                 return Err(GatewayError::Invalid("the id cannot be changed".into()));
             }
-            let existing = gw.0.store.oidc_provider(&id).await?;
+            let existing = gw.store().oidc_provider(&id).await?;
             let existing = existing.ok_or(GatewayError::NotFound)?;
             let record = record_from(gw, &id, input, Some(&existing))?;
-            gw.0.store.upsert_oidc_provider(&record).await?;
+            gw.store().upsert_oidc_provider(&record).await?;
             call.changed(&auth, "auth.oidc.provider.edit", &id).await;
             Ok(Json(view(&record)).into_response())
         }
@@ -256,8 +256,8 @@ pub async fn delete_provider(Path(id): Path<String>, call: AdminCall) -> Respons
         async {
             let gw = &call.gw;
             let auth = call.authorize(Permission::OidcDelete).await?;
-            let now = gw.0.clock.now_ms();
-            match gw.0.store.delete_oidc_provider(&id, now).await? {
+            let now = gw.now();
+            match gw.store().delete_oidc_provider(&id, now).await? {
                 ProviderDelete::Deleted => {
                     call.changed(&auth, "auth.oidc.provider.delete", &id).await;
                     Ok(StatusCode::NO_CONTENT.into_response())
@@ -287,10 +287,10 @@ pub async fn refresh_provider(
         async {
             let gw = &call.gw;
             let auth = call.authorize(Permission::OidcEdit).await?;
-            let inner = &gw.0;
+            let inner = &gw;
             let outcome = inner
-                .oidc
-                .refresh(&inner.store, &id, query.force, inner.clock.now_ms())
+                .oidc()
+                .refresh(inner.store(), &id, query.force, inner.now())
                 .await;
             let mut event = gw.audit_event(
                 &auth.identity().subject,
@@ -332,7 +332,7 @@ pub async fn list_mappings(call: AdminCall) -> Response {
         async {
             let gw = &call.gw;
             call.authorize(Permission::OidcList).await?;
-            let mappings = gw.0.store.group_mappings().await?;
+            let mappings = gw.store().group_mappings().await?;
             Ok(Json(json!({ "mappings": mappings })).into_response())
         }
         .await,
@@ -365,8 +365,7 @@ pub async fn add_mapping(call: AdminCall) -> Response {
                 ));
             }
             if gw
-                .0
-                .store
+                .store()
                 .oidc_provider(&input.provider_id)
                 .await?
                 .is_none()
@@ -374,13 +373,13 @@ pub async fn add_mapping(call: AdminCall) -> Response {
                 return Err(GatewayError::NotFound);
             }
             let mapping = GroupMapping {
-                id: random_id(gw.0.entropy.as_ref(), "map-")
+                id: random_id(gw.entropy(), "map-")
                     .map_err(|e| GatewayError::Internal(e.to_string()))?,
                 provider_id: input.provider_id,
                 idp_group: input.idp_group,
                 role: input.role,
             };
-            if !gw.0.store.add_group_mapping(&mapping).await? {
+            if !gw.store().add_group_mapping(&mapping).await? {
                 return Err(GatewayError::Conflict("this mapping exists"));
             }
             call.changed(&auth, "auth.oidc.mapping.add", &mapping.id)
@@ -396,7 +395,7 @@ pub async fn remove_mapping(Path(id): Path<String>, call: AdminCall) -> Response
         async {
             let gw = &call.gw;
             let auth = call.authorize(Permission::OidcEdit).await?;
-            if !gw.0.store.remove_group_mapping(&id).await? {
+            if !gw.store().remove_group_mapping(&id).await? {
                 return Err(GatewayError::NotFound);
             }
             call.changed(&auth, "auth.oidc.mapping.remove", &id).await;

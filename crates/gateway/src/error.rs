@@ -13,7 +13,7 @@ use portcullis_store::StoreError;
 use serde_json::json;
 
 use crate::pages;
-use crate::pipeline::RequestId;
+use crate::request_id::RequestId;
 use crate::upstream::UpstreamError;
 
 /// Close code for "your session ended, or you never had one; sign in again"

@@ -9,12 +9,10 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use portcullis_core::identity::PrincipalKind;
 use portcullis_core::internal::{self, InternalCredential};
 use portcullis_core::keys::{KeyError, SecretKey};
 use portcullis_core::secret::{Entropy, SecretString};
-use portcullis_store::{BusEvent, Store, StoreError};
-use tokio::sync::broadcast;
+use portcullis_store::{Store, StoreError};
 
 use crate::live::{LiveConnections, REASON_REVOKED};
 use crate::session_cache::CachedSession;
@@ -218,47 +216,36 @@ impl InternalCredentials {
         self.set(None)
     }
 
-    /// Applies bus events: a revoked credential id (`keys reset-internal-credential`
-    /// on any replica) is forgotten; after a `Flush` the database is re-read, and
+    /// A revoked credential id (`keys reset-internal-credential` on any replica):
+    /// forgotten if it is the one held.
+    pub fn on_revoked(&self, id: &str) {
+        if self.current().is_some_and(|m| m.credential.id() == id) {
+            self.forget();
+            tracing::warn!(%id, "internal credential was reset; restart the gateway to mint a new one");
+        }
+    }
+
+    /// After a `Flush` (a reset may have been missed): the database is re-read, and
     /// sockets of a credential that is gone are closed.
-    pub async fn follow(
-        self: Arc<Self>,
-        mut events: broadcast::Receiver<BusEvent>,
-        store: Store,
-        live: Arc<LiveConnections>,
-    ) {
-        loop {
-            match events.recv().await {
-                Ok(BusEvent::Revoked(id)) if PrincipalKind::of(&id) == PrincipalKind::Internal => {
-                    if self.current().is_some_and(|m| m.credential.id() == id) {
-                        self.forget();
-                        tracing::warn!(%id, "internal credential was reset; restart the gateway to mint a new one");
-                    }
+    pub async fn recheck(&self, store: &Store, live: &LiveConnections) {
+        if !self.shared {
+            return;
+        }
+        let Some(held) = self.current() else { return };
+        match store.internal_credential().await {
+            Ok(Some(sealed)) => match self.open(&sealed) {
+                Ok(c) if c.id() == held.credential.id() => {}
+                Ok(_) | Err(_) => {
+                    self.forget();
+                    live.end_session(held.credential.id(), REASON_REVOKED);
                 }
-                Ok(BusEvent::Revoked(_) | BusEvent::Changed(_)) => {}
-                Ok(BusEvent::Flush) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                    if !self.shared {
-                        continue;
-                    }
-                    let Some(held) = self.current() else { continue };
-                    match store.internal_credential().await {
-                        Ok(Some(sealed)) => match self.open(&sealed) {
-                            Ok(c) if c.id() == held.credential.id() => {}
-                            Ok(_) | Err(_) => {
-                                self.forget();
-                                live.end_session(held.credential.id(), REASON_REVOKED);
-                            }
-                        },
-                        Ok(None) => {
-                            self.forget();
-                            live.end_session(held.credential.id(), REASON_REVOKED);
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, "could not re-check the internal credential")
-                        }
-                    }
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            Ok(None) => {
+                self.forget();
+                live.end_session(held.credential.id(), REASON_REVOKED);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not re-check the internal credential")
             }
         }
     }

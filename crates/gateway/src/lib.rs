@@ -8,18 +8,23 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod carrier;
 pub mod config;
 mod cookies;
+mod endpoints;
 mod error;
+mod events;
+mod expiring;
 mod fastpath;
+mod host;
 mod internal;
 mod keyring;
 pub mod live;
-mod login;
 pub mod oidc;
 mod pages;
 mod pipeline;
 mod proxy;
+mod request_id;
 mod server;
 pub mod session_cache;
 mod state;

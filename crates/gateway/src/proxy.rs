@@ -7,8 +7,8 @@ use axum::body::Body;
 use axum::http::{Request, Response, Uri};
 use hyper::body::Incoming;
 
+use crate::endpoints::{unauthenticated, wants_html};
 use crate::error::GatewayError;
-use crate::login::{unauthenticated, wants_html};
 use crate::pipeline::authenticate::{Primed, authenticate_primed};
 use crate::pipeline::authorize::{UpstreamAccess, authorize_upstream};
 use crate::pipeline::{Outcome, PathKind, RequestContext};
@@ -68,7 +68,7 @@ pub async fn handle(
         identity: auth.identity(),
         carrier: auth.carrier,
         client_ip: ctx.peer.ip(),
-        proto: proto(gw),
+        proto: gw.forwarded_proto(),
         request_id: &ctx.id,
     }
     .apply(&mut parts.headers);
@@ -85,13 +85,4 @@ pub async fn handle(
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, Body::new(body))
-}
-
-/// `https` when the public URL is, else `http`: the scheme clients used.
-pub fn proto(gw: &Gateway) -> &'static str {
-    if gw.config().public_url.is_https() {
-        "https"
-    } else {
-        "http"
-    }
 }

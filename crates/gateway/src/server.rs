@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit};
-use axum::http::{HeaderMap, Request, Response, Uri, header};
+use axum::http::{Request, Response};
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use bytes::BytesMut;
@@ -21,9 +21,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tower_service::Service;
 
-use crate::error::{CURRENT_REQUEST, GatewayError};
+use crate::error::CURRENT_REQUEST;
 use crate::fastpath;
-use crate::login;
 use crate::pipeline::authenticate::Primed;
 use crate::pipeline::{PathKind, RequestContext};
 use crate::proxy;
@@ -46,19 +45,22 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The router for the gateway's own endpoints, mounted under the auth prefix.
 pub fn router(gw: Gateway) -> Router {
     let own = Router::new()
-        .route("/login", get(login::login_page).post(login::login_submit))
-        .route("/logout", post(login::logout))
-        .route("/me", get(login::me))
-        .route("/verify", get(login::verify))
-        .route("/ws-ticket", post(login::ws_ticket))
-        .route("/capabilities", get(login::capabilities))
-        .route("/healthz", get(login::healthz))
-        .route("/readyz", get(login::readyz))
-        .route("/oidc/login", get(crate::oidc::login))
-        .route("/oidc/callback", get(crate::oidc::callback))
+        .route(
+            "/login",
+            get(crate::endpoints::login_page).post(crate::endpoints::login_submit),
+        )
+        .route("/logout", post(crate::endpoints::logout))
+        .route("/me", get(crate::endpoints::me))
+        .route("/verify", get(crate::endpoints::verify))
+        .route("/ws-ticket", post(crate::endpoints::ws_ticket))
+        .route("/capabilities", get(crate::endpoints::capabilities))
+        .route("/healthz", get(crate::endpoints::healthz))
+        .route("/readyz", get(crate::endpoints::readyz))
+        .route("/oidc/login", get(crate::endpoints::openid::login))
+        .route("/oidc/callback", get(crate::endpoints::openid::callback))
         .route(
             "/oidc/back-channel-logout",
-            post(crate::oidc::back_channel_logout),
+            post(crate::endpoints::openid::back_channel_logout),
         )
         .route(
             "/api/v1/oidc/providers",
@@ -82,65 +84,12 @@ pub fn router(gw: Gateway) -> Router {
             "/api/v1/oidc/group-mappings/{id}",
             delete(crate::admin::remove_mapping),
         )
-        .fallback(login::not_found)
+        .fallback(crate::endpoints::not_found)
         .layer(DefaultBodyLimit::max(GATEWAY_BODY_LIMIT));
     Router::new()
         .nest(&gw.config().auth_prefix, own)
-        .fallback(login::not_found)
+        .fallback(crate::endpoints::not_found)
         .with_state(gw)
-}
-
-/// Whether `path` belongs to the gateway rather than the upstream.
-pub(crate) fn is_own_path(prefix: &str, path: &str) -> bool {
-    path.strip_prefix(prefix)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-}
-
-/// Refuses a `Host` that is not the public host or an allowed one (DNS rebinding
-/// defence). Health endpoints are exempt: orchestrators probe them by IP.
-fn check_host(gw: &Gateway, headers: &HeaderMap, uri: &Uri) -> Result<(), GatewayError> {
-    let config = gw.config();
-    let exempt = uri
-        .path()
-        .strip_prefix(config.auth_prefix.as_str())
-        .is_some_and(|rest| rest == "/healthz" || rest == "/readyz");
-    if exempt {
-        return Ok(());
-    }
-    // RFC 9112 section 3.2: more than one Host is a bad request, and which of them
-    // a later hop would believe is anyone's guess.
-    let mut hosts = headers.get_all(header::HOST).iter();
-    let first = hosts.next();
-    if hosts.next().is_some() {
-        return Err(GatewayError::HostNotAllowed);
-    }
-    let host = first
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| uri.authority().map(|a| a.as_str()));
-    match host {
-        Some(host) if host_allowed(gw, host) => Ok(()),
-        _ => Err(GatewayError::HostNotAllowed),
-    }
-}
-
-pub(crate) fn host_allowed(gw: &Gateway, host: &str) -> bool {
-    let config = gw.config();
-    let public = config.public_url.authority.as_str();
-    let default_port = if config.public_url.is_https() {
-        443
-    } else {
-        80
-    };
-    let public_without_default_port = match config.public_url.authority.port_u16() {
-        Some(port) if port == default_port => config.public_url.authority.host(),
-        _ => public,
-    };
-    host.eq_ignore_ascii_case(public)
-        || host.eq_ignore_ascii_case(public_without_default_port)
-        || config
-            .allowed_hosts
-            .iter()
-            .any(|h| h.eq_ignore_ascii_case(host))
 }
 
 /// One connection's request handler.
@@ -193,11 +142,11 @@ impl Connection {
         ctx: &mut RequestContext,
         request: Request<Incoming>,
     ) -> Response<Body> {
-        if let Err(e) = check_host(&self.gw, request.headers(), request.uri()) {
+        if let Err(e) = crate::host::check_host(&self.gw, request.headers(), request.uri()) {
             ctx.kind = PathKind::Endpoint;
             return e.into_response();
         }
-        if is_own_path(&self.gw.config().auth_prefix, request.uri().path()) {
+        if crate::host::is_own_path(&self.gw.config().auth_prefix, request.uri().path()) {
             ctx.kind = PathKind::Endpoint;
             let mut request = request.map(Body::new);
             request.extensions_mut().insert(ConnectInfo(self.peer));
@@ -391,20 +340,6 @@ pub async fn serve_per_core(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn own_paths() {
-        for (path, own) in [
-            ("/.auth", true),
-            ("/.auth/login", true),
-            ("/.authx", false),
-            ("/.auth.json", false),
-            ("/", false),
-            ("/x/.auth/login", false),
-        ] {
-            assert_eq!(is_own_path("/.auth", path), own, "{path}");
-        }
-    }
 
     #[tokio::test]
     async fn per_core_sockets_share_one_port_and_refuse_a_taken_one() {

@@ -17,19 +17,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use moka::sync::Cache;
+use crate::expiring::{ExpiringMap, Keyed};
 use portcullis_core::clock::Millis;
 use portcullis_core::identity::PrincipalKind;
 use portcullis_core::session::{Session, SessionEnd};
-use portcullis_store::{BusEvent, Store, StoreError};
-use tokio::sync::{broadcast, mpsc};
+use portcullis_store::{Store, StoreError};
+use tokio::sync::mpsc;
 
 /// Backstop lifetime of a cached entry.
 pub const MAX_ENTRY_AGE: Duration = Duration::from_secs(300);
 /// Activity finer than this is not written to the database.
 pub const TOUCH_GRANULARITY: Millis = 5_000;
-/// Upper bound on cached sessions (about 1 KiB each).
-const MAX_ENTRIES: u64 = 2_000_000;
+/// Upper bound on cached sessions (about 500 bytes each).
+const MAX_ENTRIES: usize = 2_000_000;
+/// Upper bound on cached API tokens.
+const MAX_TOKENS: usize = 100_000;
 
 /// A session known to be valid when it was loaded.
 #[derive(Debug)]
@@ -100,11 +102,27 @@ fn token_entry(row: portcullis_store::ApiTokenRow) -> Arc<CachedSession> {
     Arc::new(CachedSession::pseudo(session))
 }
 
+impl Keyed for Arc<CachedSession> {
+    fn has_key(&self, key: &str) -> bool {
+        self.session.id == key
+    }
+}
+
+/// A cached API token: its secret's hash and its pseudo-session.
+#[derive(Debug, Clone)]
+struct TokenEntry(Arc<(String, Arc<CachedSession>)>);
+
+impl Keyed for TokenEntry {
+    fn has_key(&self, key: &str) -> bool {
+        self.0.0 == key
+    }
+}
+
 #[derive(Debug)]
 pub struct SessionCache {
-    entries: Cache<String, Arc<CachedSession>>,
+    entries: ExpiringMap<Arc<CachedSession>>,
     /// API tokens by secret hash, as pseudo-sessions named by their `tok-` id.
-    tokens: Cache<String, Arc<CachedSession>>,
+    tokens: ExpiringMap<TokenEntry>,
     epoch: AtomicU64,
     /// Sessions read from the database (misses), for diagnostics.
     loads: AtomicU64,
@@ -115,14 +133,8 @@ impl SessionCache {
     /// The cache and the receiving end of its activity queue.
     pub fn new() -> (Self, mpsc::UnboundedReceiver<Arc<CachedSession>>) {
         let (activity, rx) = mpsc::unbounded_channel();
-        let entries = Cache::builder()
-            .max_capacity(MAX_ENTRIES)
-            .time_to_live(MAX_ENTRY_AGE)
-            .build();
-        let tokens = Cache::builder()
-            .max_capacity(100_000)
-            .time_to_live(MAX_ENTRY_AGE)
-            .build();
+        let entries = ExpiringMap::new(MAX_ENTRIES, MAX_ENTRY_AGE);
+        let tokens = ExpiringMap::new(MAX_TOKENS, MAX_ENTRY_AGE);
         (
             Self {
                 entries,
@@ -148,7 +160,7 @@ impl SessionCache {
             // Another replica may have seen activity we have not: ask the database.
             Err(SessionEnd::Idle) => Cached::Miss,
             Err(end) => {
-                self.entries.invalidate(id);
+                self.entries.remove(id);
                 Cached::Ended(end)
             }
         }
@@ -186,7 +198,7 @@ impl SessionCache {
         hash: &str,
     ) -> Result<Arc<CachedSession>, LookupError> {
         if let Some(entry) = self.tokens.get(hash) {
-            return Ok(entry);
+            return Ok(entry.0.1.clone());
         }
         let epoch = self.epoch.load(Ordering::Acquire);
         let row = store
@@ -195,7 +207,8 @@ impl SessionCache {
             .ok_or(LookupError::Unknown)?;
         let entry = token_entry(row);
         if self.epoch.load(Ordering::Acquire) == epoch {
-            self.tokens.insert(hash.to_owned(), entry.clone());
+            self.tokens
+                .insert(hash, TokenEntry(Arc::new((hash.to_owned(), entry.clone()))));
         }
         Ok(entry)
     }
@@ -228,7 +241,7 @@ impl SessionCache {
             session,
         });
         if self.epoch.load(Ordering::Acquire) == epoch {
-            self.entries.insert(entry.session.id.clone(), entry.clone());
+            self.entries.insert(&entry.session.id, entry.clone());
         }
         entry
     }
@@ -247,17 +260,17 @@ impl SessionCache {
     pub fn invalidate(&self, id: &str) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         if PrincipalKind::of(id) == PrincipalKind::ApiToken {
-            self.tokens.invalidate_all();
+            self.tokens.clear();
         } else {
-            self.entries.invalidate(id);
+            self.entries.remove(id);
         }
     }
 
     /// Forgets every session (revocations may have been missed).
     pub fn invalidate_all(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.entries.invalidate_all();
-        self.tokens.invalidate_all();
+        self.entries.clear();
+        self.tokens.clear();
     }
 
     /// How many session lookups have gone to the database.
@@ -266,26 +279,17 @@ impl SessionCache {
     }
 
     pub fn len(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.entries.entry_count()
+        self.entries.len() as u64
+    }
+
+    /// Gives back the memory of expired entries (they are never served).
+    pub fn purge_expired(&self) {
+        self.entries.purge_expired();
+        self.tokens.purge_expired();
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Applies bus events until the bus closes.
-    pub async fn follow(self: Arc<Self>, mut events: broadcast::Receiver<BusEvent>) {
-        loop {
-            match events.recv().await {
-                Ok(BusEvent::Revoked(id)) => self.invalidate(&id),
-                Ok(BusEvent::Changed(_)) => {}
-                Ok(BusEvent::Flush) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                    self.invalidate_all()
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            }
-        }
     }
 
     /// Writes queued activity to the database in one batch per call.

@@ -41,27 +41,30 @@ pub enum StartError {
     Dummy(String),
 }
 
-/// A running gateway's state; cheap to clone.
+/// A running gateway's state; cheap to clone. Its parts are private: modules use
+/// them through the methods below, which keep their invariants (a revocation both
+/// forgets the cached session and tells this process's followers; randomness never
+/// falls back to zeros).
 #[derive(Debug, Clone)]
-pub struct Gateway(pub(crate) Arc<Inner>);
+pub struct Gateway(Arc<Inner>);
 
 #[derive(Debug)]
-pub(crate) struct Inner {
-    pub config: GatewayConfig,
-    pub store: Store,
-    pub keyring: Arc<LiveKeyring>,
-    pub csrf: CsrfKey,
-    pub sessions: Arc<SessionCache>,
-    pub live: Arc<LiveConnections>,
-    pub internal: Arc<InternalCredentials>,
-    pub oidc: Arc<Oidc>,
-    pub bus: RevocationBus,
-    pub throttle: Arc<LoginThrottle>,
-    pub passwords: PasswordPool,
+struct Inner {
+    config: GatewayConfig,
+    store: Store,
+    keyring: Arc<LiveKeyring>,
+    csrf: CsrfKey,
+    sessions: Arc<SessionCache>,
+    live: Arc<LiveConnections>,
+    internal: Arc<InternalCredentials>,
+    oidc: Arc<Oidc>,
+    bus: RevocationBus,
+    throttle: Arc<LoginThrottle>,
+    passwords: PasswordPool,
     /// Verified against for unknown usernames so they cost the same as known ones.
-    pub dummy_hash: String,
-    pub clock: Arc<dyn Clock>,
-    pub entropy: Arc<dyn Entropy>,
+    dummy_hash: String,
+    clock: Arc<dyn Clock>,
+    entropy: Arc<dyn Entropy>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -113,20 +116,17 @@ impl Gateway {
 
         let throttle = Arc::new(LoginThrottle::new(config.login_limits));
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(sessions.clone().follow(bus.subscribe())));
         let live = Arc::new(LiveConnections::default());
-        tasks.push(tokio::spawn(live.clone().follow(
+        tasks.push(tokio::spawn(crate::events::dispatch(
             bus.subscribe(),
-            store.clone(),
-            clock.clone(),
-        )));
-        tasks.push(tokio::spawn(
-            oidc.clone().follow(bus.subscribe(), store.clone()),
-        ));
-        tasks.push(tokio::spawn(internal.clone().follow(
-            bus.subscribe(),
-            store.clone(),
-            live.clone(),
+            crate::events::Followers {
+                store: store.clone(),
+                clock: clock.clone(),
+                sessions: sessions.clone(),
+                live: live.clone(),
+                internal: internal.clone(),
+                oidc: oidc.clone(),
+            },
         )));
         {
             let store = store.clone();
@@ -141,12 +141,18 @@ impl Gateway {
             }));
         }
         {
-            let (store, clock, throttle) = (store.clone(), clock.clone(), throttle.clone());
+            let (store, clock, throttle, sessions) = (
+                store.clone(),
+                clock.clone(),
+                throttle.clone(),
+                sessions.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(SWEEP_INTERVAL);
                 loop {
                     tick.tick().await;
                     throttle.prune();
+                    sessions.purge_expired();
                     match store.sweep(clock.now_ms(), SWEEP_BATCH).await {
                         Ok(0) => {}
                         Ok(n) => tracing::debug!(rows = n, "swept expired rows"),
@@ -199,6 +205,67 @@ impl Gateway {
     /// The session cache (exposed for benchmarks and diagnostics).
     pub fn session_cache(&self) -> &SessionCache {
         &self.0.sessions
+    }
+
+    pub(crate) fn sessions(&self) -> &SessionCache {
+        &self.0.sessions
+    }
+
+    /// The scheme clients used, for `X-Forwarded-Proto`: `https` when the public
+    /// URL is, else `http`.
+    pub(crate) fn forwarded_proto(&self) -> &'static str {
+        if self.0.config.public_url.is_https() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The gateway's clock, in milliseconds.
+    pub(crate) fn now(&self) -> i64 {
+        self.0.clock.now_ms()
+    }
+
+    pub(crate) fn entropy(&self) -> &dyn Entropy {
+        self.0.entropy.as_ref()
+    }
+
+    pub(crate) fn keyring(&self) -> &LiveKeyring {
+        &self.0.keyring
+    }
+
+    pub(crate) fn csrf(&self) -> &CsrfKey {
+        &self.0.csrf
+    }
+
+    pub(crate) fn internal(&self) -> &InternalCredentials {
+        &self.0.internal
+    }
+
+    pub(crate) fn oidc(&self) -> &Oidc {
+        &self.0.oidc
+    }
+
+    pub(crate) fn throttle(&self) -> &LoginThrottle {
+        &self.0.throttle
+    }
+
+    pub(crate) fn passwords(&self) -> &PasswordPool {
+        &self.0.passwords
+    }
+
+    pub(crate) fn dummy_hash(&self) -> &str {
+        &self.0.dummy_hash
+    }
+
+    /// Tells this process's followers of a revocation committed here (other
+    /// processes hear of it through the database), at once rather than after the
+    /// database round trip. The session cache forgets it first.
+    pub(crate) fn revoked_here(&self, id: &str) {
+        self.0.sessions.invalidate(id);
+        self.0
+            .bus
+            .publish_local(portcullis_store::BusEvent::Revoked(id.to_owned()));
     }
 
     /// Records an audit event in the database and as a structured log line. A

@@ -206,7 +206,7 @@ async fn connect_upstream(
         identity: auth.identity(),
         carrier: auth.carrier,
         client_ip: ctx.peer.ip(),
-        proto: crate::proxy::proto(gw),
+        proto: gw.forwarded_proto(),
         request_id: &ctx.id,
     }
     .apply(&mut headers);
@@ -287,7 +287,7 @@ async fn session_over(gw: &Gateway, registration: &mut Registration, expires_ms:
         tokio::select! {
             reason = registration.ended() => return reason,
             () = tokio::time::sleep(EXPIRY_CHECK) => {
-                if gw.0.clock.now_ms() >= expires_ms {
+                if gw.now() >= expires_ms {
                     return REASON_EXPIRED;
                 }
             }

@@ -130,7 +130,10 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // Access events are one line per request: asked for, not default.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("info,portcullis::access=off")
+                }),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -7,6 +7,10 @@
 //!
 //! SQLite: other processes on the same file cannot notify us, so the bus polls the
 //! revocation log every [`POLL_INTERVAL`]; a failed poll is also a `Flush`.
+//!
+//! Configuration changes travel beside revocations, in their own log
+//! (`config_changes`) and channel ([`crate::CONFIG_CHANNEL`]), as
+//! [`BusEvent::Changed`] with a typed [`ConfigTopic`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +18,7 @@ use std::time::Duration;
 use sqlx::postgres::PgListener;
 use tokio::sync::broadcast;
 
-use crate::{Backend, REVOCATION_CHANNEL, Store};
+use crate::{Backend, CONFIG_CHANNEL, REVOCATION_CHANNEL, Store};
 
 /// Well inside the 1 s revocation promise, and one indexed query per tick.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -23,25 +27,43 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 pub enum BusEvent {
     /// This session (or API token, or internal credential) was revoked.
     Revoked(String),
-    /// Shared configuration changed (the log entry's topic, e.g. `cfg:oidc`):
-    /// whoever caches it reloads. Never a revocation.
-    Changed(String),
+    /// Shared configuration changed: whoever caches it reloads. Never a revocation.
+    Changed(ConfigTopic),
     /// Revocations may have been missed: forget every cached session.
     Flush,
 }
 
-/// Prefix of revocation-log entries that announce a configuration change.
-pub const CHANGE_PREFIX: &str = "cfg:";
+/// What shared configuration changed (the `config_changes` log and, on
+/// PostgreSQL, the payload on [`crate::CONFIG_CHANNEL`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigTopic {
+    /// OpenID providers or group mappings.
+    OidcProviders,
+}
 
-impl BusEvent {
-    /// The event a revocation-log entry (or its notification) stands for.
-    pub fn from_log(entry: String) -> Self {
-        if entry.starts_with(CHANGE_PREFIX) {
-            BusEvent::Changed(entry)
-        } else {
-            BusEvent::Revoked(entry)
+impl ConfigTopic {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfigTopic::OidcProviders => "oidc",
         }
     }
+
+    /// A stored topic; `None` for one this version does not know (written by a
+    /// newer version: ignored).
+    pub fn parse(topic: &str) -> Option<Self> {
+        match topic {
+            "oidc" => Some(ConfigTopic::OidcProviders),
+            _ => None,
+        }
+    }
+}
+
+fn changed(topic: &str) -> Option<BusEvent> {
+    let parsed = ConfigTopic::parse(topic).map(BusEvent::Changed);
+    if parsed.is_none() {
+        tracing::warn!(topic, "unknown configuration topic on the bus; ignored");
+    }
+    parsed
 }
 
 /// A running bus. Its task stops when the last clone of the bus is dropped.
@@ -70,12 +92,14 @@ impl RevocationBus {
         let task = match &store.backend {
             Backend::Postgres(pool) => {
                 let mut listener = PgListener::connect_with(pool).await?;
-                listener.listen(REVOCATION_CHANNEL).await?;
+                listener
+                    .listen_all([REVOCATION_CHANNEL, CONFIG_CHANNEL])
+                    .await?;
                 tokio::spawn(listen_postgres(listener, sender.clone()))
             }
             Backend::Sqlite(_) => {
-                let seq = store.latest_revocation_seq().await?;
-                tokio::spawn(poll_log(store.clone(), seq, sender.clone()))
+                let seqs = store.latest_bus_seqs().await?;
+                tokio::spawn(poll_log(store.clone(), seqs, sender.clone()))
             }
         };
         Ok(Self {
@@ -99,7 +123,14 @@ async fn listen_postgres(mut listener: PgListener, sender: broadcast::Sender<Bus
     loop {
         match listener.try_recv().await {
             Ok(Some(notification)) => {
-                let _ = sender.send(BusEvent::from_log(notification.payload().to_owned()));
+                let event = if notification.channel() == CONFIG_CHANNEL {
+                    changed(notification.payload())
+                } else {
+                    Some(BusEvent::Revoked(notification.payload().to_owned()))
+                };
+                if let Some(event) = event {
+                    let _ = sender.send(event);
+                }
             }
             // The connection dropped; PgListener reconnects on the next call.
             Ok(None) => {
@@ -115,18 +146,30 @@ async fn listen_postgres(mut listener: PgListener, sender: broadcast::Sender<Bus
     }
 }
 
-async fn poll_log(store: Store, mut seq: i64, sender: broadcast::Sender<BusEvent>) {
+async fn poll_log(store: Store, seqs: (i64, i64), sender: broadcast::Sender<BusEvent>) {
+    let (mut seq, mut config_seq) = seqs;
     let mut ticker = tokio::time::interval(POLL_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut healthy = true;
     loop {
         ticker.tick().await;
-        match store.revocations_since(seq).await {
-            Ok(rows) => {
+        let polled = async {
+            let revoked = store.revocations_since(seq).await?;
+            let changes = store.config_changes_since(config_seq).await?;
+            Ok::<_, crate::StoreError>((revoked, changes))
+        };
+        match polled.await {
+            Ok((revoked, changes)) => {
                 healthy = true;
-                for (next, id) in rows {
+                for (next, id) in revoked {
                     seq = next;
-                    let _ = sender.send(BusEvent::from_log(id));
+                    let _ = sender.send(BusEvent::Revoked(id));
+                }
+                for (next, topic) in changes {
+                    config_seq = next;
+                    if let Some(event) = changed(&topic) {
+                        let _ = sender.send(event);
+                    }
                 }
             }
             Err(error) => {
@@ -145,15 +188,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn configuration_changes_are_not_revocations() {
-        for (entry, event) in [
-            ("ses-abc", BusEvent::Revoked("ses-abc".into())),
-            ("tok-abc", BusEvent::Revoked("tok-abc".into())),
-            ("int-abc", BusEvent::Revoked("int-abc".into())),
-            ("cfg:oidc", BusEvent::Changed("cfg:oidc".into())),
-        ] {
-            assert_eq!(BusEvent::from_log(entry.into()), event, "{entry}");
+    fn configuration_topics_round_trip_and_unknown_ones_are_ignored() {
+        {
+            let topic = ConfigTopic::OidcProviders;
+            assert_eq!(ConfigTopic::parse(topic.as_str()), Some(topic));
         }
-        assert!(crate::oidc::PROVIDERS_CHANGED.starts_with(CHANGE_PREFIX));
+        assert_eq!(
+            changed("oidc"),
+            Some(BusEvent::Changed(ConfigTopic::OidcProviders))
+        );
+        assert_eq!(changed("cfg:oidc"), None);
+        assert_eq!(changed("from-a-newer-version"), None);
     }
 }

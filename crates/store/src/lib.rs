@@ -30,11 +30,13 @@ pub use sessions::SessionFilter;
 
 pub use api_tokens::ApiTokenRow;
 pub use audit::{AuditEvent, AuditFilter};
-pub use bus::{BusEvent, RevocationBus};
+pub use bus::{BusEvent, ConfigTopic, RevocationBus};
 pub use oidc::{GroupMapping, ProviderDelete};
 
 /// Channel used for revocation notifications on PostgreSQL.
 pub const REVOCATION_CHANNEL: &str = "portcullis_revocations";
+/// PostgreSQL channel on which configuration changes are announced.
+pub const CONFIG_CHANNEL: &str = "portcullis_config";
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -174,7 +176,7 @@ impl Store {
     /// WebSocket tickets.
     pub async fn sweep(&self, now_ms: i64, batch: i64) -> Result<u64, StoreError> {
         // Each statement deletes at most `$2` rows older than its `$1`.
-        let sweeps: [(&'static str, i64); 6] = [
+        let sweeps: [(&'static str, i64); 7] = [
             (
                 "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions \
                  WHERE expires_ms < $1 OR revoked_ms < $1 LIMIT $2)",
@@ -187,6 +189,11 @@ impl Store {
             ),
             (
                 "DELETE FROM revocation_log WHERE seq IN (SELECT seq FROM revocation_log \
+                 WHERE at_ms < $1 LIMIT $2)",
+                now_ms - 600 * 1000,
+            ),
+            (
+                "DELETE FROM config_changes WHERE seq IN (SELECT seq FROM config_changes \
                  WHERE at_ms < $1 LIMIT $2)",
                 now_ms - 600 * 1000,
             ),

@@ -6,7 +6,7 @@ use crate::sessions::revoke_in_tx;
 use portcullis_core::oidc::{PendingLogin, ProviderRecord};
 use portcullis_core::secret::SecretString;
 
-use crate::{Backend, Store, StoreError, log_revocation, on_pool};
+use crate::{Backend, Store, StoreError, on_pool};
 
 #[derive(sqlx::FromRow)]
 struct ProviderRow {
@@ -72,19 +72,12 @@ pub enum ProviderDelete {
 
 /// Announced on the revocation bus when providers or mappings change, so every
 /// gateway reloads them.
-pub const PROVIDERS_CHANGED: &str = "cfg:oidc";
-
 impl Store {
-    /// Tells every gateway (through the revocation bus) that OpenID providers or
-    /// group mappings changed.
+    /// Tells every gateway (through the bus) that OpenID providers or group
+    /// mappings changed.
     pub async fn announce_oidc_change(&self, now_ms: i64) -> Result<(), StoreError> {
-        let notify = matches!(self.backend, Backend::Postgres(_));
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            log_revocation!(tx, PROVIDERS_CHANGED, now_ms, notify);
-            tx.commit().await?;
-        });
-        Ok(())
+        self.announce_change(crate::bus::ConfigTopic::OidcProviders, now_ms)
+            .await
     }
 
     /// Inserts or replaces the provider `p.id` (its `created_ms` is kept on update).

@@ -222,11 +222,54 @@ impl Store {
         Ok(rows)
     }
 
-    /// The newest revocation-log sequence number (0 when empty).
-    pub async fn latest_revocation_seq(&self) -> Result<i64, StoreError> {
-        let (seq,): (Option<i64>,) = on_pool!(self, pool => {
-            sqlx::query_as("SELECT MAX(seq) FROM revocation_log").fetch_one(pool).await?
+    /// The newest revocation-log and configuration-change sequence numbers (0
+    /// when empty).
+    pub async fn latest_bus_seqs(&self) -> Result<(i64, i64), StoreError> {
+        let (revoked, changed): (Option<i64>, Option<i64>) = on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT (SELECT MAX(seq) FROM revocation_log), (SELECT MAX(seq) FROM config_changes)",
+            )
+            .fetch_one(pool)
+            .await?
         });
-        Ok(seq.unwrap_or(0))
+        Ok((revoked.unwrap_or(0), changed.unwrap_or(0)))
+    }
+
+    /// Configuration changes logged after `seq`, oldest first, at most 1000.
+    pub async fn config_changes_since(&self, seq: i64) -> Result<Vec<(i64, String)>, StoreError> {
+        let rows = on_pool!(self, pool => {
+            sqlx::query_as("SELECT seq, topic FROM config_changes WHERE seq > $1 ORDER BY seq LIMIT 1000")
+                .bind(seq)
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows)
+    }
+
+    /// Announces a configuration change to every gateway: a row for pollers and,
+    /// on PostgreSQL, a `NOTIFY` on [`crate::CONFIG_CHANNEL`] at commit.
+    pub async fn announce_change(
+        &self,
+        topic: crate::bus::ConfigTopic,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let notify = matches!(self.backend, crate::Backend::Postgres(_));
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("INSERT INTO config_changes (topic, at_ms) VALUES ($1, $2)")
+                .bind(topic.as_str())
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+            if notify {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(crate::CONFIG_CHANNEL)
+                    .bind(topic.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
     }
 }

@@ -35,11 +35,11 @@ use tokio::time::Instant;
 
 pub use handoff::Prefixed;
 
+use crate::carrier::{self, Carrier};
 use crate::cookies::{self, SESSION_COOKIE};
 use crate::error::GatewayError;
 use crate::pipeline::authenticate::{Primed, authenticate_session_cookie};
 use crate::pipeline::authorize::{UpstreamAccess, authorize_upstream};
-use crate::pipeline::carrier::{self, Carrier};
 use crate::pipeline::{Authenticated, PathKind, RequestContext, RequestId};
 use crate::state::Gateway;
 use crate::upstream::raw::Framing;
@@ -83,11 +83,7 @@ pub async fn serve(
 ) -> Handoff {
     let mut out = Vec::with_capacity(1024);
     let mut back = Vec::with_capacity(4096);
-    let proto = if gw.config().public_url.is_https() {
-        "https"
-    } else {
-        "http"
-    };
+    let proto = gw.forwarded_proto();
     let forwarded = rewrite::forwarded_lines(peer.ip(), proto);
     let mut timer = Timer::new(limits.header_read_timeout);
     // Registered once per connection, not once per wait.
@@ -291,7 +287,7 @@ fn plan_request(gw: &Gateway, forwarded: &[u8], buf: &[u8], out: &mut Vec<u8>) -
     if !target.starts_with('/')
         || method == "CONNECT"
         || http::uri::PathAndQuery::try_from(target).is_err()
-        || crate::server::is_own_path(&config.auth_prefix, target.split('?').next().unwrap_or(""))
+        || crate::host::is_own_path(&config.auth_prefix, target.split('?').next().unwrap_or(""))
     {
         return Plan::Hyper;
     }
@@ -336,7 +332,7 @@ fn plan_request(gw: &Gateway, forwarded: &[u8], buf: &[u8], out: &mut Vec<u8>) -
     }
     let Some(host) = host
         .and_then(|h| std::str::from_utf8(h).ok())
-        .filter(|h| crate::server::host_allowed(gw, h))
+        .filter(|h| crate::host::host_allowed(gw, h))
     else {
         return Plan::Hyper;
     };

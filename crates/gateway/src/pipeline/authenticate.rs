@@ -1,7 +1,7 @@
 //! The authenticate phase: the one place that decides who a request is. Every
 //! proxied request, WebSocket upgrade, forward-auth check and gateway API call goes
 //! through [`authenticate`], which examines the first credential present in the
-//! carrier order of [`super::carrier::CARRIERS`]; the fast path calls
+//! carrier order of [`crate::carrier::CARRIERS`]; the fast path calls
 //! [`authenticate_session_cookie`] once that table has picked the cookie.
 
 use std::net::SocketAddr;
@@ -13,7 +13,7 @@ use portcullis_core::identity::{Identity, PrincipalKind};
 use portcullis_core::internal;
 use portcullis_core::subprotocol::Offer;
 
-use super::carrier::{self, Carrier};
+use crate::carrier::{self, Carrier};
 use crate::error::GatewayError;
 use crate::session_cache::{CachedSession, LookupError};
 use crate::state::Gateway;
@@ -150,17 +150,17 @@ pub async fn authenticate_session_cookie(
     gw: &Gateway,
     value: &str,
 ) -> Result<Verified, GatewayError> {
-    let inner = &gw.0;
-    let ring = inner.keyring.current();
+    let inner = &gw;
+    let ring = inner.keyring().current();
     let id = match ring.verify(value, SESSION_PREFIX) {
         Ok(id) => id,
         Err(CookieError::UnknownKey) => {
             // Possibly a key rotated in by another process: reload (rate limited) and retry.
-            let reloaded = inner.keyring.reload_if_due(&inner.store).await?;
+            let reloaded = inner.keyring().reload_if_due(inner.store()).await?;
             if !reloaded {
                 return Ok(None);
             }
-            match inner.keyring.current().verify(value, SESSION_PREFIX) {
+            match inner.keyring().current().verify(value, SESSION_PREFIX) {
                 Ok(id) => id,
                 Err(reason) => {
                     tracing::debug!(%reason, "session cookie refused");
@@ -174,8 +174,8 @@ pub async fn authenticate_session_cookie(
         }
     };
     match inner
-        .sessions
-        .lookup(&inner.store, id, inner.clock.now_ms())
+        .sessions()
+        .lookup(inner.store(), id, inner.now())
         .await
     {
         Ok(session) => Ok(Some(session)),
@@ -192,16 +192,16 @@ async fn authenticate_ticket(
     presented: &str,
     peer: SocketAddr,
 ) -> Result<Verified, GatewayError> {
-    let inner = &gw.0;
-    let now = inner.clock.now_ms();
+    let inner = &gw;
+    let now = inner.now();
     let session_id = match portcullis_core::ticket::hash_presented(presented) {
-        Some(hash) => inner.store.consume_ticket(&hash, now).await?,
+        Some(hash) => inner.store().consume_ticket(&hash, now).await?,
         None => None,
     };
     let reason = match session_id {
         // Minted with an API token: the ticket carries that token's identity.
         Some(id) if PrincipalKind::of(&id) == PrincipalKind::ApiToken => {
-            match inner.sessions.lookup_token_id(&inner.store, &id).await {
+            match inner.sessions().lookup_token_id(inner.store(), &id).await {
                 Ok(session) => {
                     return Ok(Some(session));
                 }
@@ -209,7 +209,7 @@ async fn authenticate_ticket(
                 Err(_) => "token_revoked",
             }
         }
-        Some(id) => match inner.sessions.lookup(&inner.store, &id, now).await {
+        Some(id) => match inner.sessions().lookup(inner.store(), &id, now).await {
             Ok(session) => {
                 return Ok(Some(session));
             }
@@ -233,19 +233,19 @@ async fn authenticate_internal(
     presented: &str,
     peer: SocketAddr,
 ) -> Result<Verified, GatewayError> {
-    let inner = &gw.0;
-    let reason = if !internal::peer_allowed(peer.ip(), inner.config.internal_credential_remote) {
+    let inner = &gw;
+    let reason = if !internal::peer_allowed(peer.ip(), inner.config().internal_credential_remote) {
         "remote_peer"
     } else {
         match inner
-            .internal
-            .verify(&inner.store, presented, inner.clock.now_ms())
+            .internal()
+            .verify(inner.store(), presented, inner.now())
             .await
         {
             Ok(Some(minted)) => {
                 return Ok(Some(minted.session.clone()));
             }
-            Ok(None) if inner.internal.current().is_none() => "not_minted",
+            Ok(None) if inner.internal().current().is_none() => "not_minted",
             Ok(None) => "mismatch",
             Err(e) => return Err(e.into()),
         }
@@ -262,8 +262,8 @@ async fn authenticate_api_token(gw: &Gateway, presented: &str) -> Result<Verifie
     let Some(hash) = portcullis_core::ticket::hash_presented_api_token(presented) else {
         return Ok(None);
     };
-    let inner = &gw.0;
-    match inner.sessions.lookup_token(&inner.store, &hash).await {
+    let inner = &gw;
+    match inner.sessions().lookup_token(inner.store(), &hash).await {
         Ok(session) => Ok(Some(session)),
         Err(LookupError::Store(e)) => Err(e.into()),
         Err(_) => Ok(None),

@@ -19,7 +19,7 @@ use portcullis_core::identity::{Permission, PrincipalKind};
 use serde::Deserialize;
 
 use super::authenticate::Authenticated;
-use super::carrier::Carrier;
+use crate::carrier::Carrier;
 use crate::error::GatewayError;
 use crate::state::Gateway;
 

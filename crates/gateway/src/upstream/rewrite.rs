@@ -26,9 +26,9 @@ use std::net::IpAddr;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use portcullis_core::identity::Identity;
 
+use crate::carrier::{Carrier, is_portcullis_bearer};
 use crate::cookies;
-use crate::pipeline::RequestId;
-use crate::pipeline::carrier::{Carrier, is_portcullis_bearer};
+use crate::request_id::RequestId;
 
 /// Identity headers the gateway sets (SPEC 4).
 pub const IDENTITY_HEADERS: [&str; 4] = [
@@ -630,7 +630,7 @@ mod tests {
         for (uri, ticket, forwarded) in rows {
             let parsed: http::Uri = uri.parse().unwrap();
             assert_eq!(
-                crate::pipeline::carrier::query_param(&parsed, "ticket").as_deref(),
+                crate::carrier::query_param(&parsed, "ticket").as_deref(),
                 ticket,
                 "{uri}"
             );

@@ -1,0 +1,74 @@
+//! The gateway's own endpoints under the auth prefix, one module per concern:
+//! `signin` (the sign-in page and form, sign-out, minting a session), `identity`
+//! (`/me` and forward auth), `websocket` (tickets and capabilities), `health`.
+//! Shared here: how an unauthenticated request is answered.
+
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use portcullis_core::redirect::safe_next;
+
+use crate::error::GatewayError;
+use crate::state::Gateway;
+
+mod health;
+mod identity;
+pub mod openid;
+mod signin;
+mod websocket;
+
+pub use health::{healthz, readyz};
+pub use identity::{me, verify};
+pub(crate) use signin::establish_session;
+pub use signin::{login_page, login_submit, logout};
+pub use websocket::{capabilities, ws_ticket};
+
+/// Whether the client is a browser navigation that should get HTML and redirects.
+pub fn wants_html(method: &Method, headers: &HeaderMap) -> bool {
+    (method == Method::GET || method == Method::HEAD)
+        && headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/html"))
+}
+
+fn wants_json_response(headers: &HeaderMap) -> bool {
+    let is = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .is_some_and(|v| v.contains("application/json"))
+    };
+    is(header::CONTENT_TYPE) || is(header::ACCEPT)
+}
+
+/// `{prefix}/login?next=…` for a path the user was trying to reach.
+pub fn login_url(gw: &Gateway, next: &str) -> String {
+    let next = safe_next(next).unwrap_or("/");
+    format!(
+        "{}/login?next={}",
+        gw.config().auth_prefix,
+        utf8_percent_encode(next, NON_ALPHANUMERIC)
+    )
+}
+
+/// What an unauthenticated request gets: browsers are sent to sign in, everything
+/// else gets 401 JSON.
+pub fn unauthenticated(
+    gw: &Gateway,
+    method: &Method,
+    headers: &HeaderMap,
+    path_and_query: &str,
+) -> Response {
+    if wants_html(method, headers) {
+        let mut response = Redirect::to(&login_url(gw, path_and_query)).into_response();
+        *response.status_mut() = StatusCode::FOUND;
+        response
+    } else {
+        GatewayError::Unauthenticated.into_response()
+    }
+}
+
+pub async fn not_found() -> Response {
+    GatewayError::NotFound.into_response()
+}

@@ -1,0 +1,389 @@
+//! Sign-in through a provider: `GET {prefix}/oidc/login` (a pre-login row, its
+//! signed cookie, PKCE S256, `state` and `nonce`) and `GET {prefix}/oidc/callback`
+//! (the row consumed once, the code exchanged, the ID token validated, groups
+//! mapped, a session minted).
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use base64::Engine as _;
+use portcullis_core::cookie::PRE_LOGIN_PREFIX;
+use portcullis_core::oidc::{self as rules, Expectations, PENDING_TTL_MS, PendingLogin};
+use portcullis_core::redirect::safe_next;
+use portcullis_core::secret::{SecretString, ct_eq, random_id};
+use serde::Deserialize;
+
+use crate::cookies::{self, PENDING_COOKIE};
+use crate::error::GatewayError;
+use crate::state::Gateway;
+
+use crate::oidc::*;
+
+pub(super) fn now_s(gw: &Gateway) -> i64 {
+    gw.now() / 1000
+}
+
+fn redirect_uri(gw: &Gateway) -> String {
+    format!(
+        "{}{}/oidc/callback",
+        gw.config().public_url.origin(),
+        gw.config().auth_prefix
+    )
+}
+
+fn pending_cookie(gw: &Gateway, value: &str, max_age: i64) -> Option<HeaderValue> {
+    let config = gw.config();
+    let mut cookie = format!(
+        "{PENDING_COOKIE}={value}; Path={}/oidc/; Max-Age={max_age}; SameSite=Lax; HttpOnly",
+        config.auth_prefix
+    );
+    if config.public_url.is_https() {
+        cookie.push_str("; Secure");
+    }
+    HeaderValue::from_str(&cookie).ok()
+}
+
+pub(super) fn form_encode(pairs: &[(&str, &str)]) -> String {
+    serde_urlencoded::to_string(pairs).unwrap_or_default()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginQuery {
+    provider: Option<String>,
+    next: Option<String>,
+}
+
+/// `GET {prefix}/oidc/login?provider=ID&next=`: a pre-login row, its cookie, and a
+/// redirect to the provider with PKCE S256, `state` and `nonce`.
+pub async fn login(
+    State(gw): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<LoginQuery>,
+) -> Response {
+    let id = query.provider.unwrap_or_default();
+    match start_login(&gw, &id, query.next.as_deref()).await {
+        Ok(response) => response,
+        Err(failure) => {
+            let mut event = gw.audit_event("anonymous", "auth.oidc.login", "failure");
+            event.target = Some(id);
+            event.reason = Some(failure.reason.clone());
+            event.ip = Some(peer.ip().to_string());
+            gw.audit(event).await;
+            failure.into_response()
+        }
+    }
+}
+
+async fn start_login(gw: &Gateway, id: &str, next: Option<&str>) -> Result<Response, Failure> {
+    let inner = &gw;
+    let provider = inner
+        .oidc()
+        .provider(id)
+        .ok_or_else(|| Failure::new("unknown_provider"))?;
+    let metadata = inner.oidc().metadata(&provider).await?;
+    let entropy = inner.entropy();
+    let entropy_failed = |e: portcullis_core::secret::EntropyError| Failure::new(e.to_string());
+    let pkce = rules::pkce(entropy).map_err(entropy_failed)?;
+    let now = inner.now();
+    let pending = PendingLogin {
+        id: random_id(entropy, PRE_LOGIN_PREFIX).map_err(entropy_failed)?,
+        provider_id: provider.record.id.clone(),
+        state: rules::random_token(entropy).map_err(entropy_failed)?,
+        nonce: rules::random_token(entropy).map_err(entropy_failed)?,
+        pkce_verifier: pkce.verifier,
+        next: next.and_then(safe_next).unwrap_or("/").to_owned(),
+        created_ms: now,
+        expires_ms: now + PENDING_TTL_MS,
+    };
+    inner.store().insert_pending_login(&pending).await?;
+    let cookie = inner
+        .keyring()
+        .current()
+        .sign(&pending.id)
+        .map_err(|e| Failure::new(e.to_string()))?;
+    let scopes = provider.record.scopes.join(" ");
+    let redirect = redirect_uri(gw);
+    let query = form_encode(&[
+        ("response_type", "code"),
+        ("client_id", &provider.record.client_id),
+        ("redirect_uri", &redirect),
+        ("scope", &scopes),
+        ("state", pending.state.expose()),
+        ("nonce", pending.nonce.expose()),
+        ("code_challenge", &pkce.challenge),
+        ("code_challenge_method", "S256"),
+    ]);
+    let separator = if metadata.authorization_endpoint.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    let location = format!("{}{separator}{query}", metadata.authorization_endpoint);
+    let mut response = Redirect::to(&location).into_response();
+    let headers = response.headers_mut();
+    if let Some(value) = pending_cookie(gw, &cookie, PENDING_TTL_MS / 1000) {
+        headers.append(header::SET_COOKIE, value);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+/// `GET {prefix}/oidc/callback`: consume the pre-login row (once), exchange the
+/// code, validate the ID token, map groups, mint a session, 302 to `next`.
+pub async fn callback(
+    State(gw): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<CallbackQuery>,
+) -> Response {
+    let mut event = gw.audit_event("anonymous", "auth.oidc.login", "failure");
+    event.ip = Some(peer.ip().to_string());
+    let outcome = finish_login(&gw, &headers, &query, &mut event).await;
+    let mut response = match outcome {
+        Ok(response) => response,
+        Err(Callback::Failed(failure)) => {
+            event.reason = Some(failure.reason.clone());
+            gw.audit(event).await;
+            failure.into_response()
+        }
+        Err(Callback::Refused(reason)) => {
+            event.reason = Some(reason);
+            gw.audit(event).await;
+            GatewayError::Forbidden.into_response_for(true)
+        }
+    };
+    // The pending cookie is single use whatever happened.
+    if let Some(value) = pending_cookie(&gw, "", 0) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
+}
+
+enum Callback {
+    Failed(Failure),
+    /// Authenticated, but not allowed in (no mapped group on a refusing provider).
+    Refused(String),
+}
+
+impl<E: Into<Failure>> From<E> for Callback {
+    fn from(e: E) -> Self {
+        Callback::Failed(e.into())
+    }
+}
+
+async fn finish_login(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    query: &CallbackQuery,
+    event: &mut portcullis_store::AuditEvent,
+) -> Result<Response, Callback> {
+    let inner = &gw;
+    let cookie = cookies::read(headers, PENDING_COOKIE)
+        .ok_or_else(|| Failure::new("missing_pending_cookie"))?;
+    let pending_id = inner
+        .keyring()
+        .current()
+        .verify(cookie, PRE_LOGIN_PREFIX)
+        .map_err(|e| {
+            Failure::new(format!(
+                "pending_cookie_{}",
+                e.to_string().replace(' ', "_")
+            ))
+        })?
+        .to_owned();
+    let pending = inner
+        .store()
+        .consume_pending_login(&pending_id)
+        .await?
+        .ok_or_else(|| Failure::new("pending_row_missing_or_replayed"))?;
+    event.target = Some(pending.provider_id.clone());
+    if pending.expires_ms <= inner.now() {
+        return Err(Failure::new("pending_row_expired").into());
+    }
+    let state = query.state.as_deref().unwrap_or_default();
+    if !ct_eq(state.as_bytes(), pending.state.expose().as_bytes()) {
+        return Err(Failure::new("state_mismatch").into());
+    }
+    if let Some(error) = &query.error {
+        let code: String = error
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(64)
+            .collect();
+        return Err(Failure::new(format!("idp_error:{code}")).into());
+    }
+    let code = query
+        .code
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| Failure::new("missing_code"))?;
+    let provider = inner
+        .oidc()
+        .provider(&pending.provider_id)
+        .ok_or_else(|| Failure::new("unknown_provider"))?;
+    let metadata = inner.oidc().metadata(&provider).await?;
+    let tokens = exchange_code(gw, &provider, &metadata, code, &pending).await?;
+    let id_token = tokens.id_token;
+    let expect = Expectations {
+        issuer: &provider.record.issuer,
+        client_id: &provider.record.client_id,
+        algorithms: &provider.algorithms,
+        now_s: now_s(gw),
+    };
+    let mut claims = inner
+        .oidc()
+        .with_keys(&provider, &metadata, |keys| {
+            rules::verify_id_token(
+                &id_token,
+                keys,
+                &expect,
+                pending.nonce.expose(),
+                &provider.record.groups_claim,
+            )
+        })
+        .await?;
+    event.actor = claims.subject.clone();
+    if let (Some(endpoint), Some(access_token)) =
+        (&metadata.userinfo_endpoint, &tokens.access_token)
+    {
+        let response = inner
+            .oidc()
+            .http
+            .get(endpoint)
+            .bearer_auth(access_token.expose())
+            .header(header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| Failure::new(format!("userinfo: {e}")))?;
+        let userinfo: serde_json::Value = read_json(response, "userinfo endpoint").await?;
+        rules::merge_userinfo(&mut claims, &userinfo, &provider.record.groups_claim)?;
+    }
+
+    let mappings = inner.store().group_mappings().await?;
+    let mut roles: Vec<String> = mappings
+        .iter()
+        .filter(|m| m.provider_id == provider.record.id && claims.groups.contains(&m.idp_group))
+        .map(|m| m.role.clone())
+        .collect();
+    roles.sort();
+    roles.dedup();
+    if roles.is_empty() {
+        if provider.record.refuse_unmapped {
+            return Err(Callback::Refused("no_mapped_group".into()));
+        }
+        roles.push(portcullis_core::identity::ROLE_USER.into());
+    }
+    let identity = portcullis_core::identity::Identity {
+        name: claims
+            .name
+            .clone()
+            .unwrap_or_else(|| claims.subject.clone()),
+        subject: claims.subject.clone(),
+        email: claims.email.clone(),
+        provider: portcullis_core::identity::IdentityProvider::Oidc(provider.record.id.clone()),
+        roles,
+    };
+    let (session, cookies) = crate::endpoints::establish_session(gw, identity, claims.sid.clone())
+        .await
+        .map_err(|e| match e {
+            GatewayError::Store(e) => Failure::from(e),
+            other => Failure::new(other.to_string()),
+        })?;
+    if metadata.end_session_endpoint.is_some() {
+        // Kept server-side only, sealed, for `id_token_hint` at RP-initiated logout.
+        let sealed = inner
+            .oidc()
+            .seal_id_token(&session.id, &id_token, inner.entropy())
+            .map_err(|e| Failure::new(format!("sealing the ID token: {e}")))?;
+        inner
+            .store()
+            .set_session_id_token(&session.id, &sealed)
+            .await?;
+    }
+    event.outcome = "success".into();
+    event.target = Some(session.id.clone());
+    event.reason = Some(format!("provider:{}", provider.record.id));
+    gw.audit(event.clone()).await;
+    let mut response = Redirect::to(&pending.next).into_response();
+    let headers = response.headers_mut();
+    for value in cookies {
+        headers.append(header::SET_COOKIE, value);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// What the token endpoint returned that Portcullis uses (nothing is stored but
+/// the ID token, for `id_token_hint`; refresh tokens are never kept).
+struct Tokens {
+    id_token: String,
+    access_token: Option<SecretString>,
+}
+
+/// Exchanges the authorization code (with the PKCE verifier) for the ID token,
+/// authenticating as the discovery document allows: `client_secret_basic`
+/// preferred, else `client_secret_post`; public clients send only their id.
+async fn exchange_code(
+    gw: &Gateway,
+    provider: &Provider,
+    metadata: &Metadata,
+    code: &str,
+    pending: &PendingLogin,
+) -> Result<Tokens, Failure> {
+    let redirect = redirect_uri(gw);
+    let mut form = vec![
+        ("grant_type", "authorization_code".to_owned()),
+        ("code", code.to_owned()),
+        ("redirect_uri", redirect),
+        ("code_verifier", pending.pkce_verifier.expose().to_owned()),
+        ("client_id", provider.record.client_id.clone()),
+    ];
+    let methods = metadata
+        .token_endpoint_auth_methods_supported
+        .clone()
+        .unwrap_or_else(|| vec!["client_secret_basic".into()]);
+    let mut request = gw.oidc().http.post(&metadata.token_endpoint);
+    if let Some(secret) = &provider.client_secret {
+        if methods.iter().any(|m| m == "client_secret_basic") {
+            // RFC 6749 2.3.1: both parts form-urlencoded before Basic encoding.
+            let user = form_encode(&[("", provider.record.client_id.as_str())]);
+            let pass = form_encode(&[("", secret.expose())]);
+            let pair = format!(
+                "{}:{}",
+                user.trim_start_matches('='),
+                pass.trim_start_matches('=')
+            );
+            let basic = base64::engine::general_purpose::STANDARD.encode(pair);
+            request = request.header(header::AUTHORIZATION, format!("Basic {basic}"));
+        } else if methods.iter().any(|m| m == "client_secret_post") {
+            form.push(("client_secret", secret.expose().to_owned()));
+        } else {
+            return Err(Failure::new("no_supported_client_auth_method"));
+        }
+    }
+    let response = request
+        .header(header::ACCEPT, "application/json")
+        .form(&form)
+        .send()
+        .await
+        .map_err(|e| Failure::new(format!("token request: {e}")))?;
+    #[derive(Deserialize)]
+    struct TokenResponse {
+        id_token: Option<String>,
+        access_token: Option<String>,
+    }
+    let tokens: TokenResponse = read_json(response, "token endpoint").await?;
+    Ok(Tokens {
+        id_token: tokens.id_token.ok_or_else(|| Failure::new("no_id_token"))?,
+        access_token: tokens.access_token.map(SecretString::new),
+    })
+}

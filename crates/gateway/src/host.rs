@@ -1,0 +1,79 @@
+//! Which requests the gateway serves at all: the `Host` allow-list (DNS-rebinding
+//! defence) and the split between the gateway's own paths and the upstream's.
+
+use axum::http::{HeaderMap, Uri, header};
+
+use crate::error::GatewayError;
+use crate::state::Gateway;
+
+/// Whether `path` belongs to the gateway rather than the upstream.
+pub(crate) fn is_own_path(prefix: &str, path: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Refuses a `Host` that is not the public host or an allowed one (DNS rebinding
+/// defence). Health endpoints are exempt: orchestrators probe them by IP.
+pub(crate) fn check_host(gw: &Gateway, headers: &HeaderMap, uri: &Uri) -> Result<(), GatewayError> {
+    let config = gw.config();
+    let exempt = uri
+        .path()
+        .strip_prefix(config.auth_prefix.as_str())
+        .is_some_and(|rest| rest == "/healthz" || rest == "/readyz");
+    if exempt {
+        return Ok(());
+    }
+    // RFC 9112 section 3.2: more than one Host is a bad request, and which of them
+    // a later hop would believe is anyone's guess.
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(GatewayError::HostNotAllowed);
+    }
+    let host = first
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()));
+    match host {
+        Some(host) if host_allowed(gw, host) => Ok(()),
+        _ => Err(GatewayError::HostNotAllowed),
+    }
+}
+
+pub(crate) fn host_allowed(gw: &Gateway, host: &str) -> bool {
+    let config = gw.config();
+    let public = config.public_url.authority.as_str();
+    let default_port = if config.public_url.is_https() {
+        443
+    } else {
+        80
+    };
+    let public_without_default_port = match config.public_url.authority.port_u16() {
+        Some(port) if port == default_port => config.public_url.authority.host(),
+        _ => public,
+    };
+    host.eq_ignore_ascii_case(public)
+        || host.eq_ignore_ascii_case(public_without_default_port)
+        || config
+            .allowed_hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_paths() {
+        for (path, own) in [
+            ("/.auth", true),
+            ("/.auth/login", true),
+            ("/.authx", false),
+            ("/.auth.json", false),
+            ("/", false),
+            ("/x/.auth/login", false),
+        ] {
+            assert_eq!(is_own_path("/.auth", path), own, "{path}");
+        }
+    }
+}
