@@ -1,14 +1,16 @@
 //! The one subscriber of the revocation bus: it fans each typed event out to what
 //! it concerns, in a fixed order (the session cache forgets a revoked session before
 //! its live connections are told), so no cache or registry follows the bus on its
-//! own. Work that needs the database runs in its own task, so a slow re-check never
-//! holds up the next revocation.
+//! own. Work that needs the database runs in one worker task per kind, woken by the
+//! dispatcher: a slow re-check never holds up the next revocation, and a burst of
+//! flushes (a database that stays away) coalesces into one re-check at a time.
 
 use std::sync::Arc;
 
 use portcullis_core::clock::Clock;
 use portcullis_core::identity::PrincipalKind;
 use portcullis_store::{BusEvent, ConfigTopic, Store};
+use tokio::sync::Notify;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::internal::InternalCredentials;
@@ -29,21 +31,45 @@ pub struct Followers {
 
 /// Applies bus events until the bus closes.
 pub async fn dispatch(mut events: broadcast::Receiver<BusEvent>, followers: Followers) {
+    let wake = Wake::default();
+    let workers = [
+        tokio::spawn(recheck_worker(followers.clone(), wake.recheck.clone())),
+        tokio::spawn(reload_worker(followers.clone(), wake.reload.clone())),
+    ];
+    let _stop_workers = AbortOnDrop(workers);
     loop {
         match events.recv().await {
-            Ok(event) => followers.apply(event),
+            Ok(event) => followers.apply(event, &wake),
             // Events were dropped: revocations may be among them.
             Err(RecvError::Lagged(missed)) => {
                 tracing::warn!(missed, "bus subscriber lagged; treating as a flush");
-                followers.apply(BusEvent::Flush);
+                followers.apply(BusEvent::Flush, &wake);
             }
             Err(RecvError::Closed) => return,
         }
     }
 }
 
+/// Wakes the workers; a wake while a worker is busy is kept (once) for its next
+/// round.
+#[derive(Debug, Default)]
+struct Wake {
+    recheck: Arc<Notify>,
+    reload: Arc<Notify>,
+}
+
+struct AbortOnDrop([tokio::task::JoinHandle<()>; 2]);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
 impl Followers {
-    fn apply(&self, event: BusEvent) {
+    fn apply(&self, event: BusEvent, wake: &Wake) {
         match event {
             BusEvent::Revoked(id) => {
                 self.sessions.invalidate(&id);
@@ -52,22 +78,36 @@ impl Followers {
                     self.internal.on_revoked(&id);
                 }
             }
-            BusEvent::Changed(ConfigTopic::OidcProviders) => {
-                let (oidc, store) = (self.oidc.clone(), self.store.clone());
-                tokio::spawn(async move { reload_oidc(&oidc, &store).await });
-            }
+            BusEvent::Changed(ConfigTopic::OidcProviders) => wake.reload.notify_one(),
             BusEvent::Flush => {
                 self.sessions.invalidate_all();
-                let this = self.clone();
-                tokio::spawn(async move {
-                    this.live
-                        .recheck_all(&this.store, this.clock.as_ref())
-                        .await;
-                    this.internal.recheck(&this.store, &this.live).await;
-                    reload_oidc(&this.oidc, &this.store).await;
-                });
+                wake.recheck.notify_one();
             }
         }
+    }
+}
+
+/// After a flush: live connections and the internal credential re-checked in the
+/// database, providers reloaded.
+async fn recheck_worker(followers: Followers, wake: Arc<Notify>) {
+    loop {
+        wake.notified().await;
+        followers
+            .live
+            .recheck_all(&followers.store, followers.clock.as_ref())
+            .await;
+        followers
+            .internal
+            .recheck(&followers.store, &followers.live)
+            .await;
+        reload_oidc(&followers.oidc, &followers.store).await;
+    }
+}
+
+async fn reload_worker(followers: Followers, wake: Arc<Notify>) {
+    loop {
+        wake.notified().await;
+        reload_oidc(&followers.oidc, &followers.store).await;
     }
 }
 

@@ -141,7 +141,7 @@ pub async fn serve(
             upgrade: false,
         };
         if authorize_upstream(gw, &auth, &access).is_err() {
-            return Handoff::Hyper(None);
+            return Handoff::Hyper(Some(Primed::new(cookie, Ok(Some(auth.session)))));
         }
         // rewrite (the principal's part)
         UpstreamRewrite {
@@ -173,7 +173,7 @@ pub async fn serve(
                 status,
                 upstream_time,
             }) => {
-                ctx.upstream_time = Some(upstream_time);
+                ctx.upstream_time = upstream_time;
                 (!close && !plan.close, status)
             }
             Err(Failure::Client) => (false, 0),
@@ -398,8 +398,8 @@ struct Relayed {
     /// The client connection must close (the response was delimited by closing).
     close: bool,
     status: u16,
-    /// From sending the request to the response head.
-    upstream_time: Duration,
+    /// From sending the request to the response head (measured when logged).
+    upstream_time: Option<Duration>,
 }
 
 /// Sends the request head in `out` upstream and relays the response to `client`.
@@ -442,7 +442,7 @@ async fn relay(
         exchanged = exchange => exchanged.map_err(Failure::Upstream)?,
         () = timer.expired(deadline) => return Err(Failure::Upstream(UpstreamError::Timeout)),
     };
-    let upstream_time = now.elapsed();
+    let upstream_time = crate::pipeline::access_log_enabled().then(|| now.elapsed());
     let head_len = conn.head_len;
     conn.buf.advance(head_len);
     let close = framing == Framing::UntilClose;

@@ -150,31 +150,63 @@ fn header_safe(value: &[u8]) -> bool {
         .all(|b| *b == b'\t' || (*b >= 0x20 && *b != 0x7f))
 }
 
+/// One identity header's value: a single string, or the roles joined by commas.
+enum IdentityValue<'a> {
+    One(&'a str),
+    Roles(&'a [String]),
+}
+
+impl IdentityValue<'_> {
+    /// Header-safe, and for roles, no role that would read as two.
+    fn representable(&self) -> bool {
+        match self {
+            IdentityValue::One(v) => header_safe(v.as_bytes()),
+            IdentityValue::Roles(roles) => roles
+                .iter()
+                .all(|r| header_safe(r.as_bytes()) && !r.contains(',')),
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            IdentityValue::One(v) => out.extend_from_slice(v.as_bytes()),
+            IdentityValue::Roles(roles) => {
+                for (i, role) in roles.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(role.as_bytes());
+                }
+            }
+        }
+    }
+}
+
 /// The identity headers' values for `identity`: user, e-mail, groups, preferred
-/// username. A value that is not header-safe is omitted with a warning.
-fn identity_values(identity: &Identity, mut emit: impl FnMut(&'static str, &[&str])) {
-    let values: [(&'static str, Option<&str>); 4] = [
-        (IDENTITY_HEADERS[0], Some(identity.subject.as_str())),
-        (IDENTITY_HEADERS[1], identity.email.as_deref()),
-        (IDENTITY_HEADERS[2], None),
-        (IDENTITY_HEADERS[3], Some(identity.name.as_str())),
+/// username. A value that is not representable is omitted with a warning.
+fn identity_values(identity: &Identity, mut emit: impl FnMut(&'static str, &IdentityValue<'_>)) {
+    let values = [
+        (
+            IDENTITY_HEADERS[0],
+            Some(IdentityValue::One(&identity.subject)),
+        ),
+        (
+            IDENTITY_HEADERS[1],
+            identity.email.as_deref().map(IdentityValue::One),
+        ),
+        (
+            IDENTITY_HEADERS[2],
+            Some(IdentityValue::Roles(&identity.roles)),
+        ),
+        (
+            IDENTITY_HEADERS[3],
+            Some(IdentityValue::One(&identity.name)),
+        ),
     ];
     for (name, value) in values {
-        if name == IDENTITY_HEADERS[2] {
-            let roles: Vec<&str> = identity.roles.iter().map(String::as_str).collect();
-            if roles
-                .iter()
-                .all(|r| header_safe(r.as_bytes()) && !r.contains(','))
-            {
-                emit(name, &roles);
-            } else {
-                tracing::warn!(header = name, "role names not representable; omitted");
-            }
-            continue;
-        }
         let Some(value) = value else { continue };
-        if header_safe(value.as_bytes()) {
-            emit(name, &[value]);
+        if value.representable() {
+            emit(name, &value);
         } else {
             tracing::warn!(
                 header = name,
@@ -187,8 +219,11 @@ fn identity_values(identity: &Identity, mut emit: impl FnMut(&'static str, &[&st
 /// The identity headers for `identity`, as a header map holds them.
 pub fn identity_headers(identity: &Identity) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::with_capacity(4);
-    identity_values(identity, |name, parts| {
-        if let Ok(value) = HeaderValue::from_bytes(parts.join(",").as_bytes()) {
+    let mut bytes = Vec::new();
+    identity_values(identity, |name, value| {
+        bytes.clear();
+        value.write(&mut bytes);
+        if let Ok(value) = HeaderValue::from_bytes(&bytes) {
             out.push((HeaderName::from_static(name), value));
         }
     });
@@ -292,15 +327,10 @@ impl UpstreamRewrite<'_> {
     /// Appends the lines that depend on who asked (identity headers, the request
     /// id) and the blank line ending the head, after [`render_head`].
     pub fn render_tail(&self, out: &mut Vec<u8>) {
-        identity_values(self.identity, |name, parts| {
+        identity_values(self.identity, |name, value| {
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
-            for (i, part) in parts.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(part.as_bytes());
-            }
+            value.write(out);
             out.extend_from_slice(b"\r\n");
         });
         push_header(
