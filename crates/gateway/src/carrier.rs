@@ -116,9 +116,13 @@ pub fn is_portcullis_bearer(token: &str) -> bool {
 
 /// The `Authorization: Bearer` value if it is one of ours. Other values belong to
 /// the upstream and pass through untouched.
+/// Every `Authorization` header is looked at (as the fast path does), so a second
+/// one cannot hide a credential of ours.
 pub fn portcullis_bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    bearer_value(value)
+    headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .find_map(|value| bearer_value(value.to_str().ok()?))
 }
 
 /// The token of an `Authorization` value `Bearer <token>` if it is one of ours.
@@ -225,6 +229,17 @@ mod tests {
                 &[("authorization", "Bearer jupyter-own"), ("cookie", &cookie)],
                 false,
                 Some((Carrier::Cookie, "v1.ses-x.sk-y.mac")),
+            ),
+            (
+                "our bearer in a second Authorization header",
+                "/",
+                &[
+                    ("authorization", "Bearer jupyter-own"),
+                    ("authorization", "Bearer pct_abc"),
+                    ("cookie", &cookie),
+                ],
+                false,
+                Some((Carrier::Bearer, "pct_abc")),
             ),
             (
                 "a ticket on a plain request is the upstream's",

@@ -7,7 +7,7 @@
 //! match a user's report to the log line without the user ever seeing the detail.
 
 use axum::Json;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use portcullis_store::StoreError;
 use serde_json::json;
@@ -207,6 +207,44 @@ impl GatewayError {
         }
     }
 
+    /// The close code of a WebSocket whose handshake the client already saw
+    /// succeed (the upstream, or the gateway itself, failed after it).
+    pub fn close_after_accept(&self) -> (u16, &'static str) {
+        self.close()
+            .unwrap_or((CLOSE_UPSTREAM_FAILED, "internal error"))
+    }
+
+    /// Headers every error response carries: no caching, the schemes a 401 would
+    /// accept (RFC 9110 section 11.6.1), and when to retry a throttled attempt.
+    /// For responses built elsewhere on an error (the sign-in form re-rendered).
+    pub fn decorate(&self, headers: &mut HeaderMap) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self.status() == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"portcullis\""),
+            );
+        }
+        if let GatewayError::Throttled { retry_after_secs } = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
+    }
+
+    /// What an unauthenticated request gets: a browser navigation is sent to sign
+    /// in (302 to `login_url`), anything else gets 401 JSON.
+    pub fn unauthenticated(browser: bool, login_url: &str) -> Response {
+        if browser {
+            let mut response = Response::new(axum::body::Body::empty());
+            *response.status_mut() = StatusCode::FOUND;
+            if let Ok(location) = HeaderValue::from_str(login_url) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            response
+        } else {
+            GatewayError::Unauthenticated.into_response()
+        }
+    }
+
     /// Logs the cause of an upstream or gateway fault under an error id (the
     /// current request's id) and returns the id.
     fn log(&self) -> Option<RequestId> {
@@ -243,18 +281,7 @@ impl GatewayError {
             };
             (status, Json(body)).into_response()
         };
-        let headers = response.headers_mut();
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if status == StatusCode::UNAUTHORIZED {
-            // RFC 9110 section 11.6.1: a 401 names the schemes that would do.
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"portcullis\""),
-            );
-        }
-        if let GatewayError::Throttled { retry_after_secs } = self {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-        }
+        self.decorate(response.headers_mut());
         response
     }
 

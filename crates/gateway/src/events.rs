@@ -82,28 +82,29 @@ impl Followers {
             BusEvent::Flush => {
                 self.sessions.invalidate_all();
                 wake.recheck.notify_one();
+                wake.reload.notify_one();
             }
         }
     }
 }
 
 /// After a flush: live connections and the internal credential re-checked in the
-/// database, providers reloaded.
+/// database, side by side (one slow check does not hold up the other).
 async fn recheck_worker(followers: Followers, wake: Arc<Notify>) {
     loop {
         wake.notified().await;
-        followers
-            .live
-            .recheck_all(&followers.store, followers.clock.as_ref())
-            .await;
-        followers
-            .internal
-            .recheck(&followers.store, &followers.live)
-            .await;
-        reload_oidc(&followers.oidc, &followers.store).await;
+        tokio::join!(
+            followers
+                .live
+                .recheck_all(&followers.store, followers.clock.as_ref()),
+            followers
+                .internal
+                .recheck(&followers.store, &followers.live),
+        );
     }
 }
 
+/// Provider reloads, one at a time (after a change or a flush).
 async fn reload_worker(followers: Followers, wake: Arc<Notify>) {
     loop {
         wake.notified().await;

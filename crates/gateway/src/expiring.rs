@@ -92,17 +92,29 @@ impl<V: Clone + Keyed> ExpiringMap<V> {
         (self.live(entry, self.now()) && entry.value.has_key(key)).then(|| entry.value.clone())
     }
 
+    #[cfg(test)]
     pub fn insert(&self, key: &str, value: V) {
+        self.insert_if(key, value, || true);
+    }
+
+    /// Inserts unless `still` says no, asked under the shard's lock: a removal or
+    /// clear that runs after `still` answered waits for the lock and removes the
+    /// entry, so a caller that checks an invalidation epoch in `still` can never
+    /// install a value an invalidation meant to remove.
+    pub fn insert_if(&self, key: &str, value: V, still: impl FnOnce() -> bool) -> bool {
         let hash = self.hash(key);
         let now = self.now();
         let mut shard = write(self.shard(hash));
-        if shard.len() >= self.per_shard && !shard.contains_key(&hash) {
-            shard.retain(|_, entry| now.saturating_sub(entry.inserted) < self.ttl_secs);
-            if shard.len() >= self.per_shard
-                && let Some(victim) = shard.keys().next().copied()
-            {
-                shard.remove(&victim);
-            }
+        if !still() {
+            return false;
+        }
+        if shard.len() >= self.per_shard
+            && !shard.contains_key(&hash)
+            && let Some(victim) = shard.keys().next().copied()
+        {
+            // Full (expired entries are purged by `purge_expired`, every minute):
+            // one arbitrary entry makes room, in constant time.
+            shard.remove(&victim);
         }
         shard.insert(
             hash,
@@ -111,6 +123,7 @@ impl<V: Clone + Keyed> ExpiringMap<V> {
                 inserted: now,
             },
         );
+        true
     }
 
     pub fn remove(&self, key: &str) {

@@ -1,7 +1,8 @@
 //! The registry of live WebSocket connections per session, so the gateway can close
 //! every connection a session carries the moment the session dies, whatever killed
 //! it and wherever (this process, another replica, the CLI): the revocation bus
-//! reaches [`LiveConnections::follow`] on every gateway.
+//! reaches [`LiveConnections::end_session`] on every gateway (through the one bus
+//! dispatcher, `events`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -66,7 +66,6 @@ pub async fn handle(
     };
     UpstreamRewrite {
         identity: auth.identity(),
-        carrier: auth.carrier,
         client_ip: ctx.peer.ip(),
         proto: gw.forwarded_proto(),
         request_id: &ctx.id,

@@ -128,7 +128,7 @@ impl hyper::service::Service<Request<Incoming>> for Connection {
             }
             let status = response.status();
             // A relayed WebSocket logs when it ends, not at its 101.
-            if !(ctx.kind == PathKind::Upgrade && status == http::StatusCode::SWITCHING_PROTOCOLS) {
+            if !ctx.relayed {
                 ctx.finish(method.as_str(), &path, status.as_u16());
             }
             Ok(response)

@@ -206,10 +206,11 @@ impl SessionCache {
             .await?
             .ok_or(LookupError::Unknown)?;
         let entry = token_entry(row);
-        if self.epoch.load(Ordering::Acquire) == epoch {
-            self.tokens
-                .insert(hash, TokenEntry(Arc::new((hash.to_owned(), entry.clone()))));
-        }
+        self.tokens.insert_if(
+            hash,
+            TokenEntry(Arc::new((hash.to_owned(), entry.clone()))),
+            || self.epoch.load(Ordering::Acquire) == epoch,
+        );
         Ok(entry)
     }
 
@@ -240,9 +241,10 @@ impl SessionCache {
             queued: AtomicBool::new(false),
             session,
         });
-        if self.epoch.load(Ordering::Acquire) == epoch {
-            self.entries.insert(&entry.session.id, entry.clone());
-        }
+        self.entries
+            .insert_if(&entry.session.id, entry.clone(), || {
+                self.epoch.load(Ordering::Acquire) == epoch
+            });
         entry
     }
 

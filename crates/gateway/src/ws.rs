@@ -204,7 +204,6 @@ async fn connect_upstream(
     let mut headers = request.headers().clone();
     UpstreamRewrite {
         identity: auth.identity(),
-        carrier: auth.carrier,
         client_ip: ctx.peer.ip(),
         proto: gw.forwarded_proto(),
         request_id: &ctx.id,
@@ -231,7 +230,7 @@ async fn connect_upstream(
 async fn relay(
     gw: &Gateway,
     client: &UpstreamClient,
-    ctx: &RequestContext,
+    ctx: &mut RequestContext,
     auth: Authenticated,
     offer: Offer,
     mut request: Request<Incoming>,
@@ -247,20 +246,20 @@ async fn relay(
         match connect_upstream(gw, client, ctx, &auth, &offer, &request).await {
             Ok(pair) => pair,
             Err(e) => {
-                let (code, reason) = e
-                    .close()
-                    .unwrap_or((CLOSE_UPSTREAM_FAILED, "upstream unavailable"));
+                let (code, reason) = e.close_after_accept();
                 tracing::warn!(error = %e, request_id = %ctx.id, "upstream WebSocket failed");
                 return accept_then_close(request, &accept, code, reason);
             }
         };
     let upgrade = hyper::upgrade::on(&mut request);
     let gw = gw.clone();
+    ctx.relayed = true;
     let ctx = ctx.clone();
     let path = request.uri().path().to_owned();
     tokio::spawn(async move {
-        let Ok(upgraded) = upgrade.await else { return };
-        pump(&gw, &auth, registration, upgraded, upstream.stream).await;
+        if let Ok(upgraded) = upgrade.await {
+            pump(&gw, &auth, registration, upgraded, upstream.stream).await;
+        }
         // The log phase of a WebSocket: when it ends.
         ctx.finish("GET", &path, 101);
     });

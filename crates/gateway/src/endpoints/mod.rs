@@ -3,8 +3,8 @@
 //! (`/me` and forward auth), `websocket` (tickets and capabilities), `health`.
 //! Shared here: how an unauthenticated request is answered.
 
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::response::{IntoResponse, Response};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use portcullis_core::redirect::safe_next;
 
@@ -60,13 +60,7 @@ pub fn unauthenticated(
     headers: &HeaderMap,
     path_and_query: &str,
 ) -> Response {
-    if wants_html(method, headers) {
-        let mut response = Redirect::to(&login_url(gw, path_and_query)).into_response();
-        *response.status_mut() = StatusCode::FOUND;
-        response
-    } else {
-        GatewayError::Unauthenticated.into_response()
-    }
+    GatewayError::unauthenticated(wants_html(method, headers), &login_url(gw, path_and_query))
 }
 
 pub async fn not_found() -> Response {

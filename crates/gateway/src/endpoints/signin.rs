@@ -146,13 +146,10 @@ pub async fn login_submit(
                     GatewayError::InvalidCredentials | GatewayError::Throttled { .. }
                 ) =>
         {
+            // The form again, with the error's message, status and headers.
             let mut response =
                 render_login(&gw, &next, Some(&error.public_message()), error.status());
-            if let GatewayError::Throttled { retry_after_secs } = error {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-            }
+            error.decorate(response.headers_mut());
             response
         }
         Err((error, _)) => error.into_response(),

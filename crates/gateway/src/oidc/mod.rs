@@ -111,6 +111,9 @@ pub struct Oidc {
     pub(crate) http: reqwest::Client,
     secret: SecretKey,
     providers: RwLock<HashMap<String, Arc<Provider>>>,
+    /// One reload at a time: a reload that read the database earlier must not
+    /// install its older list after a newer one.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -204,6 +207,7 @@ impl Oidc {
             http,
             secret,
             providers: RwLock::new(HashMap::new()),
+            reloading: tokio::sync::Mutex::new(()),
         };
         this.reload(store).await?;
         Ok(this)
@@ -211,10 +215,20 @@ impl Oidc {
 
     /// Re-reads the providers from the database, keeping the caches of unchanged ones.
     pub async fn reload(&self, store: &Store) -> Result<(), OidcStartError> {
+        let _one_at_a_time = self.reloading.lock().await;
         let records = store.oidc_providers().await?;
         let old = self.snapshot();
         let mut next = HashMap::new();
         for record in records {
+            if portcullis_core::identity::RESERVED_PROVIDER_IDS.contains(&record.id.as_str()) {
+                // Stored before such ids were refused: it would share a namespace with
+                // a built-in sign-in method (and could end its sessions by logout).
+                tracing::error!(
+                    id = %record.id,
+                    "OpenID provider ignored: its id is reserved for a built-in sign-in method; remove it and add it under another id"
+                );
+                continue;
+            }
             if let Some(existing) = old.get(&record.id).filter(|p| p.record == record) {
                 next.insert(record.id.clone(), existing.clone());
                 continue;

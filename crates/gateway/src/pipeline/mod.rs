@@ -65,6 +65,9 @@ pub struct RequestContext {
     pub principal: Option<Authenticated>,
     /// Time from sending the request upstream to its response head.
     pub upstream_time: Option<Duration>,
+    /// A relayed WebSocket: its access event is written when it ends, not when
+    /// the response is sent.
+    pub relayed: bool,
 }
 
 impl RequestContext {
@@ -94,6 +97,7 @@ impl RequestContext {
             started,
             principal: None,
             upstream_time: None,
+            relayed: false,
         }
     }
 

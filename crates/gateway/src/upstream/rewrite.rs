@@ -26,7 +26,7 @@ use std::net::IpAddr;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use portcullis_core::identity::Identity;
 
-use crate::carrier::{Carrier, is_portcullis_bearer};
+use crate::carrier::{Carrier, bearer_value, is_portcullis_bearer};
 use crate::cookies;
 use crate::request_id::RequestId;
 
@@ -247,15 +247,20 @@ pub fn upstream_target(target: &str, carrier: Option<Carrier>) -> Cow<'_, str> {
     let Some((path, query)) = target.split_once('?') else {
         return Cow::Borrowed(target);
     };
+    // Keys are compared decoded, and `;` is read as a separator too (some servers
+    // split on it), so no spelling of `token=pct_…` slips through.
     let ours = |pair: &str| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "ticket" => carrier == Some(Carrier::Ticket),
-            "token" => is_portcullis_bearer(
-                &percent_encoding::percent_decode_str(value).decode_utf8_lossy(),
-            ),
-            _ => false,
-        }
+        pair.split(';').any(|part| {
+            let (key, value) = part.split_once('=').unwrap_or((part, ""));
+            let key = percent_encoding::percent_decode_str(key).decode_utf8_lossy();
+            match key.as_ref() {
+                "ticket" => carrier == Some(Carrier::Ticket),
+                "token" => is_portcullis_bearer(
+                    &percent_encoding::percent_decode_str(value).decode_utf8_lossy(),
+                ),
+                _ => false,
+            }
+        })
     };
     if !query.split('&').any(ours) {
         return Cow::Borrowed(target);
@@ -273,7 +278,6 @@ pub fn upstream_target(target: &str, carrier: Option<Carrier>) -> Cow<'_, str> {
 #[derive(Debug)]
 pub struct UpstreamRewrite<'a> {
     pub identity: &'a Identity,
-    pub carrier: Carrier,
     pub client_ip: IpAddr,
     /// `https` when the public URL is, else `http`.
     pub proto: &'static str,
@@ -301,10 +305,9 @@ impl UpstreamRewrite<'_> {
         for name in doomed {
             headers.remove(name);
         }
-        if self.carrier == Carrier::Bearer {
-            // Our bearer authenticated the request; the upstream never sees it.
-            headers.remove(header::AUTHORIZATION);
-        }
+        // A bearer of ours never reaches the upstream, whatever authenticated the
+        // request (a ticket may come with one); the upstream's own values stay.
+        remove_our_bearers(headers);
         strip_gateway_cookies(headers);
         for (name, value) in identity_headers(self.identity) {
             headers.insert(name, value);
@@ -428,6 +431,24 @@ fn strip_gateway_cookies(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes every `Authorization` value that holds one of the gateway's bearers.
+fn remove_our_bearers(headers: &mut HeaderMap) {
+    let ours = |v: &HeaderValue| v.to_str().ok().and_then(bearer_value).is_some();
+    if !headers.get_all(header::AUTHORIZATION).iter().any(ours) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .filter(|v| !ours(v))
+        .cloned()
+        .collect();
+    headers.remove(header::AUTHORIZATION);
+    for value in kept {
+        headers.append(header::AUTHORIZATION, value);
+    }
+}
+
 /// Removes hop-by-hop headers and those named in `Connection` from a response.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let mut doomed: Vec<HeaderName> = Vec::new();
@@ -463,10 +484,9 @@ mod tests {
         }
     }
 
-    fn rewrite<'a>(who: &'a Identity, carrier: Carrier, id: &'a RequestId) -> UpstreamRewrite<'a> {
+    fn rewrite<'a>(who: &'a Identity, id: &'a RequestId) -> UpstreamRewrite<'a> {
         UpstreamRewrite {
             identity: who,
-            carrier,
             client_ip: "192.0.2.7".parse().unwrap(),
             proto: "http",
             request_id: id,
@@ -522,7 +542,7 @@ mod tests {
                 HeaderName::from_bytes(name.as_bytes()).unwrap(),
                 HeaderValue::from_static(spoofed),
             );
-            rewrite(&identity(), Carrier::Cookie, &id).apply(&mut headers);
+            rewrite(&identity(), &id).apply(&mut headers);
             let got: Vec<_> = headers
                 .get_all(*name)
                 .iter()
@@ -553,7 +573,7 @@ mod tests {
             b"gw",
         );
         let id = RequestId::next();
-        rewrite(&identity(), Carrier::Cookie, &id).render_tail(&mut out);
+        rewrite(&identity(), &id).render_tail(&mut out);
         let text = String::from_utf8(out).unwrap();
         let expected = format!(
             "GET /a?b=1 HTTP/1.1\r\nhost: gw\r\nx-kept: 1\r\ncookie: a=1; b=2\r\n\
@@ -566,28 +586,30 @@ mod tests {
     }
 
     #[test]
-    fn exactly_the_authenticating_credential_is_removed() {
+    fn the_upstreams_authorization_stays_and_ours_never_passes() {
         let id = RequestId::next();
-        // (carrier, whether the client's Authorization survives)
-        let rows = [
-            (Carrier::Cookie, true),
-            (Carrier::Ticket, true),
-            (Carrier::Subprotocol, true),
-            (Carrier::QueryToken, true),
-            (Carrier::Bearer, false),
+        // Whatever carrier authenticated: (Authorization values sent, received)
+        let rows: [(&[&str], &[&str]); 4] = [
+            (&["token upstream-own"], &["token upstream-own"]),
+            (&["Bearer pct_abc"], &[]),
+            (&["bearer pci_abc"], &[]),
+            (
+                &["Bearer upstream-own", "Bearer pct_abc"],
+                &["Bearer upstream-own"],
+            ),
         ];
-        for (carrier, kept) in rows {
+        for (sent, received) in rows {
             let mut headers = HeaderMap::new();
-            headers.insert(
-                header::AUTHORIZATION,
-                HeaderValue::from_static("token upstream-own"),
-            );
-            rewrite(&identity(), carrier, &id).apply(&mut headers);
-            assert_eq!(
-                headers.contains_key(header::AUTHORIZATION),
-                kept,
-                "{carrier:?}"
-            );
+            for value in sent {
+                headers.append(header::AUTHORIZATION, HeaderValue::from_static(value));
+            }
+            rewrite(&identity(), &id).apply(&mut headers);
+            let got: Vec<_> = headers
+                .get_all(header::AUTHORIZATION)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect();
+            assert_eq!(got, received, "{sent:?}");
         }
     }
 
@@ -612,6 +634,9 @@ mod tests {
             ),
             ("/ws?ticketx=1", Some(Carrier::Ticket), "/ws?ticketx=1"),
             ("/ws?ticket=1&ticket=2", Some(Carrier::Ticket), "/ws"),
+            ("/a?%74oken=pct_abc&b=1", Some(Carrier::Cookie), "/a?b=1"),
+            ("/a?b=1;token=pct_abc", Some(Carrier::Cookie), "/a"),
+            ("/a?%74icket=t", Some(Carrier::Ticket), "/a"),
         ];
         for (target, carrier, expected) in rows {
             assert_eq!(upstream_target(target, carrier), expected, "{target}");
@@ -643,7 +668,7 @@ mod tests {
         assert_eq!(headers.get("x-forwarded-user").unwrap(), "alice");
         let id = RequestId::next();
         let mut out = Vec::new();
-        rewrite(&who, Carrier::Cookie, &id).render_tail(&mut out);
+        rewrite(&who, &id).render_tail(&mut out);
         assert!(!String::from_utf8(out).unwrap().contains("root"));
     }
 

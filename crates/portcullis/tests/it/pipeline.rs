@@ -46,6 +46,18 @@ async fn bearer_carriers_leave_the_upstreams_authorization_alone(backend: Backen
         );
         assert!(seen["x-forwarded-user"].as_str().is_some(), "{carrier}");
     }
+    // A bearer of ours beside a ticket is removed all the same.
+    let ticket = mint_ticket(&gw.client, &s).await;
+    let ours = format!("Bearer {secret}");
+    let (mut ws, _) = connect(
+        gw.addr,
+        &format!("/ws/echo?ticket={ticket}"),
+        &[("authorization", &ours)],
+    )
+    .await
+    .unwrap();
+    let seen = upstream_view(&mut ws).await;
+    assert!(seen.get("authorization").is_none(), "{seen}");
     // The carrier that was ours is removed.
     let bearer = format!("Bearer {secret}");
     let (mut ws, _) = connect(gw.addr, "/ws/echo", &[("authorization", &bearer)])
