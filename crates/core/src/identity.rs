@@ -145,7 +145,8 @@ impl Permission {
     }
 }
 
-fn role_grants(role: &str, permission: Permission) -> bool {
+/// Whether `role` grants `permission` (built-in roles).
+pub fn role_grants(role: &str, permission: Permission) -> bool {
     match role {
         ROLE_ADMIN => true,
         ROLE_USER => matches!(

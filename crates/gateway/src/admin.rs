@@ -23,6 +23,7 @@ use crate::oidc::RefreshError;
 use crate::pipeline::Authenticated;
 use crate::pipeline::authenticate::authenticate_endpoint;
 use crate::pipeline::authorize::{EndpointAccess, authorize_endpoint};
+use crate::session_cache::IdentityFields;
 use crate::state::Gateway;
 
 /// One admin API call: who asks, from where, with what. Handlers take it as their
@@ -90,7 +91,7 @@ impl AdminCall {
         }
         let mut event = self
             .gw
-            .audit_event(&auth.identity().subject, action, "success");
+            .audit_event(auth.identity().subject(), action, "success");
         event.target = Some(target.to_owned());
         event.ip = Some(self.peer.ip().to_string());
         self.gw.audit(event).await;
@@ -293,7 +294,7 @@ pub async fn refresh_provider(
                 .refresh(inner.store(), &id, query.force, inner.now())
                 .await;
             let mut event = gw.audit_event(
-                &auth.identity().subject,
+                auth.identity().subject(),
                 "auth.oidc.provider.refresh",
                 "failure",
             );

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::expiring::{ExpiringMap, Keyed};
 use portcullis_core::clock::Millis;
-use portcullis_core::identity::PrincipalKind;
+use portcullis_core::identity::{IdentityProvider, Permission, PrincipalKind, role_grants};
 use portcullis_core::session::{Session, SessionEnd};
 use portcullis_store::{Store, StoreError};
 use tokio::sync::mpsc;
@@ -33,16 +33,192 @@ const MAX_ENTRIES: usize = 2_000_000;
 /// Upper bound on cached API tokens.
 const MAX_TOKENS: usize = 100_000;
 
-/// A session known to be valid when it was loaded.
+/// A session known to be valid when it was loaded, held compactly: its strings
+/// (id, subject, name, e-mail, provider, roles) share one allocation, and what a
+/// cached session never needs (revocation time, OpenID `sid`, access token) is not
+/// kept: a revoked session leaves the cache instead.
 #[derive(Debug)]
 pub struct CachedSession {
-    pub session: Session,
+    text: Box<str>,
+    /// End offsets in `text` of the id, subject, name, e-mail and provider; the
+    /// roles (separated by [`ROLE_SEPARATOR`]) run to the end.
+    ends: [u32; 5],
+    has_email: bool,
+    expires_ms: Millis,
+    idle_timeout_ms: Option<Millis>,
     last_seen: AtomicI64,
     persisted_seen: AtomicI64,
     queued: AtomicBool,
 }
 
+/// Separates roles in a cached session's text. A role containing it is dropped
+/// (with a warning) rather than read as two.
+const ROLE_SEPARATOR: char = '\n';
+
+/// Read access to who a principal is, for whatever holds an identity (a cached
+/// session, or a plain [`portcullis_core::identity::Identity`]).
+pub trait IdentityFields: std::fmt::Debug {
+    fn subject(&self) -> &str;
+    fn name(&self) -> &str;
+    fn email(&self) -> Option<&str>;
+    fn roles(&self) -> Roles<'_>;
+    /// The stored name of the identity's provider.
+    fn provider_name(&self) -> &str;
+}
+
+/// The roles of an identity.
+#[derive(Debug, Clone)]
+pub enum Roles<'a> {
+    Slice(std::slice::Iter<'a, String>),
+    Text(Option<std::str::Split<'a, char>>),
+}
+
+impl<'a> Iterator for Roles<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        match self {
+            Roles::Slice(roles) => roles.next().map(String::as_str),
+            Roles::Text(roles) => roles.as_mut()?.next(),
+        }
+    }
+}
+
+impl IdentityFields for portcullis_core::identity::Identity {
+    fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn email(&self) -> Option<&str> {
+        self.email.as_deref()
+    }
+
+    fn roles(&self) -> Roles<'_> {
+        Roles::Slice(self.roles.iter())
+    }
+
+    fn provider_name(&self) -> &str {
+        self.provider.as_str()
+    }
+}
+
+impl IdentityFields for CachedSession {
+    fn subject(&self) -> &str {
+        self.part(1)
+    }
+
+    fn name(&self) -> &str {
+        self.part(2)
+    }
+
+    fn email(&self) -> Option<&str> {
+        self.has_email.then(|| self.part(3))
+    }
+
+    fn roles(&self) -> Roles<'_> {
+        let start = self.ends[4] as usize;
+        let roles = self.text.get(start..).unwrap_or("");
+        Roles::Text((!roles.is_empty()).then(|| roles.split(ROLE_SEPARATOR)))
+    }
+
+    fn provider_name(&self) -> &str {
+        self.part(4)
+    }
+}
+
 impl CachedSession {
+    fn new(session: Session, persisted_seen: Millis, queued: bool) -> Self {
+        let identity = &session.identity;
+        let mut text = String::with_capacity(
+            session.id.len()
+                + identity.subject.len()
+                + identity.name.len()
+                + identity.email.as_ref().map_or(0, String::len)
+                + identity.provider.as_str().len()
+                + identity.roles.iter().map(|r| r.len() + 1).sum::<usize>(),
+        );
+        let mut ends = [0u32; 5];
+        let parts = [
+            session.id.as_str(),
+            identity.subject.as_str(),
+            identity.name.as_str(),
+            identity.email.as_deref().unwrap_or(""),
+            identity.provider.as_str(),
+        ];
+        for (end, part) in ends.iter_mut().zip(parts) {
+            text.push_str(part);
+            *end = u32::try_from(text.len()).unwrap_or(u32::MAX);
+        }
+        let mut first = true;
+        for role in &identity.roles {
+            if role.contains(ROLE_SEPARATOR) || role.is_empty() {
+                tracing::warn!("a role name with a line break (or empty) was ignored");
+                continue;
+            }
+            if !first {
+                text.push(ROLE_SEPARATOR);
+            }
+            text.push_str(role);
+            first = false;
+        }
+        Self {
+            text: text.into_boxed_str(),
+            ends,
+            has_email: identity.email.is_some(),
+            expires_ms: session.expires_ms,
+            idle_timeout_ms: session.idle_timeout_ms,
+            last_seen: AtomicI64::new(session.last_seen_ms),
+            persisted_seen: AtomicI64::new(persisted_seen),
+            queued: AtomicBool::new(queued),
+        }
+    }
+
+    fn part(&self, index: usize) -> &str {
+        let start = if index == 0 {
+            0
+        } else {
+            self.ends[index - 1] as usize
+        };
+        self.text
+            .get(start..self.ends[index] as usize)
+            .unwrap_or("")
+    }
+
+    pub fn id(&self) -> &str {
+        self.part(0)
+    }
+
+    pub fn provider(&self) -> IdentityProvider {
+        IdentityProvider::from_stored(self.provider_name())
+    }
+
+    pub fn expires_ms(&self) -> Millis {
+        self.expires_ms
+    }
+
+    pub fn has_permission(&self, permission: Permission) -> bool {
+        self.roles().any(|role| role_grants(role, permission))
+    }
+
+    /// Whether the session still authenticates at `now`, given the latest known
+    /// activity (a cached session was unrevoked when loaded; a revocation removes
+    /// it from the cache).
+    fn check(&self, now: Millis, last_seen: Millis) -> Result<(), SessionEnd> {
+        if now >= self.expires_ms {
+            return Err(SessionEnd::Expired);
+        }
+        if let Some(idle) = self.idle_timeout_ms
+            && now.saturating_sub(last_seen) >= idle
+        {
+            return Err(SessionEnd::Idle);
+        }
+        Ok(())
+    }
+
     pub fn last_seen(&self) -> Millis {
         self.last_seen.load(Ordering::Relaxed)
     }
@@ -50,12 +226,7 @@ impl CachedSession {
     /// A pseudo-session for a credential that is not a session (an API token, the
     /// internal credential): valid until revoked, no activity recorded.
     pub fn pseudo(session: Session) -> Self {
-        Self {
-            last_seen: AtomicI64::new(session.last_seen_ms),
-            persisted_seen: AtomicI64::new(i64::MAX),
-            queued: AtomicBool::new(true),
-            session,
-        }
+        Self::new(session, i64::MAX, true)
     }
 }
 
@@ -104,7 +275,7 @@ fn token_entry(row: portcullis_store::ApiTokenRow) -> Arc<CachedSession> {
 
 impl Keyed for Arc<CachedSession> {
     fn has_key(&self, key: &str) -> bool {
-        self.session.id == key
+        self.id() == key
     }
 }
 
@@ -152,7 +323,7 @@ impl SessionCache {
         let Some(entry) = self.entries.get(id) else {
             return Cached::Miss;
         };
-        match entry.session.check(now, entry.last_seen()) {
+        match entry.check(now, entry.last_seen()) {
             Ok(()) => {
                 self.touch(&entry, now);
                 Cached::Valid(entry)
@@ -235,16 +406,11 @@ impl SessionCache {
     }
 
     fn insert_if_epoch(&self, session: Session, epoch: u64) -> Arc<CachedSession> {
-        let entry = Arc::new(CachedSession {
-            last_seen: AtomicI64::new(session.last_seen_ms),
-            persisted_seen: AtomicI64::new(session.last_seen_ms),
-            queued: AtomicBool::new(false),
-            session,
+        let persisted = session.last_seen_ms;
+        let entry = Arc::new(CachedSession::new(session, persisted, false));
+        self.entries.insert_if(entry.id(), entry.clone(), || {
+            self.epoch.load(Ordering::Acquire) == epoch
         });
-        self.entries
-            .insert_if(&entry.session.id, entry.clone(), || {
-                self.epoch.load(Ordering::Acquire) == epoch
-            });
         entry
     }
 
@@ -304,7 +470,7 @@ impl SessionCache {
         while let Ok(entry) = queue.try_recv() {
             entry.queued.store(false, Ordering::Release);
             let seen = entry.last_seen();
-            batch.push((entry.session.id.clone(), seen));
+            batch.push((entry.id().to_owned(), seen));
             entries.push((entry, seen));
             if batch.len() >= 1000 {
                 break;
@@ -315,5 +481,81 @@ impl SessionCache {
             entry.persisted_seen.fetch_max(seen, Ordering::Relaxed);
         }
         Ok(batch.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_core::identity::Identity;
+
+    fn session(email: Option<&str>, roles: &[&str]) -> Session {
+        Session {
+            identity: Identity {
+                subject: "ada@corp".into(),
+                name: "Ada Lovelace".into(),
+                email: email.map(str::to_owned),
+                provider: IdentityProvider::Oidc("corp".into()),
+                roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            },
+            id: "ses-abc".into(),
+            created_ms: 0,
+            last_seen_ms: 1_000,
+            expires_ms: 10_000,
+            idle_timeout_ms: Some(2_000),
+            revoked_ms: None,
+            oidc_sid: Some("sid".into()),
+            access_token_id: None,
+        }
+    }
+
+    #[test]
+    fn a_compact_session_reads_back_what_it_was_given() {
+        // (email, roles given, roles read back)
+        let rows: &[(Option<&str>, &[&str], &[&str])] = &[
+            (
+                Some("ada@corp.example"),
+                &["admin", "user"],
+                &["admin", "user"],
+            ),
+            (None, &["user"], &["user"]),
+            (Some(""), &[], &[]),
+            // A role that would read as two is dropped, never split.
+            (None, &["user", "x\nadmin"], &["user"]),
+            (None, &["", "user"], &["user"]),
+        ];
+        for (email, roles, read) in rows {
+            let cached = CachedSession::new(session(*email, roles), 0, false);
+            assert_eq!(cached.id(), "ses-abc");
+            assert_eq!(cached.subject(), "ada@corp");
+            assert_eq!(cached.name(), "Ada Lovelace");
+            assert_eq!(cached.email(), *email, "{roles:?}");
+            assert_eq!(cached.provider(), IdentityProvider::Oidc("corp".into()));
+            assert_eq!(cached.roles().collect::<Vec<_>>(), *read, "{roles:?}");
+        }
+        let admin = CachedSession::new(session(None, &["admin"]), 0, false);
+        assert!(admin.has_permission(Permission::AuditRead));
+        let user = CachedSession::new(session(None, &["user", "x\nadmin"]), 0, false);
+        assert!(!user.has_permission(Permission::AuditRead));
+    }
+
+    #[test]
+    fn a_compact_session_expires_and_idles_like_the_session() {
+        let cached = CachedSession::new(session(None, &["user"]), 0, false);
+        // (now, last seen, expected)
+        let rows = [
+            (1_500, 1_000, Ok(())),
+            (3_000, 1_000, Err(SessionEnd::Idle)),
+            (3_000, 2_500, Ok(())),
+            (10_000, 9_999, Err(SessionEnd::Expired)),
+        ];
+        for (now, seen, expected) in rows {
+            assert_eq!(cached.check(now, seen), expected, "now {now}");
+            assert_eq!(
+                session(None, &["user"]).check(now, seen),
+                expected,
+                "the session agrees at {now}"
+            );
+        }
     }
 }

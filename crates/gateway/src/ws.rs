@@ -437,7 +437,7 @@ async fn pump(
     client: hyper::upgrade::Upgraded,
     upstream: Upstream,
 ) {
-    let expires_ms = auth.session.session.expires_ms;
+    let expires_ms = auth.session.expires_ms();
     // Masking keys for the close frames the gateway may send the upstream as a
     // client (RFC 6455 section 5.3: unpredictable). Without entropy there is no
     // safe frame to send: the connection ends here.

@@ -8,7 +8,6 @@ use axum::Json;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use portcullis_core::identity::Identity;
 use serde_json::json;
 
 use crate::error::GatewayError;
@@ -16,14 +15,15 @@ use crate::pipeline::authenticate::authenticate_endpoint;
 use crate::state::Gateway;
 
 use super::*;
+use crate::session_cache::IdentityFields;
 
-pub(super) fn identity_json(identity: &Identity) -> serde_json::Value {
+pub(super) fn identity_json(identity: &dyn IdentityFields) -> serde_json::Value {
     json!({
-        "sub": identity.subject,
-        "name": identity.name,
-        "email": identity.email,
-        "provider": identity.provider,
-        "roles": identity.roles,
+        "sub": identity.subject(),
+        "name": identity.name(),
+        "email": identity.email(),
+        "provider": identity.provider_name(),
+        "roles": identity.roles().collect::<Vec<_>>(),
     })
 }
 
@@ -42,7 +42,7 @@ pub async fn me(
         Ok(Some(auth)) => {
             let mut body = identity_json(auth.identity());
             body["session_id"] = json!(auth.session_id());
-            body["expires_at"] = json!(rfc3339(auth.session.session.expires_ms));
+            body["expires_at"] = json!(rfc3339(auth.session.expires_ms()));
             let mut response = Json(body).into_response();
             response
                 .headers_mut()

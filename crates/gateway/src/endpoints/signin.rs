@@ -23,6 +23,7 @@ use crate::error::GatewayError;
 use crate::pages;
 use crate::pipeline::authenticate::authenticate_endpoint;
 use crate::pipeline::authorize::{EndpointAccess, authorize_endpoint};
+use crate::session_cache::IdentityFields;
 use crate::state::Gateway;
 
 use super::identity::identity_json;
@@ -298,7 +299,7 @@ pub async fn logout(
         }
         let inner = &gw;
         let id = auth.session_id().to_owned();
-        let subject = auth.identity().subject.clone();
+        let subject = auth.identity().subject().to_owned();
         match inner
             .store()
             .revoke_session(&id, &subject, inner.now())

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Uri};
 use portcullis_core::cookie::{CookieError, SESSION_PREFIX};
-use portcullis_core::identity::{Identity, PrincipalKind};
+use portcullis_core::identity::PrincipalKind;
 use portcullis_core::internal;
 use portcullis_core::subprotocol::Offer;
 
@@ -28,12 +28,13 @@ pub struct Authenticated {
 }
 
 impl Authenticated {
-    pub fn identity(&self) -> &Identity {
-        &self.session.session.identity
+    /// Who the principal is.
+    pub fn identity(&self) -> &CachedSession {
+        &self.session
     }
 
     pub fn session_id(&self) -> &str {
-        &self.session.session.id
+        self.session.id()
     }
 }
 

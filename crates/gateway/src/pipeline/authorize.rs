@@ -21,6 +21,7 @@ use serde::Deserialize;
 use super::authenticate::Authenticated;
 use crate::carrier::Carrier;
 use crate::error::GatewayError;
+use crate::session_cache::IdentityFields;
 use crate::state::Gateway;
 
 /// A request for the upstream, as the upstream will see it. Its method and path
@@ -85,7 +86,7 @@ pub async fn authorize_endpoint(
     if let Some(permission) = access.permission
         && !auth.identity().has_permission(permission)
     {
-        let mut event = gw.audit_event(&auth.identity().subject, permission.name(), "failure");
+        let mut event = gw.audit_event(auth.identity().subject(), permission.name(), "failure");
         event.reason = Some("forbidden".into());
         event.ip = Some(access.peer.ip().to_string());
         gw.audit(event).await;

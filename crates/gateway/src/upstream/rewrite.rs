@@ -23,8 +23,8 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
+use crate::session_cache::{IdentityFields, Roles};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
-use portcullis_core::identity::Identity;
 
 use crate::carrier::{Carrier, bearer_value, is_portcullis_bearer};
 use crate::cookies;
@@ -153,7 +153,7 @@ fn header_safe(value: &[u8]) -> bool {
 /// One identity header's value: a single string, or the roles joined by commas.
 enum IdentityValue<'a> {
     One(&'a str),
-    Roles(&'a [String]),
+    Roles(Roles<'a>),
 }
 
 impl IdentityValue<'_> {
@@ -162,7 +162,7 @@ impl IdentityValue<'_> {
         match self {
             IdentityValue::One(v) => header_safe(v.as_bytes()),
             IdentityValue::Roles(roles) => roles
-                .iter()
+                .clone()
                 .all(|r| header_safe(r.as_bytes()) && !r.contains(',')),
         }
     }
@@ -171,7 +171,7 @@ impl IdentityValue<'_> {
         match self {
             IdentityValue::One(v) => out.extend_from_slice(v.as_bytes()),
             IdentityValue::Roles(roles) => {
-                for (i, role) in roles.iter().enumerate() {
+                for (i, role) in roles.clone().enumerate() {
                     if i > 0 {
                         out.push(b',');
                     }
@@ -184,23 +184,26 @@ impl IdentityValue<'_> {
 
 /// The identity headers' values for `identity`: user, e-mail, groups, preferred
 /// username. A value that is not representable is omitted with a warning.
-fn identity_values(identity: &Identity, mut emit: impl FnMut(&'static str, &IdentityValue<'_>)) {
+fn identity_values(
+    identity: &dyn IdentityFields,
+    mut emit: impl FnMut(&'static str, &IdentityValue<'_>),
+) {
     let values = [
         (
             IDENTITY_HEADERS[0],
-            Some(IdentityValue::One(&identity.subject)),
+            Some(IdentityValue::One(identity.subject())),
         ),
         (
             IDENTITY_HEADERS[1],
-            identity.email.as_deref().map(IdentityValue::One),
+            identity.email().map(IdentityValue::One),
         ),
         (
             IDENTITY_HEADERS[2],
-            Some(IdentityValue::Roles(&identity.roles)),
+            Some(IdentityValue::Roles(identity.roles())),
         ),
         (
             IDENTITY_HEADERS[3],
-            Some(IdentityValue::One(&identity.name)),
+            Some(IdentityValue::One(identity.name())),
         ),
     ];
     for (name, value) in values {
@@ -217,7 +220,7 @@ fn identity_values(identity: &Identity, mut emit: impl FnMut(&'static str, &Iden
 }
 
 /// The identity headers for `identity`, as a header map holds them.
-pub fn identity_headers(identity: &Identity) -> Vec<(HeaderName, HeaderValue)> {
+pub fn identity_headers(identity: &dyn IdentityFields) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::with_capacity(4);
     let mut bytes = Vec::new();
     identity_values(identity, |name, value| {
@@ -231,7 +234,7 @@ pub fn identity_headers(identity: &Identity) -> Vec<(HeaderName, HeaderValue)> {
 }
 
 /// Sets identity headers on a response (forward auth), replacing any existing ones.
-pub fn set_identity_headers(headers: &mut HeaderMap, identity: &Identity) {
+pub fn set_identity_headers(headers: &mut HeaderMap, identity: &dyn IdentityFields) {
     for name in IDENTITY_HEADERS {
         headers.remove(name);
     }
@@ -277,7 +280,7 @@ pub fn upstream_target(target: &str, carrier: Option<Carrier>) -> Cow<'_, str> {
 /// removes.
 #[derive(Debug)]
 pub struct UpstreamRewrite<'a> {
-    pub identity: &'a Identity,
+    pub identity: &'a dyn IdentityFields,
     pub client_ip: IpAddr,
     /// `https` when the public URL is, else `http`.
     pub proto: &'static str,
@@ -473,6 +476,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_core::identity::Identity;
 
     fn identity() -> Identity {
         Identity {

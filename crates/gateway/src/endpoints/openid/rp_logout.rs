@@ -13,7 +13,9 @@ pub async fn end_session_url(
     auth: &crate::pipeline::Authenticated,
 ) -> Option<String> {
     let inner = &gw;
-    let provider = inner.oidc().provider(auth.identity().provider.oidc_id()?)?;
+    let provider = inner
+        .oidc()
+        .provider(auth.identity().provider().oidc_id()?)?;
     let id_token = match inner.store().take_session_id_token(auth.session_id()).await {
         Ok(stored) => {
             let opened = inner.oidc().open_id_token(auth.session_id(), &stored?);
