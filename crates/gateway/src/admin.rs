@@ -19,11 +19,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::GatewayError;
+use crate::identity::IdentityFields;
 use crate::oidc::RefreshError;
 use crate::pipeline::Authenticated;
 use crate::pipeline::authenticate::authenticate_endpoint;
 use crate::pipeline::authorize::{EndpointAccess, authorize_endpoint};
-use crate::session_cache::IdentityFields;
 use crate::state::Gateway;
 
 /// One admin API call: who asks, from where, with what. Handlers take it as their

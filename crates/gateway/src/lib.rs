@@ -17,6 +17,7 @@ mod events;
 mod expiring;
 mod fastpath;
 mod host;
+mod identity;
 mod internal;
 mod keyring;
 pub mod live;

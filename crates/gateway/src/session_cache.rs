@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::expiring::{ExpiringMap, Keyed};
+pub use crate::identity::{IdentityFields, Roles};
 use portcullis_core::clock::Millis;
 use portcullis_core::identity::{IdentityProvider, Permission, PrincipalKind, role_grants};
 use portcullis_core::session::{Session, SessionEnd};
@@ -44,6 +45,8 @@ pub struct CachedSession {
     /// roles (separated by [`ROLE_SEPARATOR`]) run to the end.
     ends: [u32; 5],
     has_email: bool,
+    /// Every string is safe in a header (checked once, when loaded).
+    header_safe: bool,
     expires_ms: Millis,
     idle_timeout_ms: Option<Millis>,
     last_seen: AtomicI64,
@@ -51,60 +54,11 @@ pub struct CachedSession {
     queued: AtomicBool,
 }
 
-/// Separates roles in a cached session's text. A role containing it is dropped
-/// (with a warning) rather than read as two.
-const ROLE_SEPARATOR: char = '\n';
-
-/// Read access to who a principal is, for whatever holds an identity (a cached
-/// session, or a plain [`portcullis_core::identity::Identity`]).
-pub trait IdentityFields: std::fmt::Debug {
-    fn subject(&self) -> &str;
-    fn name(&self) -> &str;
-    fn email(&self) -> Option<&str>;
-    fn roles(&self) -> Roles<'_>;
-    /// The stored name of the identity's provider.
-    fn provider_name(&self) -> &str;
-}
-
-/// The roles of an identity.
-#[derive(Debug, Clone)]
-pub enum Roles<'a> {
-    Slice(std::slice::Iter<'a, String>),
-    Text(Option<std::str::Split<'a, char>>),
-}
-
-impl<'a> Iterator for Roles<'a> {
-    type Item = &'a str;
-
-    fn next(&mut self) -> Option<&'a str> {
-        match self {
-            Roles::Slice(roles) => roles.next().map(String::as_str),
-            Roles::Text(roles) => roles.as_mut()?.next(),
-        }
-    }
-}
-
-impl IdentityFields for portcullis_core::identity::Identity {
-    fn subject(&self) -> &str {
-        &self.subject
-    }
-
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn email(&self) -> Option<&str> {
-        self.email.as_deref()
-    }
-
-    fn roles(&self) -> Roles<'_> {
-        Roles::Slice(self.roles.iter())
-    }
-
-    fn provider_name(&self) -> &str {
-        self.provider.as_str()
-    }
-}
+/// Separates roles in a cached session's text, which is therefore the
+/// `X-Forwarded-Groups` value as it is. A role containing it is dropped (with a
+/// warning) rather than read as two; no role can hold one (group mappings and
+/// API tokens refuse it, basic roles are fixed).
+const ROLE_SEPARATOR: char = ',';
 
 impl IdentityFields for CachedSession {
     fn subject(&self) -> &str {
@@ -127,6 +81,16 @@ impl IdentityFields for CachedSession {
 
     fn provider_name(&self) -> &str {
         self.part(4)
+    }
+
+    fn groups(&self) -> Option<std::borrow::Cow<'_, str>> {
+        Some(std::borrow::Cow::Borrowed(
+            self.text.get(self.ends[4] as usize..).unwrap_or(""),
+        ))
+    }
+
+    fn header_safe(&self) -> bool {
+        self.header_safe
     }
 }
 
@@ -156,7 +120,7 @@ impl CachedSession {
         let mut first = true;
         for role in &identity.roles {
             if role.contains(ROLE_SEPARATOR) || role.is_empty() {
-                tracing::warn!("a role name with a line break (or empty) was ignored");
+                tracing::warn!("a role name with a comma (or empty) was ignored");
                 continue;
             }
             if !first {
@@ -166,6 +130,7 @@ impl CachedSession {
             first = false;
         }
         Self {
+            header_safe: crate::identity::header_safe(text.as_bytes()),
             text: text.into_boxed_str(),
             ends,
             has_email: identity.email.is_some(),
@@ -521,7 +486,7 @@ mod tests {
             (None, &["user"], &["user"]),
             (Some(""), &[], &[]),
             // A role that would read as two is dropped, never split.
-            (None, &["user", "x\nadmin"], &["user"]),
+            (None, &["user", "x,admin"], &["user"]),
             (None, &["", "user"], &["user"]),
         ];
         for (email, roles, read) in rows {
@@ -535,7 +500,7 @@ mod tests {
         }
         let admin = CachedSession::new(session(None, &["admin"]), 0, false);
         assert!(admin.has_permission(Permission::AuditRead));
-        let user = CachedSession::new(session(None, &["user", "x\nadmin"]), 0, false);
+        let user = CachedSession::new(session(None, &["user", "x,admin"]), 0, false);
         assert!(!user.has_permission(Permission::AuditRead));
     }
 

@@ -15,7 +15,7 @@ use crate::pipeline::authenticate::authenticate_endpoint;
 use crate::state::Gateway;
 
 use super::*;
-use crate::session_cache::IdentityFields;
+use crate::identity::IdentityFields;
 
 pub(super) fn identity_json(identity: &dyn IdentityFields) -> serde_json::Value {
     json!({

@@ -20,10 +20,10 @@ use serde_json::json;
 use crate::carrier::Carrier;
 use crate::cookies::{self, CSRF_COOKIE, SESSION_COOKIE};
 use crate::error::GatewayError;
+use crate::identity::IdentityFields;
 use crate::pages;
 use crate::pipeline::authenticate::authenticate_endpoint;
 use crate::pipeline::authorize::{EndpointAccess, authorize_endpoint};
-use crate::session_cache::IdentityFields;
 use crate::state::Gateway;
 
 use super::identity::identity_json;

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use super::authenticate::Authenticated;
 use crate::carrier::Carrier;
 use crate::error::GatewayError;
-use crate::session_cache::IdentityFields;
+use crate::identity::IdentityFields;
 use crate::state::Gateway;
 
 /// A request for the upstream, as the upstream will see it. Its method and path

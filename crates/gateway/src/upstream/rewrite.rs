@@ -23,7 +23,7 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use crate::session_cache::{IdentityFields, Roles};
+use crate::identity::{IdentityFields, header_safe};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 use crate::carrier::{Carrier, bearer_value, is_portcullis_bearer};
@@ -141,80 +141,27 @@ pub fn drops_request_header(name: &str) -> bool {
     is_hop_by_hop(name.as_str()) || is_gateway_owned(name.as_str())
 }
 
-/// Bytes that may stand in a header value: visible ASCII, space, tab and obs-text
-/// (non-ASCII names from an identity provider are sent as raw UTF-8). Control
-/// characters could split headers.
-fn header_safe(value: &[u8]) -> bool {
-    value
-        .iter()
-        .all(|b| *b == b'\t' || (*b >= 0x20 && *b != 0x7f))
-}
-
-/// One identity header's value: a single string, or the roles joined by commas.
-enum IdentityValue<'a> {
-    One(&'a str),
-    Roles(Roles<'a>),
-}
-
-impl IdentityValue<'_> {
-    /// Header-safe, and for roles, no role that would read as two.
-    fn representable(&self) -> bool {
-        match self {
-            IdentityValue::One(v) => header_safe(v.as_bytes()),
-            IdentityValue::Roles(roles) => roles
-                .clone()
-                .all(|r| header_safe(r.as_bytes()) && !r.contains(',')),
-        }
-    }
-
-    fn write(&self, out: &mut Vec<u8>) {
-        match self {
-            IdentityValue::One(v) => out.extend_from_slice(v.as_bytes()),
-            IdentityValue::Roles(roles) => {
-                for (i, role) in roles.clone().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(role.as_bytes());
-                }
-            }
-        }
-    }
-}
-
 /// The identity headers' values for `identity`: user, e-mail, groups, preferred
-/// username. A value that is not representable is omitted with a warning.
-fn identity_values(
-    identity: &dyn IdentityFields,
-    mut emit: impl FnMut(&'static str, &IdentityValue<'_>),
-) {
+/// username. A value that is not header-safe (or groups with a role that would read
+/// as two) is omitted with a warning; a cached session has checked its strings
+/// once, when it was loaded.
+fn identity_values(identity: &dyn IdentityFields, mut emit: impl FnMut(&'static str, &str)) {
+    let checked = identity.header_safe();
+    let groups = identity.groups();
     let values = [
-        (
-            IDENTITY_HEADERS[0],
-            Some(IdentityValue::One(identity.subject())),
-        ),
-        (
-            IDENTITY_HEADERS[1],
-            identity.email().map(IdentityValue::One),
-        ),
-        (
-            IDENTITY_HEADERS[2],
-            Some(IdentityValue::Roles(identity.roles())),
-        ),
-        (
-            IDENTITY_HEADERS[3],
-            Some(IdentityValue::One(identity.name())),
-        ),
+        (IDENTITY_HEADERS[0], Some(identity.subject())),
+        (IDENTITY_HEADERS[1], identity.email()),
+        (IDENTITY_HEADERS[2], groups.as_deref()),
+        (IDENTITY_HEADERS[3], Some(identity.name())),
     ];
     for (name, value) in values {
-        let Some(value) = value else { continue };
-        if value.representable() {
-            emit(name, &value);
-        } else {
-            tracing::warn!(
+        match value {
+            Some(value) if checked || header_safe(value.as_bytes()) => emit(name, value),
+            None if name != IDENTITY_HEADERS[2] => {}
+            _ => tracing::warn!(
                 header = name,
                 "identity value not representable as a header; omitted"
-            );
+            ),
         }
     }
 }
@@ -222,11 +169,8 @@ fn identity_values(
 /// The identity headers for `identity`, as a header map holds them.
 pub fn identity_headers(identity: &dyn IdentityFields) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::with_capacity(4);
-    let mut bytes = Vec::new();
     identity_values(identity, |name, value| {
-        bytes.clear();
-        value.write(&mut bytes);
-        if let Ok(value) = HeaderValue::from_bytes(&bytes) {
+        if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
             out.push((HeaderName::from_static(name), value));
         }
     });
@@ -334,10 +278,7 @@ impl UpstreamRewrite<'_> {
     /// id) and the blank line ending the head, after [`render_head`].
     pub fn render_tail(&self, out: &mut Vec<u8>) {
         identity_values(self.identity, |name, value| {
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            value.write(out);
-            out.extend_from_slice(b"\r\n");
+            push_header(out, name.as_bytes(), value.as_bytes());
         });
         push_header(
             out,
