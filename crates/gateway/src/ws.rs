@@ -441,15 +441,13 @@ async fn pump(
     // Masking keys for the close frames the gateway may send the upstream as a
     // client (RFC 6455 section 5.3: unpredictable). Without entropy there is no
     // safe frame to send: the connection ends here.
-    let mut masks = [0u8; 8];
-    if let Err(error) = gw.fill_random(&mut masks) {
-        tracing::error!(%error, "no entropy for WebSocket masking keys; closing the connection");
-        return;
-    }
-    let (vanish_mask, end_mask) = (
-        [masks[0], masks[1], masks[2], masks[3]],
-        [masks[4], masks[5], masks[6], masks[7]],
-    );
+    let (vanish_mask, end_mask) = match masking_keys(gw.entropy()) {
+        Ok(keys) => keys,
+        Err(error) => {
+            tracing::error!(%error, "no entropy for WebSocket masking keys; closing the connection");
+            return;
+        }
+    };
     let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
     let (upstream_read, upstream_write) = tokio::io::split(TokioIo::new(upstream));
     let mut to_upstream = Direction {
@@ -549,6 +547,19 @@ async fn pump(
     .await;
 }
 
+/// Two masking keys for close frames the gateway may send the upstream as a client
+/// (RFC 6455 section 5.3: unpredictable): an error, never zeros, without entropy.
+fn masking_keys(
+    entropy: &dyn portcullis_core::secret::Entropy,
+) -> Result<([u8; 4], [u8; 4]), portcullis_core::secret::EntropyError> {
+    let mut keys = [0u8; 8];
+    entropy.fill(&mut keys)?;
+    Ok((
+        [keys[0], keys[1], keys[2], keys[3]],
+        [keys[4], keys[5], keys[6], keys[7]],
+    ))
+}
+
 /// Resolves once `stop` is set (or its sender is gone).
 async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await.map(|_| ());
@@ -557,6 +568,22 @@ async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct NoEntropy;
+
+    impl portcullis_core::secret::Entropy for NoEntropy {
+        fn fill(&self, _: &mut [u8]) -> Result<(), portcullis_core::secret::EntropyError> {
+            Err(portcullis_core::secret::EntropyError)
+        }
+    }
+
+    #[test]
+    fn masking_keys_fail_without_entropy_instead_of_being_zero() {
+        assert!(masking_keys(&NoEntropy).is_err());
+        let (a, b) = masking_keys(&portcullis_core::secret::OsEntropy).unwrap();
+        assert_ne!((a, b), ([0; 4], [0; 4]));
+    }
 
     #[test]
     fn relay_buffers_grow_under_load_and_shrink_when_quiet() {
