@@ -347,6 +347,11 @@ mod tests {
 
     #[test]
     fn internal_detail_never_reaches_the_client() {
+        let err = GatewayError::Store(StoreError::Corrupt(
+            "password=hunter2 connection refused".into(),
+        ));
+        assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!err.public_message().contains("hunter2"));
         let err = GatewayError::Internal("password=hunter2 connection refused".into());
         assert_eq!(err.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!err.public_message().contains("hunter2"));

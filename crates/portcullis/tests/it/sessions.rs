@@ -232,4 +232,40 @@ both_backends!(
     activity_is_written_in_batches,
     key_rotation_logs_nobody_out,
     database_outage_fails_closed,
+    configuration_changes_are_not_revocations,
 );
+
+/// The bus tells configuration changes and revocations apart by where they travel
+/// (their own log and channel), never by the shape of an id: a change arrives as
+/// `Changed`, a revocation as `Revoked`, and neither as the other.
+async fn configuration_changes_are_not_revocations(backend: Backend) {
+    use portcullis_store::{BusEvent, ConfigTopic, RevocationBus};
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let s = gw.login(USER).await;
+    let bus = RevocationBus::start(gw.store.clone()).await.unwrap();
+    let mut events = bus.subscribe();
+    gw.store.announce_oidc_change(now_ms()).await.unwrap();
+    gw.store
+        .revoke_session(&s.id(), "test", now_ms())
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while seen.len() < 2 {
+            match events.recv().await {
+                Ok(BusEvent::Flush) => continue,
+                Ok(event) => seen.push(event),
+                Err(_) => break,
+            }
+        }
+    })
+    .await;
+    // Each arrives once, as what it is (their relative order is the poller's).
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen.contains(&BusEvent::Changed(ConfigTopic::OidcProviders)),
+        "{seen:?}"
+    );
+    assert!(seen.contains(&BusEvent::Revoked(s.id())), "{seen:?}");
+}
