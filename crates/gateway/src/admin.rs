@@ -82,11 +82,10 @@ impl AdminCall {
 
     /// After a change: reload here at once, tell the other replicas, audit.
     async fn changed(&self, auth: &Authenticated, action: &str, target: &str) {
-        let inner = &self.gw;
-        if let Err(error) = inner.oidc().reload(inner.store()).await {
+        if let Err(error) = self.gw.oidc().reload(self.gw.store()).await {
             tracing::error!(%error, "could not reload OpenID providers");
         }
-        if let Err(error) = inner.store().announce_oidc_change(inner.now()).await {
+        if let Err(error) = self.gw.store().announce_oidc_change(self.gw.now()).await {
             tracing::error!(%error, "could not announce the provider change to other replicas");
         }
         let mut event = self
@@ -151,18 +150,16 @@ fn record_from(
     if !problems.is_empty() {
         return Err(GatewayError::Invalid(problems.join("; ")));
     }
-    let inner = &gw;
     let sealed = match input.client_secret.as_ref().map(SecretString::expose) {
         None => existing.and_then(|e| e.client_secret_sealed.clone()),
         Some("") => None,
         Some(secret) => Some(
-            inner
-                .oidc()
-                .seal_client_secret(id, secret, inner.entropy())
+            gw.oidc()
+                .seal_client_secret(id, secret, gw.entropy())
                 .map_err(|e| GatewayError::Internal(e.to_string()))?,
         ),
     };
-    let now = inner.now();
+    let now = gw.now();
     Ok(ProviderRecord {
         id: id.to_owned(),
         display_name: input.display_name.unwrap_or_else(|| id.to_owned()),
@@ -288,10 +285,9 @@ pub async fn refresh_provider(
         async {
             let gw = &call.gw;
             let auth = call.authorize(Permission::OidcEdit).await?;
-            let inner = &gw;
-            let outcome = inner
+            let outcome = gw
                 .oidc()
-                .refresh(inner.store(), &id, query.force, inner.now())
+                .refresh(gw.store(), &id, query.force, gw.now())
                 .await;
             let mut event = gw.audit_event(
                 auth.identity().subject(),

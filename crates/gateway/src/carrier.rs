@@ -142,10 +142,19 @@ pub fn query_param<'a>(uri: &'a Uri, name: &str) -> Option<Cow<'a, str>> {
 }
 
 /// What a request presents: the credential of the first carrier present.
-#[derive(Debug)]
 pub struct Presented<'a> {
     pub carrier: Carrier,
     pub value: Cow<'a, str>,
+}
+
+impl std::fmt::Debug for Presented<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The value is a credential: never printed.
+        f.debug_struct("Presented")
+            .field("carrier", &self.carrier)
+            .field("value", &"[redacted]")
+            .finish()
+    }
 }
 
 /// The credential a request presents, reading [`CARRIERS`] in order. `offer` is
@@ -173,6 +182,19 @@ pub fn find<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_presented_credential_never_prints() {
+        let presented = Presented {
+            carrier: Carrier::Bearer,
+            value: Cow::Borrowed("pct_secret-value"),
+        };
+        let printed = format!("{presented:?}");
+        assert!(!printed.contains("secret-value"), "{printed}");
+        let primed = crate::pipeline::authenticate::Primed::new("v1.ses-secret.sk.mac", Ok(None));
+        let printed = format!("{primed:?}");
+        assert!(!printed.contains("ses-secret"), "{printed}");
+    }
 
     #[test]
     fn order_is_spec_6_and_plain_requests_use_bearer_then_cookie() {

@@ -119,17 +119,19 @@ impl hyper::service::Service<Request<Incoming>> for Connection {
             request.extensions_mut().insert(primed);
         }
         let mut ctx = RequestContext::for_request(self.peer, PathKind::Proxy, request.headers());
+        // Copied for the access event only when one is wanted.
+        let logged = crate::pipeline::access_log_enabled()
+            .then(|| (request.method().clone(), request.uri().path().to_owned()));
         Box::pin(CURRENT_REQUEST.scope(ctx.id.clone(), async move {
-            let method = request.method().clone();
-            let path = request.uri().path().to_owned();
             let mut response = this.dispatch(&mut ctx, request).await;
             if let Ok(id) = axum::http::HeaderValue::from_str(ctx.id.as_str()) {
                 response.headers_mut().insert(X_REQUEST_ID, id);
             }
-            let status = response.status();
             // A relayed WebSocket logs when it ends, not at its 101.
-            if !ctx.relayed {
-                ctx.finish(method.as_str(), &path, status.as_u16());
+            if let Some((method, path)) = logged
+                && !ctx.relayed
+            {
+                ctx.finish(method.as_str(), &path, response.status().as_u16());
             }
             Ok(response)
         }))
@@ -195,13 +197,7 @@ pub async fn serve(
         };
         // Small request/response exchanges must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
-        let service = Connection {
-            gw: gw.clone(),
-            router: router.clone(),
-            upstream: upstream.clone(),
-            peer,
-            primed: Default::default(),
-        };
+        let (gw, router, upstream) = (gw.clone(), router.clone(), upstream.clone());
         let mut stopping = stop.subscribe();
         let alive = alive.clone();
         let http = http.clone();
@@ -214,8 +210,8 @@ pub async fn serve(
             let mut stream = stream;
             let mut buf = BytesMut::with_capacity(8 * 1024);
             let handoff = fastpath::serve(
-                &service.gw,
-                &service.upstream,
+                &gw,
+                &upstream,
                 peer,
                 limits,
                 &mut stream,
@@ -223,15 +219,18 @@ pub async fn serve(
                 &mut stopping,
             )
             .await;
-            match handoff {
-                fastpath::Handoff::Closed => return,
-                fastpath::Handoff::Hyper(primed) => {
-                    *service
-                        .primed
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = primed;
-                }
-            }
+            // Most connections never leave the fast path; the hyper side is built
+            // only for those that do.
+            let fastpath::Handoff::Hyper(primed) = handoff else {
+                return;
+            };
+            let service = Connection {
+                gw,
+                router,
+                upstream,
+                peer,
+                primed: std::sync::Arc::new(std::sync::Mutex::new(primed)),
+            };
             let io = fastpath::Prefixed::new(buf.freeze(), stream);
             let connection = http
                 .serve_connection(TokioIo::new(io), service)

@@ -207,10 +207,6 @@ impl Gateway {
         &self.0.sessions
     }
 
-    pub(crate) fn sessions(&self) -> &SessionCache {
-        &self.0.sessions
-    }
-
     /// The scheme clients used, for `X-Forwarded-Proto`: `https` when the public
     /// URL is, else `http`.
     pub(crate) fn forwarded_proto(&self) -> &'static str {

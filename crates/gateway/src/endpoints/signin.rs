@@ -181,26 +181,21 @@ async fn login(
     {
         return Err(fail(GatewayError::InvalidCredentials));
     }
-    let inner = &gw;
     // The actor is unproven until the password verifies; the typed name is the target.
     let mut event = gw.audit_event("anonymous", "auth.login", "failure");
     event.ip = Some(peer.ip().to_string());
     event.target = Some(username.clone());
 
-    if let Err(throttled) = inner.throttle().check(peer.ip(), &username) {
+    if let Err(throttled) = gw.throttle().check(peer.ip(), &username) {
         event.reason = Some("throttled".into());
         gw.audit(event).await;
         return Err(fail(throttled));
     }
 
     // Unknown users are verified against a dummy hash: same work, same answer.
-    let stored = inner.config().basic_users.hash_of(&username);
-    let hash = stored.unwrap_or(inner.dummy_hash()).to_owned();
-    let matched = inner
-        .passwords()
-        .verify(hash, password)
-        .await
-        .map_err(fail)?;
+    let stored = gw.config().basic_users.hash_of(&username);
+    let hash = stored.unwrap_or(gw.dummy_hash()).to_owned();
+    let matched = gw.passwords().verify(hash, password).await.map_err(fail)?;
     if stored.is_none() || !matched {
         event.reason = Some(
             if stored.is_none() {
@@ -214,7 +209,7 @@ async fn login(
         return Err(fail(GatewayError::InvalidCredentials));
     }
 
-    let identity = inner.config().basic_users.identity(&username);
+    let identity = gw.config().basic_users.identity(&username);
     let (session, cookies) = establish_session(gw, identity, None).await.map_err(fail)?;
     event.outcome = "success".into();
     event.actor = username.clone();
@@ -222,7 +217,7 @@ async fn login(
     gw.audit(event).await;
 
     let mut response = if json_body {
-        let csrf = inner.csrf().token(&session.id);
+        let csrf = gw.csrf().token(&session.id);
         Json(json!({ "user": identity_json(&session.identity), "csrf_token": csrf }))
             .into_response()
     } else {
@@ -244,27 +239,21 @@ pub(crate) async fn establish_session(
     identity: Identity,
     oidc_sid: Option<String>,
 ) -> Result<(portcullis_core::session::Session, Vec<HeaderValue>), GatewayError> {
-    let inner = &gw;
-    let mut session = new_session(
-        identity,
-        inner.config().session,
-        inner.now(),
-        inner.entropy(),
-    )
-    .map_err(|e| GatewayError::Internal(e.to_string()))?;
+    let mut session = new_session(identity, gw.config().session, gw.now(), gw.entropy())
+        .map_err(|e| GatewayError::Internal(e.to_string()))?;
     session.oidc_sid = oidc_sid;
-    inner.store().insert_session(&session).await?;
-    inner.sessions().insert_new(session.clone());
-    let cookie = inner
+    gw.store().insert_session(&session).await?;
+    gw.session_cache().insert_new(session.clone());
+    let cookie = gw
         .keyring()
         .current()
         .sign(&session.id)
         .map_err(|e| GatewayError::Internal(e.to_string()))?;
     let max_age = (session.expires_ms - session.created_ms) / 1000;
-    let csrf = inner.csrf().token(&session.id);
+    let csrf = gw.csrf().token(&session.id);
     let cookies = [
-        cookies::set(inner.config(), SESSION_COOKIE, &cookie, max_age, true),
-        cookies::set(inner.config(), CSRF_COOKIE, &csrf, max_age, false),
+        cookies::set(gw.config(), SESSION_COOKIE, &cookie, max_age, true),
+        cookies::set(gw.config(), CSRF_COOKIE, &csrf, max_age, false),
     ]
     .iter()
     .filter_map(|v| HeaderValue::from_str(v).ok())
@@ -297,18 +286,13 @@ pub async fn logout(
         if let Err(e) = authorize_endpoint(&gw, auth, &access).await {
             return e.into_response();
         }
-        let inner = &gw;
         let id = auth.session_id().to_owned();
         let subject = auth.identity().subject().to_owned();
-        match inner
-            .store()
-            .revoke_session(&id, &subject, inner.now())
-            .await
-        {
+        match gw.store().revoke_session(&id, &subject, gw.now()).await {
             Ok(_) => {}
             Err(e) => return GatewayError::from(e).into_response(),
         }
-        inner.revoked_here(&id);
+        gw.revoked_here(&id);
         let mut event = gw.audit_event(&subject, "auth.logout", "success");
         event.target = Some(id);
         event.ip = Some(peer.ip().to_string());

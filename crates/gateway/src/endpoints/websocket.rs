@@ -40,14 +40,13 @@ pub async fn ws_ticket(
     if let Err(e) = authorize_endpoint(&gw, &auth, &access).await {
         return e.into_response();
     }
-    let inner = &gw;
-    let ticket = match portcullis_core::ticket::mint(inner.entropy()) {
+    let ticket = match portcullis_core::ticket::mint(gw.entropy()) {
         Ok(ticket) => ticket,
         Err(e) => return GatewayError::Entropy(e).into_response(),
     };
-    let now = inner.now();
-    let ttl = inner.config().ws_ticket_ttl_ms;
-    if let Err(e) = inner
+    let now = gw.now();
+    let ttl = gw.config().ws_ticket_ttl_ms;
+    if let Err(e) = gw
         .store()
         .insert_ticket(&ticket.hash, auth.session_id(), now, now + ttl)
         .await

@@ -63,10 +63,19 @@ pub type Verified = Option<Arc<CachedSession>>;
 /// the general path with its connection, so that a refused cookie is not
 /// authenticated twice (two database reads during an outage before the 503).
 /// Used once, and only for a request carrying that very cookie.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Primed {
     cookie: Arc<str>,
     outcome: Arc<std::sync::Mutex<Option<Result<Verified, GatewayError>>>>,
+}
+
+impl std::fmt::Debug for Primed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The cookie is a credential: never printed.
+        f.debug_struct("Primed")
+            .field("cookie", &"[redacted]")
+            .finish_non_exhaustive()
+    }
 }
 
 impl Primed {
@@ -151,17 +160,16 @@ pub async fn authenticate_session_cookie(
     gw: &Gateway,
     value: &str,
 ) -> Result<Verified, GatewayError> {
-    let inner = &gw;
-    let ring = inner.keyring().current();
+    let ring = gw.keyring().current();
     let id = match ring.verify(value, SESSION_PREFIX) {
         Ok(id) => id,
         Err(CookieError::UnknownKey) => {
             // Possibly a key rotated in by another process: reload (rate limited) and retry.
-            let reloaded = inner.keyring().reload_if_due(inner.store()).await?;
+            let reloaded = gw.keyring().reload_if_due(gw.store()).await?;
             if !reloaded {
                 return Ok(None);
             }
-            match inner.keyring().current().verify(value, SESSION_PREFIX) {
+            match gw.keyring().current().verify(value, SESSION_PREFIX) {
                 Ok(id) => id,
                 Err(reason) => {
                     tracing::debug!(%reason, "session cookie refused");
@@ -174,15 +182,28 @@ pub async fn authenticate_session_cookie(
             return Ok(None);
         }
     };
-    match inner
-        .sessions()
-        .lookup(inner.store(), id, inner.now())
-        .await
-    {
+    match gw.session_cache().lookup(gw.store(), id, gw.now()).await {
         Ok(session) => Ok(Some(session)),
         Err(LookupError::Unknown | LookupError::Ended(_)) => Ok(None),
         Err(LookupError::Store(e)) => Err(e.into()),
     }
+}
+
+/// Records a refused credential: the reason, and at most the first eight
+/// characters of what was presented (never the secret).
+async fn audit_refusal(
+    gw: &Gateway,
+    actor: &str,
+    action: &str,
+    reason: &str,
+    presented: &str,
+    peer: SocketAddr,
+) {
+    let mut event = gw.audit_event(actor, action, "failure");
+    event.reason = Some(reason.into());
+    event.target = Some(portcullis_core::secret::truncate_secret(presented));
+    event.ip = Some(peer.ip().to_string());
+    gw.audit(event).await;
 }
 
 /// Authenticates a WebSocket ticket: consumed atomically (a replay finds nothing),
@@ -193,16 +214,15 @@ async fn authenticate_ticket(
     presented: &str,
     peer: SocketAddr,
 ) -> Result<Verified, GatewayError> {
-    let inner = &gw;
-    let now = inner.now();
+    let now = gw.now();
     let session_id = match portcullis_core::ticket::hash_presented(presented) {
-        Some(hash) => inner.store().consume_ticket(&hash, now).await?,
+        Some(hash) => gw.store().consume_ticket(&hash, now).await?,
         None => None,
     };
     let reason = match session_id {
         // Minted with an API token: the ticket carries that token's identity.
         Some(id) if PrincipalKind::of(&id) == PrincipalKind::ApiToken => {
-            match inner.sessions().lookup_token_id(inner.store(), &id).await {
+            match gw.session_cache().lookup_token_id(gw.store(), &id).await {
                 Ok(session) => {
                     return Ok(Some(session));
                 }
@@ -210,7 +230,7 @@ async fn authenticate_ticket(
                 Err(_) => "token_revoked",
             }
         }
-        Some(id) => match inner.sessions().lookup(inner.store(), &id, now).await {
+        Some(id) => match gw.session_cache().lookup(gw.store(), &id, now).await {
             Ok(session) => {
                 return Ok(Some(session));
             }
@@ -219,11 +239,7 @@ async fn authenticate_ticket(
         },
         None => "unknown_used_or_expired",
     };
-    let mut event = gw.audit_event("anonymous", "auth.ws_ticket", "failure");
-    event.reason = Some(reason.into());
-    event.target = Some(portcullis_core::secret::truncate_secret(presented));
-    event.ip = Some(peer.ip().to_string());
-    gw.audit(event).await;
+    audit_refusal(gw, "anonymous", "auth.ws_ticket", reason, presented, peer).await;
     Ok(None)
 }
 
@@ -234,28 +250,27 @@ async fn authenticate_internal(
     presented: &str,
     peer: SocketAddr,
 ) -> Result<Verified, GatewayError> {
-    let inner = &gw;
-    let reason = if !internal::peer_allowed(peer.ip(), inner.config().internal_credential_remote) {
+    let reason = if !internal::peer_allowed(peer.ip(), gw.config().internal_credential_remote) {
         "remote_peer"
     } else {
-        match inner
-            .internal()
-            .verify(inner.store(), presented, inner.now())
-            .await
-        {
+        match gw.internal().verify(gw.store(), presented, gw.now()).await {
             Ok(Some(minted)) => {
                 return Ok(Some(minted.session.clone()));
             }
-            Ok(None) if inner.internal().current().is_none() => "not_minted",
+            Ok(None) if gw.internal().current().is_none() => "not_minted",
             Ok(None) => "mismatch",
             Err(e) => return Err(e.into()),
         }
     };
-    let mut event = gw.audit_event(internal::SUBJECT, "auth.internal_credential", "failure");
-    event.reason = Some(reason.into());
-    event.target = Some(portcullis_core::secret::truncate_secret(presented));
-    event.ip = Some(peer.ip().to_string());
-    gw.audit(event).await;
+    audit_refusal(
+        gw,
+        internal::SUBJECT,
+        "auth.internal_credential",
+        reason,
+        presented,
+        peer,
+    )
+    .await;
     Ok(None)
 }
 
@@ -263,8 +278,7 @@ async fn authenticate_api_token(gw: &Gateway, presented: &str) -> Result<Verifie
     let Some(hash) = portcullis_core::ticket::hash_presented_api_token(presented) else {
         return Ok(None);
     };
-    let inner = &gw;
-    match inner.sessions().lookup_token(inner.store(), &hash).await {
+    match gw.session_cache().lookup_token(gw.store(), &hash).await {
         Ok(session) => Ok(Some(session)),
         Err(LookupError::Store(e)) => Err(e.into()),
         Err(_) => Ok(None),

@@ -62,8 +62,8 @@ fn origin_allowed(gw: &Gateway, origin: Option<&[u8]>) -> bool {
     origin.is_some_and(|o| o == gw.config().public_url.origin().as_bytes())
 }
 
-/// A call of one of the gateway's own endpoints that acts for the principal.
-#[derive(Debug)]
+/// A call of one of the gateway's own endpoints that acts for the principal. No
+/// `Debug`: its headers and body carry credentials (cookies, client secrets).
 pub struct EndpointAccess<'a> {
     pub headers: &'a HeaderMap,
     /// The request body, for the `csrf_token` field of no-JavaScript forms.

@@ -235,23 +235,7 @@ impl UpstreamRewrite<'_> {
     /// Rewrites a header map for the upstream.
     pub fn apply(&self, headers: &mut HeaderMap) {
         let host = headers.get(header::HOST).cloned();
-        let mut doomed: Vec<HeaderName> = Vec::new();
-        for value in headers.get_all(header::CONNECTION) {
-            let Ok(value) = value.to_str() else { continue };
-            for token in value.split(',') {
-                if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) {
-                    doomed.push(name);
-                }
-            }
-        }
-        for name in headers.keys() {
-            if drops_request_header(name.as_str()) {
-                doomed.push(name.clone());
-            }
-        }
-        for name in doomed {
-            headers.remove(name);
-        }
+        remove_headers(headers, drops_request_header);
         // A bearer of ours never reaches the upstream, whatever authenticated the
         // request (a ticket may come with one); the upstream's own values stay.
         remove_our_bearers(headers);
@@ -395,6 +379,12 @@ fn remove_our_bearers(headers: &mut HeaderMap) {
 
 /// Removes hop-by-hop headers and those named in `Connection` from a response.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    remove_headers(headers, is_hop_by_hop);
+}
+
+/// Removes, in one pass, every header for which `drop` is true and every header
+/// named in `Connection`.
+fn remove_headers(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
     let mut doomed: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
         let Ok(value) = value.to_str() else { continue };
@@ -405,7 +395,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     for name in headers.keys() {
-        if is_hop_by_hop(name.as_str()) {
+        if drop(name.as_str()) {
             doomed.push(name.clone());
         }
     }

@@ -52,12 +52,20 @@ async fn bearer_carriers_leave_the_upstreams_authorization_alone(backend: Backen
     let (mut ws, _) = connect(
         gw.addr,
         &format!("/ws/echo?ticket={ticket}"),
-        &[("authorization", &ours)],
+        &[
+            ("authorization", &ours),
+            // Identity headers spelled with `_` on an upgrade (SPEC 9).
+            ("x_forwarded_user", "mallory"),
+            ("X_Forwarded_Groups", "admin"),
+        ],
     )
     .await
     .unwrap();
     let seen = upstream_view(&mut ws).await;
     assert!(seen.get("authorization").is_none(), "{seen}");
+    assert!(seen.get("x_forwarded_user").is_none(), "{seen}");
+    assert!(seen.get("x_forwarded_groups").is_none(), "{seen}");
+    assert_eq!(seen["x-forwarded-user"], USER, "{seen}");
     // The carrier that was ours is removed.
     let bearer = format!("Bearer {secret}");
     let (mut ws, _) = connect(gw.addr, "/ws/echo", &[("authorization", &bearer)])

@@ -87,10 +87,9 @@ async fn logout_from_token(
         .logout_token
         .filter(|t| !t.is_empty())
         .ok_or_else(|| Failure::new("missing_logout_token"))?;
-    let inner = &gw;
     let (issuer, audience) =
         peek_issuer_audience(&token).ok_or_else(|| Failure::new("malformed"))?;
-    let provider = inner
+    let provider = gw
         .oidc()
         .read_providers(|providers| {
             providers
@@ -100,14 +99,14 @@ async fn logout_from_token(
         })
         .ok_or_else(|| Failure::new("unknown_issuer_or_audience"))?;
     event.target = Some(provider.record.id.clone());
-    let metadata = inner.oidc().metadata(&provider).await?;
+    let metadata = gw.oidc().metadata(&provider).await?;
     let expect = Expectations {
         issuer: &provider.record.issuer,
         client_id: &provider.record.client_id,
         algorithms: &provider.algorithms,
         now_s: now_s(gw),
     };
-    let claims = inner
+    let claims = gw
         .oidc()
         .with_keys(&provider, &metadata, |keys| {
             rules::verify_logout_token(&token, keys, &expect)
@@ -116,7 +115,7 @@ async fn logout_from_token(
     if let Some(sub) = &claims.subject {
         event.actor = sub.clone();
     }
-    let revoked = inner
+    let revoked = gw
         .store()
         .apply_logout_token(
             &provider.record.id,
@@ -124,12 +123,12 @@ async fn logout_from_token(
             claims.remember_until_s.saturating_mul(1000),
             claims.sid.as_deref(),
             claims.subject.as_deref(),
-            inner.now(),
+            gw.now(),
         )
         .await?
         .ok_or_else(|| Failure::new("replayed_jti"))?;
     for id in &revoked {
-        inner.revoked_here(id);
+        gw.revoked_here(id);
     }
     Ok(revoked.len())
 }

@@ -12,13 +12,10 @@ pub async fn end_session_url(
     gw: &Gateway,
     auth: &crate::pipeline::Authenticated,
 ) -> Option<String> {
-    let inner = &gw;
-    let provider = inner
-        .oidc()
-        .provider(auth.identity().provider().oidc_id()?)?;
-    let id_token = match inner.store().take_session_id_token(auth.session_id()).await {
+    let provider = gw.oidc().provider(auth.identity().provider().oidc_id()?)?;
+    let id_token = match gw.store().take_session_id_token(auth.session_id()).await {
         Ok(stored) => {
-            let opened = inner.oidc().open_id_token(auth.session_id(), &stored?);
+            let opened = gw.oidc().open_id_token(auth.session_id(), &stored?);
             if opened.is_none() {
                 tracing::warn!("the kept ID token does not open; logging out without a hint");
             }
@@ -29,7 +26,7 @@ pub async fn end_session_url(
             return None;
         }
     };
-    let metadata = inner.oidc().metadata(&provider).await.ok()?;
+    let metadata = gw.oidc().metadata(&provider).await.ok()?;
     let endpoint = metadata.end_session_endpoint.as_deref()?;
     let back = format!(
         "{}{}/login",

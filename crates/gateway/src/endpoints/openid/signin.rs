@@ -77,16 +77,15 @@ pub async fn login(
 }
 
 async fn start_login(gw: &Gateway, id: &str, next: Option<&str>) -> Result<Response, Failure> {
-    let inner = &gw;
-    let provider = inner
+    let provider = gw
         .oidc()
         .provider(id)
         .ok_or_else(|| Failure::new("unknown_provider"))?;
-    let metadata = inner.oidc().metadata(&provider).await?;
-    let entropy = inner.entropy();
+    let metadata = gw.oidc().metadata(&provider).await?;
+    let entropy = gw.entropy();
     let entropy_failed = |e: portcullis_core::secret::EntropyError| Failure::new(e.to_string());
     let pkce = rules::pkce(entropy).map_err(entropy_failed)?;
-    let now = inner.now();
+    let now = gw.now();
     let pending = PendingLogin {
         id: random_id(entropy, PRE_LOGIN_PREFIX).map_err(entropy_failed)?,
         provider_id: provider.record.id.clone(),
@@ -97,8 +96,8 @@ async fn start_login(gw: &Gateway, id: &str, next: Option<&str>) -> Result<Respo
         created_ms: now,
         expires_ms: now + PENDING_TTL_MS,
     };
-    inner.store().insert_pending_login(&pending).await?;
-    let cookie = inner
+    gw.store().insert_pending_login(&pending).await?;
+    let cookie = gw
         .keyring()
         .current()
         .sign(&pending.id)
@@ -186,10 +185,9 @@ async fn finish_login(
     query: &CallbackQuery,
     event: &mut portcullis_store::AuditEvent,
 ) -> Result<Response, Callback> {
-    let inner = &gw;
     let cookie = cookies::read(headers, PENDING_COOKIE)
         .ok_or_else(|| Failure::new("missing_pending_cookie"))?;
-    let pending_id = inner
+    let pending_id = gw
         .keyring()
         .current()
         .verify(cookie, PRE_LOGIN_PREFIX)
@@ -200,13 +198,13 @@ async fn finish_login(
             ))
         })?
         .to_owned();
-    let pending = inner
+    let pending = gw
         .store()
         .consume_pending_login(&pending_id)
         .await?
         .ok_or_else(|| Failure::new("pending_row_missing_or_replayed"))?;
     event.target = Some(pending.provider_id.clone());
-    if pending.expires_ms <= inner.now() {
+    if pending.expires_ms <= gw.now() {
         return Err(Failure::new("pending_row_expired").into());
     }
     let state = query.state.as_deref().unwrap_or_default();
@@ -226,11 +224,11 @@ async fn finish_login(
         .as_deref()
         .filter(|c| !c.is_empty())
         .ok_or_else(|| Failure::new("missing_code"))?;
-    let provider = inner
+    let provider = gw
         .oidc()
         .provider(&pending.provider_id)
         .ok_or_else(|| Failure::new("unknown_provider"))?;
-    let metadata = inner.oidc().metadata(&provider).await?;
+    let metadata = gw.oidc().metadata(&provider).await?;
     let tokens = exchange_code(gw, &provider, &metadata, code, &pending).await?;
     let id_token = tokens.id_token;
     let expect = Expectations {
@@ -239,7 +237,7 @@ async fn finish_login(
         algorithms: &provider.algorithms,
         now_s: now_s(gw),
     };
-    let mut claims = inner
+    let mut claims = gw
         .oidc()
         .with_keys(&provider, &metadata, |keys| {
             rules::verify_id_token(
@@ -255,7 +253,7 @@ async fn finish_login(
     if let (Some(endpoint), Some(access_token)) =
         (&metadata.userinfo_endpoint, &tokens.access_token)
     {
-        let response = inner
+        let response = gw
             .oidc()
             .http
             .get(endpoint)
@@ -268,7 +266,7 @@ async fn finish_login(
         rules::merge_userinfo(&mut claims, &userinfo, &provider.record.groups_claim)?;
     }
 
-    let mappings = inner.store().group_mappings().await?;
+    let mappings = gw.store().group_mappings().await?;
     let mut roles: Vec<String> = mappings
         .iter()
         .filter(|m| m.provider_id == provider.record.id && claims.groups.contains(&m.idp_group))
@@ -300,12 +298,11 @@ async fn finish_login(
         })?;
     if metadata.end_session_endpoint.is_some() {
         // Kept server-side only, sealed, for `id_token_hint` at RP-initiated logout.
-        let sealed = inner
+        let sealed = gw
             .oidc()
-            .seal_id_token(&session.id, &id_token, inner.entropy())
+            .seal_id_token(&session.id, &id_token, gw.entropy())
             .map_err(|e| Failure::new(format!("sealing the ID token: {e}")))?;
-        inner
-            .store()
+        gw.store()
             .set_session_id_token(&session.id, &sealed)
             .await?;
     }
