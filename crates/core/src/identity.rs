@@ -111,26 +111,43 @@ impl Identity {
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
     }
-
-    pub fn has_permission(&self, permission: Permission) -> bool {
-        self.roles.iter().any(|role| role_grants(role, permission))
-    }
 }
 
 /// Permissions of the admin API (SPEC section 8).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Permission {
+    /// One's own sessions and API tokens.
     SessionList,
+    /// Everyone's sessions.
     SessionListAll,
+    /// End one's own sessions; with [`Permission::SessionListAll`], anyone's.
     SessionRevoke,
     OidcList,
     OidcCreate,
     OidcEdit,
     OidcDelete,
+    TokenList,
+    TokenCreate,
+    TokenRevoke,
     AuditRead,
 }
 
 impl Permission {
+    /// Every permission, in the order the documentation lists them.
+    pub const ALL: [Permission; 11] = [
+        Permission::SessionList,
+        Permission::SessionListAll,
+        Permission::SessionRevoke,
+        Permission::OidcList,
+        Permission::OidcCreate,
+        Permission::OidcEdit,
+        Permission::OidcDelete,
+        Permission::TokenList,
+        Permission::TokenCreate,
+        Permission::TokenRevoke,
+        Permission::AuditRead,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Permission::SessionList => "auth.session.list",
@@ -140,12 +157,21 @@ impl Permission {
             Permission::OidcCreate => "auth.oidc.create",
             Permission::OidcEdit => "auth.oidc.edit",
             Permission::OidcDelete => "auth.oidc.delete",
+            Permission::TokenList => "auth.token.list",
+            Permission::TokenCreate => "auth.token.create",
+            Permission::TokenRevoke => "auth.token.revoke",
             Permission::AuditRead => "audit.read",
         }
     }
+
+    /// Reads a permission name back.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
 }
 
-/// Whether `role` grants `permission` (built-in roles).
+/// Whether a built-in role grants `permission`: `admin` everything, `user` its own
+/// sessions.
 pub fn role_grants(role: &str, permission: Permission) -> bool {
     match role {
         ROLE_ADMIN => true,
@@ -154,6 +180,62 @@ pub fn role_grants(role: &str, permission: Permission) -> bool {
             Permission::SessionList | Permission::SessionRevoke
         ),
         _ => false,
+    }
+}
+
+/// Roles to permissions: the built-in grants plus those configured (`[roles]` in
+/// the config file), which only ever add.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RolePermissions {
+    extra: std::collections::BTreeMap<String, Vec<Permission>>,
+}
+
+impl RolePermissions {
+    /// Parses `role = ["permission", …]` entries, reporting every unknown name.
+    pub fn from_config<'a>(
+        entries: impl IntoIterator<Item = (&'a str, &'a [String])>,
+    ) -> Result<Self, Vec<String>> {
+        let mut extra = std::collections::BTreeMap::new();
+        let mut problems = Vec::new();
+        for (role, names) in entries {
+            if role.is_empty() || !role.bytes().all(crate::routes::is_role_byte) {
+                problems.push(format!("roles: {role:?} is not a role name"));
+            }
+            let mut granted = Vec::new();
+            for name in names {
+                match Permission::from_name(name) {
+                    Some(p) => granted.push(p),
+                    None => problems.push(format!(
+                        "roles.{role}: unknown permission {name:?}; known: {}",
+                        Permission::ALL.map(Permission::name).join(", ")
+                    )),
+                }
+            }
+            extra.insert(role.to_owned(), granted);
+        }
+        if problems.is_empty() {
+            Ok(Self { extra })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Whether `role` grants `permission`.
+    pub fn grants(&self, role: &str, permission: Permission) -> bool {
+        role_grants(role, permission)
+            || self
+                .extra
+                .get(role)
+                .is_some_and(|granted| granted.contains(&permission))
+    }
+
+    /// Whether any of `roles` grants `permission`.
+    pub fn any_grants<'r>(
+        &self,
+        roles: impl IntoIterator<Item = &'r str>,
+        permission: Permission,
+    ) -> bool {
+        roles.into_iter().any(|role| self.grants(role, permission))
     }
 }
 
@@ -199,27 +281,48 @@ mod tests {
 
     #[test]
     fn built_in_roles() {
-        let mut who = Identity {
-            subject: "a".into(),
-            name: "a".into(),
-            email: None,
-            provider: IdentityProvider::Basic,
-            roles: vec![ROLE_USER.into()],
-        };
-        assert!(who.has_permission(Permission::SessionList));
-        assert!(!who.has_permission(Permission::SessionListAll));
-        assert!(!who.has_permission(Permission::AuditRead));
-        for oidc in [
-            Permission::OidcList,
-            Permission::OidcCreate,
-            Permission::OidcEdit,
-            Permission::OidcDelete,
-        ] {
-            assert!(!who.has_permission(oidc), "{}", oidc.name());
+        let map = RolePermissions::default();
+        let user = [ROLE_USER];
+        assert!(map.any_grants(user, Permission::SessionList));
+        assert!(map.any_grants(user, Permission::SessionRevoke));
+        for denied in Permission::ALL
+            .into_iter()
+            .filter(|p| !matches!(p, Permission::SessionList | Permission::SessionRevoke))
+        {
+            assert!(!map.any_grants(user, denied), "{}", denied.name());
         }
-        who.roles = vec![ROLE_ADMIN.into()];
-        assert!(who.has_permission(Permission::AuditRead));
-        who.roles = vec!["viewer".into()];
-        assert!(!who.has_permission(Permission::SessionList));
+        for p in Permission::ALL {
+            assert!(map.any_grants([ROLE_ADMIN], p), "{}", p.name());
+            assert!(!map.any_grants(["viewer"], p), "{}", p.name());
+            assert_eq!(Permission::from_name(p.name()), Some(p));
+        }
+    }
+
+    #[test]
+    fn configured_roles_add_permissions() {
+        let support = vec!["auth.session.list.all".to_owned(), "audit.read".to_owned()];
+        let map = RolePermissions::from_config([("support", support.as_slice())])
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(map.any_grants(["support"], Permission::SessionListAll));
+        assert!(map.any_grants(["support"], Permission::AuditRead));
+        assert!(!map.any_grants(["support"], Permission::TokenCreate));
+        // Built-in grants stay.
+        assert!(map.any_grants(["x", ROLE_USER], Permission::SessionList));
+        for (role, names, needle) in [
+            (
+                "ops",
+                vec!["auth.session.lst".to_owned()],
+                "unknown permission",
+            ),
+            ("bad role", vec![], "not a role name"),
+        ] {
+            let problems = RolePermissions::from_config([(role, names.as_slice())])
+                .err()
+                .unwrap_or_default();
+            assert!(
+                problems.iter().any(|p| p.contains(needle)),
+                "{role}: {problems:?}"
+            );
+        }
     }
 }

@@ -15,6 +15,7 @@ pub mod internal;
 pub mod keys;
 pub mod oidc;
 pub mod redirect;
+pub mod routes;
 pub mod secret;
 pub mod session;
 pub mod subprotocol;

@@ -154,6 +154,10 @@ pub struct GatewayConfig {
     /// OpenID providers declared in the config file, reconciled into the database
     /// at start (SPEC 5).
     pub oidc_providers: Vec<OidcProviderSpec>,
+    /// Route rules (SPEC 8): which upstream requests need which identity.
+    pub routes: portcullis_core::routes::RouteRules,
+    /// Role to permission grants beyond the built-in ones.
+    pub role_permissions: portcullis_core::identity::RolePermissions,
 }
 
 /// An OpenID provider as declared in configuration (validated).
@@ -190,6 +194,8 @@ impl GatewayConfig {
             ws_max_lifetime: None,
             internal_credential_remote: false,
             oidc_providers: Vec::new(),
+            routes: portcullis_core::routes::RouteRules::default(),
+            role_permissions: portcullis_core::identity::RolePermissions::default(),
         }
     }
 }

@@ -12,6 +12,15 @@ pub(crate) fn is_own_path(prefix: &str, path: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
+/// The host a request was made for: its `Host` header, or the authority of an
+/// absolute-form target.
+pub(crate) fn request_host<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
+    headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+}
+
 /// Refuses a `Host` that is not the public host or an allowed one (DNS rebinding
 /// defence). Health endpoints are exempt: orchestrators probe them by IP.
 pub(crate) fn check_host(gw: &Gateway, headers: &HeaderMap, uri: &Uri) -> Result<(), GatewayError> {

@@ -9,12 +9,15 @@ use hyper::body::Incoming;
 
 use crate::endpoints::{unauthenticated, wants_html};
 use crate::error::GatewayError;
+use crate::host::request_host;
+use crate::identity::IdentityFields;
 use crate::pipeline::authenticate::{Primed, authenticate_primed};
-use crate::pipeline::authorize::{UpstreamAccess, authorize_upstream};
+use crate::pipeline::authorize::{UpstreamAccess, authorize_upstream, method_overrides, route};
 use crate::pipeline::{Outcome, PathKind, RequestContext};
 use crate::state::Gateway;
 use crate::upstream::UpstreamClient;
-use crate::upstream::rewrite::{UpstreamRewrite, remove_hop_by_hop, upstream_target};
+use crate::upstream::rewrite::{UpstreamRewrite, remove_hop_by_hop, upstream_target, with_query};
+use portcullis_core::routes::canonical_path;
 
 /// Handles a request outside the auth prefix: authenticate, authorize, rewrite,
 /// relay. WebSocket upgrades go to [`crate::ws`].
@@ -31,31 +34,44 @@ pub async fn handle(
     let (mut parts, body) = request.into_parts();
     let html = wants_html(&parts.method, &parts.headers);
     let primed = parts.extensions.remove::<Primed>();
-    // authenticate
-    let outcome = authenticate_primed(gw, &parts.headers, &parts.uri, None, ctx.peer, primed).await;
-    let auth = match outcome {
-        Ok(Outcome::Authenticated(auth)) => auth,
-        Ok(Outcome::NoCredential | Outcome::Rejected) => {
-            let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-            return unauthenticated(gw, &parts.method, &parts.headers, path_and_query);
-        }
-        Err(e) => return e.into_response_for(html),
+    let Some(path) = upstream_path(gw, parts.uri.path()) else {
+        return GatewayError::BadRequest("request path").into_response_for(html);
     };
-    // authorize
+    let overrides = method_overrides(&parts.headers);
     let access = UpstreamAccess {
         method: &parts.method,
-        path: parts.uri.path(),
+        host: request_host(&parts.headers, &parts.uri),
+        path: &path,
+        method_overrides: &overrides,
         origin: None,
         upgrade: false,
     };
-    if let Err(e) = authorize_upstream(gw, &auth, &access) {
-        return e.into_response_for(html);
-    }
+    let decision = route(gw, &access);
+    let auth = if decision.is_anonymous() {
+        // An anonymous route: no credential is read, none is forwarded.
+        None
+    } else {
+        // authenticate
+        let outcome =
+            authenticate_primed(gw, &parts.headers, &parts.uri, None, ctx.peer, primed).await;
+        let auth = match outcome {
+            Ok(Outcome::Authenticated(auth)) => auth,
+            Ok(Outcome::NoCredential | Outcome::Rejected) => {
+                let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+                return unauthenticated(gw, &parts.method, &parts.headers, path_and_query);
+            }
+            Err(e) => return e.into_response_for(html),
+        };
+        // authorize
+        if let Err(e) = authorize_upstream(gw, &auth, &access, &decision) {
+            return e.into_response_for(html);
+        }
+        Some(auth)
+    };
+    drop(overrides);
     // rewrite
-    let target = upstream_target(
-        parts.uri.path_and_query().map_or("/", |pq| pq.as_str()),
-        Some(auth.carrier),
-    );
+    let target = with_query(&path, parts.uri.query());
+    let target = upstream_target(&target, auth.as_ref().map(|a| a.carrier));
     let uri = Uri::builder()
         .scheme(client.scheme().clone())
         .authority(client.authority().clone())
@@ -65,13 +81,13 @@ pub async fn handle(
         return GatewayError::BadRequest("request target").into_response_for(html);
     };
     UpstreamRewrite {
-        identity: auth.identity(),
+        identity: auth.as_ref().map(|a| a.identity() as &dyn IdentityFields),
         client_ip: ctx.peer.ip(),
         proto: gw.forwarded_proto(),
         request_id: &ctx.id,
     }
     .apply(&mut parts.headers);
-    ctx.principal = Some(auth);
+    ctx.principal = auth;
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
     // relay
@@ -84,4 +100,15 @@ pub async fn handle(
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, Body::new(body))
+}
+
+/// The canonical path the upstream receives ([`canonical_path`]); `None` for a
+/// path that is malformed or that only a crafted request could make land under
+/// the auth prefix (`/x/../.auth/…`): neither is the upstream's.
+pub fn upstream_path(gw: &Gateway, raw: &str) -> Option<String> {
+    let path = canonical_path(raw).ok()?;
+    if crate::host::is_own_path(&gw.config().auth_prefix, &path) {
+        return None;
+    }
+    Some(path.into_owned())
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use crate::expiring::{ExpiringMap, Keyed};
 pub use crate::identity::{IdentityFields, Roles};
 use portcullis_core::clock::Millis;
-use portcullis_core::identity::{IdentityProvider, Permission, PrincipalKind, role_grants};
+use portcullis_core::identity::{IdentityProvider, PrincipalKind};
 use portcullis_core::session::{Session, SessionEnd};
 use portcullis_store::{Store, StoreError};
 use tokio::sync::mpsc;
@@ -163,10 +163,6 @@ impl CachedSession {
 
     pub fn expires_ms(&self) -> Millis {
         self.expires_ms
-    }
-
-    pub fn has_permission(&self, permission: Permission) -> bool {
-        self.roles().any(|role| role_grants(role, permission))
     }
 
     /// Whether the session still authenticates at `now`, given the latest known
@@ -453,6 +449,7 @@ impl SessionCache {
 mod tests {
     use super::*;
     use portcullis_core::identity::Identity;
+    use portcullis_core::identity::Permission;
 
     fn session(email: Option<&str>, roles: &[&str]) -> Session {
         Session {
@@ -499,9 +496,10 @@ mod tests {
             assert_eq!(cached.roles().collect::<Vec<_>>(), *read, "{roles:?}");
         }
         let admin = CachedSession::new(session(None, &["admin"]), 0, false);
-        assert!(admin.has_permission(Permission::AuditRead));
+        let map = portcullis_core::identity::RolePermissions::default();
+        assert!(map.any_grants(admin.roles(), Permission::AuditRead));
         let user = CachedSession::new(session(None, &["user", "x,admin"]), 0, false);
-        assert!(!user.has_permission(Permission::AuditRead));
+        assert!(!map.any_grants(user.roles(), Permission::AuditRead));
     }
 
     #[test]

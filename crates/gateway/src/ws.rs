@@ -28,11 +28,13 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 
 use crate::config::WsReject;
 use crate::error::{CLOSE_SESSION_ENDED, CLOSE_UPSTREAM_FAILED, GatewayError};
+use crate::host::request_host;
+use crate::identity::IdentityFields;
 use crate::live::{EndReason, REASON_EXPIRED, Registration};
-use crate::pipeline::authorize::{UpstreamAccess, authorize_upstream};
+use crate::pipeline::authorize::{UpstreamAccess, authorize_upstream, method_overrides, route};
 use crate::pipeline::{Authenticated, Outcome, RequestContext, authenticate};
 use crate::state::Gateway;
-use crate::upstream::rewrite::{UpstreamRewrite, upstream_target};
+use crate::upstream::rewrite::{UpstreamRewrite, upstream_target, with_query};
 use crate::upstream::{UpstreamClient, websocket};
 use crate::ws_frames::{self, FrameTracker};
 
@@ -136,8 +138,26 @@ pub async fn handle(
             return refuse(gw, request, GatewayError::CredentialRejected);
         }
     };
+    let Some(path) = crate::proxy::upstream_path(gw, request.uri().path()) else {
+        return refuse(gw, request, GatewayError::BadRequest("request path"));
+    };
+    let headers = request.headers();
+    let overrides = method_overrides(headers);
+    let access = UpstreamAccess {
+        method: request.method(),
+        host: request_host(headers, request.uri()),
+        path: &path,
+        method_overrides: &overrides,
+        origin: headers.get(header::ORIGIN).map(HeaderValue::as_bytes),
+        upgrade: true,
+    };
+    let decision = route(gw, &access);
+    if decision.is_anonymous() {
+        // An anonymous route: no credential is read, none is forwarded.
+        return relay(gw, client, ctx, None, offer, request, &path).await;
+    }
     // authenticate
-    let outcome = authenticate(gw, request.headers(), request.uri(), Some(&offer), ctx.peer).await;
+    let outcome = authenticate(gw, headers, request.uri(), Some(&offer), ctx.peer).await;
     let auth = match outcome {
         Ok(Outcome::Authenticated(auth)) => auth,
         Ok(Outcome::NoCredential) => return refuse(gw, request, GatewayError::Unauthenticated),
@@ -145,16 +165,7 @@ pub async fn handle(
         Err(e) => return e.into_response(),
     };
     // authorize
-    let access = UpstreamAccess {
-        method: request.method(),
-        path: request.uri().path(),
-        origin: request
-            .headers()
-            .get(header::ORIGIN)
-            .map(HeaderValue::as_bytes),
-        upgrade: true,
-    };
-    if let Err(e) = authorize_upstream(gw, &auth, &access) {
+    if let Err(e) = authorize_upstream(gw, &auth, &access, &decision) {
         return refuse(gw, request, e);
     }
     if PrincipalKind::of(auth.session_id()) == PrincipalKind::Internal {
@@ -169,7 +180,7 @@ pub async fn handle(
         gw.audit(event).await;
     }
     ctx.principal = Some(auth.clone());
-    relay(gw, client, ctx, auth, offer, request).await
+    relay(gw, client, ctx, Some(auth), offer, request, &path).await
 }
 
 /// Turns an upgrade away, by status code (default) or by close code
@@ -193,17 +204,16 @@ async fn connect_upstream(
     gw: &Gateway,
     client: &UpstreamClient,
     ctx: &RequestContext,
-    auth: &Authenticated,
+    auth: Option<&Authenticated>,
     offer: &Offer,
     request: &Request<Incoming>,
+    path: &str,
 ) -> Result<(websocket::Accepted, Option<HeaderValue>), GatewayError> {
-    let target = upstream_target(
-        request.uri().path_and_query().map_or("/", |pq| pq.as_str()),
-        Some(auth.carrier),
-    );
+    let target = with_query(path, request.uri().query());
+    let target = upstream_target(&target, auth.map(|a| a.carrier));
     let mut headers = request.headers().clone();
     UpstreamRewrite {
-        identity: auth.identity(),
+        identity: auth.map(|a| a.identity() as &dyn IdentityFields),
         client_ip: ctx.peer.ip(),
         proto: gw.forwarded_proto(),
         request_id: &ctx.id,
@@ -231,9 +241,10 @@ async fn relay(
     gw: &Gateway,
     client: &UpstreamClient,
     ctx: &mut RequestContext,
-    auth: Authenticated,
+    auth: Option<Authenticated>,
     offer: Offer,
     mut request: Request<Incoming>,
+    path: &str,
 ) -> Response<Body> {
     let Some(accept) = accept_key(request.headers()) else {
         return GatewayError::BadRequest(
@@ -241,24 +252,36 @@ async fn relay(
         )
         .into_response();
     };
-    let registration = gw.register_live(auth.session_id());
-    let (upstream, protocol) =
-        match connect_upstream(gw, client, ctx, &auth, &offer, &request).await {
-            Ok(pair) => pair,
-            Err(e) => {
-                let (code, reason) = e.close_after_accept();
-                tracing::warn!(error = %e, request_id = %ctx.id, "upstream WebSocket failed");
-                return accept_then_close(request, &accept, code, reason);
-            }
-        };
+    let principal = auth.map(|auth| {
+        let registration = gw.register_live(auth.session_id());
+        (auth, registration)
+    });
+    let (upstream, protocol) = match connect_upstream(
+        gw,
+        client,
+        ctx,
+        principal.as_ref().map(|(auth, _)| auth),
+        &offer,
+        &request,
+        path,
+    )
+    .await
+    {
+        Ok(pair) => pair,
+        Err(e) => {
+            let (code, reason) = e.close_after_accept();
+            tracing::warn!(error = %e, request_id = %ctx.id, "upstream WebSocket failed");
+            return accept_then_close(request, &accept, code, reason);
+        }
+    };
     let upgrade = hyper::upgrade::on(&mut request);
     let gw = gw.clone();
     ctx.relayed = true;
     let ctx = ctx.clone();
-    let path = request.uri().path().to_owned();
+    let path = path.to_owned();
     tokio::spawn(async move {
         if let Ok(upgraded) = upgrade.await {
-            pump(&gw, &auth, registration, upgraded, upstream.stream).await;
+            pump(&gw, principal, upgraded, upstream.stream).await;
         }
         // The log phase of a WebSocket: when it ends.
         ctx.finish("GET", &path, 101);
@@ -432,12 +455,10 @@ where
 /// the reason to the client, 1001 to the upstream).
 async fn pump(
     gw: &Gateway,
-    auth: &Authenticated,
-    mut registration: Registration,
+    principal: Option<(Authenticated, Registration)>,
     client: hyper::upgrade::Upgraded,
     upstream: Upstream,
 ) {
-    let expires_ms = auth.session.expires_ms();
     // Masking keys for the close frames the gateway may send the upstream as a
     // client (RFC 6455 section 5.3: unpredictable). Without entropy there is no
     // safe frame to send: the connection ends here.
@@ -474,7 +495,15 @@ async fn pump(
                 None => std::future::pending().await,
             }
         };
-        let over = session_over(gw, &mut registration, expires_ms);
+        // An anonymous route's connection has no session to end.
+        let over = async move {
+            match principal {
+                Some((auth, mut registration)) => {
+                    session_over(gw, &mut registration, auth.session.expires_ms()).await
+                }
+                None => std::future::pending().await,
+            }
+        };
         let stop_tx = &stop_tx;
         let directions = async move {
             // A failure on either side ends both; an end of stream waits for the other.

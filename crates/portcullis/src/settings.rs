@@ -14,7 +14,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use clap::Args;
 use portcullis_core::basic::BasicUsers;
+use portcullis_core::identity::RolePermissions;
 use portcullis_core::keys::SecretKey;
+use portcullis_core::routes::{RouteRules, RouteSpec};
 use portcullis_core::secret::{Key32, SecretString};
 use portcullis_core::session::SessionPolicy;
 use portcullis_gateway::config::{LoginLimits, validate_prefix};
@@ -107,6 +109,47 @@ pub struct RawSettings {
     /// OpenID providers (TOML `[[oidc.providers]]` only)
     #[arg(skip)]
     pub oidc: Option<RawOidc>,
+    /// Route rules (TOML `[[routes]]` only), first match wins
+    #[arg(skip)]
+    pub routes: Option<Vec<RawRoute>>,
+    /// Permissions granted to roles beyond the built-in ones (TOML `[roles]` only):
+    /// `role = ["permission", …]`
+    #[arg(skip)]
+    pub roles: Option<std::collections::BTreeMap<String, Vec<String>>>,
+}
+
+/// One `[[routes]]` entry (SPEC 8).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub path_prefix: String,
+    pub host: Option<String>,
+    pub methods: Option<Vec<String>>,
+    /// Role names, `"anonymous"` or `"authenticated"`: a string or a list.
+    pub allow: OneOrMany,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Default for OneOrMany {
+    fn default() -> Self {
+        OneOrMany::Many(Vec::new())
+    }
+}
+
+impl OneOrMany {
+    fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(one) => vec![one.clone()],
+            OneOrMany::Many(many) => many.clone(),
+        }
+    }
 }
 
 /// `[oidc]` in the config file.
@@ -214,6 +257,8 @@ impl RawSettings {
             basic_users,
             basic_admins,
             oidc,
+            routes,
+            roles,
         );
         Ok(self)
     }
@@ -465,6 +510,19 @@ impl RawSettings {
             }
         }
         let oidc_providers = self.resolve_oidc(errors);
+        let routes = self.resolve_routes(&prefix, errors);
+        let role_permissions = match RolePermissions::from_config(
+            self.roles
+                .iter()
+                .flatten()
+                .map(|(role, granted)| (role.as_str(), granted.as_slice())),
+        ) {
+            Ok(map) => map,
+            Err(problems) => {
+                errors.extend(problems);
+                RolePermissions::default()
+            }
+        };
         let (upstream, public_url) = (upstream?, public_url?);
         let mut config = GatewayConfig::new(upstream, public_url);
         config.auth_prefix = prefix;
@@ -477,6 +535,8 @@ impl RawSettings {
         config.ws_max_lifetime = ws_max_lifetime;
         config.internal_credential_remote = self.internal_credential_remote.unwrap_or(false);
         config.oidc_providers = oidc_providers;
+        config.routes = routes;
+        config.role_permissions = role_permissions;
         config.login_limits = limits;
         config.basic_users = basic_users;
         config.allowed_hosts = allowed_hosts;
@@ -488,6 +548,37 @@ impl RawSettings {
 }
 
 impl RawSettings {
+    fn resolve_routes(&self, prefix: &str, errors: &mut Vec<String>) -> RouteRules {
+        let specs: Vec<RouteSpec> = self
+            .routes
+            .iter()
+            .flatten()
+            .map(|raw| RouteSpec {
+                path_prefix: raw.path_prefix.clone(),
+                host: raw.host.clone(),
+                methods: raw.methods.clone(),
+                allow: raw.allow.to_vec(),
+            })
+            .collect();
+        for (n, spec) in specs.iter().enumerate() {
+            let path = spec.path_prefix.trim_end_matches('/');
+            if !path.is_empty() && (path == prefix || path.starts_with(&format!("{prefix}/"))) {
+                errors.push(format!(
+                    "routes[{n}] ({:?}): paths under the auth prefix {prefix} are the \
+                     gateway's own; route rules govern the upstream's paths",
+                    spec.path_prefix
+                ));
+            }
+        }
+        match RouteRules::from_specs(&specs) {
+            Ok(rules) => rules,
+            Err(problems) => {
+                errors.extend(problems);
+                RouteRules::default()
+            }
+        }
+    }
+
     fn resolve_oidc(&self, errors: &mut Vec<String>) -> Vec<OidcProviderSpec> {
         let mut specs: Vec<OidcProviderSpec> = Vec::new();
         let declared = self.oidc.iter().flat_map(|o| o.providers.iter());
@@ -880,6 +971,89 @@ mod tests {
         let printed = format!("{raw:?}");
         assert!(!printed.contains("argon2id"), "{printed}");
         assert!(printed.contains("[redacted]"));
+    }
+
+    #[test]
+    fn route_and_role_rows() {
+        let dir = std::env::temp_dir().join(format!("pc-routes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        let base = "upstream = \"http://127.0.0.1:1\"\n";
+        // (name, file body after the upstream line, Ok(rule count) or a needle)
+        let rows: Vec<(&str, &str, Result<usize, &str>)> = vec![
+            ("no rules", "", Ok(0)),
+            (
+                "roles as a list",
+                "[[routes]]\npath_prefix = \"/admin/\"\nallow = [\"admin\", \"ops\"]\n",
+                Ok(1),
+            ),
+            (
+                "allow as a string",
+                "[[routes]]\npath_prefix = \"/public/\"\nallow = \"anonymous\"\n",
+                Ok(1),
+            ),
+            (
+                "every field",
+                "[[routes]]\npath_prefix = \"/api/\"\nhost = \"dash.example.com\"\n\
+                 methods = [\"POST\", \"delete\"]\nallow = [\"admin\"]\n\
+                 [[routes]]\npath_prefix = \"/\"\nallow = \"authenticated\"\n",
+                Ok(2),
+            ),
+            (
+                "relative prefix",
+                "[[routes]]\npath_prefix = \"admin/\"\nallow = \"admin\"\n",
+                Err("must start with /"),
+            ),
+            (
+                "dot segments",
+                "[[routes]]\npath_prefix = \"/a/../admin/\"\nallow = \"admin\"\n",
+                Err("normal form"),
+            ),
+            (
+                "mixed allow",
+                "[[routes]]\npath_prefix = \"/a/\"\nallow = [\"anonymous\", \"admin\"]\n",
+                Err("cannot be combined"),
+            ),
+            (
+                "under the auth prefix",
+                "[[routes]]\npath_prefix = \"/.auth/login\"\nallow = \"anonymous\"\n",
+                Err("auth prefix"),
+            ),
+            (
+                "step-up is not a route key yet",
+                "[[routes]]\npath_prefix = \"/a/\"\nallow = \"admin\"\nrequire_amr = [\"mfa\"]\n",
+                Err("require_amr"),
+            ),
+            (
+                "configured role",
+                "[roles]\nsupport = [\"auth.session.list.all\", \"audit.read\"]\n",
+                Ok(0),
+            ),
+            (
+                "unknown permission",
+                "[roles]\nsupport = [\"auth.sessions.list\"]\n",
+                Err("unknown permission"),
+            ),
+        ];
+        for (name, body, expected) in rows {
+            std::fs::write(&path, format!("{base}{body}")).unwrap();
+            let raw = RawSettings {
+                data_dir: Some(dir.clone()),
+                ..RawSettings::default()
+            }
+            .with_file(&path);
+            let resolved = raw.map(|raw| raw.resolve(true).map_err(|p| p.errors.join("\n")));
+            match (resolved, expected) {
+                (Ok(Ok(settings)), Ok(count)) => {
+                    let gateway = settings.gateway.unwrap();
+                    assert_eq!(gateway.routes.iter().count(), count, "{name}");
+                }
+                (Ok(Err(errors)), Err(needle)) | (Err(errors), Err(needle)) => {
+                    assert!(errors.contains(needle), "{name}: {needle} in {errors}");
+                }
+                (other, _) => panic!("{name}: unexpected {:?}", other.map(|r| r.map(|_| ()))),
+            }
+        }
     }
 
     #[test]

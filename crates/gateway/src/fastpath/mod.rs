@@ -23,6 +23,7 @@ mod response;
 
 use response::{response_head, write_response};
 
+use std::borrow::Cow;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -30,6 +31,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use memchr::memmem;
+use portcullis_core::routes::{Decision, RouteRequest, canonical_path};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -41,7 +43,7 @@ use crate::carrier::{self, Carrier};
 use crate::cookies::{self, SESSION_COOKIE};
 use crate::error::GatewayError;
 use crate::pipeline::authenticate::{Primed, authenticate_session_cookie};
-use crate::pipeline::authorize::{UpstreamAccess, authorize_upstream};
+use crate::pipeline::authorize::{METHOD_OVERRIDE_HEADERS, UpstreamAccess, authorize_upstream};
 use crate::pipeline::{Authenticated, PathKind, RequestContext, RequestId};
 use crate::state::Gateway;
 use crate::upstream::raw::Framing;
@@ -138,16 +140,18 @@ pub async fn serve(
         let path = std::str::from_utf8(&buf[plan.path.clone()]).unwrap_or("/");
         let access = UpstreamAccess {
             method: &plan.method,
+            host: None,
             path,
+            method_overrides: &[],
             origin: None,
             upgrade: false,
         };
-        if authorize_upstream(gw, &auth, &access).is_err() {
+        if authorize_upstream(gw, &auth, &access, &plan.decision).is_err() {
             return Handoff::Hyper(Some(Primed::new(cookie, Ok(Some(auth.session)))));
         }
         // rewrite (the principal's part)
         UpstreamRewrite {
-            identity: auth.identity(),
+            identity: Some(auth.identity()),
             client_ip: peer.ip(),
             proto,
             request_id: &ctx.id,
@@ -246,8 +250,10 @@ impl Timer {
 
 /// A request the fast path takes.
 #[derive(Debug)]
-struct Forward {
+struct Forward<'g> {
     head_len: usize,
+    /// What the route rules require (the request is not anonymous).
+    decision: Decision<'g>,
     method: http::Method,
     /// The path (without the query), within the buffer.
     path: Range<usize>,
@@ -261,17 +267,17 @@ struct Forward {
 }
 
 #[derive(Debug)]
-enum Plan {
+enum Plan<'g> {
     Incomplete,
     Hyper,
-    Forward(Forward),
+    Forward(Forward<'g>),
 }
 
 /// Parses the request at the start of `buf` and, if the fast path takes it, writes
 /// its upstream head into `out` (all but the identity headers and the final blank
 /// line, which need the session).
 /// `forwarded` holds the connection's `X-Forwarded-For` and `-Proto` lines.
-fn plan_request(gw: &Gateway, forwarded: &[u8], buf: &[u8], out: &mut Vec<u8>) -> Plan {
+fn plan_request<'g>(gw: &'g Gateway, forwarded: &[u8], buf: &[u8], out: &mut Vec<u8>) -> Plan<'g> {
     let mut headers = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
     let head_len = match request.parse_with_uninit_headers(buf, &mut headers) {
@@ -329,6 +335,12 @@ fn plan_request(gw: &Gateway, forwarded: &[u8], buf: &[u8], out: &mut Vec<u8>) -
                 .is_some();
         } else if name.eq_ignore_ascii_case("accept") {
             html = memmem::find(h.value, b"text/html").is_some();
+        } else if METHOD_OVERRIDE_HEADERS
+            .iter()
+            .any(|o| name.eq_ignore_ascii_case(o))
+        {
+            // Route rules read these; the general path decides.
+            return Plan::Hyper;
         }
     }
     let Some(host) = host
@@ -361,6 +373,21 @@ fn plan_request(gw: &Gateway, forwarded: &[u8], buf: &[u8], out: &mut Vec<u8>) -
     let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
         return Plan::Hyper;
     };
+    // The upstream receives the canonical path; the fast path forwards the target
+    // as it is, so it takes only paths already in that form.
+    if !matches!(canonical_path(path), Ok(Cow::Borrowed(_))) {
+        return Plan::Hyper;
+    }
+    let decision = config.routes.decide(&RouteRequest {
+        host: Some(host),
+        method: method.as_str(),
+        method_overrides: &[],
+        path,
+    });
+    if decision.is_anonymous() {
+        // Forwarded without the cookie's identity: the general path's job.
+        return Plan::Hyper;
+    }
     rewrite::render_head(
         out,
         method.as_str(),
@@ -371,6 +398,7 @@ fn plan_request(gw: &Gateway, forwarded: &[u8], buf: &[u8], out: &mut Vec<u8>) -
     );
     Plan::Forward(Forward {
         head_len,
+        decision,
         path: path_start..path_start + path.len(),
         cookie,
         close,
@@ -402,7 +430,7 @@ struct Relayed {
 async fn relay(
     upstream: &UpstreamClient,
     client: &mut TcpStream,
-    plan: &Forward,
+    plan: &Forward<'_>,
     request_id: &RequestId,
     request: &[u8],
     out: &mut Vec<u8>,

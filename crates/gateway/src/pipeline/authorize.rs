@@ -9,13 +9,17 @@
 //!   loopback, where it is not accepted);
 //! - an admin API route requires its permission (refusals are audited).
 //!
-//! Route rules and a client's path scope plug into [`authorize_upstream`], which
-//! already receives the method and path the upstream will see.
+//! - a request for the upstream passes the route rules (SPEC 8), decided by
+//!   [`route`] before authentication (an anonymous route needs no credential) on
+//!   the host, method and canonical path the upstream receives.
+//!
+//! A client's path scope (magic links) plugs into [`authorize_upstream`] too.
 
 use std::net::SocketAddr;
 
 use http::{HeaderMap, Method};
 use portcullis_core::identity::{Permission, PrincipalKind};
+use portcullis_core::routes::{Decision, RouteRequest, RouteRule};
 use serde::Deserialize;
 
 use super::authenticate::Authenticated;
@@ -24,24 +28,57 @@ use crate::error::GatewayError;
 use crate::identity::IdentityFields;
 use crate::state::Gateway;
 
-/// A request for the upstream, as the upstream will see it. Its method and path
-/// are what route rules and client path scopes will decide on.
+/// A request for the upstream, as the upstream will see it: route rules and
+/// client path scopes decide on its host, method and canonical path.
 #[derive(Debug)]
-#[allow(dead_code, reason = "method and path are the seam of route rules")]
 pub struct UpstreamAccess<'a> {
     pub method: &'a Method,
-    /// The path as the upstream receives it (without the query).
+    /// The `Host` it was made for.
+    pub host: Option<&'a str>,
+    /// The canonical path the upstream receives (without the query), from
+    /// [`portcullis_core::routes::canonical_path`].
     pub path: &'a str,
+    /// Values of method-override headers, which some frameworks obey.
+    pub method_overrides: &'a [&'a str],
     /// The `Origin` header, if any.
     pub origin: Option<&'a [u8]>,
     pub upgrade: bool,
 }
 
-/// Decides whether `auth` may reach the upstream with this request.
+/// Header names some frameworks read as the request's real method.
+pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// The method-override header values of a request.
+pub fn method_overrides(headers: &HeaderMap) -> Vec<&str> {
+    METHOD_OVERRIDE_HEADERS
+        .iter()
+        .flat_map(|name| headers.get_all(*name))
+        .filter_map(|v| v.to_str().ok())
+        .collect()
+}
+
+/// What the route rules require of a request for the upstream, decided before
+/// anyone is authenticated: an anonymous route needs (and forwards) no credential.
+pub fn route<'g>(gw: &'g Gateway, access: &UpstreamAccess<'_>) -> Decision<'g> {
+    gw.config().routes.decide(&RouteRequest {
+        host: access.host,
+        method: access.method.as_str(),
+        method_overrides: access.method_overrides,
+        path: access.path,
+    })
+}
+
+/// Decides whether `auth` may reach the upstream with this request, which the
+/// route rules decided as `decision`.
 pub fn authorize_upstream(
     gw: &Gateway,
     auth: &Authenticated,
     access: &UpstreamAccess<'_>,
+    decision: &Decision<'_>,
 ) -> Result<(), GatewayError> {
     // Tickets (minted by a CSRF-checked POST) and bearer tokens are never sent by
     // a browser on its own; a cookie rides along with any cross-site request, so
@@ -49,8 +86,17 @@ pub fn authorize_upstream(
     if access.upgrade && auth.carrier.is_ambient() && !origin_allowed(gw, access.origin) {
         return Err(GatewayError::OriginNotAllowed);
     }
-    // Route rules and client path scopes are decided here, on `access.method` and
-    // `access.path`, for plain requests and upgrades alike.
+    // Route rules, for plain requests and upgrades alike.
+    if !decision.permits(|role| auth.identity().roles().any(|r| r == role)) {
+        tracing::info!(
+            subject = auth.identity().subject(),
+            method = %access.method,
+            path = access.path,
+            rules = ?decision.rules().map(RouteRule::path_prefix).collect::<Vec<_>>(),
+            "refused by a route rule"
+        );
+        return Err(GatewayError::Forbidden);
+    }
     Ok(())
 }
 
@@ -84,7 +130,10 @@ pub async fn authorize_endpoint(
     access: &EndpointAccess<'_>,
 ) -> Result<(), GatewayError> {
     if let Some(permission) = access.permission
-        && !auth.identity().has_permission(permission)
+        && !gw
+            .config()
+            .role_permissions
+            .any_grants(auth.identity().roles(), permission)
     {
         let mut event = gw.audit_event(auth.identity().subject(), permission.name(), "failure");
         event.reason = Some("forbidden".into());

@@ -220,11 +220,20 @@ pub fn upstream_target(target: &str, carrier: Option<Carrier>) -> Cow<'_, str> {
     }
 }
 
+/// A request target from a canonical path and the original query.
+pub fn with_query<'a>(path: &'a str, query: Option<&str>) -> Cow<'a, str> {
+    match query {
+        Some(query) => Cow::Owned(format!("{path}?{query}")),
+        None => Cow::Borrowed(path),
+    }
+}
+
 /// What the gateway adds to a request for the upstream, and which credential it
 /// removes.
 #[derive(Debug)]
 pub struct UpstreamRewrite<'a> {
-    pub identity: &'a dyn IdentityFields,
+    /// Who asked; `None` on an anonymous route (no identity headers at all).
+    pub identity: Option<&'a dyn IdentityFields>,
     pub client_ip: IpAddr,
     /// `https` when the public URL is, else `http`.
     pub proto: &'static str,
@@ -240,8 +249,10 @@ impl UpstreamRewrite<'_> {
         // request (a ticket may come with one); the upstream's own values stay.
         remove_our_bearers(headers);
         strip_gateway_cookies(headers);
-        for (name, value) in identity_headers(self.identity) {
-            headers.insert(name, value);
+        if let Some(identity) = self.identity {
+            for (name, value) in identity_headers(identity) {
+                headers.insert(name, value);
+            }
         }
         if let Ok(v) = HeaderValue::from_str(&self.client_ip.to_string()) {
             headers.insert(HeaderName::from_static("x-forwarded-for"), v);
@@ -261,9 +272,11 @@ impl UpstreamRewrite<'_> {
     /// Appends the lines that depend on who asked (identity headers, the request
     /// id) and the blank line ending the head, after [`render_head`].
     pub fn render_tail(&self, out: &mut Vec<u8>) {
-        identity_values(self.identity, |name, value| {
-            push_header(out, name.as_bytes(), value.as_bytes());
-        });
+        if let Some(identity) = self.identity {
+            identity_values(identity, |name, value| {
+                push_header(out, name.as_bytes(), value.as_bytes());
+            });
+        }
         push_header(
             out,
             X_REQUEST_ID.as_bytes(),
@@ -421,7 +434,7 @@ mod tests {
 
     fn rewrite<'a>(who: &'a Identity, id: &'a RequestId) -> UpstreamRewrite<'a> {
         UpstreamRewrite {
-            identity: who,
+            identity: Some(who),
             client_ip: "192.0.2.7".parse().unwrap(),
             proto: "http",
             request_id: id,

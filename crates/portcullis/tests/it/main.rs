@@ -12,6 +12,7 @@ mod oidc;
 mod pipeline;
 mod processes;
 mod proxy;
+mod routes;
 mod sessions;
 mod supervised;
 mod websocket;
