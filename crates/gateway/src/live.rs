@@ -140,6 +140,14 @@ impl LiveConnections {
         }
     }
 
+    /// Live connections of `session_id` on this replica.
+    pub fn connections(&self, session_id: &str) -> usize {
+        self.lock()
+            .sessions
+            .get(session_id)
+            .map_or(0, watch::Sender::receiver_count)
+    }
+
     pub fn session_ids(&self) -> Vec<String> {
         self.lock().sessions.keys().cloned().collect()
     }

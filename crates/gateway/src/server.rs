@@ -84,10 +84,46 @@ pub fn router(gw: Gateway) -> Router {
             "/api/v1/oidc/group-mappings/{id}",
             delete(crate::admin::remove_mapping),
         )
+        .route("/api/v1/sessions", get(crate::admin::list_sessions))
+        .route(
+            "/api/v1/sessions/revoke",
+            post(crate::admin::revoke_sessions),
+        )
+        .route(
+            "/api/v1/sessions/{id}",
+            delete(crate::admin::revoke_session),
+        )
+        .route(
+            "/api/v1/api-tokens",
+            get(crate::admin::list_tokens).post(crate::admin::create_token),
+        )
+        .route(
+            "/api/v1/api-tokens/{id}",
+            delete(crate::admin::revoke_token),
+        )
+        .route("/api/v1/audit", get(crate::admin::list_audit))
         .fallback(crate::endpoints::not_found)
         .layer(DefaultBodyLimit::max(GATEWAY_BODY_LIMIT));
     Router::new()
         .nest(&gw.config().auth_prefix, own)
+        .route("/api/v1/sessions", get(crate::admin::list_sessions))
+        .route(
+            "/api/v1/sessions/revoke",
+            post(crate::admin::revoke_sessions),
+        )
+        .route(
+            "/api/v1/sessions/{id}",
+            delete(crate::admin::revoke_session),
+        )
+        .route(
+            "/api/v1/api-tokens",
+            get(crate::admin::list_tokens).post(crate::admin::create_token),
+        )
+        .route(
+            "/api/v1/api-tokens/{id}",
+            delete(crate::admin::revoke_token),
+        )
+        .route("/api/v1/audit", get(crate::admin::list_audit))
         .fallback(crate::endpoints::not_found)
         .with_state(gw)
 }

@@ -212,7 +212,7 @@ pub enum LookupError {
 }
 
 /// An API token row as a pseudo-session: its id is the token id (so revocations
-/// and the WebSocket registry treat it like a session) and it has no expiry.
+/// and the WebSocket registry treat it like a session); it expires with the token.
 fn token_entry(row: portcullis_store::ApiTokenRow) -> Arc<CachedSession> {
     let session = Session {
         identity: portcullis_core::identity::Identity {
@@ -225,7 +225,7 @@ fn token_entry(row: portcullis_store::ApiTokenRow) -> Arc<CachedSession> {
         id: row.id,
         created_ms: row.created_ms,
         last_seen_ms: row.created_ms,
-        expires_ms: i64::MAX,
+        expires_ms: row.expires_ms.unwrap_or(i64::MAX),
         idle_timeout_ms: None,
         revoked_ms: None,
         oidc_sid: None,
@@ -240,9 +240,32 @@ impl Keyed for Arc<CachedSession> {
     }
 }
 
-/// A cached API token: its secret's hash and its pseudo-session.
+/// A cached API token: its secret's hash, its pseudo-session and its owner's
+/// provider.
 #[derive(Debug, Clone)]
-struct TokenEntry(Arc<(String, Arc<CachedSession>)>);
+struct TokenEntry(Arc<(String, Arc<CachedSession>, Option<Box<str>>)>);
+
+/// Whether the identity `(provider, subject)` still exists (offboarding): a
+/// token of a removed user authenticates no more.
+pub type OwnerExists<'a> = &'a (dyn Fn(&str, &str) -> bool + Sync);
+
+/// Whether a token's pseudo-session is still valid at `now` for its owner.
+fn token_valid(
+    session: &CachedSession,
+    owner: Option<&str>,
+    now: Millis,
+    exists: OwnerExists<'_>,
+) -> Result<(), LookupError> {
+    if now >= session.expires_ms() {
+        return Err(LookupError::Ended(SessionEnd::Expired));
+    }
+    if let Some(provider) = owner
+        && !exists(provider, session.subject())
+    {
+        return Err(LookupError::Unknown);
+    }
+    Ok(())
+}
 
 impl Keyed for TokenEntry {
     fn has_key(&self, key: &str) -> bool {
@@ -328,19 +351,25 @@ impl SessionCache {
         &self,
         store: &Store,
         hash: &str,
+        now: Millis,
+        exists: OwnerExists<'_>,
     ) -> Result<Arc<CachedSession>, LookupError> {
         if let Some(entry) = self.tokens.get(hash) {
-            return Ok(entry.0.1.clone());
+            let (_, session, owner) = &*entry.0;
+            token_valid(session, owner.as_deref(), now, exists)?;
+            return Ok(session.clone());
         }
         let epoch = self.epoch.load(Ordering::Acquire);
         let row = store
             .api_token_by_hash(hash)
             .await?
             .ok_or(LookupError::Unknown)?;
+        let owner = row.provider.clone().map(String::into_boxed_str);
         let entry = token_entry(row);
+        token_valid(&entry, owner.as_deref(), now, exists)?;
         self.tokens.insert_if(
             hash,
-            TokenEntry(Arc::new((hash.to_owned(), entry.clone()))),
+            TokenEntry(Arc::new((hash.to_owned(), entry.clone(), owner))),
             || self.epoch.load(Ordering::Acquire) == epoch,
         );
         Ok(entry)
@@ -352,12 +381,17 @@ impl SessionCache {
         &self,
         store: &Store,
         id: &str,
+        now: Millis,
+        exists: OwnerExists<'_>,
     ) -> Result<Arc<CachedSession>, LookupError> {
         let row = store
             .api_token_by_id(id)
             .await?
             .ok_or(LookupError::Unknown)?;
-        Ok(token_entry(row))
+        let owner = row.provider.clone();
+        let entry = token_entry(row);
+        token_valid(&entry, owner.as_deref(), now, exists)?;
+        Ok(entry)
     }
 
     /// Caches a session just created and committed by this process.

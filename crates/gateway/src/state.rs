@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_core::clock::Clock;
+use portcullis_core::identity::IdentityProvider;
 use portcullis_core::keys::SecretKey;
 use portcullis_core::secret::{Entropy, SecretString};
 use portcullis_core::session::CsrfKey;
@@ -198,6 +199,21 @@ impl Gateway {
         &self.0.config
     }
 
+    /// Whether the identity `subject` of provider `provider` (its stored name)
+    /// still exists: a basic user still configured, an OpenID provider still
+    /// known. Offboarding: sessions and tokens of removed identities stop working.
+    pub fn identity_exists(&self, provider: &str, subject: &str) -> bool {
+        // Read on every request: no allocation, one map lookup.
+        let basic = IdentityProvider::Basic;
+        if provider == basic.as_str() {
+            return self.0.config.basic_users.hash_of(subject).is_some();
+        }
+        match IdentityProvider::from_stored(provider).oidc_id() {
+            Some(_) => self.oidc().provider(provider).is_some(),
+            None => true,
+        }
+    }
+
     pub fn store(&self) -> &Store {
         &self.0.store
     }
@@ -333,6 +349,11 @@ impl Gateway {
 
     /// Registers a live WebSocket of principal `id` (before its upstream is
     /// contacted).
+    /// Live WebSockets of session `id` on this replica.
+    pub(crate) fn live_connections(&self, id: &str) -> usize {
+        self.0.live.connections(id)
+    }
+
     pub(crate) fn register_live(&self, id: &str) -> crate::live::Registration {
         self.0.live.register(id)
     }

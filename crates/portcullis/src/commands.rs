@@ -9,6 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use portcullis_core::basic::BasicUsers;
 use portcullis_core::basic::hash_password as argon2_hash;
 use portcullis_core::clock::{Clock, SystemClock};
 use portcullis_core::keys::{SecretKey, new_signing_key};
@@ -365,6 +366,7 @@ pub async fn list_sessions(
             &SessionFilter {
                 subject: user,
                 include_ended: all,
+                ..SessionFilter::default()
             },
             now,
         )
@@ -409,10 +411,17 @@ pub async fn revoke_sessions(
     raw: RawSettings,
     id: Option<String>,
     user: Option<String>,
+    api_tokens: bool,
 ) -> anyhow::Result<ExitCode> {
     let settings = resolve(&raw, false)?;
     let store = open_store(&settings).await?;
     let now = SystemClock.now_ms();
+    if let (true, Some(user)) = (api_tokens, &user) {
+        for id in store.revoke_subject_api_tokens(user, now).await? {
+            cli_audit(&store, "auth.api_token.revoke", Some(id.clone())).await;
+            println!("revoked {id}");
+        }
+    }
     let revoked = match (id, user) {
         (Some(id), _) => {
             if store.revoke_session(&id, "cli", now).await? {
@@ -439,6 +448,8 @@ pub async fn create_api_token(
     raw: RawSettings,
     user: String,
     label: Option<String>,
+    ttl: Option<String>,
+    provider: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let settings = resolve(&raw, false)?;
     let store = open_store(&settings).await?;
@@ -446,6 +457,31 @@ pub async fn create_api_token(
     if user.is_empty() || user.contains(',') {
         bail!("--user must be a non-empty name without commas");
     }
+    let now = SystemClock.now_ms();
+    let expires_ms = match ttl {
+        Some(ttl) => {
+            let ttl = crate::settings::parse_duration("--ttl", &ttl, Duration::from_secs(60))
+                .map_err(|e| anyhow::anyhow!(e))?;
+            Some(now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)))
+        }
+        None => None,
+    };
+    let basic_users = raw
+        .basic_users
+        .as_ref()
+        .map(|u| BasicUsers::parse(u.expose(), "").0)
+        .unwrap_or_default();
+    let provider = match provider {
+        Some(p) => Some(p),
+        None if basic_users.hash_of(&user).is_some() => Some("basic".to_owned()),
+        None => {
+            eprintln!(
+                "{user} is not in AUTH_BASIC_USERS and no --provider was given: a service \
+                 token, valid until revoked or expired whatever users exist"
+            );
+            None
+        }
+    };
     let admins = raw.basic_admins.as_deref().unwrap_or_default();
     let is_admin = admins.split(',').any(|a| a.trim() == user);
     let token = portcullis_core::ticket::mint_api_token(&OsEntropy)?;
@@ -458,8 +494,10 @@ pub async fn create_api_token(
             "user".into()
         },
         label,
-        created_ms: SystemClock.now_ms(),
+        created_ms: now,
         revoked_ms: None,
+        provider,
+        expires_ms,
     };
     store.insert_api_token(&row, &token.hash).await?;
     cli_audit(&store, "auth.api_token.create", Some(token.id.clone())).await;
@@ -474,17 +512,21 @@ pub async fn create_api_token(
 pub async fn list_api_tokens(raw: RawSettings, as_json: bool) -> anyhow::Result<ExitCode> {
     let settings = resolve(&raw, false)?;
     let store = open_store(&settings).await?;
-    for t in store.list_api_tokens().await? {
+    let now = SystemClock.now_ms();
+    for t in store.list_api_tokens(None).await? {
         let status = if t.revoked_ms.is_some() {
             "revoked"
+        } else if t.expires_ms.is_some_and(|e| e <= now) {
+            "expired"
         } else {
             "live"
         };
         if as_json {
             println!(
                 "{}",
-                json!({"id": t.id, "user": t.subject, "roles": t.role_list(), "label": t.label,
-                       "created_at": rfc3339(t.created_ms), "status": status})
+                json!({"id": t.id, "user": t.subject, "provider": t.provider, "roles": t.role_list(),
+                       "label": t.label, "created_at": rfc3339(t.created_ms),
+                       "expires_at": t.expires_ms.map(rfc3339), "status": status})
             );
         } else {
             println!(

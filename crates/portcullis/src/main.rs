@@ -81,6 +81,14 @@ enum ApiTokensCommand {
         user: String,
         #[arg(long)]
         label: Option<String>,
+        /// Lifetime, e.g. 90d [default: no expiry]
+        #[arg(long)]
+        ttl: Option<String>,
+        /// The user's identity provider (`basic` or an OpenID provider id): the
+        /// token stops working when the user or provider is removed [default:
+        /// basic for a user in AUTH_BASIC_USERS, else none (a service token)]
+        #[arg(long)]
+        provider: Option<String>,
     },
     /// List tokens (never their secrets)
     List {
@@ -122,6 +130,9 @@ enum SessionsCommand {
         /// Revoke all of this user's sessions
         #[arg(long)]
         user: Option<String>,
+        /// With --user: revoke the user's API tokens too
+        #[arg(long, requires = "user")]
+        api_tokens: bool,
     },
 }
 
@@ -181,9 +192,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => commands::reset_internal_credential(raw).await,
         Command::Oidc { action } => oidc_cli::run(raw, action).await,
         Command::ApiTokens { action } => match action {
-            ApiTokensCommand::Create { user, label } => {
-                commands::create_api_token(raw, user, label).await
-            }
+            ApiTokensCommand::Create {
+                user,
+                label,
+                ttl,
+                provider,
+            } => commands::create_api_token(raw, user, label, ttl, provider).await,
             ApiTokensCommand::List { json } => commands::list_api_tokens(raw, json).await,
             ApiTokensCommand::Revoke { id } => commands::revoke_api_token(raw, id).await,
         },
@@ -191,7 +205,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             SessionsCommand::List { user, all, json } => {
                 commands::list_sessions(raw, user, all, json).await
             }
-            SessionsCommand::Revoke { id, user } => commands::revoke_sessions(raw, id, user).await,
+            SessionsCommand::Revoke {
+                id,
+                user,
+                api_tokens,
+            } => commands::revoke_sessions(raw, id, user, api_tokens).await,
         },
     }
 }

@@ -666,7 +666,7 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn parse_duration(name: &str, raw: &str, min: Duration) -> Result<Duration, String> {
+pub fn parse_duration(name: &str, raw: &str, min: Duration) -> Result<Duration, String> {
     let d = humantime::parse_duration(raw.trim())
         .map_err(|e| format!("{name}: {raw:?} is not a duration ({e}); use e.g. 30s, 15m, 8h"))?;
     if d < min {

@@ -13,7 +13,14 @@ pub struct ApiTokenRow {
     pub label: Option<String>,
     pub created_ms: i64,
     pub revoked_ms: Option<i64>,
+    /// The owner's identity provider (`basic`, an OpenID provider id); `None` for a
+    /// service token that belongs to no sign-in identity.
+    pub provider: Option<String>,
+    pub expires_ms: Option<i64>,
 }
+
+const TOKEN_COLUMNS: &str =
+    "id, subject, roles, label, created_ms, revoked_ms, provider, expires_ms";
 
 impl ApiTokenRow {
     pub fn role_list(&self) -> Vec<String> {
@@ -29,8 +36,8 @@ impl Store {
     pub async fn insert_api_token(&self, row: &ApiTokenRow, hash: &str) -> Result<(), StoreError> {
         on_pool!(self, pool => {
             sqlx::query(
-                "INSERT INTO api_tokens (id, hash, subject, roles, label, created_ms, revoked_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, NULL)",
+                "INSERT INTO api_tokens (id, hash, subject, roles, label, created_ms, revoked_ms, \
+                 provider, expires_ms) VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8)",
             )
             .bind(&row.id)
             .bind(hash)
@@ -38,6 +45,8 @@ impl Store {
             .bind(&row.roles)
             .bind(&row.label)
             .bind(row.created_ms)
+            .bind(&row.provider)
+            .bind(row.expires_ms)
             .execute(pool)
             .await?;
         });
@@ -60,8 +69,7 @@ impl Store {
         value: &str,
     ) -> Result<Option<ApiTokenRow>, StoreError> {
         let sql = format!(
-            "SELECT id, subject, roles, label, created_ms, revoked_ms FROM api_tokens \
-             WHERE {predicate} AND revoked_ms IS NULL"
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE {predicate} AND revoked_ms IS NULL"
         );
         let row = on_pool!(self, pool => {
             sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
@@ -83,13 +91,48 @@ impl Store {
         Ok(row.is_some())
     }
 
-    pub async fn list_api_tokens(&self) -> Result<Vec<ApiTokenRow>, StoreError> {
+    /// Every token, or those of `subject`, oldest first.
+    pub async fn list_api_tokens(
+        &self,
+        subject: Option<&str>,
+    ) -> Result<Vec<ApiTokenRow>, StoreError> {
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE ($1 IS NULL OR subject = $1) \
+             ORDER BY created_ms, id LIMIT 10000"
+        );
         let rows = on_pool!(self, pool => {
-            sqlx::query_as("SELECT id, subject, roles, label, created_ms, revoked_ms FROM api_tokens ORDER BY created_ms")
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(subject)
                 .fetch_all(pool)
                 .await?
         });
         Ok(rows)
+    }
+
+    /// Revokes every live token of `subject`; returns their ids. Logged and
+    /// notified like any revocation, in the same transaction.
+    pub async fn revoke_subject_api_tokens(
+        &self,
+        subject: &str,
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let notify = matches!(self.backend, Backend::Postgres(_));
+        let ids = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let ids: Vec<(String,)> = sqlx::query_as(
+                "UPDATE api_tokens SET revoked_ms = $1 WHERE subject = $2 AND revoked_ms IS NULL RETURNING id",
+            )
+            .bind(now_ms)
+            .bind(subject)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (id,) in &ids {
+                log_revocation!(tx, id, now_ms, notify);
+            }
+            tx.commit().await?;
+            ids.into_iter().map(|(id,)| id).collect::<Vec<_>>()
+        });
+        Ok(ids)
     }
 
     /// Revokes a token; `false` if it did not exist or was already revoked.

@@ -36,9 +36,30 @@ impl AuditEvent {
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
     pub since_ms: Option<i64>,
+    /// Events strictly before this time.
+    pub until_ms: Option<i64>,
     pub actor: Option<String>,
     pub action: Option<String>,
+    pub outcome: Option<String>,
+    /// Cursor: events older than the event with this id (from the previous page).
+    pub before_id: Option<i64>,
+    /// At most this many (1 to 1000; 100 when 0).
     pub limit: i64,
+}
+
+/// One page of audit events, newest first, with the cursor of the next page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditPage {
+    pub events: Vec<(i64, AuditEvent)>,
+    /// Pass as `before_id` for the next page; `None` on the last page.
+    pub next: Option<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    id: i64,
+    #[sqlx(flatten)]
+    event: AuditEvent,
 }
 
 impl Store {
@@ -61,26 +82,49 @@ impl Store {
         Ok(())
     }
 
-    /// Newest first.
+    /// Newest first (one page).
     pub async fn audit_events(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
+        let page = self.audit_page(filter).await?;
+        Ok(page.events.into_iter().map(|(_, e)| e).collect())
+    }
+
+    /// One page of events, newest first; ids are the cursor (`before_id`), so a
+    /// page never repeats or skips an event however many are written meanwhile.
+    pub async fn audit_page(&self, filter: &AuditFilter) -> Result<AuditPage, StoreError> {
         let limit = if filter.limit <= 0 {
             100
         } else {
             filter.limit.min(1000)
         };
-        let rows = on_pool!(self, pool => {
+        let rows: Vec<AuditRow> = on_pool!(self, pool => {
             sqlx::query_as(
-                "SELECT at_ms, actor, action, target, outcome, reason, ip FROM audit_events \
-                 WHERE ($1 IS NULL OR at_ms >= $1) AND ($2 IS NULL OR actor = $2) \
-                 AND ($3 IS NULL OR action = $3) ORDER BY id DESC LIMIT $4",
+                "SELECT id, at_ms, actor, action, target, outcome, reason, ip FROM audit_events \
+                 WHERE ($1 IS NULL OR at_ms >= $1) AND ($2 IS NULL OR at_ms < $2) \
+                 AND ($3 IS NULL OR actor = $3) AND ($4 IS NULL OR action = $4) \
+                 AND ($5 IS NULL OR outcome = $5) AND ($6 IS NULL OR id < $6) \
+                 ORDER BY id DESC LIMIT $7",
             )
             .bind(filter.since_ms)
+            .bind(filter.until_ms)
             .bind(&filter.actor)
             .bind(&filter.action)
-            .bind(limit)
+            .bind(&filter.outcome)
+            .bind(filter.before_id)
+            .bind(limit + 1)
             .fetch_all(pool)
             .await?
         });
-        Ok(rows)
+        let more = rows.len() as i64 > limit;
+        let events: Vec<(i64, AuditEvent)> = rows
+            .into_iter()
+            .take(usize::try_from(limit).unwrap_or(100))
+            .map(|r| (r.id, r.event))
+            .collect();
+        let next = if more {
+            events.last().map(|(id, _)| *id)
+        } else {
+            None
+        };
+        Ok(AuditPage { events, next })
     }
 }

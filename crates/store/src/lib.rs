@@ -29,7 +29,7 @@ mod tickets;
 pub use sessions::SessionFilter;
 
 pub use api_tokens::ApiTokenRow;
-pub use audit::{AuditEvent, AuditFilter};
+pub use audit::{AuditEvent, AuditFilter, AuditPage};
 pub use bus::{BusEvent, ConfigTopic, RevocationBus};
 pub use oidc::{GroupMapping, ProviderDelete};
 

@@ -56,6 +56,8 @@ impl From<SessionRow> for Session {
 #[derive(Debug, Clone, Default)]
 pub struct SessionFilter {
     pub subject: Option<String>,
+    /// The stored provider name (`basic`, `magic`, an OpenID provider id).
+    pub provider: Option<String>,
     /// Include revoked and expired sessions.
     pub include_ended: bool,
 }
@@ -131,13 +133,15 @@ impl Store {
     ) -> Result<Vec<Session>, StoreError> {
         let sql = format!(
             "SELECT {SESSION_COLUMNS} FROM sessions WHERE ($1 IS NULL OR subject = $1) \
-             AND ($2 OR (revoked_ms IS NULL AND expires_ms > $3)) ORDER BY created_ms DESC LIMIT 10000"
+             AND ($2 OR (revoked_ms IS NULL AND expires_ms > $3)) AND ($4 IS NULL OR provider = $4) \
+             ORDER BY created_ms DESC LIMIT 10000"
         );
         let rows: Vec<SessionRow> = on_pool!(self, pool => {
             sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .bind(&filter.subject)
                 .bind(filter.include_ended)
                 .bind(now_ms)
+                .bind(&filter.provider)
                 .fetch_all(pool)
                 .await?
         });

@@ -28,7 +28,7 @@ pub(super) fn identity_json(identity: &dyn IdentityFields) -> serde_json::Value 
 }
 
 /// RFC 3339 time, or `None` for "never" (API tokens do not expire).
-fn rfc3339(ms: i64) -> Option<String> {
+pub(crate) fn rfc3339(ms: i64) -> Option<String> {
     let time = UNIX_EPOCH.checked_add(Duration::from_millis(u64::try_from(ms).ok()?))?;
     (ms < i64::MAX).then(|| humantime::format_rfc3339_seconds(time).to_string())
 }

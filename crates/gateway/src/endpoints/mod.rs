@@ -12,7 +12,7 @@ use crate::error::GatewayError;
 use crate::state::Gateway;
 
 mod health;
-mod identity;
+pub(crate) mod identity;
 pub mod openid;
 mod signin;
 mod websocket;

@@ -15,6 +15,7 @@ use portcullis_core::subprotocol::Offer;
 
 use crate::carrier::{self, Carrier};
 use crate::error::GatewayError;
+use crate::identity::IdentityFields;
 use crate::session_cache::{CachedSession, LookupError};
 use crate::state::Gateway;
 
@@ -183,9 +184,24 @@ pub async fn authenticate_session_cookie(
         }
     };
     match gw.session_cache().lookup(gw.store(), id, gw.now()).await {
-        Ok(session) => Ok(Some(session)),
+        Ok(session) => Ok(still_exists(gw, session)),
         Err(LookupError::Unknown | LookupError::Ended(_)) => Ok(None),
         Err(LookupError::Store(e)) => Err(e.into()),
+    }
+}
+
+/// A session whose identity was removed (a basic user no longer configured, an
+/// OpenID provider no longer known) authenticates no more.
+fn still_exists(gw: &Gateway, session: Arc<CachedSession>) -> Option<Arc<CachedSession>> {
+    if gw.identity_exists(session.provider_name(), session.subject()) {
+        Some(session)
+    } else {
+        tracing::info!(
+            session = session.id(),
+            provider = session.provider_name(),
+            "session refused: its identity no longer exists"
+        );
+        None
     }
 }
 
@@ -222,7 +238,12 @@ async fn authenticate_ticket(
     let reason = match session_id {
         // Minted with an API token: the ticket carries that token's identity.
         Some(id) if PrincipalKind::of(&id) == PrincipalKind::ApiToken => {
-            match gw.session_cache().lookup_token_id(gw.store(), &id).await {
+            let exists = |provider: &str, subject: &str| gw.identity_exists(provider, subject);
+            match gw
+                .session_cache()
+                .lookup_token_id(gw.store(), &id, now, &exists)
+                .await
+            {
                 Ok(session) => {
                     return Ok(Some(session));
                 }
@@ -231,9 +252,10 @@ async fn authenticate_ticket(
             }
         }
         Some(id) => match gw.session_cache().lookup(gw.store(), &id, now).await {
-            Ok(session) => {
-                return Ok(Some(session));
-            }
+            Ok(session) => match still_exists(gw, session) {
+                Some(session) => return Ok(Some(session)),
+                None => "identity_removed",
+            },
             Err(LookupError::Store(e)) => return Err(e.into()),
             Err(_) => "session_ended",
         },
@@ -278,7 +300,12 @@ async fn authenticate_api_token(gw: &Gateway, presented: &str) -> Result<Verifie
     let Some(hash) = portcullis_core::ticket::hash_presented_api_token(presented) else {
         return Ok(None);
     };
-    match gw.session_cache().lookup_token(gw.store(), &hash).await {
+    let exists = |provider: &str, subject: &str| gw.identity_exists(provider, subject);
+    match gw
+        .session_cache()
+        .lookup_token(gw.store(), &hash, gw.now(), &exists)
+        .await
+    {
         Ok(session) => Ok(Some(session)),
         Err(LookupError::Store(e)) => Err(e.into()),
         Err(_) => Ok(None),

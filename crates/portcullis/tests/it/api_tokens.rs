@@ -15,6 +15,17 @@ pub async fn create_token(
     user: &str,
     roles: &str,
 ) -> (String, String) {
+    create_owned_token(store, user, roles, None, None).await
+}
+
+/// A token owned by `user` of `provider` (offboarding), expiring at `expires_ms`.
+pub async fn create_owned_token(
+    store: &portcullis_store::Store,
+    user: &str,
+    roles: &str,
+    provider: Option<&str>,
+    expires_ms: Option<i64>,
+) -> (String, String) {
     let token =
         portcullis_core::ticket::mint_api_token(&portcullis_core::secret::OsEntropy).unwrap();
     let row = portcullis_store::ApiTokenRow {
@@ -24,6 +35,8 @@ pub async fn create_token(
         label: Some("test".into()),
         created_ms: now_ms(),
         revoked_ms: None,
+        provider: provider.map(str::to_owned),
+        expires_ms,
     };
     store.insert_api_token(&row, &token.hash).await.unwrap();
     (token.id, token.secret.expose().to_owned())

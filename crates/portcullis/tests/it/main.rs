@@ -3,6 +3,7 @@
 //! PostgreSQL server.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod admin_api;
 mod api_tokens;
 mod fastpath;
 mod harness;

@@ -26,6 +26,14 @@ use crate::pipeline::authenticate::authenticate_endpoint;
 use crate::pipeline::authorize::{EndpointAccess, authorize_endpoint};
 use crate::state::Gateway;
 
+mod audit;
+mod sessions;
+mod tokens;
+
+pub use audit::list_audit;
+pub use sessions::{list_sessions, revoke_session, revoke_sessions};
+pub use tokens::{create_token, list_tokens, revoke_token};
+
 /// One admin API call: who asks, from where, with what. Handlers take it as their
 /// last argument (it reads the body, bounded by the router's limit: 413 beyond).
 pub struct AdminCall {
@@ -80,6 +88,34 @@ impl AdminCall {
         Ok(auth)
     }
 
+    /// A further permission the call needs once its target is known (acting on
+    /// someone else's session, say); refusals are audited like the first.
+    async fn require(
+        &self,
+        auth: &Authenticated,
+        permission: Permission,
+    ) -> Result<(), GatewayError> {
+        let access = EndpointAccess {
+            headers: &self.headers,
+            body: &self.body,
+            mutating: false,
+            permission: Some(permission),
+            mints_ticket: false,
+            peer: self.peer,
+        };
+        authorize_endpoint(&self.gw, auth, &access).await
+    }
+
+    /// Audits a change made through the API.
+    async fn audit_change(&self, auth: &Authenticated, action: &str, target: &str) {
+        let mut event = self
+            .gw
+            .audit_event(auth.identity().subject(), action, "success");
+        event.target = Some(target.to_owned());
+        event.ip = Some(self.peer.ip().to_string());
+        self.gw.audit(event).await;
+    }
+
     /// After a change: reload here at once, tell the other replicas, audit.
     async fn changed(&self, auth: &Authenticated, action: &str, target: &str) {
         if let Err(error) = self.gw.oidc().reload(self.gw.store()).await {
@@ -88,12 +124,7 @@ impl AdminCall {
         if let Err(error) = self.gw.store().announce_oidc_change(self.gw.now()).await {
             tracing::error!(%error, "could not announce the provider change to other replicas");
         }
-        let mut event = self
-            .gw
-            .audit_event(auth.identity().subject(), action, "success");
-        event.target = Some(target.to_owned());
-        event.ip = Some(self.peer.ip().to_string());
-        self.gw.audit(event).await;
+        self.audit_change(auth, action, target).await;
     }
 }
 

@@ -1,0 +1,5 @@
+-- API tokens know their owner's provider (so a token of a removed user is refused)
+-- and may expire.
+ALTER TABLE api_tokens ADD COLUMN provider TEXT;
+ALTER TABLE api_tokens ADD COLUMN expires_ms INTEGER;
+CREATE INDEX api_tokens_subject ON api_tokens (subject);
