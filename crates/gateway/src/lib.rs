@@ -22,6 +22,7 @@ mod internal;
 mod keyring;
 pub mod live;
 pub mod oidc;
+pub mod openapi;
 mod pages;
 mod pipeline;
 mod proxy;

@@ -14,7 +14,6 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit};
 use axum::http::{Request, Response};
 use axum::response::IntoResponse;
-use axum::routing::{delete, get, post};
 use bytes::BytesMut;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -42,88 +41,19 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The router for the gateway's own endpoints, mounted under the auth prefix.
+/// The router for the gateway's own endpoints, mounted under the auth prefix:
+/// exactly the routes of [`crate::openapi::ENDPOINTS`], which the OpenAPI
+/// document describes.
 pub fn router(gw: Gateway) -> Router {
-    let own = Router::new()
-        .route(
-            "/login",
-            get(crate::endpoints::login_page).post(crate::endpoints::login_submit),
-        )
-        .route("/logout", post(crate::endpoints::logout))
-        .route("/me", get(crate::endpoints::me))
-        .route("/verify", get(crate::endpoints::verify))
-        .route("/ws-ticket", post(crate::endpoints::ws_ticket))
-        .route("/capabilities", get(crate::endpoints::capabilities))
-        .route("/healthz", get(crate::endpoints::healthz))
-        .route("/readyz", get(crate::endpoints::readyz))
-        .route("/oidc/login", get(crate::endpoints::openid::login))
-        .route("/oidc/callback", get(crate::endpoints::openid::callback))
-        .route(
-            "/oidc/back-channel-logout",
-            post(crate::endpoints::openid::back_channel_logout),
-        )
-        .route(
-            "/api/v1/oidc/providers",
-            get(crate::admin::list_providers).post(crate::admin::create_provider),
-        )
-        .route(
-            "/api/v1/oidc/providers/{id}",
-            get(crate::admin::get_provider)
-                .put(crate::admin::edit_provider)
-                .delete(crate::admin::delete_provider),
-        )
-        .route(
-            "/api/v1/oidc/providers/{id}/refresh",
-            post(crate::admin::refresh_provider),
-        )
-        .route(
-            "/api/v1/oidc/group-mappings",
-            get(crate::admin::list_mappings).post(crate::admin::add_mapping),
-        )
-        .route(
-            "/api/v1/oidc/group-mappings/{id}",
-            delete(crate::admin::remove_mapping),
-        )
-        .route("/api/v1/sessions", get(crate::admin::list_sessions))
-        .route(
-            "/api/v1/sessions/revoke",
-            post(crate::admin::revoke_sessions),
-        )
-        .route(
-            "/api/v1/sessions/{id}",
-            delete(crate::admin::revoke_session),
-        )
-        .route(
-            "/api/v1/api-tokens",
-            get(crate::admin::list_tokens).post(crate::admin::create_token),
-        )
-        .route(
-            "/api/v1/api-tokens/{id}",
-            delete(crate::admin::revoke_token),
-        )
-        .route("/api/v1/audit", get(crate::admin::list_audit))
+    let mut own = Router::new();
+    for endpoint in crate::openapi::ENDPOINTS {
+        own = own.route(endpoint.path, (endpoint.routes)());
+    }
+    let own = own
         .fallback(crate::endpoints::not_found)
         .layer(DefaultBodyLimit::max(GATEWAY_BODY_LIMIT));
     Router::new()
         .nest(&gw.config().auth_prefix, own)
-        .route("/api/v1/sessions", get(crate::admin::list_sessions))
-        .route(
-            "/api/v1/sessions/revoke",
-            post(crate::admin::revoke_sessions),
-        )
-        .route(
-            "/api/v1/sessions/{id}",
-            delete(crate::admin::revoke_session),
-        )
-        .route(
-            "/api/v1/api-tokens",
-            get(crate::admin::list_tokens).post(crate::admin::create_token),
-        )
-        .route(
-            "/api/v1/api-tokens/{id}",
-            delete(crate::admin::revoke_token),
-        )
-        .route("/api/v1/audit", get(crate::admin::list_audit))
         .fallback(crate::endpoints::not_found)
         .with_state(gw)
 }

@@ -10,6 +10,7 @@ mod harness;
 mod internal;
 mod login;
 mod oidc;
+mod openapi;
 mod pipeline;
 mod processes;
 mod proxy;
