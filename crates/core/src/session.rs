@@ -28,6 +28,32 @@ pub struct Session {
     pub oidc_sid: Option<String>,
     /// The magic-link access token the session came from.
     pub access_token_id: Option<String>,
+    /// The device it was signed in from, for people reviewing their sessions.
+    pub device: Device,
+}
+
+/// Where a session was signed in from: shown to its owner, never trusted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Device {
+    /// The `User-Agent` at sign-in, at most [`Device::MAX_USER_AGENT`] bytes.
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+}
+
+impl Device {
+    pub const MAX_USER_AGENT: usize = 256;
+
+    /// A device from a `User-Agent` value (cut at a character boundary) and an IP.
+    pub fn new(user_agent: Option<&str>, ip: Option<String>) -> Self {
+        let user_agent = user_agent.map(|ua| {
+            let mut end = ua.len().min(Self::MAX_USER_AGENT);
+            while !ua.is_char_boundary(end) {
+                end -= 1;
+            }
+            ua[..end].to_owned()
+        });
+        Self { user_agent, ip }
+    }
 }
 
 /// Why a session no longer authenticates.
@@ -94,6 +120,7 @@ pub fn new_session(
         revoked_ms: None,
         oidc_sid: None,
         access_token_id: None,
+        device: Device::default(),
     })
 }
 

@@ -52,6 +52,7 @@ impl Minted {
             revoked_ms: None,
             oidc_sid: None,
             access_token_id: None,
+            device: portcullis_core::session::Device::default(),
         };
         Arc::new(Self {
             credential,

@@ -165,6 +165,42 @@ pub const ENDPOINTS: &[Endpoint] = &[
         routes: || post(crate::endpoints::openid::back_channel_logout),
     },
     Endpoint {
+        path: "/sessions",
+        operations: &[op(
+            "get",
+            "Sessions page (HTML): one's own, everyone's for auth.session.list.all",
+            Admin(&[P::SessionList], false),
+        )],
+        routes: || get(crate::admin::sessions_page),
+    },
+    Endpoint {
+        path: "/sessions/end",
+        operations: &[op(
+            "post",
+            "Sessions page form: end one session (csrf_token, session_id)",
+            Admin(&[P::SessionRevoke], true),
+        )],
+        routes: || post(crate::admin::end_session_form),
+    },
+    Endpoint {
+        path: "/sessions/end-others",
+        operations: &[op(
+            "post",
+            "Sessions page form: end all of one's other sessions (csrf_token)",
+            Admin(&[P::SessionRevoke], true),
+        )],
+        routes: || post(crate::admin::end_other_sessions_form),
+    },
+    Endpoint {
+        path: "/audit",
+        operations: &[op(
+            "get",
+            "Audit log page (HTML) with filters",
+            Admin(&[P::AuditRead], false),
+        )],
+        routes: || get(crate::admin::audit_page),
+    },
+    Endpoint {
         path: "/api/openapi.json",
         operations: &[op("get", "This document", Public)],
         routes: || get(openapi_json),

@@ -1,5 +1,6 @@
-//! HTML pages the gateway renders itself: sign-in and errors. They work without
-//! JavaScript, and every interpolated value is escaped by `maud`.
+//! HTML pages the gateway renders itself: sign-in, errors, the sessions page and
+//! the audit log. They work without JavaScript (every action is a form carrying
+//! the CSRF token), and every interpolated value is escaped by `maud`.
 
 use http::StatusCode;
 use maud::{DOCTYPE, Markup, html};
@@ -12,9 +13,18 @@ input{width:100%;box-sizing:border-box;padding:.5rem;border:1px solid #bbb;borde
 button{margin-top:1.2rem;width:100%;padding:.6rem;border:0;border-radius:5px;background:#2d5be3;color:#fff;font-size:1rem}\
 .err{background:#fde8e8;color:#8a1c1c;padding:.5rem .7rem;border-radius:5px;font-size:.9rem}\
 .muted{color:#666;font-size:.8rem}\
-a.provider{display:block;text-align:center;padding:.6rem;border:1px solid #2d5be3;border-radius:5px;color:#2d5be3;text-decoration:none}";
+a.provider{display:block;text-align:center;padding:.6rem;border:1px solid #2d5be3;border-radius:5px;color:#2d5be3;text-decoration:none}\
+main.wide{max-width:70rem;width:90vw}table{border-collapse:collapse;width:100%;font-size:.85rem;margin:.5rem 0 1.5rem}\
+th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px solid #e3e3e3;vertical-align:top}\
+td form button,form.inline button{margin:0;width:auto;padding:.3rem .7rem;font-size:.85rem}\
+form.filters{display:flex;gap:.5rem;align-items:end;flex-wrap:wrap}form.filters label{margin:0}\
+form.filters input,form.filters select{width:auto}.current{font-weight:600}h2{font-size:1.05rem;margin:1.2rem 0 .3rem}";
 
 fn layout(title: &str, body: Markup) -> Markup {
+    page(title, false, body)
+}
+
+fn page(title: &str, wide: bool, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -25,7 +35,7 @@ fn layout(title: &str, body: Markup) -> Markup {
                 title { (title) }
                 style { (STYLE) }
             }
-            body { main { (body) } }
+            body { main.wide[wide] { (body) } }
         }
     }
 }
@@ -74,6 +84,160 @@ pub fn error_page(status: StatusCode, message: &str, error_id: Option<&str>) -> 
             @if let Some(id) = error_id {
                 p.muted { "Error id: " code { (id) } }
             }
+        },
+    )
+}
+
+/// One row of a sessions table.
+#[derive(Debug)]
+pub struct SessionRow {
+    pub id: String,
+    pub user: String,
+    pub provider: String,
+    pub device: String,
+    pub ip: String,
+    pub created: String,
+    pub last_seen: String,
+    pub live_websockets: usize,
+    pub current: bool,
+}
+
+/// What the sessions page shows.
+#[derive(Debug)]
+pub struct SessionsPage<'a> {
+    pub prefix: &'a str,
+    pub user: &'a str,
+    pub csrf: &'a str,
+    pub own: Vec<SessionRow>,
+    /// Everyone's sessions, for those allowed to see them.
+    pub everyone: Option<Vec<SessionRow>>,
+    pub audit_link: bool,
+    pub notice: Option<&'a str>,
+}
+
+fn sessions_table(p: &SessionsPage<'_>, rows: &[SessionRow], with_user: bool) -> Markup {
+    html! {
+        table {
+            thead { tr {
+                @if with_user { th { "User" } }
+                th { "Device" } th { "IP" } th { "Signed in" } th { "Last seen" }
+                th { "Live WebSockets" } th {}
+            } }
+            tbody {
+                @for row in rows {
+                    tr.current[row.current] data-session=(row.id) {
+                        @if with_user { td { (row.user) " " span.muted { "(" (row.provider) ")" } } }
+                        td { (row.device) @if row.current { " " span.muted { "(this browser)" } } }
+                        td { (row.ip) }
+                        td { (row.created) }
+                        td { (row.last_seen) }
+                        td.live { (row.live_websockets) }
+                        td {
+                            @if !row.current {
+                                form method="post" action={ (p.prefix) "/sessions/end" } {
+                                    input type="hidden" name="csrf_token" value=(p.csrf);
+                                    input type="hidden" name="session_id" value=(row.id);
+                                    button type="submit" { "End" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `{prefix}/sessions`: the signed-in user's sessions, and everyone's for admins.
+pub fn sessions_page(p: &SessionsPage<'_>) -> Markup {
+    page(
+        "Sessions",
+        true,
+        html! {
+            h1 { "Sessions of " (p.user) }
+            @if let Some(notice) = p.notice {
+                p.muted role="status" { (notice) }
+            }
+            (sessions_table(p, &p.own, false))
+            @if p.own.iter().any(|s| !s.current) {
+                form.inline method="post" action={ (p.prefix) "/sessions/end-others" } {
+                    input type="hidden" name="csrf_token" value=(p.csrf);
+                    button type="submit" { "End all other sessions" }
+                }
+            }
+            @if let Some(everyone) = &p.everyone {
+                h2 { "Everyone's sessions" }
+                (sessions_table(p, everyone, true))
+            }
+            p.muted {
+                @if p.audit_link { a href={ (p.prefix) "/audit" } { "Audit log" } " · " }
+                a href="/" { "Back to the application" }
+            }
+        },
+    )
+}
+
+/// One row of the audit log page.
+#[derive(Debug)]
+pub struct AuditRow {
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub reason: String,
+    pub ip: String,
+}
+
+/// What the audit page shows.
+#[derive(Debug)]
+pub struct AuditPage<'a> {
+    pub prefix: &'a str,
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub outcome: &'a str,
+    pub rows: Vec<AuditRow>,
+    /// The query string of the next (older) page.
+    pub older: Option<String>,
+}
+
+/// `{prefix}/audit`: the audit log with filters, newest first.
+pub fn audit_page(p: &AuditPage<'_>) -> Markup {
+    page(
+        "Audit log",
+        true,
+        html! {
+            h1 { "Audit log" }
+            form.filters method="get" action={ (p.prefix) "/audit" } {
+                label { "Actor " input name="actor" value=(p.actor); }
+                label { "Action " input name="action" value=(p.action); }
+                label { "Outcome "
+                    select name="outcome" {
+                        option value="" selected[p.outcome.is_empty()] { "any" }
+                        option value="success" selected[p.outcome == "success"] { "success" }
+                        option value="failure" selected[p.outcome == "failure"] { "failure" }
+                    }
+                }
+                button type="submit" { "Filter" }
+            }
+            table {
+                thead { tr {
+                    th { "Time" } th { "Actor" } th { "Action" } th { "Target" }
+                    th { "Outcome" } th { "Reason" } th { "IP" }
+                } }
+                tbody {
+                    @for row in &p.rows {
+                        tr {
+                            td { (row.at) } td { (row.actor) } td { (row.action) } td { (row.target) }
+                            td { (row.outcome) } td { (row.reason) } td { (row.ip) }
+                        }
+                    }
+                }
+            }
+            @if let Some(older) = &p.older {
+                p { a href={ (p.prefix) "/audit?" (older) } { "Older events" } }
+            }
+            p.muted { a href={ (p.prefix) "/sessions" } { "Sessions" } }
         },
     )
 }

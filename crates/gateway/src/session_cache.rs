@@ -230,6 +230,7 @@ fn token_entry(row: portcullis_store::ApiTokenRow) -> Arc<CachedSession> {
         revoked_ms: None,
         oidc_sid: None,
         access_token_id: None,
+        device: portcullis_core::session::Device::default(),
     };
     Arc::new(CachedSession::pseudo(session))
 }
@@ -502,6 +503,7 @@ mod tests {
             revoked_ms: None,
             oidc_sid: Some("sid".into()),
             access_token_id: None,
+            device: portcullis_core::session::Device::default(),
         }
     }
 

@@ -6,7 +6,7 @@ use portcullis_core::session::Session;
 use crate::{Backend, Store, StoreError, on_pool};
 
 const SESSION_COLUMNS: &str = "id, subject, name, email, provider, roles, created_ms, last_seen_ms, \
-     expires_ms, idle_timeout_ms, revoked_ms, oidc_sid, access_token_id";
+     expires_ms, idle_timeout_ms, revoked_ms, oidc_sid, access_token_id, user_agent, ip";
 
 #[derive(sqlx::FromRow)]
 struct SessionRow {
@@ -23,6 +23,8 @@ struct SessionRow {
     revoked_ms: Option<i64>,
     oidc_sid: Option<String>,
     access_token_id: Option<String>,
+    user_agent: Option<String>,
+    ip: Option<String>,
 }
 
 impl From<SessionRow> for Session {
@@ -48,6 +50,10 @@ impl From<SessionRow> for Session {
             revoked_ms: r.revoked_ms,
             oidc_sid: r.oidc_sid,
             access_token_id: r.access_token_id,
+            device: portcullis_core::session::Device {
+                user_agent: r.user_agent,
+                ip: r.ip,
+            },
         }
     }
 }
@@ -95,8 +101,9 @@ impl Store {
         on_pool!(self, pool => {
             sqlx::query(
                 "INSERT INTO sessions (id, subject, name, email, provider, roles, created_ms, \
-                 last_seen_ms, expires_ms, idle_timeout_ms, revoked_ms, oidc_sid, access_token_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                 last_seen_ms, expires_ms, idle_timeout_ms, revoked_ms, oidc_sid, access_token_id, \
+                 user_agent, ip) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
             )
             .bind(&s.id)
             .bind(&s.identity.subject)
@@ -111,6 +118,8 @@ impl Store {
             .bind(s.revoked_ms)
             .bind(&s.oidc_sid)
             .bind(&s.access_token_id)
+            .bind(&s.device.user_agent)
+            .bind(&s.device.ip)
             .execute(pool)
             .await?;
         });

@@ -27,10 +27,12 @@ use crate::pipeline::authorize::{EndpointAccess, authorize_endpoint};
 use crate::state::Gateway;
 
 mod audit;
+mod pages;
 mod sessions;
 mod tokens;
 
 pub use audit::list_audit;
+pub use pages::{audit_page, end_other_sessions_form, end_session_form, sessions_page};
 pub use sessions::{list_sessions, revoke_session, revoke_sessions};
 pub use tokens::{create_token, list_tokens, revoke_token};
 

@@ -40,6 +40,8 @@ fn view(gw: &Gateway, auth: &Authenticated, s: &Session) -> serde_json::Value {
         "email": s.identity.email,
         "provider": s.identity.provider.as_str(),
         "roles": s.identity.roles,
+        "user_agent": s.device.user_agent,
+        "ip": s.device.ip,
         "created_at": rfc3339(s.created_ms),
         "last_seen_at": rfc3339(s.last_seen_ms),
         "expires_at": rfc3339(s.expires_ms),
@@ -110,7 +112,11 @@ pub async fn list_sessions(
 
 /// Ends session `id` for the principal `auth` (it has `auth.session.revoke`;
 /// someone else's session also needs `auth.session.list.all`).
-async fn end_one(call: &AdminCall, auth: &Authenticated, id: &str) -> Result<(), GatewayError> {
+pub(super) async fn end_one(
+    call: &AdminCall,
+    auth: &Authenticated,
+    id: &str,
+) -> Result<(), GatewayError> {
     let gw = &call.gw;
     let target = gw
         .store()

@@ -210,7 +210,10 @@ async fn login(
     }
 
     let identity = gw.config().basic_users.identity(&username);
-    let (session, cookies) = establish_session(gw, identity, None).await.map_err(fail)?;
+    let device = device_of(headers, Some(peer.ip().to_string()));
+    let (session, cookies) = establish_session(gw, identity, None, device)
+        .await
+        .map_err(fail)?;
     event.outcome = "success".into();
     event.actor = username.clone();
     event.target = Some(session.id.clone());
@@ -231,6 +234,17 @@ async fn login(
     Ok(response)
 }
 
+/// The device a sign-in comes from (its `User-Agent`, and the client's address).
+pub(crate) fn device_of(
+    headers: &HeaderMap,
+    ip: Option<String>,
+) -> portcullis_core::session::Device {
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    portcullis_core::session::Device::new(user_agent, ip)
+}
+
 /// Mints a session for `identity`, commits it (a crash after this loses nothing),
 /// caches it, and returns it with its `Set-Cookie` values (session and CSRF).
 /// Shared by every way of signing in.
@@ -238,10 +252,12 @@ pub(crate) async fn establish_session(
     gw: &Gateway,
     identity: Identity,
     oidc_sid: Option<String>,
+    device: portcullis_core::session::Device,
 ) -> Result<(portcullis_core::session::Session, Vec<HeaderValue>), GatewayError> {
     let mut session = new_session(identity, gw.config().session, gw.now(), gw.entropy())
         .map_err(|e| GatewayError::Internal(e.to_string()))?;
     session.oidc_sid = oidc_sid;
+    session.device = device;
     gw.store().insert_session(&session).await?;
     gw.session_cache().insert_new(session.clone());
     let cookie = gw

@@ -5,6 +5,7 @@
 
 mod admin_api;
 mod api_tokens;
+mod browser;
 mod fastpath;
 mod harness;
 mod internal;

@@ -290,12 +290,14 @@ async fn finish_login(
         provider: portcullis_core::identity::IdentityProvider::Oidc(provider.record.id.clone()),
         roles,
     };
-    let (session, cookies) = crate::endpoints::establish_session(gw, identity, claims.sid.clone())
-        .await
-        .map_err(|e| match e {
-            GatewayError::Store(e) => Failure::from(e),
-            other => Failure::new(other.to_string()),
-        })?;
+    let device = crate::endpoints::device_of(headers, event.ip.clone());
+    let (session, cookies) =
+        crate::endpoints::establish_session(gw, identity, claims.sid.clone(), device)
+            .await
+            .map_err(|e| match e {
+                GatewayError::Store(e) => Failure::from(e),
+                other => Failure::new(other.to_string()),
+            })?;
     if metadata.end_session_endpoint.is_some() {
         // Kept server-side only, sealed, for `id_token_hint` at RP-initiated logout.
         let sealed = gw

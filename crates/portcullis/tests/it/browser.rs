@@ -1,0 +1,287 @@
+//! The self-service pages in a real headless browser (Debian's Chromium driven
+//! through its ChromeDriver): sign in, open the sessions page, end another
+//! session and see its live WebSocket close, end all others, read the audit log.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+
+use crate::both_backends;
+use crate::harness::*;
+use crate::websocket::{close_frame, connect_as};
+
+both_backends!(sessions_page_in_a_browser);
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// A ChromeDriver process and a browser session on it; both end on drop.
+pub struct Browser {
+    pub client: Client,
+    driver: Child,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+impl Browser {
+    pub async fn start() -> Self {
+        assert!(
+            std::path::Path::new(CHROMEDRIVER).exists() && std::path::Path::new(CHROMIUM).exists(),
+            "Chromium and ChromeDriver are not installed: run scripts/ensure-browser (scripts/test does)"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": CHROMIUM,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--user-agent=PortcullisTestBrowser/1.0"],
+            }),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        let mut last = None;
+        for _ in 0..100 {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(connector)
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(client) => return Self { client, driver },
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("ChromeDriver did not start: {last:?}");
+    }
+
+    /// The text of the first element matching `css`, waiting for it to appear
+    /// (a submitted form's answer loads after the click returns).
+    /// Waits until the element matching `css` says `needle` (the page a submitted
+    /// form leads to loads after the click returns), and returns its text.
+    async fn wait_text(&self, css: &str, needle: &str) -> String {
+        let mut last = String::new();
+        for _ in 0..200 {
+            if let Ok(element) = self.client.find(Locator::Css(css)).await
+                && let Ok(text) = element.text().await
+            {
+                if text.contains(needle) {
+                    return text;
+                }
+                last = text;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{css} never said {needle:?}; last: {last:?}");
+    }
+
+    /// Waits until the address holds `needle`.
+    async fn wait_url(&self, needle: &str) {
+        for _ in 0..200 {
+            if self
+                .client
+                .current_url()
+                .await
+                .unwrap()
+                .as_str()
+                .contains(needle)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the address never held {needle:?}");
+    }
+
+    /// The text of the first element matching `css`, waiting for it to appear
+    /// (a submitted form's answer loads after the click returns).
+    async fn text(&self, css: &str) -> String {
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+async fn sessions_page_in_a_browser(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let base = format!("http://{}", gw.addr);
+    // Bob is also signed in elsewhere, with a live WebSocket.
+    let phone = gw.login(USER).await;
+    let mut phone_ws = connect_as(gw.addr, &phone).await;
+    let tablet = gw.login(USER).await;
+
+    let browser = Browser::start().await;
+    let b = &browser.client;
+    // Not signed in: the page sends the browser to sign in, and back.
+    b.goto(&format!("{base}/.auth/sessions")).await.unwrap();
+    assert!(
+        b.current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/.auth/login")
+    );
+    b.find(Locator::Css("#username"))
+        .await
+        .unwrap()
+        .send_keys(USER)
+        .await
+        .unwrap();
+    b.find(Locator::Css("#password"))
+        .await
+        .unwrap()
+        .send_keys(PASSWORD)
+        .await
+        .unwrap();
+    b.find(Locator::Css("form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.wait_text("h1", "Sessions of").await;
+    let url = b.current_url().await.unwrap();
+    assert_eq!(url.path(), "/.auth/sessions", "{url}");
+    assert!(browser.text("h1").await.contains(USER));
+
+    // Three sessions: this browser (marked, no End button), the phone with its
+    // live WebSocket, the tablet.
+    let phone_row = format!("tr[data-session='{}']", phone.id());
+    assert_eq!(browser.text(&format!("{phone_row} td.live")).await, "1");
+    let current = browser.text("tr.current").await;
+    assert!(current.contains("PortcullisTestBrowser"), "{current}");
+    assert!(current.contains("this browser"));
+    assert!(
+        b.find_all(Locator::Css("tr.current form"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // End the phone's session: its WebSocket closes with 4401 at once.
+    b.find(Locator::Css(&format!("{phone_row} form button")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let frame = close_frame(&mut phone_ws, Duration::from_secs(1)).await;
+    assert_eq!(frame.map(|f| u16::from(f.code)), Some(4401));
+    browser.wait_text("[role=status]", "was ended").await;
+    assert!(
+        b.find_all(Locator::Css(&phone_row))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        gw.client
+            .get("/echo", &[("cookie", &phone.cookie_header())])
+            .await
+            .status,
+        401
+    );
+
+    // End all others: the tablet goes, this browser stays signed in.
+    b.find(Locator::Css("form.inline button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_text("[role=status]", "All other sessions")
+        .await;
+    assert!(refused_within(&gw.client, &tablet.cookie_header(), Duration::from_secs(1)).await);
+    assert_eq!(b.find_all(Locator::Css("tbody tr")).await.unwrap().len(), 1);
+    // A user has no audit log and no view of everyone's sessions.
+    assert!(
+        b.find_all(Locator::Css("a[href$='/audit']"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    b.goto(&format!("{base}/.auth/audit")).await.unwrap();
+    assert!(browser.text("h1").await.contains("403"));
+
+    // An admin in a fresh browser sees everyone's sessions and the audit log.
+    browser.client.clone().close().await.unwrap();
+    drop(browser);
+    let admin = Browser::start().await;
+    let a = &admin.client;
+    a.goto(&format!("{base}/.auth/login?next=/.auth/sessions"))
+        .await
+        .unwrap();
+    a.find(Locator::Css("#username"))
+        .await
+        .unwrap()
+        .send_keys(ADMIN)
+        .await
+        .unwrap();
+    a.find(Locator::Css("#password"))
+        .await
+        .unwrap()
+        .send_keys(PASSWORD)
+        .await
+        .unwrap();
+    a.find(Locator::Css("form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    admin.wait_text("h2", "Everyone").await;
+    a.find(Locator::Css("a[href$='/audit']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    admin.wait_text("h1", "Audit log").await;
+    let log = admin.text("table").await;
+    assert!(log.contains("auth.session.revoke"), "{log}");
+    // Filters are a plain GET form.
+    a.find(Locator::Css("input[name=action]"))
+        .await
+        .unwrap()
+        .send_keys("auth.login")
+        .await
+        .unwrap();
+    a.find(Locator::Css("form.filters button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    admin.wait_url("action=auth.login").await;
+    let filtered = admin.text("tbody").await;
+    assert!(
+        filtered.contains("auth.login") && !filtered.contains("auth.session.revoke"),
+        "{filtered}"
+    );
+    admin.client.clone().close().await.unwrap();
+}
