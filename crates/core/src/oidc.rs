@@ -262,6 +262,9 @@ pub struct IdClaims {
     pub name: Option<String>,
     pub groups: Vec<String>,
     pub expires_s: i64,
+    /// `acr` and `amr`, when the provider states them (values that could not be
+    /// stored faithfully are dropped, so they can only weaken the assurance).
+    pub assurance: crate::session::Assurance,
 }
 
 /// Validates an ID token (OIDC Core 3.1.3.7): signature and algorithm, `iss`,
@@ -298,7 +301,26 @@ pub fn verify_id_token(
             .map(str::to_owned),
         groups,
         expires_s: exp,
+        assurance: assurance_of(&claims),
     })
+}
+
+fn assurance_of(claims: &Value) -> crate::session::Assurance {
+    use crate::session::Assurance;
+    let acr = string_claim(claims, "acr")
+        .filter(|v| Assurance::is_value(v))
+        .map(str::to_owned);
+    let amr = match claims.get("amr") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|v| Assurance::is_value(v))
+            .take(Assurance::MAX_METHODS)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    };
+    Assurance { acr, amr }
 }
 
 /// Completes ID-token claims from the UserInfo response (OIDC Core 5.3): providers

@@ -17,6 +17,17 @@
 
 use std::borrow::Cow;
 
+use crate::session::Assurance;
+
+/// What a principal must still prove to pass (step-up, SPEC 8).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepUp<'a> {
+    /// `acr_values` to ask the provider for; empty when only methods are missing.
+    pub acr_values: Vec<&'a str>,
+    /// `amr` methods the session lacks.
+    pub amr: Vec<&'a str>,
+}
+
 /// Who may pass a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Allow {
@@ -39,6 +50,10 @@ pub struct RouteRule {
     /// Upper case.
     methods: Option<Vec<String>>,
     allow: Allow,
+    /// OpenID sessions must have been authenticated with one of these `acr`.
+    require_acr: Vec<String>,
+    /// OpenID sessions must have been authenticated with all these `amr`.
+    require_amr: Vec<String>,
 }
 
 /// A rule's fields as written in configuration.
@@ -49,6 +64,10 @@ pub struct RouteSpec {
     pub methods: Option<Vec<String>>,
     /// Role names, or exactly `["anonymous"]` or `["authenticated"]`.
     pub allow: Vec<String>,
+    /// Step-up: any one of these ID-token `acr` values.
+    pub require_acr: Vec<String>,
+    /// Step-up: all of these ID-token `amr` values (RFC 8176: `mfa`, `hwk`, …).
+    pub require_amr: Vec<String>,
 }
 
 /// `allow` values that are not role names.
@@ -116,10 +135,31 @@ impl RouteRule {
                 Allow::Roles(roles.to_vec())
             }
         };
+        for (name, values) in [
+            ("require_acr", &spec.require_acr),
+            ("require_amr", &spec.require_amr),
+        ] {
+            for value in values {
+                if !crate::session::Assurance::is_value(value) {
+                    problems.push(format!(
+                        "{name}: {value:?} is not a value (1 to 64 printable characters, no commas or spaces)"
+                    ));
+                }
+            }
+        }
+        if allow == Allow::Anonymous
+            && !(spec.require_acr.is_empty() && spec.require_amr.is_empty())
+        {
+            problems.push(
+                "require_acr and require_amr need a signed-in identity, not anonymous".into(),
+            );
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
         Ok(Self {
+            require_acr: spec.require_acr.clone(),
+            require_amr: spec.require_amr.clone(),
             folded_prefix: prefix.to_ascii_lowercase(),
             path_prefix: prefix.to_owned(),
             host,
@@ -217,6 +257,36 @@ impl<'a> Decision<'a> {
             Allow::Anonymous | Allow::Authenticated => true,
             Allow::Roles(roles) => roles.iter().any(|r| has_role(r)),
         })
+    }
+
+    /// The step-up a principal authenticated with `assurance` still needs to pass
+    /// every rule, if any: `acr` values to ask the provider for (those of the
+    /// first rule whose `acr` is unmet) and whether `amr` methods are missing.
+    pub fn unmet_assurance(&self, assurance: &Assurance) -> Option<StepUp<'a>> {
+        let mut step = StepUp::default();
+        let mut unmet = false;
+        for rule in &self.rules {
+            let acr_ok = rule.require_acr.is_empty()
+                || assurance
+                    .acr
+                    .as_ref()
+                    .is_some_and(|acr| rule.require_acr.contains(acr));
+            if !acr_ok {
+                unmet = true;
+                if step.acr_values.is_empty() {
+                    step.acr_values = rule.require_acr.iter().map(String::as_str).collect();
+                }
+            }
+            for method in &rule.require_amr {
+                if !assurance.amr.contains(method) {
+                    unmet = true;
+                    if !step.amr.contains(&method.as_str()) {
+                        step.amr.push(method);
+                    }
+                }
+            }
+        }
+        unmet.then_some(step)
     }
 
     /// The rules that decided, for the audit trail.
@@ -777,6 +847,61 @@ mod tests {
     }
 
     #[test]
+    fn step_up_requirements() {
+        let rules = RouteRules::from_specs(&[
+            RouteSpec {
+                require_amr: vec!["mfa".into()],
+                ..rule("/admin/", &["authenticated"])
+            },
+            RouteSpec {
+                require_acr: vec!["urn:gold".into(), "urn:platinum".into()],
+                ..rule("/vault/", &["authenticated"])
+            },
+        ])
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let decide = |path: &'static str| {
+            rules.decide(&RouteRequest {
+                host: None,
+                method: "GET",
+                method_overrides: &[],
+                path,
+            })
+        };
+        let plain = Assurance::default();
+        let mfa = Assurance {
+            acr: Some("urn:silver".into()),
+            amr: vec!["pwd".into(), "mfa".into()],
+        };
+        let gold = Assurance {
+            acr: Some("urn:gold".into()),
+            amr: vec!["pwd".into()],
+        };
+        // (path, assurance, unmet acr values, unmet methods)
+        for (path, assurance, acr, amr) in [
+            ("/other", &plain, None, None),
+            ("/admin/x", &plain, Some(vec![]), Some(vec!["mfa"])),
+            ("/admin/x", &mfa, None, None),
+            // Case folding reads /ADMIN/ as /admin/: the step-up applies too.
+            ("/ADMIN/x", &plain, Some(vec![]), Some(vec!["mfa"])),
+            (
+                "/vault/x",
+                &mfa,
+                Some(vec!["urn:gold", "urn:platinum"]),
+                Some(vec![]),
+            ),
+            ("/vault/x", &gold, None, None),
+        ] {
+            let unmet = decide(path).unmet_assurance(assurance);
+            assert_eq!(
+                unmet.as_ref().map(|s| s.acr_values.clone()),
+                acr,
+                "{path} {assurance:?}"
+            );
+            assert_eq!(unmet.map(|s| s.amr), amr, "{path} {assurance:?}");
+        }
+    }
+
+    #[test]
     fn invalid_rules_are_reported() {
         for (spec, needle) in [
             (rule("admin/", &["admin"]), "must start with /"),
@@ -791,6 +916,20 @@ mod tests {
                 "cannot be combined",
             ),
             (rule("/a/", &["bad role"]), "not a role name"),
+            (
+                RouteSpec {
+                    require_amr: vec!["m f a".into()],
+                    ..rule("/a/", &["admin"])
+                },
+                "require_amr",
+            ),
+            (
+                RouteSpec {
+                    require_acr: vec!["urn:x".into()],
+                    ..rule("/a/", &["anonymous"])
+                },
+                "not anonymous",
+            ),
             (
                 RouteSpec {
                     methods: Some(vec![]),

@@ -30,6 +30,32 @@ pub struct Session {
     pub access_token_id: Option<String>,
     /// The device it was signed in from, for people reviewing their sessions.
     pub device: Device,
+    /// How the identity provider authenticated the user (OpenID sessions).
+    pub assurance: Assurance,
+}
+
+/// How strongly a sign-in was authenticated, as the OpenID provider stated it in
+/// the ID token: `acr` (Authentication Context Class Reference) and `amr`
+/// (Authentication Methods References, RFC 8176, e.g. `pwd`, `mfa`, `hwk`).
+/// Route rules may require them (step-up).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Assurance {
+    pub acr: Option<String>,
+    pub amr: Vec<String>,
+}
+
+impl Assurance {
+    /// Values kept from an ID token: at most 16 methods, each 1 to 64 bytes of
+    /// printable ASCII without commas (they are stored comma-joined).
+    pub const MAX_METHODS: usize = 16;
+
+    pub fn is_value(value: &str) -> bool {
+        (1..=64).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_graphic() && b != b',')
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.acr.is_none() && self.amr.is_empty()
+    }
 }
 
 /// Where a session was signed in from: shown to its owner, never trusted.
@@ -121,6 +147,7 @@ pub fn new_session(
         oidc_sid: None,
         access_token_id: None,
         device: Device::default(),
+        assurance: Assurance::default(),
     })
 }
 

@@ -56,6 +56,14 @@ pub enum GatewayError {
     HostNotAllowed,
     #[error("forbidden")]
     Forbidden,
+    /// A route rule needs a stronger sign-in than the session's (step-up): a
+    /// browser is sent through its provider again (`login_url`); others get 401
+    /// with the RFC 9470 challenge naming `acr_values`.
+    #[error("step-up authentication required")]
+    StepUp {
+        login_url: String,
+        acr_values: String,
+    },
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     #[error("not found")]
@@ -108,9 +116,9 @@ impl GatewayError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::Unauthenticated | GatewayError::InvalidCredentials => {
-                StatusCode::UNAUTHORIZED
-            }
+            GatewayError::Unauthenticated
+            | GatewayError::InvalidCredentials
+            | GatewayError::StepUp { .. } => StatusCode::UNAUTHORIZED,
             GatewayError::CredentialRejected
             | GatewayError::Csrf
             | GatewayError::OriginNotAllowed
@@ -138,6 +146,7 @@ impl GatewayError {
             GatewayError::Unauthenticated => "unauthenticated",
             GatewayError::InvalidCredentials => "invalid_credentials",
             GatewayError::CredentialRejected | GatewayError::Forbidden => "forbidden",
+            GatewayError::StepUp { .. } => "insufficient_user_authentication",
             GatewayError::Csrf => "csrf_failed",
             GatewayError::OriginNotAllowed => "origin_not_allowed",
             GatewayError::HostNotAllowed => "host_not_allowed",
@@ -167,6 +176,9 @@ impl GatewayError {
             GatewayError::HostNotAllowed => "Host header is not allowed for this gateway.".into(),
             GatewayError::CredentialRejected | GatewayError::Forbidden => {
                 "You do not have access to this resource.".into()
+            }
+            GatewayError::StepUp { .. } => {
+                "This resource needs a stronger sign-in with your identity provider.".into()
             }
             GatewayError::BadRequest(why) => format!("Bad request: {why}."),
             GatewayError::NotFound => "Not found.".into(),
@@ -202,6 +214,7 @@ impl GatewayError {
             GatewayError::CredentialRejected => Some((CLOSE_REJECTED, "credential rejected")),
             GatewayError::OriginNotAllowed => Some((CLOSE_REJECTED, "origin not allowed")),
             GatewayError::Forbidden | GatewayError::Csrf => Some((CLOSE_REJECTED, "forbidden")),
+            GatewayError::StepUp { .. } => Some((CLOSE_REJECTED, "step-up required")),
             GatewayError::Upstream(_) => Some((CLOSE_UPSTREAM_FAILED, "upstream unavailable")),
             _ => None,
         }
@@ -219,7 +232,19 @@ impl GatewayError {
     /// For responses built elsewhere on an error (the sign-in form re-rendered).
     pub fn decorate(&self, headers: &mut HeaderMap) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if self.status() == StatusCode::UNAUTHORIZED {
+        if let GatewayError::StepUp { acr_values, .. } = self {
+            // RFC 9470 section 3: the challenge of a step-up.
+            let mut challenge = String::from(
+                "Bearer realm=\"portcullis\", error=\"insufficient_user_authentication\", \
+                 error_description=\"A stronger sign-in is required\"",
+            );
+            if !acr_values.is_empty() {
+                challenge.push_str(&format!(", acr_values=\"{acr_values}\""));
+            }
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                headers.insert(header::WWW_AUTHENTICATE, value);
+            }
+        } else if self.status() == StatusCode::UNAUTHORIZED {
             headers.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"portcullis\""),
@@ -267,6 +292,13 @@ impl GatewayError {
 
     /// The response, as an HTML page when the client is a browser navigation.
     pub fn into_response_for(self, wants_html: bool) -> Response {
+        if let (true, GatewayError::StepUp { login_url, .. }) = (wants_html, &self) {
+            let mut response = GatewayError::unauthenticated(true, login_url);
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return response;
+        }
         let status = self.status();
         let error_id = self.log();
         let error_id = error_id.as_ref().map(RequestId::as_str);

@@ -53,6 +53,7 @@ impl Minted {
             oidc_sid: None,
             access_token_id: None,
             device: portcullis_core::session::Device::default(),
+            assurance: portcullis_core::session::Assurance::default(),
         };
         Arc::new(Self {
             credential,

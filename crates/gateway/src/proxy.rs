@@ -42,6 +42,7 @@ pub async fn handle(
         method: &parts.method,
         host: request_host(&parts.headers, &parts.uri),
         path: &path,
+        query: parts.uri.query(),
         method_overrides: &overrides,
         origin: None,
         upgrade: false,

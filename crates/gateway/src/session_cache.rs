@@ -21,7 +21,7 @@ use crate::expiring::{ExpiringMap, Keyed};
 pub use crate::identity::{IdentityFields, Roles};
 use portcullis_core::clock::Millis;
 use portcullis_core::identity::{IdentityProvider, PrincipalKind};
-use portcullis_core::session::{Session, SessionEnd};
+use portcullis_core::session::{Assurance, Session, SessionEnd};
 use portcullis_store::{Store, StoreError};
 use tokio::sync::mpsc;
 
@@ -49,6 +49,8 @@ pub struct CachedSession {
     header_safe: bool,
     expires_ms: Millis,
     idle_timeout_ms: Option<Millis>,
+    /// `acr`/`amr` of an OpenID sign-in (boxed: most sessions have none).
+    assurance: Option<Box<Assurance>>,
     last_seen: AtomicI64,
     persisted_seen: AtomicI64,
     queued: AtomicBool,
@@ -136,6 +138,7 @@ impl CachedSession {
             has_email: identity.email.is_some(),
             expires_ms: session.expires_ms,
             idle_timeout_ms: session.idle_timeout_ms,
+            assurance: (!session.assurance.is_empty()).then(|| Box::new(session.assurance.clone())),
             last_seen: AtomicI64::new(session.last_seen_ms),
             persisted_seen: AtomicI64::new(persisted_seen),
             queued: AtomicBool::new(queued),
@@ -159,6 +162,15 @@ impl CachedSession {
 
     pub fn provider(&self) -> IdentityProvider {
         IdentityProvider::from_stored(self.provider_name())
+    }
+
+    /// How the provider authenticated this sign-in (empty for other sessions).
+    pub fn assurance(&self) -> &Assurance {
+        static NONE: Assurance = Assurance {
+            acr: None,
+            amr: Vec::new(),
+        };
+        self.assurance.as_deref().unwrap_or(&NONE)
     }
 
     pub fn expires_ms(&self) -> Millis {
@@ -231,6 +243,7 @@ fn token_entry(row: portcullis_store::ApiTokenRow) -> Arc<CachedSession> {
         oidc_sid: None,
         access_token_id: None,
         device: portcullis_core::session::Device::default(),
+        assurance: Assurance::default(),
     };
     Arc::new(CachedSession::pseudo(session))
 }
@@ -504,6 +517,7 @@ mod tests {
             oidc_sid: Some("sid".into()),
             access_token_id: None,
             device: portcullis_core::session::Device::default(),
+            assurance: Assurance::default(),
         }
     }
 

@@ -147,6 +147,7 @@ pub async fn handle(
         method: request.method(),
         host: request_host(headers, request.uri()),
         path: &path,
+        query: request.uri().query(),
         method_overrides: &overrides,
         origin: headers.get(header::ORIGIN).map(HeaderValue::as_bytes),
         upgrade: true,

@@ -127,6 +127,12 @@ pub struct RawRoute {
     pub methods: Option<Vec<String>>,
     /// Role names, `"anonymous"` or `"authenticated"`: a string or a list.
     pub allow: OneOrMany,
+    /// Step-up for OpenID sessions: any one of these `acr` values.
+    #[serde(default)]
+    pub require_acr: Vec<String>,
+    /// Step-up for OpenID sessions: all of these `amr` values (e.g. `["mfa"]`).
+    #[serde(default)]
+    pub require_amr: Vec<String>,
 }
 
 /// A string or a list of strings.
@@ -558,6 +564,8 @@ impl RawSettings {
                 host: raw.host.clone(),
                 methods: raw.methods.clone(),
                 allow: raw.allow.to_vec(),
+                require_acr: raw.require_acr.clone(),
+                require_amr: raw.require_amr.clone(),
             })
             .collect();
         for (n, spec) in specs.iter().enumerate() {
@@ -1020,9 +1028,20 @@ mod tests {
                 Err("auth prefix"),
             ),
             (
-                "step-up is not a route key yet",
-                "[[routes]]\npath_prefix = \"/a/\"\nallow = \"admin\"\nrequire_amr = [\"mfa\"]\n",
-                Err("require_amr"),
+                "step-up",
+                "[[routes]]\npath_prefix = \"/a/\"\nallow = \"admin\"\nrequire_amr = [\"mfa\"]\n\
+                 require_acr = [\"urn:gold\"]\n",
+                Ok(1),
+            ),
+            (
+                "step-up on an anonymous route",
+                "[[routes]]\npath_prefix = \"/a/\"\nallow = \"anonymous\"\nrequire_amr = [\"mfa\"]\n",
+                Err("not anonymous"),
+            ),
+            (
+                "unknown route key",
+                "[[routes]]\npath_prefix = \"/a/\"\nallow = \"admin\"\nrequire_mfa = true\n",
+                Err("require_mfa"),
             ),
             (
                 "configured role",

@@ -6,7 +6,7 @@ use portcullis_core::session::Session;
 use crate::{Backend, Store, StoreError, on_pool};
 
 const SESSION_COLUMNS: &str = "id, subject, name, email, provider, roles, created_ms, last_seen_ms, \
-     expires_ms, idle_timeout_ms, revoked_ms, oidc_sid, access_token_id, user_agent, ip";
+     expires_ms, idle_timeout_ms, revoked_ms, oidc_sid, access_token_id, user_agent, ip, acr, amr";
 
 #[derive(sqlx::FromRow)]
 struct SessionRow {
@@ -25,6 +25,9 @@ struct SessionRow {
     access_token_id: Option<String>,
     user_agent: Option<String>,
     ip: Option<String>,
+    acr: Option<String>,
+    /// Comma-joined.
+    amr: Option<String>,
 }
 
 impl From<SessionRow> for Session {
@@ -53,6 +56,16 @@ impl From<SessionRow> for Session {
             device: portcullis_core::session::Device {
                 user_agent: r.user_agent,
                 ip: r.ip,
+            },
+            assurance: portcullis_core::session::Assurance {
+                acr: r.acr,
+                amr: r
+                    .amr
+                    .iter()
+                    .flat_map(|a| a.split(','))
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
             },
         }
     }
@@ -102,8 +115,8 @@ impl Store {
             sqlx::query(
                 "INSERT INTO sessions (id, subject, name, email, provider, roles, created_ms, \
                  last_seen_ms, expires_ms, idle_timeout_ms, revoked_ms, oidc_sid, access_token_id, \
-                 user_agent, ip) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                 user_agent, ip, acr, amr) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
             )
             .bind(&s.id)
             .bind(&s.identity.subject)
@@ -120,6 +133,8 @@ impl Store {
             .bind(&s.access_token_id)
             .bind(&s.device.user_agent)
             .bind(&s.device.ip)
+            .bind(&s.assurance.acr)
+            .bind((!s.assurance.amr.is_empty()).then(|| s.assurance.amr.join(",")))
             .execute(pool)
             .await?;
         });

@@ -459,6 +459,7 @@ fn userinfo_completes_but_never_overrides_or_switches_subject() {
         name: Some("From ID token".into()),
         groups: Vec::new(),
         expires_s: NOW,
+        assurance: Default::default(),
     };
     let mut claims = base.clone();
     merge_userinfo(
@@ -541,5 +542,42 @@ fn downgrade_rows() {
     ];
     for (name, new, is_downgrade) in rows {
         assert_eq!(downgrade(&base, &new).is_some(), is_downgrade, "{name}");
+    }
+}
+
+#[test]
+fn assurance_rows() {
+    use crate::session::Assurance;
+    let long = "x".repeat(65);
+    let many: Vec<String> = (0..20).map(|n| format!("m{n}")).collect();
+    // (claims, acr, amr)
+    let rows: Vec<(serde_json::Value, Option<&str>, Vec<&str>)> = vec![
+        (serde_json::json!({}), None, vec![]),
+        (
+            serde_json::json!({"acr": "urn:gold", "amr": ["pwd", "mfa"]}),
+            Some("urn:gold"),
+            vec!["pwd", "mfa"],
+        ),
+        // Values that could not be stored faithfully only weaken the assurance.
+        (
+            serde_json::json!({"acr": "a,b", "amr": ["mfa,hwk", "", 7, "otp", long]}),
+            None,
+            vec!["otp"],
+        ),
+        (serde_json::json!({"acr": 3, "amr": "mfa"}), None, vec![]),
+        (serde_json::json!({"amr": many}), None, vec![]),
+    ];
+    for (claims, acr, amr) in rows {
+        let got: Assurance = super::assurance_of(&claims);
+        assert_eq!(got.acr.as_deref(), acr, "{claims}");
+        if claims
+            .get("amr")
+            .and_then(|a| a.as_array())
+            .is_some_and(|a| a.len() == 20)
+        {
+            assert_eq!(got.amr.len(), Assurance::MAX_METHODS);
+        } else {
+            assert_eq!(got.amr, amr, "{claims}");
+        }
     }
 }

@@ -19,7 +19,7 @@ mod websocket;
 
 pub use health::{healthz, readyz};
 pub use identity::{me, verify};
-pub(crate) use signin::{device_of, establish_session};
+pub(crate) use signin::{SignIn, device_of, establish_session};
 pub use signin::{login_page, login_submit, logout};
 pub use websocket::{capabilities, ws_ticket};
 

@@ -211,9 +211,13 @@ async fn login(
 
     let identity = gw.config().basic_users.identity(&username);
     let device = device_of(headers, Some(peer.ip().to_string()));
-    let (session, cookies) = establish_session(gw, identity, None, device)
-        .await
-        .map_err(fail)?;
+    let signed_in = SignIn {
+        identity,
+        oidc_sid: None,
+        device,
+        assurance: portcullis_core::session::Assurance::default(),
+    };
+    let (session, cookies) = establish_session(gw, signed_in).await.map_err(fail)?;
     event.outcome = "success".into();
     event.actor = username.clone();
     event.target = Some(session.id.clone());
@@ -234,6 +238,16 @@ async fn login(
     Ok(response)
 }
 
+/// Who signed in, and how: what a new session records.
+#[derive(Debug)]
+pub(crate) struct SignIn {
+    pub identity: Identity,
+    /// The provider's session id, for back-channel logout.
+    pub oidc_sid: Option<String>,
+    pub device: portcullis_core::session::Device,
+    pub assurance: portcullis_core::session::Assurance,
+}
+
 /// The device a sign-in comes from (its `User-Agent`, and the client's address).
 pub(crate) fn device_of(
     headers: &HeaderMap,
@@ -250,14 +264,18 @@ pub(crate) fn device_of(
 /// Shared by every way of signing in.
 pub(crate) async fn establish_session(
     gw: &Gateway,
-    identity: Identity,
-    oidc_sid: Option<String>,
-    device: portcullis_core::session::Device,
+    signed_in: SignIn,
 ) -> Result<(portcullis_core::session::Session, Vec<HeaderValue>), GatewayError> {
-    let mut session = new_session(identity, gw.config().session, gw.now(), gw.entropy())
-        .map_err(|e| GatewayError::Internal(e.to_string()))?;
-    session.oidc_sid = oidc_sid;
-    session.device = device;
+    let mut session = new_session(
+        signed_in.identity,
+        gw.config().session,
+        gw.now(),
+        gw.entropy(),
+    )
+    .map_err(|e| GatewayError::Internal(e.to_string()))?;
+    session.oidc_sid = signed_in.oidc_sid;
+    session.device = signed_in.device;
+    session.assurance = signed_in.assurance;
     gw.store().insert_session(&session).await?;
     gw.session_cache().insert_new(session.clone());
     let cookie = gw

@@ -142,6 +142,8 @@ pub async fn serve(
             method: &plan.method,
             host: None,
             path,
+            // A refusal is answered by the general path, which has the query.
+            query: None,
             method_overrides: &[],
             origin: None,
             upgrade: false,

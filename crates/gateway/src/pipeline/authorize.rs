@@ -18,8 +18,8 @@
 use std::net::SocketAddr;
 
 use http::{HeaderMap, Method};
-use portcullis_core::identity::{Permission, PrincipalKind};
-use portcullis_core::routes::{Decision, RouteRequest, RouteRule};
+use portcullis_core::identity::{IdentityProvider, Permission, PrincipalKind};
+use portcullis_core::routes::{Decision, RouteRequest, RouteRule, StepUp};
 use serde::Deserialize;
 
 use super::authenticate::Authenticated;
@@ -38,6 +38,8 @@ pub struct UpstreamAccess<'a> {
     /// The canonical path the upstream receives (without the query), from
     /// [`portcullis_core::routes::canonical_path`].
     pub path: &'a str,
+    /// The query, for the way back after a step-up sign-in.
+    pub query: Option<&'a str>,
     /// Values of method-override headers, which some frameworks obey.
     pub method_overrides: &'a [&'a str],
     /// The `Origin` header, if any.
@@ -97,7 +99,49 @@ pub fn authorize_upstream(
         );
         return Err(GatewayError::Forbidden);
     }
+    if let Some(step) = decision.unmet_assurance(auth.session.assurance()) {
+        return Err(step_up(gw, auth, access, &step));
+    }
     Ok(())
+}
+
+/// The answer to a session whose sign-in is not strong enough for a route: an
+/// OpenID session signs in at its provider again (`prompt=login`, with the
+/// rule's `acr_values`) and comes back to the same address; nothing else can
+/// step up, so anything else is refused.
+fn step_up(
+    gw: &Gateway,
+    auth: &Authenticated,
+    access: &UpstreamAccess<'_>,
+    step: &StepUp<'_>,
+) -> GatewayError {
+    let provider = auth.identity().provider_name();
+    let is_oidc = IdentityProvider::from_stored(provider).oidc_id().is_some();
+    tracing::info!(
+        subject = auth.identity().subject(),
+        path = access.path,
+        acr_values = ?step.acr_values,
+        amr = ?step.amr,
+        "step-up required by a route rule"
+    );
+    if !is_oidc || PrincipalKind::of(auth.session_id()) != PrincipalKind::Session {
+        return GatewayError::Forbidden;
+    }
+    let acr_values = step.acr_values.join(" ");
+    let next = crate::upstream::rewrite::with_query(access.path, access.query);
+    let mut pairs = vec![("provider", provider), ("next", &next), ("prompt", "login")];
+    if !acr_values.is_empty() {
+        pairs.push(("acr_values", &acr_values));
+    }
+    let login_url = format!(
+        "{}/oidc/login?{}",
+        gw.config().auth_prefix,
+        serde_urlencoded::to_string(pairs).unwrap_or_default()
+    );
+    GatewayError::StepUp {
+        login_url,
+        acr_values,
+    }
 }
 
 /// Cookies are a browser credential, and browsers always send `Origin` on a

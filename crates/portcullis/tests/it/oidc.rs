@@ -1126,6 +1126,7 @@ async fn logout_tokens_apply_all_or_nothing(backend: Backend) {
 }
 
 both_backends!(
+    step_up_through_the_provider,
     logout_tokens_apply_all_or_nothing,
     unknown_kids_refetch_keys_at_most_once_per_window,
     back_channel_logout_reaches_every_replica,
@@ -1135,3 +1136,155 @@ both_backends!(
     es256_with_client_secret_post_and_unmapped_groups,
     negative_cases,
 );
+
+/// Route rules requiring `amr`/`acr` (SPEC 8 step-up): an OpenID session without
+/// them is sent through its provider again (`prompt=login`, the rule's
+/// `acr_values`) and comes back as a session that has them; a provider that cannot
+/// satisfy the rule ends in 403, not in a loop; API clients get RFC 9470's 401;
+/// sessions that cannot step up (basic users) get 403.
+async fn step_up_through_the_provider(backend: Backend) {
+    use portcullis_core::routes::{RouteRules, RouteSpec};
+    let db = TestDb::new(backend).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let op = TestProvider::start(listener.local_addr().unwrap(), &db.dir);
+    let specs = vec![op.spec("rs", "portcullis-rs", &["RS256"])];
+    let rules = RouteRules::from_specs(&[
+        RouteSpec {
+            path_prefix: "/admin/".into(),
+            allow: vec!["authenticated".into()],
+            require_amr: vec!["mfa".into()],
+            ..RouteSpec::default()
+        },
+        RouteSpec {
+            path_prefix: "/vault/".into(),
+            allow: vec!["authenticated".into()],
+            require_acr: vec!["urn:portcullis:test:hardware".into()],
+            ..RouteSpec::default()
+        },
+    ])
+    .unwrap();
+    let gw = TestGateway::start_listening(&db, listener, |c| {
+        c.oidc_providers = specs;
+        c.routes = rules;
+    })
+    .await;
+    let base = format!("http://{}", gw.addr);
+    let browser = Browser::new();
+    let response = browser.sign_in(&gw, &op, "rs", "ada").await;
+    assert_eq!(response.status(), 200);
+    let weak = browser
+        .cookie(&format!("{base}/"), "portcullis_session")
+        .unwrap();
+    let weak = format!("portcullis_session={weak}");
+    // Elsewhere the password sign-in is enough.
+    assert_eq!(
+        gw.client.get("/echo", &[("cookie", &weak)]).await.status,
+        200
+    );
+
+    // An API client gets the RFC 9470 challenge.
+    let r = gw.client.get("/admin/x", &[("cookie", &weak)]).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.json()["error"], "insufficient_user_authentication");
+    let challenge = r.header("www-authenticate").unwrap();
+    assert!(
+        challenge.contains(r#"error="insufficient_user_authentication""#),
+        "{challenge}"
+    );
+    // A browser is sent to its provider with prompt=login (and the rule's acr_values).
+    let r = gw
+        .client
+        .get(
+            "/vault/x?q=1",
+            &[("cookie", &weak), ("accept", "text/html")],
+        )
+        .await;
+    assert_eq!(r.status, 302);
+    let location = r.header("location").unwrap();
+    assert!(
+        location.starts_with("/.auth/oidc/login?provider=rs&"),
+        "{location}"
+    );
+    assert!(location.contains("prompt=login"), "{location}");
+    assert!(
+        location.contains("acr_values=urn%3Aportcullis%3Atest%3Ahardware"),
+        "{location}"
+    );
+    assert!(location.contains("next=%2Fvault%2Fx%3Fq%3D1"), "{location}");
+
+    // Through the provider again, this time with a second factor: back at the
+    // address asked for, as a session that has it.
+    let start = browser
+        .follow
+        .get(format!("{base}/admin/x?after=step-up"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    let done = browser
+        .through_provider(&browser.follow, start, &op, "ada+mfa")
+        .await;
+    assert_eq!(
+        done.status(),
+        200,
+        "{} {:?}",
+        done.url(),
+        audit_reasons(&gw, "auth.oidc.step_up").await
+    );
+    assert_eq!(done.url().path(), "/admin/x");
+    assert_eq!(done.url().query(), Some("after=step-up"));
+    let seen: Value = done.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-forwarded-user"][0], "ada");
+    let strong = browser
+        .cookie(&format!("{base}/"), "portcullis_session")
+        .unwrap();
+    assert_ne!(
+        format!("portcullis_session={strong}"),
+        weak,
+        "a new session"
+    );
+    let strong = format!("portcullis_session={strong}");
+    assert_eq!(
+        gw.client
+            .get("/admin/y", &[("cookie", &strong)])
+            .await
+            .status,
+        200
+    );
+    // The weaker session is still refused there.
+    assert_eq!(
+        gw.client.get("/admin/y", &[("cookie", &weak)]).await.status,
+        401
+    );
+
+    // A requirement the provider cannot meet ends in 403 after one round, and is audited.
+    let start = browser
+        .follow
+        .get(format!("{base}/vault/x"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    let done = browser
+        .through_provider(&browser.follow, start, &op, "ada+mfa")
+        .await;
+    assert_eq!(done.status(), 403, "{}", done.url());
+    assert!(
+        done.url().path().ends_with("/oidc/callback"),
+        "{}",
+        done.url()
+    );
+    let reasons = audit_reasons(&gw, "auth.oidc.step_up").await;
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+
+    // A basic user's session cannot step up: 403.
+    let bob = gw.login(USER).await;
+    let r = gw
+        .client
+        .get(
+            "/admin/x",
+            &[("cookie", &bob.cookie_header()), ("accept", "text/html")],
+        )
+        .await;
+    assert_eq!(r.status, 403);
+}

@@ -1,7 +1,9 @@
 // A real OpenID provider for Portcullis's end-to-end tests: `oidc-provider` (an
 // OpenID Certified implementation) on loopback, with one RS256 client and one ES256
 // client for the gateway, back-channel logout enabled, and the development login
-// and consent forms (any login name, any password).
+// and consent forms (any login name, any password). A login name with `+` suffixes
+// names the methods used (`ada+mfa` signs in as `ada` with amr ["pwd", "mfa"] and
+// acr "urn:portcullis:test:mfa"), so tests can prove step-up.
 //
 // Environment:
 //   REDIRECT_URI   the gateway's callback, e.g. http://127.0.0.1:4180/.auth/oidc/callback
@@ -71,7 +73,9 @@ server.listen(0, '127.0.0.1', () => {
     ],
     jwks: { keys: [jwk(rsa, 'rsa-1', 'RS256'), jwk(ec, 'ec-1', 'ES256')] },
     findAccount,
-    claims: { openid: ['sub'], email: ['email'], profile: ['name', 'groups'] },
+    // `acr` and `amr` in every ID token, as most providers send them.
+    claims: { openid: ['sub', 'acr', 'amr'], email: ['email'], profile: ['name', 'groups'] },
+    acrValues: ['urn:portcullis:test:pwd', 'urn:portcullis:test:mfa'],
     features: {
       devInteractions: { enabled: true },
       backchannelLogout: { enabled: true },
@@ -86,6 +90,18 @@ server.listen(0, '127.0.0.1', () => {
     },
     cookies: { keys: ['portcullis-test-cookie-key'] },
   });
+  // The development login form sets only the account; methods come from the name.
+  const finish = provider.interactionFinished.bind(provider);
+  provider.interactionFinished = (req, res, result, options) => {
+    const login = result && result.login;
+    if (login && typeof login.accountId === 'string') {
+      const [accountId, ...methods] = login.accountId.split('+');
+      const amr = ['pwd', ...methods];
+      const acr = methods.includes('mfa') ? 'urn:portcullis:test:mfa' : 'urn:portcullis:test:pwd';
+      result = { ...result, login: { ...login, accountId, amr, acr } };
+    }
+    return finish(req, res, result, options);
+  };
   provider.on('backchannel.error', (ctx, err) => console.error('backchannel.error', err.message));
   // Counts key-set fetches, so tests can prove the gateway's refetch rate limit.
   let jwksFetches = 0;

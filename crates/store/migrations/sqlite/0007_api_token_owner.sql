@@ -6,3 +6,6 @@ CREATE INDEX api_tokens_subject ON api_tokens (subject);
 -- The device a session was signed in from, shown on the sessions page.
 ALTER TABLE sessions ADD COLUMN user_agent TEXT;
 ALTER TABLE sessions ADD COLUMN ip TEXT;
+-- How the OpenID provider authenticated the sign-in (step-up route rules).
+ALTER TABLE sessions ADD COLUMN acr TEXT;
+ALTER TABLE sessions ADD COLUMN amr TEXT;

@@ -53,6 +53,46 @@ pub(super) fn form_encode(pairs: &[(&str, &str)]) -> String {
 pub struct LoginQuery {
     provider: Option<String>,
     next: Option<String>,
+    /// `login`: authenticate again even with a session at the provider (step-up).
+    prompt: Option<String>,
+    /// Space-separated `acr` values to ask the provider for (step-up).
+    acr_values: Option<String>,
+}
+
+/// What a sign-in asks of the provider beyond identifying the user.
+#[derive(Debug, Default)]
+struct Ask<'a> {
+    prompt_login: bool,
+    acr_values: Option<&'a str>,
+}
+
+impl<'a> Ask<'a> {
+    /// Only `prompt=login` and a few well-formed `acr` values are passed on.
+    fn from_query(query: &'a LoginQuery) -> Result<Self, Failure> {
+        let prompt_login = match query.prompt.as_deref() {
+            None => false,
+            Some("login") => true,
+            Some(_) => return Err(Failure::new("bad_prompt")),
+        };
+        let acr_values = match query.acr_values.as_deref() {
+            None => None,
+            Some(values) => {
+                let count = values.split(' ').count();
+                let valid = count <= 8
+                    && values
+                        .split(' ')
+                        .all(portcullis_core::session::Assurance::is_value);
+                if !valid {
+                    return Err(Failure::new("bad_acr_values"));
+                }
+                Some(values)
+            }
+        };
+        Ok(Self {
+            prompt_login,
+            acr_values,
+        })
+    }
 }
 
 /// `GET {prefix}/oidc/login?provider=ID&next=`: a pre-login row, its cookie, and a
@@ -62,8 +102,12 @@ pub async fn login(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<LoginQuery>,
 ) -> Response {
-    let id = query.provider.unwrap_or_default();
-    match start_login(&gw, &id, query.next.as_deref()).await {
+    let id = query.provider.clone().unwrap_or_default();
+    let started = match Ask::from_query(&query) {
+        Ok(ask) => start_login(&gw, &id, query.next.as_deref(), &ask).await,
+        Err(failure) => Err(failure),
+    };
+    match started {
         Ok(response) => response,
         Err(failure) => {
             let mut event = gw.audit_event("anonymous", "auth.oidc.login", "failure");
@@ -76,7 +120,12 @@ pub async fn login(
     }
 }
 
-async fn start_login(gw: &Gateway, id: &str, next: Option<&str>) -> Result<Response, Failure> {
+async fn start_login(
+    gw: &Gateway,
+    id: &str,
+    next: Option<&str>,
+    ask: &Ask<'_>,
+) -> Result<Response, Failure> {
     let provider = gw
         .oidc()
         .provider(id)
@@ -104,16 +153,23 @@ async fn start_login(gw: &Gateway, id: &str, next: Option<&str>) -> Result<Respo
         .map_err(|e| Failure::new(e.to_string()))?;
     let scopes = provider.record.scopes.join(" ");
     let redirect = redirect_uri(gw);
-    let query = form_encode(&[
+    let mut params = vec![
         ("response_type", "code"),
-        ("client_id", &provider.record.client_id),
+        ("client_id", provider.record.client_id.as_str()),
         ("redirect_uri", &redirect),
         ("scope", &scopes),
         ("state", pending.state.expose()),
         ("nonce", pending.nonce.expose()),
         ("code_challenge", &pkce.challenge),
         ("code_challenge_method", "S256"),
-    ]);
+    ];
+    if ask.prompt_login {
+        params.push(("prompt", "login"));
+    }
+    if let Some(acr_values) = ask.acr_values {
+        params.push(("acr_values", acr_values));
+    }
+    let query = form_encode(&params);
     let separator = if metadata.authorization_endpoint.contains('?') {
         '&'
     } else {
@@ -291,13 +347,18 @@ async fn finish_login(
         roles,
     };
     let device = crate::endpoints::device_of(headers, event.ip.clone());
-    let (session, cookies) =
-        crate::endpoints::establish_session(gw, identity, claims.sid.clone(), device)
-            .await
-            .map_err(|e| match e {
-                GatewayError::Store(e) => Failure::from(e),
-                other => Failure::new(other.to_string()),
-            })?;
+    let signed_in = crate::endpoints::SignIn {
+        identity,
+        oidc_sid: claims.sid.clone(),
+        device,
+        assurance: claims.assurance.clone(),
+    };
+    let (session, cookies) = crate::endpoints::establish_session(gw, signed_in)
+        .await
+        .map_err(|e| match e {
+            GatewayError::Store(e) => Failure::from(e),
+            other => Failure::new(other.to_string()),
+        })?;
     if metadata.end_session_endpoint.is_some() {
         // Kept server-side only, sealed, for `id_token_hint` at RP-initiated logout.
         let sealed = gw
@@ -312,13 +373,54 @@ async fn finish_login(
     event.target = Some(session.id.clone());
     event.reason = Some(format!("provider:{}", provider.record.id));
     gw.audit(event.clone()).await;
-    let mut response = Redirect::to(&pending.next).into_response();
+    // A step-up the provider could not satisfy: say so here rather than send the
+    // browser back to a route that would send it to the provider again.
+    let mut response = match unmet_at(gw, &pending.next, &session.assurance) {
+        Some(missing) => {
+            let mut refused =
+                gw.audit_event(&session.identity.subject, "auth.oidc.step_up", "failure");
+            refused.target = Some(pending.next.clone());
+            refused.reason = Some(missing);
+            refused.ip = event.ip.clone();
+            gw.audit(refused).await;
+            GatewayError::Forbidden.into_response_for(true)
+        }
+        None => Redirect::to(&pending.next).into_response(),
+    };
     let headers = response.headers_mut();
     for value in cookies {
         headers.append(header::SET_COOKIE, value);
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
+}
+
+/// What the route rules still require of `assurance` at `next` (a same-origin
+/// path), described for the audit log; `None` when it passes.
+fn unmet_at(
+    gw: &Gateway,
+    next: &str,
+    assurance: &portcullis_core::session::Assurance,
+) -> Option<String> {
+    let routes = &gw.config().routes;
+    if routes.is_empty() {
+        return None;
+    }
+    let path = next.split(['?', '#']).next().unwrap_or("/");
+    let path = portcullis_core::routes::canonical_path(path).ok()?;
+    let host = gw.config().public_url.authority.as_str().to_owned();
+    let decision = routes.decide(&portcullis_core::routes::RouteRequest {
+        host: Some(&host),
+        method: "GET",
+        method_overrides: &[],
+        path: &path,
+    });
+    decision.unmet_assurance(assurance).map(|step| {
+        format!(
+            "provider gave acr {:?} amr {:?}; needed acr one of {:?}, amr {:?}",
+            assurance.acr, assurance.amr, step.acr_values, step.amr
+        )
+    })
 }
 
 /// What the token endpoint returned that Portcullis uses (nothing is stored but
