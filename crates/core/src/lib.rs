@@ -7,6 +7,7 @@
 //! store, the gateway and the CLI alike.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod basic;
 pub mod clock;
 pub mod cookie;

@@ -1,6 +1,7 @@
 //! The shared state of one running gateway, and the background tasks that keep it
 //! true (revocation bus, activity batching, sweeping, key reloads).
 
+use portcullis_core::audit::AuditAction;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -301,7 +302,7 @@ impl Gateway {
         if fresh {
             let mut event = self.audit_event(
                 portcullis_core::internal::SUBJECT,
-                "auth.internal_credential.mint",
+                AuditAction::InternalCredentialMint,
                 "success",
             );
             event.target = Some(minted.credential.id().to_owned());
@@ -329,7 +330,7 @@ impl Gateway {
                 .end_session(old.credential.id(), crate::live::REASON_REVOKED);
             let mut event = self.audit_event(
                 portcullis_core::internal::SUBJECT,
-                "auth.internal_credential.reset",
+                AuditAction::InternalCredentialReset,
                 "success",
             );
             event.target = Some(old.credential.id().to_owned());
@@ -363,11 +364,16 @@ impl Gateway {
         self.0.csrf.verify(session_id, presented)
     }
 
-    pub(crate) fn audit_event(&self, actor: &str, action: &str, outcome: &str) -> AuditEvent {
+    pub(crate) fn audit_event(
+        &self,
+        actor: &str,
+        action: AuditAction,
+        outcome: &str,
+    ) -> AuditEvent {
         AuditEvent {
             at_ms: self.0.clock.now_ms(),
             actor: actor.to_owned(),
-            action: action.to_owned(),
+            action: action.name().to_owned(),
             target: None,
             outcome: outcome.to_owned(),
             reason: None,

@@ -10,6 +10,7 @@
 //! negotiated end to end (the relay refuses frames with reserved bits), so frames
 //! stay readable.
 
+use portcullis_core::audit::AuditAction;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -173,7 +174,7 @@ pub async fn handle(
         // Long-lived connections of spawned processes: each one is on record.
         let mut event = gw.audit_event(
             portcullis_core::internal::SUBJECT,
-            "auth.internal_credential",
+            AuditAction::InternalCredentialUse,
             "success",
         );
         event.target = Some(request.uri().path().to_owned());

@@ -1,5 +1,6 @@
 //! The subcommands that operate on configuration and the database.
 
+use portcullis_core::audit::AuditAction;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
@@ -232,7 +233,7 @@ pub async fn reset_internal_credential(raw: RawSettings) -> anyhow::Result<ExitC
         portcullis_gateway::reset_deployment_credential(&store, &secret, SystemClock.now_ms())
             .await?;
     if existed {
-        cli_audit(&store, "auth.internal_credential.reset", None).await;
+        cli_audit(&store, AuditAction::InternalCredentialReset, None).await;
         println!(
             "internal credential reset; restart the gateways (and their children) to mint a new one"
         );
@@ -313,11 +314,11 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-pub(crate) async fn cli_audit(store: &Store, action: &str, target: Option<String>) {
+pub(crate) async fn cli_audit(store: &Store, action: AuditAction, target: Option<String>) {
     let event = AuditEvent {
         at_ms: SystemClock.now_ms(),
         actor: "cli".into(),
-        action: action.into(),
+        action: action.name().into(),
         target,
         outcome: "success".into(),
         reason: None,
@@ -335,7 +336,7 @@ pub async fn rotate_keys(raw: RawSettings) -> anyhow::Result<ExitCode> {
     let secret = secret_key(&settings)?;
     let key = new_signing_key(&secret, &OsEntropy, SystemClock.now_ms())?;
     store.rotate_signing_key(&key).await?;
-    cli_audit(&store, "auth.key.rotate", Some(key.id.clone())).await;
+    cli_audit(&store, AuditAction::KeyRotate, Some(key.id.clone())).await;
     println!(
         "new active signing key {}; existing sessions stay valid",
         key.id
@@ -418,7 +419,7 @@ pub async fn revoke_sessions(
     let now = SystemClock.now_ms();
     if let (true, Some(user)) = (api_tokens, &user) {
         for id in store.revoke_subject_api_tokens(user, now).await? {
-            cli_audit(&store, "auth.api_token.revoke", Some(id.clone())).await;
+            cli_audit(&store, AuditAction::ApiTokenRevoke, Some(id.clone())).await;
             println!("revoked {id}");
         }
     }
@@ -435,7 +436,7 @@ pub async fn revoke_sessions(
         (None, None) => bail!("give a session id or --user NAME"),
     };
     for id in &revoked {
-        cli_audit(&store, "auth.session.revoke", Some(id.clone())).await;
+        cli_audit(&store, AuditAction::SessionRevoke, Some(id.clone())).await;
         println!("revoked {id}");
     }
     if revoked.is_empty() {
@@ -500,7 +501,7 @@ pub async fn create_api_token(
         expires_ms,
     };
     store.insert_api_token(&row, &token.hash).await?;
-    cli_audit(&store, "auth.api_token.create", Some(token.id.clone())).await;
+    cli_audit(&store, AuditAction::ApiTokenCreate, Some(token.id.clone())).await;
     eprintln!(
         "created {} for {} (roles: {}); the secret below is shown only once:",
         row.id, row.subject, row.roles
@@ -547,7 +548,7 @@ pub async fn revoke_api_token(raw: RawSettings, id: String) -> anyhow::Result<Ex
     let settings = resolve(&raw, false)?;
     let store = open_store(&settings).await?;
     if store.revoke_api_token(&id, SystemClock.now_ms()).await? {
-        cli_audit(&store, "auth.api_token.revoke", Some(id.clone())).await;
+        cli_audit(&store, AuditAction::ApiTokenRevoke, Some(id.clone())).await;
         println!("revoked {id}");
         Ok(ExitCode::SUCCESS)
     } else {

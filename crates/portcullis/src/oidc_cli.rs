@@ -1,6 +1,7 @@
 //! `portcullis oidc add|list|remove|refresh`: OpenID providers in the database,
 //! the same rules as the admin API. Running gateways reload within a second.
 
+use portcullis_core::audit::AuditAction;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -135,7 +136,12 @@ pub async fn run(raw: RawSettings, command: OidcCommand) -> anyhow::Result<ExitC
             };
             store.upsert_oidc_provider(&record).await?;
             store.announce_oidc_change(now).await?;
-            cli_audit(&store, "auth.oidc.provider.create", Some(args.id.clone())).await;
+            cli_audit(
+                &store,
+                AuditAction::OidcProviderCreate,
+                Some(args.id.clone()),
+            )
+            .await;
             println!(
                 "{} provider {}",
                 if existing.is_some() {
@@ -172,7 +178,7 @@ pub async fn run(raw: RawSettings, command: OidcCommand) -> anyhow::Result<ExitC
         OidcCommand::Remove { id } => match store.delete_oidc_provider(&id, now).await? {
             ProviderDelete::Deleted => {
                 store.announce_oidc_change(now).await?;
-                cli_audit(&store, "auth.oidc.provider.delete", Some(id.clone())).await;
+                cli_audit(&store, AuditAction::OidcProviderDelete, Some(id.clone())).await;
                 println!("removed provider {id}");
                 Ok(ExitCode::SUCCESS)
             }
@@ -187,7 +193,7 @@ pub async fn run(raw: RawSettings, command: OidcCommand) -> anyhow::Result<ExitC
             match oidc.refresh(&store, &id, force, now).await {
                 Ok(baseline) => {
                     store.announce_oidc_change(now).await?;
-                    cli_audit(&store, "auth.oidc.provider.refresh", Some(id.clone())).await;
+                    cli_audit(&store, AuditAction::OidcProviderRefresh, Some(id.clone())).await;
                     println!(
                         "refreshed {id}: algorithms {}; keys {}",
                         baseline.algorithms.join(","),

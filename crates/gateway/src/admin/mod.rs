@@ -4,6 +4,7 @@
 //! mutations. Changes are audited and announced on the bus so every replica
 //! reloads them.
 
+use portcullis_core::audit::AuditAction;
 use std::net::SocketAddr;
 
 use axum::Json;
@@ -109,7 +110,7 @@ impl AdminCall {
     }
 
     /// Audits a change made through the API.
-    async fn audit_change(&self, auth: &Authenticated, action: &str, target: &str) {
+    async fn audit_change(&self, auth: &Authenticated, action: AuditAction, target: &str) {
         let mut event = self
             .gw
             .audit_event(auth.identity().subject(), action, "success");
@@ -119,7 +120,7 @@ impl AdminCall {
     }
 
     /// After a change: reload here at once, tell the other replicas, audit.
-    async fn changed(&self, auth: &Authenticated, action: &str, target: &str) {
+    async fn changed(&self, auth: &Authenticated, action: AuditAction, target: &str) {
         if let Err(error) = self.gw.oidc().reload(self.gw.store()).await {
             tracing::error!(%error, "could not reload OpenID providers");
         }
@@ -255,7 +256,8 @@ pub async fn create_provider(call: AdminCall) -> Response {
             }
             let record = record_from(gw, &id, input, None)?;
             gw.store().upsert_oidc_provider(&record).await?;
-            call.changed(&auth, "auth.oidc.provider.create", &id).await;
+            call.changed(&auth, AuditAction::OidcProviderCreate, &id)
+                .await;
             Ok((StatusCode::CREATED, Json(view(&record))).into_response())
         }
         .await,
@@ -275,7 +277,8 @@ pub async fn edit_provider(Path(id): Path<String>, call: AdminCall) -> Response 
             let existing = existing.ok_or(GatewayError::NotFound)?;
             let record = record_from(gw, &id, input, Some(&existing))?;
             gw.store().upsert_oidc_provider(&record).await?;
-            call.changed(&auth, "auth.oidc.provider.edit", &id).await;
+            call.changed(&auth, AuditAction::OidcProviderEdit, &id)
+                .await;
             Ok(Json(view(&record)).into_response())
         }
         .await,
@@ -290,7 +293,8 @@ pub async fn delete_provider(Path(id): Path<String>, call: AdminCall) -> Respons
             let now = gw.now();
             match gw.store().delete_oidc_provider(&id, now).await? {
                 ProviderDelete::Deleted => {
-                    call.changed(&auth, "auth.oidc.provider.delete", &id).await;
+                    call.changed(&auth, AuditAction::OidcProviderDelete, &id)
+                        .await;
                     Ok(StatusCode::NO_CONTENT.into_response())
                 }
                 ProviderDelete::NotFound => Err(GatewayError::NotFound),
@@ -324,14 +328,15 @@ pub async fn refresh_provider(
                 .await;
             let mut event = gw.audit_event(
                 auth.identity().subject(),
-                "auth.oidc.provider.refresh",
+                AuditAction::OidcProviderRefresh,
                 "failure",
             );
             event.target = Some(id.clone());
             event.ip = Some(call.peer.ip().to_string());
             match outcome {
                 Ok(baseline) => {
-                    call.changed(&auth, "auth.oidc.provider.refresh", &id).await;
+                    call.changed(&auth, AuditAction::OidcProviderRefresh, &id)
+                        .await;
                     Ok(Json(json!({ "id": id, "key_baseline": baseline })).into_response())
                 }
                 Err(RefreshError::NotFound) => Err(GatewayError::NotFound),
@@ -412,7 +417,7 @@ pub async fn add_mapping(call: AdminCall) -> Response {
             if !gw.store().add_group_mapping(&mapping).await? {
                 return Err(GatewayError::Conflict("this mapping exists"));
             }
-            call.changed(&auth, "auth.oidc.mapping.add", &mapping.id)
+            call.changed(&auth, AuditAction::OidcMappingAdd, &mapping.id)
                 .await;
             Ok((StatusCode::CREATED, Json(mapping)).into_response())
         }
@@ -428,7 +433,8 @@ pub async fn remove_mapping(Path(id): Path<String>, call: AdminCall) -> Response
             if !gw.store().remove_group_mapping(&id).await? {
                 return Err(GatewayError::NotFound);
             }
-            call.changed(&auth, "auth.oidc.mapping.remove", &id).await;
+            call.changed(&auth, AuditAction::OidcMappingRemove, &id)
+                .await;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         .await,

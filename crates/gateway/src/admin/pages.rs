@@ -7,13 +7,14 @@
 use axum::extract::Query;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+use portcullis_core::audit::AuditAction;
 use portcullis_core::identity::Permission;
 use portcullis_core::session::Session;
 use portcullis_store::{AuditFilter, SessionFilter};
 use serde::Deserialize;
 
 use super::AdminCall;
-use super::sessions::{SESSION_REVOKE, end_one, owns};
+use super::sessions::{end_one, owns};
 use crate::endpoints::identity::rfc3339;
 use crate::error::GatewayError;
 use crate::identity::IdentityFields;
@@ -166,7 +167,8 @@ pub async fn end_other_sessions_form(call: AdminCall) -> Response {
             }
             if gw.store().revoke_session(&s.id, &me, gw.now()).await? {
                 gw.revoked_here(&s.id);
-                call.audit_change(&auth, SESSION_REVOKE, &s.id).await;
+                call.audit_change(&auth, AuditAction::SessionRevoke, &s.id)
+                    .await;
             }
         }
         Ok(back_to_sessions(gw, "ended-others"))

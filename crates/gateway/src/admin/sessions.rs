@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use portcullis_core::audit::AuditAction;
 use portcullis_core::identity::{IdentityProvider, Permission};
 use portcullis_core::session::Session;
 use portcullis_store::SessionFilter;
@@ -19,9 +20,6 @@ use crate::error::GatewayError;
 use crate::identity::IdentityFields;
 use crate::pipeline::Authenticated;
 use crate::state::Gateway;
-
-/// Audit action of an ended session (the CLI and logout use the same name).
-pub const SESSION_REVOKE: &str = "auth.session.revoke";
 
 /// Whether `session` belongs to the principal: same subject from the same
 /// provider (an API token stands for its owner, whatever the owner's provider).
@@ -138,7 +136,8 @@ pub(super) async fn end_one(
         return Err(GatewayError::Conflict("the session has already ended"));
     }
     gw.revoked_here(id);
-    call.audit_change(auth, SESSION_REVOKE, id).await;
+    call.audit_change(auth, AuditAction::SessionRevoke, id)
+        .await;
     Ok(())
 }
 
@@ -196,7 +195,8 @@ pub async fn revoke_sessions(call: AdminCall) -> Response {
                 }
                 if gw.store().revoke_session(&s.id, me, gw.now()).await? {
                     gw.revoked_here(&s.id);
-                    call.audit_change(&auth, SESSION_REVOKE, &s.id).await;
+                    call.audit_change(&auth, AuditAction::SessionRevoke, &s.id)
+                        .await;
                     ended.push(s.id);
                 }
             }
@@ -208,7 +208,7 @@ pub async fn revoke_sessions(call: AdminCall) -> Response {
                     .await?
                 {
                     gw.revoked_here(&id);
-                    call.audit_change(&auth, super::tokens::TOKEN_REVOKE, &id)
+                    call.audit_change(&auth, AuditAction::ApiTokenRevoke, &id)
                         .await;
                     tokens.push(id);
                 }

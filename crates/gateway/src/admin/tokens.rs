@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use portcullis_core::audit::AuditAction;
 use portcullis_core::identity::{Permission, PrincipalKind};
 use portcullis_store::ApiTokenRow;
 use serde::Deserialize;
@@ -15,9 +16,6 @@ use super::{AdminCall, parse, respond};
 use crate::endpoints::identity::rfc3339;
 use crate::error::GatewayError;
 use crate::identity::IdentityFields;
-
-pub const TOKEN_CREATE: &str = "auth.api_token.create";
-pub const TOKEN_REVOKE: &str = "auth.api_token.revoke";
 
 /// The longest lifetime a token may be given through the API: one year.
 const MAX_TTL_SECONDS: i64 = 366 * 24 * 3600;
@@ -115,7 +113,8 @@ pub async fn create_token(call: AdminCall) -> Response {
                 expires_ms,
             };
             gw.store().insert_api_token(&row, &token.hash).await?;
-            call.audit_change(&auth, TOKEN_CREATE, &row.id).await;
+            call.audit_change(&auth, AuditAction::ApiTokenCreate, &row.id)
+                .await;
             let mut answer = view(&row, now);
             answer["token"] = json!(token.secret.expose());
             let mut response = (StatusCode::CREATED, Json(answer)).into_response();
@@ -139,7 +138,8 @@ pub async fn revoke_token(Path(id): Path<String>, call: AdminCall) -> Response {
                 return Err(GatewayError::NotFound);
             }
             gw.revoked_here(&id);
-            call.audit_change(&auth, TOKEN_REVOKE, &id).await;
+            call.audit_change(&auth, AuditAction::ApiTokenRevoke, &id)
+                .await;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         .await,

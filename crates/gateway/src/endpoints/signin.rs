@@ -2,6 +2,7 @@
 //! check, throttling, the argon2 pool, a uniform failure), minting the session
 //! every sign-in method shares, and signing out (`POST {prefix}/logout`).
 
+use portcullis_core::audit::AuditAction;
 use std::net::SocketAddr;
 
 use axum::Json;
@@ -182,7 +183,7 @@ async fn login(
         return Err(fail(GatewayError::InvalidCredentials));
     }
     // The actor is unproven until the password verifies; the typed name is the target.
-    let mut event = gw.audit_event("anonymous", "auth.login", "failure");
+    let mut event = gw.audit_event("anonymous", AuditAction::Login, "failure");
     event.ip = Some(peer.ip().to_string());
     event.target = Some(username.clone());
 
@@ -327,7 +328,7 @@ pub async fn logout(
             Err(e) => return GatewayError::from(e).into_response(),
         }
         gw.revoked_here(&id);
-        let mut event = gw.audit_event(&subject, "auth.logout", "success");
+        let mut event = gw.audit_event(&subject, AuditAction::Logout, "success");
         event.target = Some(id);
         event.ip = Some(peer.ip().to_string());
         gw.audit(event).await;

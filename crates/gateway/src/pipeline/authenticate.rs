@@ -4,6 +4,7 @@
 //! carrier order of [`crate::carrier::CARRIERS`]; the fast path calls
 //! [`authenticate_session_cookie`] once that table has picked the cookie.
 
+use portcullis_core::audit::AuditAction;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -210,7 +211,7 @@ fn still_exists(gw: &Gateway, session: Arc<CachedSession>) -> Option<Arc<CachedS
 async fn audit_refusal(
     gw: &Gateway,
     actor: &str,
-    action: &str,
+    action: AuditAction,
     reason: &str,
     presented: &str,
     peer: SocketAddr,
@@ -261,7 +262,15 @@ async fn authenticate_ticket(
         },
         None => "unknown_used_or_expired",
     };
-    audit_refusal(gw, "anonymous", "auth.ws_ticket", reason, presented, peer).await;
+    audit_refusal(
+        gw,
+        "anonymous",
+        AuditAction::WsTicket,
+        reason,
+        presented,
+        peer,
+    )
+    .await;
     Ok(None)
 }
 
@@ -287,7 +296,7 @@ async fn authenticate_internal(
     audit_refusal(
         gw,
         internal::SUBJECT,
-        "auth.internal_credential",
+        AuditAction::InternalCredentialUse,
         reason,
         presented,
         peer,

@@ -179,8 +179,12 @@ pub async fn authorize_endpoint(
             .role_permissions
             .any_grants(auth.identity().roles(), permission)
     {
-        let mut event = gw.audit_event(auth.identity().subject(), permission.name(), "failure");
-        event.reason = Some("forbidden".into());
+        let mut event = gw.audit_event(
+            auth.identity().subject(),
+            portcullis_core::audit::AuditAction::PermissionDenied,
+            "failure",
+        );
+        event.reason = Some(permission.name().into());
         event.ip = Some(access.peer.ip().to_string());
         gw.audit(event).await;
         return Err(GatewayError::Forbidden);

@@ -154,10 +154,10 @@ fn roles_for(permissions: impl Iterator<Item = Permission>) -> String {
 
 /// Refusals of `permission` on record.
 async fn refusals(gw: &TestGateway, permission: Permission) -> usize {
-    gw.audit(permission.name())
+    gw.audit("auth.permission.denied")
         .await
         .iter()
-        .filter(|e| e.outcome == "failure")
+        .filter(|e| e.outcome == "failure" && e.reason.as_deref() == Some(permission.name()))
         .count()
 }
 

@@ -2,6 +2,7 @@
 //! verifies a logout token, remembers its `jti` and revokes the matching sessions
 //! in one transaction, and closes their WebSockets on every replica.
 
+use portcullis_core::audit::AuditAction;
 use std::net::SocketAddr;
 
 use axum::body::Bytes;
@@ -46,7 +47,7 @@ pub async fn back_channel_logout(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Bytes,
 ) -> Response {
-    let mut event = gw.audit_event("anonymous", "auth.oidc.back_channel_logout", "failure");
+    let mut event = gw.audit_event("anonymous", AuditAction::OidcBackChannelLogout, "failure");
     event.ip = Some(peer.ip().to_string());
     let outcome = logout_from_token(&gw, &body, &mut event).await;
     let response = match outcome {

@@ -3,6 +3,7 @@
 //! (the row consumed once, the code exchanged, the ID token validated, groups
 //! mapped, a session minted).
 
+use portcullis_core::audit::AuditAction;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Query, State};
@@ -110,7 +111,7 @@ pub async fn login(
     match started {
         Ok(response) => response,
         Err(failure) => {
-            let mut event = gw.audit_event("anonymous", "auth.oidc.login", "failure");
+            let mut event = gw.audit_event("anonymous", AuditAction::OidcLogin, "failure");
             event.target = Some(id);
             event.reason = Some(failure.reason.clone());
             event.ip = Some(peer.ip().to_string());
@@ -200,7 +201,7 @@ pub async fn callback(
     headers: HeaderMap,
     Query(query): Query<CallbackQuery>,
 ) -> Response {
-    let mut event = gw.audit_event("anonymous", "auth.oidc.login", "failure");
+    let mut event = gw.audit_event("anonymous", AuditAction::OidcLogin, "failure");
     event.ip = Some(peer.ip().to_string());
     let outcome = finish_login(&gw, &headers, &query, &mut event).await;
     let mut response = match outcome {
@@ -377,8 +378,11 @@ async fn finish_login(
     // browser back to a route that would send it to the provider again.
     let mut response = match unmet_at(gw, &pending.next, &session.assurance) {
         Some(missing) => {
-            let mut refused =
-                gw.audit_event(&session.identity.subject, "auth.oidc.step_up", "failure");
+            let mut refused = gw.audit_event(
+                &session.identity.subject,
+                AuditAction::OidcStepUp,
+                "failure",
+            );
             refused.target = Some(pending.next.clone());
             refused.reason = Some(missing);
             refused.ip = event.ip.clone();
