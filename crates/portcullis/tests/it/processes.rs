@@ -238,16 +238,60 @@ async fn cli_operates_on_sessions_and_keys(backend: Backend) {
         200
     );
 
+    // Bob's API token (tied to his basic identity, expiring in an hour).
     let out = command(&db)
-        .args(["sessions", "revoke", "--user", USER])
+        .args([
+            "api-tokens",
+            "create",
+            "--user",
+            USER,
+            "--provider",
+            "basic",
+            "--ttl",
+            "1h",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bearer = format!("Bearer {}", String::from_utf8_lossy(&out.stdout).trim());
+    assert_eq!(
+        gw.client
+            .get("/echo", &[("authorization", &bearer)])
+            .await
+            .status,
+        200
+    );
+    let out = command(&db)
+        .args(["api-tokens", "list", "--json"])
+        .output()
+        .unwrap();
+    let listed: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(listed["provider"], "basic");
+    assert!(listed["expires_at"].is_string(), "{listed}");
+    for bad in [&["--ttl", "soon"][..], &["--ttl", "1s"][..]] {
+        let out = command(&db)
+            .args(["api-tokens", "create", "--user", USER])
+            .args(bad)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad:?}");
+    }
+
+    let out = command(&db)
+        .args(["sessions", "revoke", "--user", USER, "--api-tokens"])
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout)
-            .matches("revoked ses-")
-            .count(),
-        2
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(said.matches("revoked ses-").count(), 2, "{said}");
+    assert_eq!(said.matches("revoked tok-").count(), 1, "{said}");
+    assert!(
+        header_refused_within(&gw.client, "authorization", &bearer, Duration::from_secs(1)).await
     );
     for s in [&bob1, &bob2] {
         assert!(refused_within(&gw.client, &s.cookie_header(), Duration::from_secs(1)).await);
