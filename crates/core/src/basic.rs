@@ -117,6 +117,11 @@ impl BasicUsers {
         (Self { users: map, admins }, warnings)
     }
 
+    /// The configured usernames.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.users.keys().map(String::as_str)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
     }

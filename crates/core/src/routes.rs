@@ -511,8 +511,22 @@ fn readings(path: &str) -> Vec<Reading> {
         path: path.to_owned(),
         folded: false,
     }];
-    let transforms: [fn(&str) -> Option<String>; 3] =
-        [decode_everything, drop_parameters, drop_trailing_dots];
+    // Decoded once, twice, three times: behind a chain of proxies or a framework
+    // that decodes again, `%252e%252e` becomes `..`.
+    let mut decoded = path.to_owned();
+    for _ in 0..MAX_DECODINGS {
+        match decode_everything(&decoded) {
+            Some(next) if next != decoded => {
+                out.push(Reading {
+                    path: next.clone(),
+                    folded: false,
+                });
+                decoded = next;
+            }
+            _ => break,
+        }
+    }
+    let transforms: [fn(&str) -> Option<String>; 2] = [drop_parameters, drop_trailing_dots];
     for transform in transforms {
         for n in 0..out.len() {
             if let Some(read) = transform(&out[n].path)
@@ -534,6 +548,9 @@ fn readings(path: &str) -> Vec<Reading> {
     }
     out
 }
+
+/// How many times a path is read percent-decoded again.
+const MAX_DECODINGS: usize = 3;
 
 /// Every escape decoded once, `\` read as `/`, then normalised again.
 fn decode_everything(path: &str) -> Option<String> {
@@ -724,6 +741,10 @@ mod tests {
             ("/admin./users", Needs::Role("admin")),
             ("/admin%20/users", Needs::Role("admin")),
             ("/admin../users", Needs::Role("admin")),
+            // Decoded twice (a chain of proxies, a framework decoding again).
+            ("/public/%252e%252e/admin/users", Needs::Role("admin")),
+            ("/public%252F..%252Fadmin/users", Needs::Role("admin")),
+            ("/public/%25252e%25252e/admin/users", Needs::Role("admin")),
             // Anonymous only when every reading is anonymous.
             ("/public/app.js", Needs::Anonymous),
             ("/public", Needs::Anonymous),

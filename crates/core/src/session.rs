@@ -50,7 +50,12 @@ impl Assurance {
     pub const MAX_METHODS: usize = 16;
 
     pub fn is_value(value: &str) -> bool {
-        (1..=64).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_graphic() && b != b',')
+        // No comma (stored comma-joined), no quote or backslash (quoted in the
+        // step-up challenge header).
+        (1..=64).contains(&value.len())
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !matches!(b, b',' | b'"' | b'\\'))
     }
 
     pub fn is_empty(&self) -> bool {

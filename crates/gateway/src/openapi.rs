@@ -1,10 +1,12 @@
 //! The gateway's own endpoints as one table: the router is built from it
 //! ([`crate::server::router`]) and so is the OpenAPI 3.1 document served at
 //! `GET {prefix}/api/openapi.json`. A route cannot exist without its entry, and
-//! each entry says who may call it, so the document's security requirements
-//! (cookie with the CSRF header for mutations, bearer, or `security: []` for the
-//! exempt ones) are the router's. Tests check each documented method is routed,
-//! each undocumented one is 405, and each non-exempt one refuses an anonymous call.
+//! each entry documents who may call it: its security requirements (cookie with
+//! the CSRF header for mutations, bearer, or `security: []` for the exempt ones)
+//! and permissions. Handlers enforce their own permission; tests check each
+//! documented method is routed, each undocumented one is 405, each non-exempt one
+//! refuses an anonymous call, and each handler refuses a caller without exactly
+//! the permissions documented here (`tests/it/admin_api.rs`).
 
 use axum::routing::{MethodRouter, delete, get, post, put};
 use portcullis_core::identity::Permission;

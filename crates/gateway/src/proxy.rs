@@ -37,7 +37,8 @@ pub async fn handle(
     let Some(path) = upstream_path(gw, parts.uri.path()) else {
         return GatewayError::BadRequest("request path").into_response_for(html);
     };
-    let overrides = method_overrides(&parts.headers);
+    let overrides = method_overrides(&parts.headers, parts.uri.query());
+    let overrides: Vec<&str> = overrides.iter().map(AsRef::as_ref).collect();
     let access = UpstreamAccess {
         method: &parts.method,
         host: request_host(&parts.headers, &parts.uri),

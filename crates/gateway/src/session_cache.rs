@@ -51,6 +51,8 @@ pub struct CachedSession {
     idle_timeout_ms: Option<Millis>,
     /// `acr`/`amr` of an OpenID sign-in (boxed: most sessions have none).
     assurance: Option<Box<Assurance>>,
+    /// For an API token: its owner's provider (`None`: a service token).
+    token_owner: Option<Box<str>>,
     last_seen: AtomicI64,
     persisted_seen: AtomicI64,
     queued: AtomicBool,
@@ -139,6 +141,7 @@ impl CachedSession {
             expires_ms: session.expires_ms,
             idle_timeout_ms: session.idle_timeout_ms,
             assurance: (!session.assurance.is_empty()).then(|| Box::new(session.assurance.clone())),
+            token_owner: None,
             last_seen: AtomicI64::new(session.last_seen_ms),
             persisted_seen: AtomicI64::new(persisted_seen),
             queued: AtomicBool::new(queued),
@@ -162,6 +165,11 @@ impl CachedSession {
 
     pub fn provider(&self) -> IdentityProvider {
         IdentityProvider::from_stored(self.provider_name())
+    }
+
+    /// For an API token, the provider of the identity that owns it.
+    pub fn token_owner(&self) -> Option<&str> {
+        self.token_owner.as_deref()
     }
 
     /// How the provider authenticated this sign-in (empty for other sessions).
@@ -226,6 +234,7 @@ pub enum LookupError {
 /// An API token row as a pseudo-session: its id is the token id (so revocations
 /// and the WebSocket registry treat it like a session); it expires with the token.
 fn token_entry(row: portcullis_store::ApiTokenRow) -> Arc<CachedSession> {
+    let owner = row.provider.clone().map(String::into_boxed_str);
     let session = Session {
         identity: portcullis_core::identity::Identity {
             name: row.subject.clone(),
@@ -245,7 +254,9 @@ fn token_entry(row: portcullis_store::ApiTokenRow) -> Arc<CachedSession> {
         device: portcullis_core::session::Device::default(),
         assurance: Assurance::default(),
     };
-    Arc::new(CachedSession::pseudo(session))
+    let mut entry = CachedSession::pseudo(session);
+    entry.token_owner = owner;
+    Arc::new(entry)
 }
 
 impl Keyed for Arc<CachedSession> {
@@ -254,10 +265,9 @@ impl Keyed for Arc<CachedSession> {
     }
 }
 
-/// A cached API token: its secret's hash, its pseudo-session and its owner's
-/// provider.
+/// A cached API token: its secret's hash and its pseudo-session.
 #[derive(Debug, Clone)]
-struct TokenEntry(Arc<(String, Arc<CachedSession>, Option<Box<str>>)>);
+struct TokenEntry(Arc<(String, Arc<CachedSession>)>);
 
 /// Whether the identity `(provider, subject)` still exists (offboarding): a
 /// token of a removed user authenticates no more.
@@ -266,14 +276,13 @@ pub type OwnerExists<'a> = &'a (dyn Fn(&str, &str) -> bool + Sync);
 /// Whether a token's pseudo-session is still valid at `now` for its owner.
 fn token_valid(
     session: &CachedSession,
-    owner: Option<&str>,
     now: Millis,
     exists: OwnerExists<'_>,
 ) -> Result<(), LookupError> {
     if now >= session.expires_ms() {
         return Err(LookupError::Ended(SessionEnd::Expired));
     }
-    if let Some(provider) = owner
+    if let Some(provider) = session.token_owner()
         && !exists(provider, session.subject())
     {
         return Err(LookupError::Unknown);
@@ -369,8 +378,8 @@ impl SessionCache {
         exists: OwnerExists<'_>,
     ) -> Result<Arc<CachedSession>, LookupError> {
         if let Some(entry) = self.tokens.get(hash) {
-            let (_, session, owner) = &*entry.0;
-            token_valid(session, owner.as_deref(), now, exists)?;
+            let (_, session) = &*entry.0;
+            token_valid(session, now, exists)?;
             return Ok(session.clone());
         }
         let epoch = self.epoch.load(Ordering::Acquire);
@@ -378,12 +387,11 @@ impl SessionCache {
             .api_token_by_hash(hash)
             .await?
             .ok_or(LookupError::Unknown)?;
-        let owner = row.provider.clone().map(String::into_boxed_str);
         let entry = token_entry(row);
-        token_valid(&entry, owner.as_deref(), now, exists)?;
+        token_valid(&entry, now, exists)?;
         self.tokens.insert_if(
             hash,
-            TokenEntry(Arc::new((hash.to_owned(), entry.clone(), owner))),
+            TokenEntry(Arc::new((hash.to_owned(), entry.clone()))),
             || self.epoch.load(Ordering::Acquire) == epoch,
         );
         Ok(entry)
@@ -402,9 +410,8 @@ impl SessionCache {
             .api_token_by_id(id)
             .await?
             .ok_or(LookupError::Unknown)?;
-        let owner = row.provider.clone();
         let entry = token_entry(row);
-        token_valid(&entry, owner.as_deref(), now, exists)?;
+        token_valid(&entry, now, exists)?;
         Ok(entry)
     }
 

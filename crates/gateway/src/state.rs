@@ -89,6 +89,13 @@ impl Gateway {
         entropy: Arc<dyn Entropy>,
     ) -> Result<Self, StartError> {
         store.migrate().await?;
+        // Tokens made before tokens recorded their owner's provider: those of a
+        // configured basic user become that user's, so removing the user ends them.
+        let names: Vec<&str> = config.basic_users.names().collect();
+        let adopted = store.adopt_unowned_api_tokens("basic", &names).await?;
+        if adopted > 0 {
+            tracing::info!(adopted, "API tokens of basic users now end with their user");
+        }
         let keyring = Arc::new(
             LiveKeyring::load(&store, secret.clone(), entropy.as_ref(), clock.now_ms()).await?,
         );
@@ -198,6 +205,15 @@ impl Gateway {
 
     pub fn config(&self) -> &GatewayConfig {
         &self.0.config
+    }
+
+    /// Whether any of `roles` grants `permission` (built-in and configured grants).
+    pub fn grants<'r>(
+        &self,
+        roles: impl IntoIterator<Item = &'r str>,
+        permission: portcullis_core::identity::Permission,
+    ) -> bool {
+        self.0.config.role_permissions.any_grants(roles, permission)
     }
 
     /// Whether the identity `subject` of provider `provider` (its stored name)

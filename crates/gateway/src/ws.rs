@@ -143,7 +143,8 @@ pub async fn handle(
         return refuse(gw, request, GatewayError::BadRequest("request path"));
     };
     let headers = request.headers();
-    let overrides = method_overrides(headers);
+    let overrides = method_overrides(headers, request.uri().query());
+    let overrides: Vec<&str> = overrides.iter().map(AsRef::as_ref).collect();
     let access = UpstreamAccess {
         method: request.method(),
         host: request_host(headers, request.uri()),

@@ -515,13 +515,7 @@ pub async fn list_api_tokens(raw: RawSettings, as_json: bool) -> anyhow::Result<
     let store = open_store(&settings).await?;
     let now = SystemClock.now_ms();
     for t in store.list_api_tokens(None).await? {
-        let status = if t.revoked_ms.is_some() {
-            "revoked"
-        } else if t.expires_ms.is_some_and(|e| e <= now) {
-            "expired"
-        } else {
-            "live"
-        };
+        let status = t.status(now);
         if as_json {
             println!(
                 "{}",

@@ -23,6 +23,17 @@ const TOKEN_COLUMNS: &str =
     "id, subject, roles, label, created_ms, revoked_ms, provider, expires_ms";
 
 impl ApiTokenRow {
+    /// `live`, `expired` or `revoked` at `now_ms`.
+    pub fn status(&self, now_ms: i64) -> &'static str {
+        if self.revoked_ms.is_some() {
+            "revoked"
+        } else if self.expires_ms.is_some_and(|e| e <= now_ms) {
+            "expired"
+        } else {
+            "live"
+        }
+    }
+
     pub fn role_list(&self) -> Vec<String> {
         self.roles
             .split(',')
@@ -107,6 +118,27 @@ impl Store {
                 .await?
         });
         Ok(rows)
+    }
+
+    /// Gives tokens without an owner's provider (made before tokens recorded it)
+    /// whose subject is one of `subjects` the provider `provider`. Returns how many.
+    pub async fn adopt_unowned_api_tokens(
+        &self,
+        provider: &str,
+        subjects: &[&str],
+    ) -> Result<u64, StoreError> {
+        let mut adopted = 0;
+        for subject in subjects {
+            adopted += on_pool!(self, pool => {
+                sqlx::query("UPDATE api_tokens SET provider = $1 WHERE provider IS NULL AND subject = $2")
+                    .bind(provider)
+                    .bind(subject)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            });
+        }
+        Ok(adopted)
     }
 
     /// Revokes every live token of `subject`; returns their ids. Logged and

@@ -393,7 +393,7 @@ pub async fn add_mapping(call: AdminCall) -> Response {
                 && input
                     .role
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+                    .all(portcullis_core::routes::is_role_byte);
             if !role_ok || input.idp_group.is_empty() || input.idp_group.len() > 256 {
                 return Err(GatewayError::Invalid(
                     "role: 1 to 64 of a-z A-Z 0-9 - _ . :; idp_group: 1 to 256 characters".into(),

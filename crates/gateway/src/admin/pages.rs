@@ -7,14 +7,13 @@
 use axum::extract::Query;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use portcullis_core::audit::AuditAction;
 use portcullis_core::identity::Permission;
 use portcullis_core::session::Session;
 use portcullis_store::{AuditFilter, SessionFilter};
 use serde::Deserialize;
 
 use super::AdminCall;
-use super::sessions::{end_one, owns};
+use super::sessions::{end_one, end_sessions, owns};
 use crate::endpoints::identity::rfc3339;
 use crate::error::GatewayError;
 use crate::identity::IdentityFields;
@@ -69,9 +68,7 @@ fn row(gw: &Gateway, auth: &Authenticated, s: &Session) -> pages::SessionRow {
 }
 
 fn holds(gw: &Gateway, auth: &Authenticated, permission: Permission) -> bool {
-    gw.config()
-        .role_permissions
-        .any_grants(auth.identity().roles(), permission)
+    gw.grants(auth.identity().roles(), permission)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -156,21 +153,7 @@ pub async fn end_other_sessions_form(call: AdminCall) -> Response {
         let gw = &call.gw;
         let auth = call.authorize(Permission::SessionRevoke).await?;
         let me = auth.identity().subject().to_owned();
-        let mine = SessionFilter {
-            subject: Some(me.clone()),
-            ..SessionFilter::default()
-        };
-        for s in gw.store().list_sessions(&mine, gw.now()).await? {
-            let own = owns(&auth, &s.identity.subject, s.identity.provider.as_str());
-            if !own || s.id == auth.session_id() {
-                continue;
-            }
-            if gw.store().revoke_session(&s.id, &me, gw.now()).await? {
-                gw.revoked_here(&s.id);
-                call.audit_change(&auth, AuditAction::SessionRevoke, &s.id)
-                    .await;
-            }
-        }
+        end_sessions(&call, &auth, &me, Some(auth.session_id())).await?;
         Ok(back_to_sessions(gw, "ended-others"))
     }
     .await;

@@ -21,13 +21,20 @@ use crate::identity::IdentityFields;
 use crate::pipeline::Authenticated;
 use crate::state::Gateway;
 
-/// Whether `session` belongs to the principal: same subject from the same
-/// provider (an API token stands for its owner, whatever the owner's provider).
+/// Whether a session belongs to the principal: same subject from the same
+/// provider. An API token stands for its owner (subject and the owner's
+/// provider); a service token, owned by no identity, owns no session.
 pub(super) fn owns(auth: &Authenticated, subject: &str, provider: &str) -> bool {
     let who = auth.identity();
-    who.subject() == subject
-        && (who.provider_name() == provider
-            || who.provider_name() == IdentityProvider::ApiToken.as_str())
+    let principal_provider = if who.provider_name() == IdentityProvider::ApiToken.as_str() {
+        match auth.session.token_owner() {
+            Some(owner) => owner,
+            None => return false,
+        }
+    } else {
+        who.provider_name()
+    };
+    who.subject() == subject && principal_provider == provider
 }
 
 fn view(gw: &Gateway, auth: &Authenticated, s: &Session) -> serde_json::Value {
@@ -141,6 +148,37 @@ pub(super) async fn end_one(
     Ok(())
 }
 
+/// Ends every live session of `user` except `keep`: all of them for someone
+/// else's (the caller holds `auth.session.list.all`), only those the principal
+/// owns for its own name. Returns the ended ids.
+pub(super) async fn end_sessions(
+    call: &AdminCall,
+    auth: &Authenticated,
+    user: &str,
+    keep: Option<&str>,
+) -> Result<Vec<String>, GatewayError> {
+    let gw = &call.gw;
+    let me = auth.identity().subject();
+    let filter = SessionFilter {
+        subject: Some(user.to_owned()),
+        ..SessionFilter::default()
+    };
+    let mut ended = Vec::new();
+    for s in gw.store().list_sessions(&filter, gw.now()).await? {
+        let allowed = user != me || owns(auth, &s.identity.subject, s.identity.provider.as_str());
+        if !allowed || keep == Some(s.id.as_str()) {
+            continue;
+        }
+        if gw.store().revoke_session(&s.id, me, gw.now()).await? {
+            gw.revoked_here(&s.id);
+            call.audit_change(auth, AuditAction::SessionRevoke, &s.id)
+                .await;
+            ended.push(s.id);
+        }
+    }
+    Ok(ended)
+}
+
 /// `DELETE {prefix}/api/v1/sessions/{id}`
 pub async fn revoke_session(Path(id): Path<String>, call: AdminCall) -> Response {
     respond(
@@ -182,24 +220,8 @@ pub async fn revoke_sessions(call: AdminCall) -> Response {
             if body.api_tokens {
                 call.require(&auth, Permission::TokenRevoke).await?;
             }
-            let filter = SessionFilter {
-                subject: Some(user.clone()),
-                ..SessionFilter::default()
-            };
-            let mut ended = Vec::new();
-            for s in gw.store().list_sessions(&filter, gw.now()).await? {
-                let mine =
-                    user != me || owns(&auth, &s.identity.subject, s.identity.provider.as_str());
-                if !mine || (body.keep_current && s.id == auth.session_id()) {
-                    continue;
-                }
-                if gw.store().revoke_session(&s.id, me, gw.now()).await? {
-                    gw.revoked_here(&s.id);
-                    call.audit_change(&auth, AuditAction::SessionRevoke, &s.id)
-                        .await;
-                    ended.push(s.id);
-                }
-            }
+            let keep = body.keep_current.then(|| auth.session_id());
+            let ended = end_sessions(&call, &auth, &user, keep).await?;
             let mut tokens = Vec::new();
             if body.api_tokens {
                 for id in gw

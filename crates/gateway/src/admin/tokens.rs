@@ -21,13 +21,6 @@ use crate::identity::IdentityFields;
 const MAX_TTL_SECONDS: i64 = 366 * 24 * 3600;
 
 fn view(row: &ApiTokenRow, now: i64) -> serde_json::Value {
-    let status = if row.revoked_ms.is_some() {
-        "revoked"
-    } else if row.expires_ms.is_some_and(|e| e <= now) {
-        "expired"
-    } else {
-        "live"
-    };
     json!({
         "id": row.id,
         "user": row.subject,
@@ -36,7 +29,7 @@ fn view(row: &ApiTokenRow, now: i64) -> serde_json::Value {
         "label": row.label,
         "created_at": rfc3339(row.created_ms),
         "expires_at": row.expires_ms.and_then(rfc3339),
-        "status": status,
+        "status": row.status(now),
     })
 }
 

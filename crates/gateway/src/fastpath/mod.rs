@@ -43,7 +43,9 @@ use crate::carrier::{self, Carrier};
 use crate::cookies::{self, SESSION_COOKIE};
 use crate::error::GatewayError;
 use crate::pipeline::authenticate::{Primed, authenticate_session_cookie};
-use crate::pipeline::authorize::{METHOD_OVERRIDE_HEADERS, UpstreamAccess, authorize_upstream};
+use crate::pipeline::authorize::{
+    UpstreamAccess, authorize_upstream, is_method_override, query_may_override,
+};
 use crate::pipeline::{Authenticated, PathKind, RequestContext, RequestId};
 use crate::state::Gateway;
 use crate::upstream::raw::Framing;
@@ -337,10 +339,7 @@ fn plan_request<'g>(gw: &'g Gateway, forwarded: &[u8], buf: &[u8], out: &mut Vec
                 .is_some();
         } else if name.eq_ignore_ascii_case("accept") {
             html = memmem::find(h.value, b"text/html").is_some();
-        } else if METHOD_OVERRIDE_HEADERS
-            .iter()
-            .any(|o| name.eq_ignore_ascii_case(o))
-        {
+        } else if is_method_override(name) {
             // Route rules read these; the general path decides.
             return Plan::Hyper;
         }
@@ -370,7 +369,11 @@ fn plan_request<'g>(gw: &'g Gateway, forwarded: &[u8], buf: &[u8], out: &mut Vec
     };
     let start = cookie.as_ptr() as usize - buf.as_ptr() as usize;
     let cookie = start..start + cookie.len();
-    let path = target.split('?').next().unwrap_or("");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if query_may_override(query) {
+        // `_method=…`: the route rules read it; the general path decides.
+        return Plan::Hyper;
+    }
     let path_start = path.as_ptr() as usize - buf.as_ptr() as usize;
     let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
         return Plan::Hyper;

@@ -17,6 +17,8 @@
 
 use std::net::SocketAddr;
 
+use std::borrow::Cow;
+
 use http::{HeaderMap, Method};
 use portcullis_core::identity::{IdentityProvider, Permission, PrincipalKind};
 use portcullis_core::routes::{Decision, RouteRequest, RouteRule, StepUp};
@@ -27,6 +29,7 @@ use crate::carrier::Carrier;
 use crate::error::GatewayError;
 use crate::identity::IdentityFields;
 use crate::state::Gateway;
+use crate::upstream::rewrite::NormalName;
 
 /// A request for the upstream, as the upstream will see it: route rules and
 /// client path scopes decide on its host, method and canonical path.
@@ -54,13 +57,46 @@ pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
     "x-method-override",
 ];
 
-/// The method-override header values of a request.
-pub fn method_overrides(headers: &HeaderMap) -> Vec<&str> {
-    METHOD_OVERRIDE_HEADERS
+/// Whether a header name, in any spelling a server may fold it to (case, `_`
+/// for `-`), is a method-override header.
+pub fn is_method_override(name: &str) -> bool {
+    // Cheap first: only three lengths can match.
+    matches!(name.len(), 13 | 17 | 22)
+        && METHOD_OVERRIDE_HEADERS.contains(&NormalName::new(name).as_str())
+}
+
+/// The query parameter Rails, Laravel, Symfony and Express's method-override
+/// read as the real method.
+const METHOD_OVERRIDE_PARAM: &str = "_method";
+
+/// The method-override values of a request: its override headers in any
+/// spelling, and `_method` in the query (a `_method` form field in a body is not
+/// seen: a rule on such a method should also name POST).
+pub fn method_overrides<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Vec<Cow<'a, str>> {
+    let mut found: Vec<Cow<'a, str>> = headers
         .iter()
-        .flat_map(|name| headers.get_all(*name))
-        .filter_map(|v| v.to_str().ok())
-        .collect()
+        .filter(|(name, _)| is_method_override(name.as_str()))
+        .filter_map(|(_, value)| value.to_str().ok().map(Cow::Borrowed))
+        .collect();
+    found.extend(query_overrides(query.unwrap_or("")));
+    found
+}
+
+/// `_method` values in a query, its key in any percent-encoding.
+fn query_overrides(query: &str) -> impl Iterator<Item = Cow<'_, str>> {
+    query.split(['&', ';']).filter_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let named = key == METHOD_OVERRIDE_PARAM
+            || (key.contains('%')
+                && percent_encoding::percent_decode_str(key).decode_utf8_lossy()
+                    == METHOD_OVERRIDE_PARAM);
+        named.then(|| percent_encoding::percent_decode_str(value).decode_utf8_lossy())
+    })
+}
+
+/// Whether a query carries a method override (the fast path then declines).
+pub fn query_may_override(query: &str) -> bool {
+    query_overrides(query).next().is_some()
 }
 
 /// What the route rules require of a request for the upstream, decided before
@@ -128,7 +164,10 @@ fn step_up(
         return GatewayError::Forbidden;
     }
     let acr_values = step.acr_values.join(" ");
+    // The way back, without any credential of ours the address carried.
     let next = crate::upstream::rewrite::with_query(access.path, access.query);
+    let next =
+        crate::upstream::rewrite::upstream_target(&next, Some(crate::carrier::Carrier::Ticket));
     let mut pairs = vec![("provider", provider), ("next", &next), ("prompt", "login")];
     if !acr_values.is_empty() {
         pairs.push(("acr_values", &acr_values));
@@ -174,10 +213,7 @@ pub async fn authorize_endpoint(
     access: &EndpointAccess<'_>,
 ) -> Result<(), GatewayError> {
     if let Some(permission) = access.permission
-        && !gw
-            .config()
-            .role_permissions
-            .any_grants(auth.identity().roles(), permission)
+        && !gw.grants(auth.identity().roles(), permission)
     {
         let mut event = gw.audit_event(
             auth.identity().subject(),

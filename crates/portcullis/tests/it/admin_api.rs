@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use portcullis_core::identity::{Permission, RolePermissions};
 use portcullis_gateway::GatewayConfig;
+use portcullis_gateway::openapi::Access;
 
 use crate::api_tokens::{create_owned_token, create_token};
 use crate::both_backends;
@@ -20,25 +21,14 @@ both_backends!(
     offboarded_identities_lose_sessions_and_tokens,
 );
 
-/// Every admin route: method, path, the permissions it needs, and a body.
-const ROUTES: &[(&str, &str, &[Permission], &str)] = &[
-    (
-        "GET",
-        "/.auth/api/v1/sessions",
-        &[Permission::SessionList],
-        "",
-    ),
+/// Rows beyond the documented ones: a further permission a route needs once it
+/// knows its target (method, path, permissions, body).
+const CONDITIONAL: &[(&str, &str, &[Permission], &str)] = &[
     (
         "GET",
         "/.auth/api/v1/sessions?all=true",
         &[Permission::SessionList, Permission::SessionListAll],
         "",
-    ),
-    (
-        "POST",
-        "/.auth/api/v1/sessions/revoke",
-        &[Permission::SessionRevoke],
-        "{}",
     ),
     (
         "POST",
@@ -52,87 +42,36 @@ const ROUTES: &[(&str, &str, &[Permission], &str)] = &[
         &[Permission::SessionRevoke, Permission::TokenRevoke],
         r#"{"api_tokens": true}"#,
     ),
-    (
-        "DELETE",
-        "/.auth/api/v1/sessions/ses-nope",
-        &[Permission::SessionRevoke],
-        "",
-    ),
-    (
-        "GET",
-        "/.auth/api/v1/api-tokens",
-        &[Permission::TokenList],
-        "",
-    ),
-    (
-        "POST",
-        "/.auth/api/v1/api-tokens",
-        &[Permission::TokenCreate],
-        "{}",
-    ),
-    (
-        "DELETE",
-        "/.auth/api/v1/api-tokens/tok-nope",
-        &[Permission::TokenRevoke],
-        "",
-    ),
-    ("GET", "/.auth/api/v1/audit", &[Permission::AuditRead], ""),
-    (
-        "GET",
-        "/.auth/api/v1/oidc/providers",
-        &[Permission::OidcList],
-        "",
-    ),
-    (
-        "POST",
-        "/.auth/api/v1/oidc/providers",
-        &[Permission::OidcCreate],
-        "{}",
-    ),
-    (
-        "GET",
-        "/.auth/api/v1/oidc/providers/corp",
-        &[Permission::OidcList],
-        "",
-    ),
-    (
-        "PUT",
-        "/.auth/api/v1/oidc/providers/corp",
-        &[Permission::OidcEdit],
-        "{}",
-    ),
-    (
-        "DELETE",
-        "/.auth/api/v1/oidc/providers/corp",
-        &[Permission::OidcDelete],
-        "",
-    ),
-    (
-        "POST",
-        "/.auth/api/v1/oidc/providers/corp/refresh",
-        &[Permission::OidcEdit],
-        "",
-    ),
-    (
-        "GET",
-        "/.auth/api/v1/oidc/group-mappings",
-        &[Permission::OidcList],
-        "",
-    ),
-    // Mappings are part of a provider's settings.
-    (
-        "POST",
-        "/.auth/api/v1/oidc/group-mappings",
-        &[Permission::OidcEdit],
-        "{}",
-    ),
-    (
-        "DELETE",
-        "/.auth/api/v1/oidc/group-mappings/m-nope",
-        &[Permission::OidcEdit],
-        "",
-    ),
 ];
+
+/// Every permission-guarded route as the OpenAPI table documents it (so the
+/// document, the handlers and this test agree), then the conditional rows.
+fn routes() -> Vec<(String, String, Vec<Permission>, String)> {
+    let mut rows = Vec::new();
+    for endpoint in portcullis_gateway::openapi::ENDPOINTS {
+        for op in endpoint.operations {
+            if let Access::Admin(needs, mutating) = op.access {
+                let body = if mutating { "{}" } else { "" };
+                rows.push((
+                    op.method.to_ascii_uppercase(),
+                    format!("/.auth{}", endpoint.path.replace("{id}", "nope-x")),
+                    needs.to_vec(),
+                    body.to_owned(),
+                ));
+            }
+        }
+    }
+    assert!(rows.len() >= 20, "{}", rows.len());
+    for (method, path, needs, body) in CONDITIONAL {
+        rows.push((
+            method.to_string(),
+            path.to_string(),
+            needs.to_vec(),
+            body.to_string(),
+        ));
+    }
+    rows
+}
 
 /// One role per permission (`only:<name>`), so a token can hold exactly one.
 fn one_role_per_permission(config: &mut GatewayConfig) {
@@ -169,11 +108,17 @@ async fn every_admin_route_needs_its_permission(backend: Backend) {
     let gw = TestGateway::start_with(&db, one_role_per_permission).await;
     // A session with every permission, so "tokens cannot mint tokens" is not what
     // answers for the token-creation row.
-    for (method, path, needs, body) in ROUTES {
+    for (method, path, needs, body) in routes() {
+        let (method, path, needs, body) = (
+            method.as_str(),
+            path.as_str(),
+            needs.as_slice(),
+            body.as_str(),
+        );
         let r = gw.client.request(method, path, &[], body.to_string()).await;
         assert_eq!(r.status, 401, "{method} {path} without a credential");
 
-        for missing in *needs {
+        for missing in needs {
             let before = refusals(&gw, *missing).await;
             let roles = roles_for(Permission::ALL.into_iter().filter(|p| p != missing));
             let (_, without) = create_token(&gw.store, "probe", &roles).await;
@@ -202,7 +147,7 @@ async fn every_admin_route_needs_its_permission(backend: Backend) {
         }
 
         let mut before = Vec::new();
-        for p in *needs {
+        for p in needs {
             before.push(refusals(&gw, *p).await);
         }
         let (_, with) = create_token(&gw.store, "probe", &roles_for(needs.iter().copied())).await;
@@ -292,6 +237,26 @@ async fn sessions_are_listed_and_ended_through_the_api(backend: Backend) {
         list.iter()
             .any(|s| s["id"] == bob.id() && s["current"] == true)
     );
+
+    // A token stands for its owner: Bob's own token sees his sessions; a service
+    // token named like him owns none.
+    for (provider, count) in [(Some("basic"), 2), (None, 0)] {
+        let (id, secret) = create_owned_token(&gw.store, USER, "user", provider, None).await;
+        let seen = gw
+            .client
+            .get(
+                "/.auth/api/v1/sessions",
+                &[("authorization", &format!("Bearer {secret}"))],
+            )
+            .await
+            .json();
+        assert_eq!(
+            seen["sessions"].as_array().map(Vec::len),
+            Some(count),
+            "{provider:?}: {seen}"
+        );
+        gw.store.revoke_api_token(&id, now_ms()).await.unwrap();
+    }
 
     // Alice filters everyone's by user and provider.
     let all = gw
@@ -661,6 +626,10 @@ async fn offboarded_identities_lose_sessions_and_tokens(backend: Backend) {
     let (_, gone_token) =
         create_owned_token(&gw.store, "ada", "user", Some("retired-idp"), None).await;
     let (_, service) = create_owned_token(&gw.store, "ci", "user", None, None).await;
+    // A token made before tokens recorded their owner: a gateway started while
+    // Bob is configured adopts it as his.
+    let (_, legacy) = create_owned_token(&gw.store, USER, "user", None, None).await;
+    let _adopting = TestGateway::start(&db).await;
     let bearer = |s: &str| format!("Bearer {s}");
     assert_eq!(
         gw.client
@@ -697,6 +666,12 @@ async fn offboarded_identities_lose_sessions_and_tokens(backend: Backend) {
             "removed provider's token",
             "authorization",
             bearer(&gone_token),
+            401,
+        ),
+        (
+            "removed user's older token",
+            "authorization",
+            bearer(&legacy),
             401,
         ),
         ("service token", "authorization", bearer(&service), 200),

@@ -556,7 +556,11 @@ impl TestClient {
             builder = builder.header(*k, *v);
         }
         let request = builder.body(Full::new(body.into())).unwrap();
-        let response = self.client.request(request).await.unwrap();
+        // A hung exchange fails the test with its name instead of stalling the run.
+        let response = tokio::time::timeout(Duration::from_secs(30), self.client.request(request))
+            .await
+            .unwrap_or_else(|_| panic!("{method} {path}: no answer within 30 s"))
+            .unwrap();
         let (parts, body) = response.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
         TestResponse {

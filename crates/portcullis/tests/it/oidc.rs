@@ -149,6 +149,7 @@ impl Browser {
         let jar = Arc::new(Jar::default());
         let build = |stop: bool| {
             reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
                 .cookie_provider(jar.clone())
                 .redirect(reqwest::redirect::Policy::custom(move |attempt| {
                     if stop && attempt.url().path().ends_with("/oidc/callback") {
@@ -1027,7 +1028,12 @@ async fn unknown_kids_refetch_keys_at_most_once_per_window(backend: Backend) {
     let db = TestDb::new(backend).await;
     let (gw, op) = setup(&db).await;
     let fetches = || async {
-        reqwest::get(format!("{}/test/jwks-fetches", op.issuer))
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+            .get(format!("{}/test/jwks-fetches", op.issuer))
+            .send()
             .await
             .unwrap()
             .json::<Value>()

@@ -174,16 +174,43 @@ async fn methods_and_method_overrides_obey_the_rules(backend: Backend) {
     let gw = TestGateway::start_with(&db, with_rules(rules())).await;
     let user = gw.login(USER).await;
     let cookie = user.cookie_header();
-    // (method, extra header, status for a user)
-    for (method, extra, status) in [
-        ("GET", None, 200),
-        ("POST", None, 200),
-        ("DELETE", None, 403),
-        ("delete", None, 403),
-        ("POST", Some(("x-http-method-override", "DELETE")), 403),
-        ("POST", Some(("X-HTTP-Method", "delete")), 403),
-        ("POST", Some(("x-method-override", "DELETE")), 403),
-        ("GET", Some(("x-http-method-override", "GET")), 200),
+    // (method, path, extra header, status for a user)
+    for (method, path, extra, status) in [
+        ("GET", "/records/7", None, 200),
+        ("POST", "/records/7", None, 200),
+        ("DELETE", "/records/7", None, 403),
+        ("delete", "/records/7", None, 403),
+        (
+            "POST",
+            "/records/7",
+            Some(("x-http-method-override", "DELETE")),
+            403,
+        ),
+        ("POST", "/records/7", Some(("X-HTTP-Method", "delete")), 403),
+        (
+            "POST",
+            "/records/7",
+            Some(("x-method-override", "DELETE")),
+            403,
+        ),
+        // Spelled with `_`, as Rack, PHP and WSGI servers still read it.
+        (
+            "POST",
+            "/records/7",
+            Some(("X_HTTP_Method_Override", "DELETE")),
+            403,
+        ),
+        // The query parameter of Rails, Laravel, Symfony and Express.
+        ("POST", "/records/7?_method=DELETE", None, 403),
+        ("POST", "/records/7?a=1&%5Fmethod=delete", None, 403),
+        ("GET", "/records/7?_method=DELETE", None, 403),
+        (
+            "GET",
+            "/records/7",
+            Some(("x-http-method-override", "GET")),
+            200,
+        ),
+        ("GET", "/records/7?method=DELETE", None, 200),
     ] {
         let mut headers = vec![
             ("cookie", cookie.as_str()),
@@ -192,9 +219,9 @@ async fn methods_and_method_overrides_obey_the_rules(backend: Backend) {
         headers.extend(extra);
         let r = gw
             .client
-            .request(method, "/records/7", &headers, String::new())
+            .request(method, path, &headers, String::new())
             .await;
-        assert_eq!(r.status, status, "{method} {extra:?}: {}", r.text());
+        assert_eq!(r.status, status, "{method} {path} {extra:?}: {}", r.text());
     }
 }
 
