@@ -11,6 +11,7 @@ pub mod audit;
 pub mod basic;
 pub mod clock;
 pub mod cookie;
+pub mod forwarded;
 pub mod identity;
 pub mod internal;
 pub mod keys;

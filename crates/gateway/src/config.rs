@@ -156,6 +156,8 @@ pub struct GatewayConfig {
     pub oidc_providers: Vec<OidcProviderSpec>,
     /// Route rules (SPEC 8): which upstream requests need which identity.
     pub routes: portcullis_core::routes::RouteRules,
+    /// Peers whose forwarding headers are believed (`--trusted-proxies`).
+    pub trusted_proxies: portcullis_core::forwarded::TrustedProxies,
     /// Role to permission grants beyond the built-in ones.
     pub role_permissions: portcullis_core::identity::RolePermissions,
 }
@@ -195,6 +197,7 @@ impl GatewayConfig {
             internal_credential_remote: false,
             oidc_providers: Vec::new(),
             routes: portcullis_core::routes::RouteRules::default(),
+            trusted_proxies: portcullis_core::forwarded::TrustedProxies::default(),
             role_permissions: portcullis_core::identity::RolePermissions::default(),
         }
     }

@@ -23,7 +23,7 @@ use tower_service::Service;
 use crate::error::CURRENT_REQUEST;
 use crate::fastpath;
 use crate::pipeline::authenticate::Primed;
-use crate::pipeline::{PathKind, RequestContext};
+use crate::pipeline::{ClientAddr, PathKind, RequestContext};
 use crate::proxy;
 use crate::state::Gateway;
 use crate::upstream::UpstreamClient;
@@ -84,7 +84,13 @@ impl hyper::service::Service<Request<Incoming>> for Connection {
         if let Some(primed) = primed {
             request.extensions_mut().insert(primed);
         }
-        let mut ctx = RequestContext::for_request(self.peer, PathKind::Proxy, request.headers());
+        let client = ClientAddr::of(
+            &self.gw.config().trusted_proxies,
+            self.peer,
+            request.headers(),
+        );
+        request.extensions_mut().insert(ConnectInfo(client));
+        let mut ctx = RequestContext::for_request(client, PathKind::Proxy, request.headers());
         // Copied for the access event only when one is wanted.
         let logged = crate::pipeline::access_log_enabled()
             .then(|| (request.method().clone(), request.uri().path().to_owned()));
@@ -116,8 +122,7 @@ impl Connection {
         }
         if crate::host::is_own_path(&self.gw.config().auth_prefix, request.uri().path()) {
             ctx.kind = PathKind::Endpoint;
-            let mut request = request.map(Body::new);
-            request.extensions_mut().insert(ConnectInfo(self.peer));
+            let request = request.map(Body::new);
             let mut router = self.router.clone();
             return match router.call(request).await {
                 Ok(response) => response,

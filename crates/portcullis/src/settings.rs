@@ -14,6 +14,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use clap::Args;
 use portcullis_core::basic::BasicUsers;
+use portcullis_core::forwarded::TrustedProxies;
 use portcullis_core::identity::RolePermissions;
 use portcullis_core::keys::SecretKey;
 use portcullis_core::routes::{RouteRules, RouteSpec};
@@ -96,6 +97,15 @@ pub struct RawSettings {
     /// Accept the internal credential from non-loopback peers [default: false]
     #[arg(long, env = "PORTCULLIS_INTERNAL_CREDENTIAL_REMOTE", global = true)]
     pub internal_credential_remote: Option<bool>,
+    /// Proxies whose X-Forwarded-For and X-Request-Id are believed: addresses or
+    /// CIDR ranges, comma-separated [default: none]
+    #[arg(
+        long,
+        env = "PORTCULLIS_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub trusted_proxies: Option<Vec<String>>,
     /// Concurrent argon2 verifications [default: number of CPUs]
     #[arg(long, env = "PORTCULLIS_ARGON2_WORKERS", global = true)]
     pub argon2_workers: Option<usize>,
@@ -260,6 +270,7 @@ impl RawSettings {
             internal_credential_file,
             internal_credential_remote,
             argon2_workers,
+            trusted_proxies,
             basic_users,
             basic_admins,
             oidc,
@@ -517,6 +528,15 @@ impl RawSettings {
         }
         let oidc_providers = self.resolve_oidc(errors);
         let routes = self.resolve_routes(&prefix, errors);
+        let trusted_proxies = match TrustedProxies::parse(
+            self.trusted_proxies.iter().flatten().map(String::as_str),
+        ) {
+            Ok(trusted) => trusted,
+            Err(problems) => {
+                errors.extend(problems);
+                TrustedProxies::default()
+            }
+        };
         let role_permissions = match RolePermissions::from_config(
             self.roles
                 .iter()
@@ -542,6 +562,7 @@ impl RawSettings {
         config.internal_credential_remote = self.internal_credential_remote.unwrap_or(false);
         config.oidc_providers = oidc_providers;
         config.routes = routes;
+        config.trusted_proxies = trusted_proxies;
         config.role_permissions = role_permissions;
         config.login_limits = limits;
         config.basic_users = basic_users;
@@ -786,6 +807,34 @@ mod tests {
     fn config_rows() {
         let rows: Vec<(&str, RawSettings, Option<&str>)> = vec![
             ("defaults are valid", base(), None),
+            (
+                "trusted proxies",
+                RawSettings {
+                    trusted_proxies: Some(vec![
+                        "10.0.0.0/8".into(),
+                        "::1".into(),
+                        "127.0.0.1".into(),
+                    ]),
+                    ..base()
+                },
+                None,
+            ),
+            (
+                "trusted proxy that is not a range",
+                RawSettings {
+                    trusted_proxies: Some(vec!["10.0.0.0/40".into()]),
+                    ..base()
+                },
+                Some("--trusted-proxies"),
+            ),
+            (
+                "trusted proxy by name",
+                RawSettings {
+                    trusted_proxies: Some(vec!["proxy.internal".into()]),
+                    ..base()
+                },
+                Some("--trusted-proxies"),
+            ),
             (
                 "missing upstream",
                 RawSettings {

@@ -5,7 +5,6 @@
 //! reloads them.
 
 use portcullis_core::audit::AuditAction;
-use std::net::SocketAddr;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -23,6 +22,7 @@ use crate::error::GatewayError;
 use crate::identity::IdentityFields;
 use crate::oidc::RefreshError;
 use crate::pipeline::Authenticated;
+use crate::pipeline::ClientAddr;
 use crate::pipeline::authenticate::authenticate_endpoint;
 use crate::pipeline::authorize::{EndpointAccess, authorize_endpoint};
 use crate::state::Gateway;
@@ -41,7 +41,7 @@ pub use tokens::{create_token, list_tokens, revoke_token};
 /// last argument (it reads the body, bounded by the router's limit: 413 beyond).
 pub struct AdminCall {
     gw: Gateway,
-    peer: SocketAddr,
+    peer: ClientAddr,
     mutating: bool,
     headers: HeaderMap,
     body: Bytes,
@@ -53,7 +53,7 @@ impl FromRequest<Gateway> for AdminCall {
     async fn from_request(request: Request, gw: &Gateway) -> Result<Self, Response> {
         let peer = request
             .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
+            .get::<ConnectInfo<ClientAddr>>()
             .map(|c| c.0)
             .ok_or_else(|| GatewayError::Internal("no peer address".into()).into_response())?;
         // Anything but a read is a mutation and, with a cookie, needs the CSRF token.

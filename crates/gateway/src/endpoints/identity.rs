@@ -1,7 +1,6 @@
 //! Who the caller is: `GET {prefix}/me` (JSON) and `GET {prefix}/verify` (forward
 //! auth: identity headers, or 401 naming the sign-in URL).
 
-use std::net::SocketAddr;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Json;
@@ -11,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::error::GatewayError;
+use crate::pipeline::ClientAddr;
 use crate::pipeline::authenticate::authenticate_endpoint;
 use crate::state::Gateway;
 
@@ -35,7 +35,7 @@ pub(crate) fn rfc3339(ms: i64) -> Option<String> {
 
 pub async fn me(
     State(gw): State<Gateway>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<ClientAddr>,
     headers: HeaderMap,
 ) -> Response {
     match authenticate_endpoint(&gw, &headers, peer).await {
@@ -58,7 +58,7 @@ pub async fn me(
 /// `forward_auth`: 200 with identity headers, or 401 naming the login URL.
 pub async fn verify(
     State(gw): State<Gateway>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<ClientAddr>,
     headers: HeaderMap,
 ) -> Response {
     match authenticate_endpoint(&gw, &headers, peer).await {

@@ -3,7 +3,6 @@
 //! every sign-in method shares, and signing out (`POST {prefix}/logout`).
 
 use portcullis_core::audit::AuditAction;
-use std::net::SocketAddr;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -23,6 +22,7 @@ use crate::cookies::{self, CSRF_COOKIE, SESSION_COOKIE};
 use crate::error::GatewayError;
 use crate::identity::IdentityFields;
 use crate::pages;
+use crate::pipeline::ClientAddr;
 use crate::pipeline::authenticate::authenticate_endpoint;
 use crate::pipeline::authorize::{EndpointAccess, authorize_endpoint};
 use crate::state::Gateway;
@@ -134,7 +134,7 @@ fn parse_login(headers: &HeaderMap, body: &Bytes) -> Result<(LoginInput, bool), 
 
 pub async fn login_submit(
     State(gw): State<Gateway>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<ClientAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -160,7 +160,7 @@ pub async fn login_submit(
 
 async fn login(
     gw: &Gateway,
-    peer: SocketAddr,
+    peer: ClientAddr,
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Response, (GatewayError, String)> {
@@ -298,7 +298,7 @@ pub(crate) async fn establish_session(
 
 pub async fn logout(
     State(gw): State<Gateway>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<ClientAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {

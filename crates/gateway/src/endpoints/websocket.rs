@@ -1,8 +1,6 @@
 //! WebSocket helpers for clients: `POST {prefix}/ws-ticket` (a single-use ticket
 //! for one upgrade) and `GET {prefix}/capabilities` (the carrier table, as data).
 
-use std::net::SocketAddr;
-
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
@@ -12,6 +10,7 @@ use serde_json::json;
 
 use crate::carrier::{self, Carrier};
 use crate::error::GatewayError;
+use crate::pipeline::ClientAddr;
 use crate::pipeline::authenticate::authenticate_endpoint;
 use crate::pipeline::authorize::{EndpointAccess, authorize_endpoint};
 use crate::state::Gateway;
@@ -20,7 +19,7 @@ use crate::state::Gateway;
 /// the calling session (cookie plus `X-CSRF-Token`).
 pub async fn ws_ticket(
     State(gw): State<Gateway>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<ClientAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {

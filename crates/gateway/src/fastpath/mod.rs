@@ -46,7 +46,7 @@ use crate::pipeline::authenticate::{Primed, authenticate_session_cookie};
 use crate::pipeline::authorize::{
     UpstreamAccess, authorize_upstream, is_method_override, query_may_override,
 };
-use crate::pipeline::{Authenticated, PathKind, RequestContext, RequestId};
+use crate::pipeline::{Authenticated, ClientAddr, PathKind, RequestContext, RequestId};
 use crate::state::Gateway;
 use crate::upstream::raw::Framing;
 use crate::upstream::rewrite::{self, UpstreamRewrite};
@@ -87,6 +87,11 @@ pub async fn serve(
     buf: &mut BytesMut,
     stopping: &mut watch::Receiver<bool>,
 ) -> Handoff {
+    // A trusted proxy's requests carry the client's address in their headers,
+    // which the fast path does not read: the general path serves them.
+    if gw.config().trusted_proxies.contains(peer.ip()) {
+        return Handoff::Hyper(None);
+    }
     let mut out = Vec::with_capacity(1024);
     let mut back = Vec::with_capacity(4096);
     let proto = gw.forwarded_proto();
@@ -121,7 +126,11 @@ pub async fn serve(
                 _ = &mut stop => return Handoff::Closed,
             }
         };
-        let mut ctx = RequestContext::started_at(peer, PathKind::FastPath, arrived.into_std());
+        let mut ctx = RequestContext::started_at(
+            ClientAddr::direct(peer),
+            PathKind::FastPath,
+            arrived.into_std(),
+        );
         let Ok(cookie) = std::str::from_utf8(&buf[plan.cookie.clone()]) else {
             return Handoff::Hyper(None);
         };

@@ -5,7 +5,6 @@
 //! [`authenticate_session_cookie`] once that table has picked the cookie.
 
 use portcullis_core::audit::AuditAction;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderMap, Uri};
@@ -17,6 +16,7 @@ use portcullis_core::subprotocol::Offer;
 use crate::carrier::{self, Carrier};
 use crate::error::GatewayError;
 use crate::identity::IdentityFields;
+use crate::pipeline::ClientAddr;
 use crate::session_cache::{CachedSession, LookupError};
 use crate::state::Gateway;
 
@@ -108,7 +108,7 @@ pub async fn authenticate(
     headers: &HeaderMap,
     uri: &Uri,
     offer: Option<&Offer>,
-    peer: SocketAddr,
+    peer: ClientAddr,
 ) -> Result<Outcome, GatewayError> {
     authenticate_primed(gw, headers, uri, offer, peer, None).await
 }
@@ -118,7 +118,7 @@ pub async fn authenticate(
 pub async fn authenticate_endpoint(
     gw: &Gateway,
     headers: &HeaderMap,
-    peer: SocketAddr,
+    peer: ClientAddr,
 ) -> Result<Option<Authenticated>, GatewayError> {
     let no_target = Uri::from_static("/");
     Ok(authenticate(gw, headers, &no_target, None, peer)
@@ -132,7 +132,7 @@ pub async fn authenticate_primed(
     headers: &HeaderMap,
     uri: &Uri,
     offer: Option<&Offer>,
-    peer: SocketAddr,
+    peer: ClientAddr,
     primed: Option<Primed>,
 ) -> Result<Outcome, GatewayError> {
     let Some(presented) = carrier::find(gw.config(), headers, uri, offer) else {
@@ -214,7 +214,7 @@ async fn audit_refusal(
     action: AuditAction,
     reason: &str,
     presented: &str,
-    peer: SocketAddr,
+    peer: ClientAddr,
 ) {
     let mut event = gw.audit_event(actor, action, "failure");
     event.reason = Some(reason.into());
@@ -229,7 +229,7 @@ async fn audit_refusal(
 async fn authenticate_ticket(
     gw: &Gateway,
     presented: &str,
-    peer: SocketAddr,
+    peer: ClientAddr,
 ) -> Result<Verified, GatewayError> {
     let now = gw.now();
     let session_id = match portcullis_core::ticket::hash_presented(presented) {
@@ -279,9 +279,12 @@ async fn authenticate_ticket(
 async fn authenticate_internal(
     gw: &Gateway,
     presented: &str,
-    peer: SocketAddr,
+    peer: ClientAddr,
 ) -> Result<Verified, GatewayError> {
-    let reason = if !internal::peer_allowed(peer.ip(), gw.config().internal_credential_remote) {
+    // Loopback means the connection's own peer, never an address a proxy forwarded
+    // (nor a request a trusted proxy relayed).
+    let remote = gw.config().internal_credential_remote;
+    let reason = if !(remote || peer.is_local()) {
         "remote_peer"
     } else {
         match gw.internal().verify(gw.store(), presented, gw.now()).await {
@@ -326,7 +329,7 @@ async fn authenticate_api_token(gw: &Gateway, presented: &str) -> Result<Verifie
 async fn authenticate_bearer_value(
     gw: &Gateway,
     value: &str,
-    peer: SocketAddr,
+    peer: ClientAddr,
 ) -> Result<Verified, GatewayError> {
     if value.starts_with(portcullis_core::ticket::API_TOKEN_PREFIX) {
         authenticate_api_token(gw, value).await

@@ -15,8 +15,6 @@
 //!
 //! A client's path scope (magic links) plugs into [`authorize_upstream`] too.
 
-use std::net::SocketAddr;
-
 use std::borrow::Cow;
 
 use http::{HeaderMap, Method};
@@ -28,6 +26,7 @@ use super::authenticate::Authenticated;
 use crate::carrier::Carrier;
 use crate::error::GatewayError;
 use crate::identity::IdentityFields;
+use crate::pipeline::ClientAddr;
 use crate::state::Gateway;
 use crate::upstream::rewrite::NormalName;
 
@@ -203,7 +202,7 @@ pub struct EndpointAccess<'a> {
     pub permission: Option<Permission>,
     /// The call mints a WebSocket ticket for the principal.
     pub mints_ticket: bool,
-    pub peer: SocketAddr,
+    pub peer: ClientAddr,
 }
 
 /// Decides whether `auth` may make this call.

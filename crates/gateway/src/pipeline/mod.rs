@@ -15,7 +15,8 @@
 pub mod authenticate;
 pub mod authorize;
 
-use std::net::SocketAddr;
+use portcullis_core::forwarded::TrustedProxies;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 pub use crate::request_id::RequestId;
@@ -47,18 +48,74 @@ pub fn access_log_enabled() -> bool {
     tracing::enabled!(target: "portcullis::access", tracing::Level::INFO)
 }
 
-/// Whether a peer's forwarding headers (and its `X-Request-Id`) are believed. No
-/// peer is trusted until trusted proxies can be configured: every client's claims
-/// are replaced by what the gateway saw.
-pub fn trusted_peer(_peer: SocketAddr) -> bool {
-    false
+/// Who a request is from: the connection's peer and, behind a trusted proxy
+/// (`--trusted-proxies`), the client its `X-Forwarded-For` names. The client's
+/// address drives login throttling, the audit log and the upstream's
+/// `X-Forwarded-For`; only the connection decides what is on loopback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr {
+    tcp: SocketAddr,
+    ip: IpAddr,
+    /// The peer is a trusted proxy: its headers are believed.
+    relayed: bool,
+    /// It relayed the request for someone else (it sent `X-Forwarded-For`).
+    on_behalf: bool,
+}
+
+impl ClientAddr {
+    /// A client connected directly (not through a trusted proxy).
+    pub fn direct(tcp: SocketAddr) -> Self {
+        Self {
+            tcp,
+            ip: tcp.ip(),
+            relayed: false,
+            on_behalf: false,
+        }
+    }
+
+    /// The client of a request from `tcp` with these headers.
+    pub fn of(trusted: &TrustedProxies, tcp: SocketAddr, headers: &http::HeaderMap) -> Self {
+        if !trusted.contains(tcp.ip()) {
+            return Self::direct(tcp);
+        }
+        let values = headers.get_all("x-forwarded-for");
+        let client = trusted.client(tcp.ip(), values.iter().filter_map(|v| v.to_str().ok()));
+        Self {
+            tcp,
+            ip: client.ip,
+            relayed: true,
+            on_behalf: values.iter().next().is_some(),
+        }
+    }
+
+    /// The client's address (the peer's, unless a trusted proxy named another).
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    /// The connection's peer.
+    pub fn tcp(&self) -> SocketAddr {
+        self.tcp
+    }
+
+    /// The request came through a trusted proxy, whose headers are believed.
+    pub fn relayed(&self) -> bool {
+        self.relayed
+    }
+
+    /// Made on the gateway's own host: the connection comes from loopback and
+    /// no proxy relayed it for someone else. An address a proxy forwarded (even
+    /// `127.0.0.1`) never makes a request local.
+    pub fn is_local(&self) -> bool {
+        !self.on_behalf && self.tcp.ip().to_canonical().is_loopback()
+    }
 }
 
 /// What the pipeline knows about one request, from its arrival to its log line.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     pub id: RequestId,
-    pub peer: SocketAddr,
+    pub peer: ClientAddr,
     pub kind: PathKind,
     started: Instant,
     /// Who the request proved to be, once authenticated.
@@ -71,15 +128,15 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
-    pub fn new(peer: SocketAddr, kind: PathKind) -> Self {
+    pub fn new(peer: ClientAddr, kind: PathKind) -> Self {
         Self::started_at(peer, kind, Instant::now())
     }
 
     /// A context for a request whose head is parsed: a trusted proxy's
     /// `X-Request-Id` is kept, anyone else's replaced.
-    pub fn for_request(peer: SocketAddr, kind: PathKind, headers: &http::HeaderMap) -> Self {
+    pub fn for_request(peer: ClientAddr, kind: PathKind, headers: &http::HeaderMap) -> Self {
         let mut ctx = Self::new(peer, kind);
-        if trusted_peer(peer)
+        if peer.relayed()
             && let Some(id) = headers
                 .get("x-request-id")
                 .and_then(|v| RequestId::from_proxy(v.as_bytes()))
@@ -89,7 +146,7 @@ impl RequestContext {
         ctx
     }
 
-    pub fn started_at(peer: SocketAddr, kind: PathKind, started: Instant) -> Self {
+    pub fn started_at(peer: ClientAddr, kind: PathKind, started: Instant) -> Self {
         Self {
             id: RequestId::next(),
             peer,
@@ -118,6 +175,7 @@ impl RequestContext {
             target: "portcullis::access",
             request_id = %self.id,
             peer = %self.peer.ip(),
+            proxy = self.peer.relayed().then(|| self.peer.tcp().ip()).map(tracing::field::display),
             path_kind = self.kind.as_str(),
             method,
             path,
@@ -135,12 +193,105 @@ impl RequestContext {
 mod tests {
     use super::*;
 
+    fn headers(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, http::HeaderValue::from_static(value));
+        }
+        headers
+    }
+
     #[test]
     fn no_peer_is_trusted_without_configuration() {
-        let mut headers = http::HeaderMap::new();
-        headers.insert("x-request-id", http::HeaderValue::from_static("forged-id"));
-        let ctx =
-            RequestContext::for_request("127.0.0.1:1".parse().unwrap(), PathKind::Proxy, &headers);
+        let headers = headers(&[
+            ("x-request-id", "forged-id"),
+            ("x-forwarded-for", "1.2.3.4"),
+        ]);
+        let client = ClientAddr::of(
+            &TrustedProxies::default(),
+            "127.0.0.1:1".parse().unwrap(),
+            &headers,
+        );
+        assert_eq!(client, ClientAddr::direct("127.0.0.1:1".parse().unwrap()));
+        let ctx = RequestContext::for_request(client, PathKind::Proxy, &headers);
         assert_ne!(ctx.id.as_str(), "forged-id");
+    }
+
+    #[test]
+    fn trusted_proxies_name_the_client_never_a_local_one() {
+        let trusted = TrustedProxies::parse(["127.0.0.1", "10.0.0.0/8"]).unwrap();
+        // (peer, headers, client ip, relayed, local)
+        type Row = (
+            &'static str,
+            Vec<(&'static str, &'static str)>,
+            &'static str,
+            bool,
+            bool,
+        );
+        let rows: Vec<Row> = vec![
+            ("127.0.0.1:9", vec![], "127.0.0.1", true, true),
+            (
+                "127.0.0.1:9",
+                vec![("x-forwarded-for", "198.51.100.7")],
+                "198.51.100.7",
+                true,
+                false,
+            ),
+            // A forwarded loopback address is never local.
+            (
+                "10.0.0.5:9",
+                vec![("x-forwarded-for", "127.0.0.1")],
+                "127.0.0.1",
+                true,
+                false,
+            ),
+            (
+                "127.0.0.1:9",
+                vec![("x-forwarded-for", "127.0.0.1")],
+                "127.0.0.1",
+                true,
+                false,
+            ),
+            (
+                "127.0.0.1:9",
+                vec![("x-forwarded-for", "garbage")],
+                "127.0.0.1",
+                true,
+                false,
+            ),
+            // Untrusted peers: headers ignored.
+            (
+                "192.0.2.1:9",
+                vec![("x-forwarded-for", "127.0.0.1")],
+                "192.0.2.1",
+                false,
+                false,
+            ),
+            (
+                "[::1]:9",
+                vec![("x-forwarded-for", "198.51.100.7")],
+                "::1",
+                false,
+                true,
+            ),
+        ];
+        for (peer, pairs, ip, relayed, local) in rows {
+            let client = ClientAddr::of(&trusted, peer.parse().unwrap(), &headers(&pairs));
+            assert_eq!(client.ip().to_string(), ip, "{peer} {pairs:?}");
+            assert_eq!(client.relayed(), relayed, "{peer} {pairs:?}");
+            assert_eq!(client.is_local(), local, "{peer} {pairs:?}");
+        }
+        // A trusted proxy's request id is kept.
+        let relayed = ClientAddr::of(
+            &trusted,
+            "127.0.0.1:9".parse().unwrap(),
+            &headers(&[("x-request-id", "edge-42")]),
+        );
+        let ctx = RequestContext::for_request(
+            relayed,
+            PathKind::Proxy,
+            &headers(&[("x-request-id", "edge-42")]),
+        );
+        assert_eq!(ctx.id.as_str(), "edge-42");
     }
 }

@@ -7,6 +7,7 @@ mod admin_api;
 mod api_tokens;
 mod browser;
 mod fastpath;
+mod forwarded;
 mod harness;
 mod internal;
 mod login;

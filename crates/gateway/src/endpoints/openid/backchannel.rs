@@ -3,7 +3,6 @@
 //! in one transaction, and closes their WebSockets on every replica.
 
 use portcullis_core::audit::AuditAction;
-use std::net::SocketAddr;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
@@ -15,6 +14,7 @@ use portcullis_core::oidc::{self as rules, Expectations};
 use serde::Deserialize;
 
 use crate::error::GatewayError;
+use crate::pipeline::ClientAddr;
 use crate::state::Gateway;
 
 use super::signin::now_s;
@@ -44,7 +44,7 @@ fn peek_issuer_audience(token: &str) -> Option<(String, Vec<String>)> {
 /// when the database cannot answer (the provider may retry: nothing was applied).
 pub async fn back_channel_logout(
     State(gw): State<Gateway>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<ClientAddr>,
     body: Bytes,
 ) -> Response {
     let mut event = gw.audit_event("anonymous", AuditAction::OidcBackChannelLogout, "failure");

@@ -4,7 +4,6 @@
 //! mapped, a session minted).
 
 use portcullis_core::audit::AuditAction;
-use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -18,6 +17,7 @@ use serde::Deserialize;
 
 use crate::cookies::{self, PENDING_COOKIE};
 use crate::error::GatewayError;
+use crate::pipeline::ClientAddr;
 use crate::state::Gateway;
 
 use crate::oidc::*;
@@ -100,7 +100,7 @@ impl<'a> Ask<'a> {
 /// redirect to the provider with PKCE S256, `state` and `nonce`.
 pub async fn login(
     State(gw): State<Gateway>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<ClientAddr>,
     Query(query): Query<LoginQuery>,
 ) -> Response {
     let id = query.provider.clone().unwrap_or_default();
@@ -197,7 +197,7 @@ pub struct CallbackQuery {
 /// code, validate the ID token, map groups, mint a session, 302 to `next`.
 pub async fn callback(
     State(gw): State<Gateway>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<ClientAddr>,
     headers: HeaderMap,
     Query(query): Query<CallbackQuery>,
 ) -> Response {

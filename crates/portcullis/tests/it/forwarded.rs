@@ -1,0 +1,148 @@
+//! Trusted proxies (`--trusted-proxies`): forwarding headers are believed from
+//! them only; the client address they give drives the upstream's
+//! `X-Forwarded-For`, login throttling and the audit log, and never satisfies the
+//! internal credential's loopback rule.
+
+use portcullis_core::forwarded::TrustedProxies;
+
+use crate::both_backends;
+use crate::harness::*;
+
+both_backends!(
+    forwarding_headers_from_untrusted_peers_are_ignored,
+    a_trusted_proxy_names_the_client,
+);
+
+async fn failed_login(gw: &TestGateway, forwarded_for: &str) -> u16 {
+    gw.client
+        .request(
+            "POST",
+            "/.auth/login",
+            &[
+                ("content-type", "application/json"),
+                ("x-forwarded-for", forwarded_for),
+            ],
+            r#"{"username":"nobody","password":"x"}"#,
+        )
+        .await
+        .status
+}
+
+/// The default: nobody is trusted. A spoofed `X-Forwarded-For` reaches neither the
+/// upstream nor the throttling key; a client's `X-Request-Id` is replaced.
+async fn forwarding_headers_from_untrusted_peers_are_ignored(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start_with(&db, |c| {
+        c.login_limits.per_ip_per_minute = 3;
+    })
+    .await;
+    let s = gw.login(USER).await;
+    for path in ["/echo", "/upload-nothing?x=1"] {
+        let r = gw
+            .client
+            .get(
+                path,
+                &[
+                    ("cookie", &s.cookie_header()),
+                    ("x-forwarded-for", "198.51.100.7"),
+                    ("x-request-id", "forged-1"),
+                ],
+            )
+            .await;
+        let seen = r.json();
+        assert_eq!(
+            seen["headers"]["x-forwarded-for"],
+            serde_json::json!(["127.0.0.1"]),
+            "{path}"
+        );
+        assert_ne!(seen["headers"]["x-request-id"][0], "forged-1", "{path}");
+    }
+    // Rotating the spoofed address does not reset the per-IP limit.
+    let statuses: Vec<u16> = futures_util::future::join_all(
+        ["1.1.1.1", "2.2.2.2", "3.3.3.3", "4.4.4.4"]
+            .iter()
+            .map(|ip| failed_login(&gw, ip)),
+    )
+    .await;
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let ips: Vec<String> = gw
+        .audit("auth.login")
+        .await
+        .iter()
+        .filter_map(|e| e.ip.clone())
+        .collect();
+    assert!(ips.iter().all(|ip| ip == "127.0.0.1"), "{ips:?}");
+}
+
+/// Behind a trusted proxy (here: loopback), the rightmost untrusted address is the
+/// client: the upstream sees it, the audit log records it, throttling counts per
+/// client, the proxy's request id is kept, and a forwarded address never counts
+/// as loopback for the internal credential.
+async fn a_trusted_proxy_names_the_client(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start_with(&db, |c| {
+        c.login_limits.per_ip_per_minute = 2;
+        c.trusted_proxies = TrustedProxies::parse(["127.0.0.1", "::1"]).unwrap();
+    })
+    .await;
+    let s = gw.login(USER).await;
+    let r = gw
+        .client
+        .get(
+            "/echo",
+            &[
+                ("cookie", &s.cookie_header()),
+                ("x-forwarded-for", "6.6.6.6, 198.51.100.7"),
+                ("x-request-id", "edge-42"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = r.json();
+    assert_eq!(
+        seen["headers"]["x-forwarded-for"],
+        serde_json::json!(["198.51.100.7"])
+    );
+    assert_eq!(
+        seen["headers"]["x-request-id"],
+        serde_json::json!(["edge-42"])
+    );
+    assert_eq!(r.header("x-request-id").as_deref(), Some("edge-42"));
+
+    // Throttling per client: one client's failures do not lock out another.
+    for _ in 0..2 {
+        assert_eq!(failed_login(&gw, "203.0.113.1").await, 401);
+    }
+    assert_eq!(failed_login(&gw, "203.0.113.1").await, 429);
+    assert_eq!(failed_login(&gw, "203.0.113.2").await, 401);
+    let ips: Vec<String> = gw
+        .audit("auth.login")
+        .await
+        .iter()
+        .filter(|e| e.outcome == "failure")
+        .filter_map(|e| e.ip.clone())
+        .collect();
+    assert!(ips.iter().any(|ip| ip == "203.0.113.2"), "{ips:?}");
+    assert!(!ips.iter().any(|ip| ip == "127.0.0.1"), "{ips:?}");
+
+    // The internal credential: loopback directly, never through the proxy.
+    let credential = gw.gateway.internal_credential().await.unwrap();
+    let bearer = format!("Bearer {}", credential.expose());
+    assert_eq!(
+        gw.client
+            .get("/echo", &[("authorization", &bearer)])
+            .await
+            .status,
+        200
+    );
+    for forwarded in ["127.0.0.1", "198.51.100.7", "garbage"] {
+        let r = gw
+            .client
+            .get(
+                "/echo",
+                &[("authorization", &bearer), ("x-forwarded-for", forwarded)],
+            )
+            .await;
+        assert_eq!(r.status, 401, "forwarded for {forwarded}");
+    }
+}
