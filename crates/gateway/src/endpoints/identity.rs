@@ -4,14 +4,15 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Json;
-use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::error::GatewayError;
 use crate::pipeline::ClientAddr;
 use crate::pipeline::authenticate::authenticate_endpoint;
+use crate::pipeline::authorize::{UpstreamAccess, authorize_upstream, route};
 use crate::state::Gateway;
 
 use super::*;
@@ -54,35 +55,154 @@ pub async fn me(
     }
 }
 
-/// Forward auth for nginx `auth_request`, Traefik `forwardAuth`, Caddy
-/// `forward_auth`: 200 with identity headers, or 401 naming the login URL.
+/// `?mode=redirect`: answer browsers with the sign-in redirect itself (Traefik
+/// `forwardAuth`, Caddy `forward_auth` pass a non-2xx answer to the client).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct VerifyQuery {
+    mode: Option<String>,
+}
+
+/// The header carrying the original request's `Cookie` without the gateway's
+/// own cookies, for a proxy to forward instead of the original.
+pub const AUTH_COOKIE_HEADER: &str = "x-auth-cookie";
+
+/// The request a forward-auth call is about. Its method, host and address are
+/// read from `X-Forwarded-Method`, `X-Forwarded-Host` and `X-Forwarded-Uri` /
+/// `X-Original-URI` only when a trusted proxy sent them; the address is also used,
+/// from anyone, as the (validated) way back after signing in.
+struct Original {
+    method: Method,
+    host: Option<String>,
+    /// Path and query, as the client asked.
+    target: String,
+}
+
+impl Original {
+    fn of(peer: ClientAddr, headers: &HeaderMap) -> Self {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let target = header("x-forwarded-uri")
+            .or_else(|| header("x-original-uri"))
+            .unwrap_or("/")
+            .to_owned();
+        if !peer.relayed() {
+            return Self {
+                method: Method::GET,
+                host: header("host").map(str::to_owned),
+                target,
+            };
+        }
+        Self {
+            method: header("x-forwarded-method")
+                .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+                .unwrap_or(Method::GET),
+            host: header("x-forwarded-host")
+                .or_else(|| header("host"))
+                .map(str::to_owned),
+            target,
+        }
+    }
+}
+
+/// Forward auth for nginx `auth_request`, Traefik `forwardAuth` and Caddy
+/// `forward_auth`: the original request passes the route rules and the
+/// authenticate phase, and is answered with 200 and every identity header
+/// (empty when unknown, so no client-supplied copy survives), or 401 naming the
+/// sign-in URL in `X-Auth-Login-Url` (`?mode=redirect`: a 302 there for
+/// browsers), or 403.
 pub async fn verify(
     State(gw): State<Gateway>,
     ConnectInfo(peer): ConnectInfo<ClientAddr>,
+    Query(query): Query<VerifyQuery>,
     headers: HeaderMap,
 ) -> Response {
-    match authenticate_endpoint(&gw, &headers, peer).await {
-        Ok(Some(auth)) => {
-            let mut response = StatusCode::OK.into_response();
-            crate::upstream::rewrite::set_identity_headers(response.headers_mut(), auth.identity());
-            response
-        }
-        Ok(None) => {
-            let original = ["x-original-uri", "x-forwarded-uri"]
-                .iter()
-                .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
-                .unwrap_or("/");
-            let url = format!(
-                "{}{}",
-                gw.config().public_url.origin(),
-                login_url(&gw, original)
-            );
-            let mut response = GatewayError::Unauthenticated.into_response();
-            if let Ok(value) = HeaderValue::from_str(&url) {
-                response.headers_mut().insert("x-auth-login-url", value);
+    let original = Original::of(peer, &headers);
+    let redirect = query.mode.as_deref() == Some("redirect");
+    let html = wants_html(&original.method, &headers);
+    let login = format!(
+        "{}{}",
+        gw.config().public_url.origin(),
+        login_url(&gw, &original.target)
+    );
+    let refuse = |error: GatewayError, login: &str| -> Response {
+        let login_url = match &error {
+            GatewayError::StepUp { login_url, .. } => {
+                format!("{}{login_url}", gw.config().public_url.origin())
             }
-            response
+            _ => login.to_owned(),
+        };
+        let mut response = if redirect && error.status() == StatusCode::UNAUTHORIZED {
+            match &error {
+                GatewayError::StepUp { .. } if html => {
+                    GatewayError::unauthenticated(true, &login_url)
+                }
+                _ => GatewayError::unauthenticated(html, &login_url),
+            }
+        } else {
+            error.into_response_for(html && redirect)
+        };
+        if response.status() == StatusCode::UNAUTHORIZED
+            && let Ok(value) = HeaderValue::from_str(&login_url)
+        {
+            response.headers_mut().insert("x-auth-login-url", value);
         }
-        Err(e) => e.into_response(),
+        response
+    };
+    // Route rules need the original address, which only a trusted proxy can give.
+    if !gw.config().routes.is_empty() && !peer.relayed() {
+        tracing::warn!(
+            peer = %peer.ip(),
+            "forward auth refused: route rules are configured but the caller is not in \
+             --trusted-proxies, so its X-Forwarded-Uri cannot be believed"
+        );
+        return refuse(GatewayError::Forbidden, &login);
     }
+    let (path, query_part) = original
+        .target
+        .split_once('?')
+        .map_or((original.target.as_str(), None), |(p, q)| (p, Some(q)));
+    let Some(path) = crate::proxy::upstream_path(&gw, path) else {
+        return refuse(GatewayError::BadRequest("original request path"), &login);
+    };
+    let access = UpstreamAccess {
+        method: &original.method,
+        host: original.host.as_deref(),
+        path: &path,
+        query: query_part,
+        method_overrides: &[],
+        origin: None,
+        upgrade: false,
+    };
+    let decision = route(&gw, &access);
+    let auth = if decision.is_anonymous() {
+        None
+    } else {
+        match authenticate_endpoint(&gw, &headers, peer).await {
+            Ok(Some(auth)) => {
+                if let Err(e) = authorize_upstream(&gw, &auth, &access, &decision) {
+                    return refuse(e, &login);
+                }
+                Some(auth)
+            }
+            Ok(None) => return refuse(GatewayError::Unauthenticated, &login),
+            Err(e) => return refuse(e, &login),
+        }
+    };
+    let mut response = StatusCode::OK.into_response();
+    let out = response.headers_mut();
+    crate::upstream::rewrite::set_forward_auth_headers(
+        out,
+        auth.as_ref().map(|a| a.identity() as &dyn IdentityFields),
+    );
+    let cookie: Vec<&str> = crate::cookies::foreign_pairs(
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )
+    .collect();
+    if let Ok(value) = HeaderValue::from_str(&cookie.join("; ")) {
+        out.insert(AUTH_COOKIE_HEADER, value);
+    }
+    out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }

@@ -177,13 +177,17 @@ pub fn identity_headers(identity: &dyn IdentityFields) -> Vec<(HeaderName, Heade
     out
 }
 
-/// Sets identity headers on a response (forward auth), replacing any existing ones.
-pub fn set_identity_headers(headers: &mut HeaderMap, identity: &dyn IdentityFields) {
+/// The identity headers of a forward-auth answer: every one present, empty when
+/// unknown or anonymous, so a proxy copying them leaves no client-supplied value
+/// or template placeholder behind.
+pub fn set_forward_auth_headers(headers: &mut HeaderMap, identity: Option<&dyn IdentityFields>) {
     for name in IDENTITY_HEADERS {
-        headers.remove(name);
+        headers.insert(HeaderName::from_static(name), HeaderValue::from_static(""));
     }
-    for (name, value) in identity_headers(identity) {
-        headers.insert(name, value);
+    if let Some(identity) = identity {
+        for (name, value) in identity_headers(identity) {
+            headers.insert(name, value);
+        }
     }
 }
 
@@ -611,8 +615,9 @@ mod tests {
         let mut who = identity();
         who.name = "Eve\r\nX-Forwarded-User: root".into();
         let mut headers = HeaderMap::new();
-        set_identity_headers(&mut headers, &who);
-        assert!(headers.get("x-forwarded-preferred-username").is_none());
+        set_forward_auth_headers(&mut headers, Some(&who));
+        // Present (forward auth always sends every header) but without the value.
+        assert_eq!(headers.get("x-forwarded-preferred-username").unwrap(), "");
         assert_eq!(headers.get("x-forwarded-user").unwrap(), "alice");
         let id = RequestId::next();
         let mut out = Vec::new();
