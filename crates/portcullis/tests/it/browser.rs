@@ -2,7 +2,6 @@
 //! through its ChromeDriver): sign in, open the sessions page, end another
 //! session and see its live WebSocket close, end all others, read the audit log.
 
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -21,17 +20,20 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 pub struct Browser {
     pub client: Client,
     driver: Child,
+    /// The browser's profile directory, unique to this browser: it names the
+    /// browser's processes on the command line.
+    profile: std::path::PathBuf,
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // The driver leads its own process group, with the browser in it: a test
-        // that fails before closing the session leaves no Chromium behind.
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.driver.id())])
-            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        // A test that fails before closing the session leaves no Chromium behind.
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-f", &self.profile.display().to_string()])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
 
@@ -48,18 +50,20 @@ impl Browser {
             .port();
         let driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
-            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        let profile =
+            std::env::temp_dir().join(format!("portcullis-browser-{port}-{}", std::process::id()));
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
             serde_json::json!({
                 "binary": CHROMIUM,
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", "--user-agent=PortcullisTestBrowser/1.0"],
+                         "--disable-dev-shm-usage", "--user-agent=PortcullisTestBrowser/1.0",
+                         format!("--user-data-dir={}", profile.display())],
             }),
         );
         let url = format!("http://127.0.0.1:{port}");
@@ -71,7 +75,13 @@ impl Browser {
                 .connect(&url)
                 .await
             {
-                Ok(client) => return Self { client, driver },
+                Ok(client) => {
+                    return Self {
+                        client,
+                        driver,
+                        profile,
+                    };
+                }
                 Err(e) => last = Some(e),
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
