@@ -68,6 +68,8 @@ pub enum GatewayError {
     BadRequest(&'static str),
     #[error("not found")]
     NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
     #[error("conflict: {0}")]
     Conflict(&'static str),
     /// Input that fails validation; the message names the problems (never secrets).
@@ -129,6 +131,7 @@ impl GatewayError {
             | GatewayError::OidcFailed(_)
             | GatewayError::LogoutTokenRefused(_) => StatusCode::BAD_REQUEST,
             GatewayError::NotFound => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Conflict(_) => StatusCode::CONFLICT,
             GatewayError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Busy | GatewayError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -152,6 +155,7 @@ impl GatewayError {
             GatewayError::HostNotAllowed => "host_not_allowed",
             GatewayError::BadRequest(_) => "bad_request",
             GatewayError::NotFound => "not_found",
+            GatewayError::MethodNotAllowed => "method_not_allowed",
             GatewayError::Conflict(_) => "conflict",
             GatewayError::Invalid(_) => "invalid",
             GatewayError::OidcFailed(_) => "oidc_failed",
@@ -182,6 +186,7 @@ impl GatewayError {
             }
             GatewayError::BadRequest(why) => format!("Bad request: {why}."),
             GatewayError::NotFound => "Not found.".into(),
+            GatewayError::MethodNotAllowed => "This address does not accept that method.".into(),
             GatewayError::Conflict(why) => format!("Conflict: {why}."),
             GatewayError::Invalid(why) => format!("Invalid request: {why}."),
             GatewayError::OidcFailed(_) => {

@@ -44,8 +44,66 @@ pub(crate) fn check_host(gw: &Gateway, headers: &HeaderMap, uri: &Uri) -> Result
         .or_else(|| uri.authority().map(|a| a.as_str()));
     match host {
         Some(host) if host_allowed(gw, host) => Ok(()),
-        _ => Err(GatewayError::HostNotAllowed),
+        other => {
+            log_refusal("host", other.unwrap_or(""));
+            Err(GatewayError::HostNotAllowed)
+        }
     }
+}
+
+/// Whether `origin` (an `Origin` header, or the scheme-and-host part of a
+/// `Referer`) is the public URL's or an `--allowed-hosts` alias's, with the
+/// public URL's scheme.
+pub(crate) fn origin_allowed(gw: &Gateway, origin: &[u8]) -> bool {
+    let config = gw.config();
+    if origin == config.public_url.origin().as_bytes() {
+        return true;
+    }
+    let scheme = if config.public_url.is_https() {
+        "https://"
+    } else {
+        "http://"
+    };
+    std::str::from_utf8(origin)
+        .ok()
+        .and_then(|o| o.strip_prefix(scheme))
+        .is_some_and(|host| {
+            config
+                .allowed_hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(host))
+        })
+}
+
+/// Says, at most once every ten seconds (a scanner's random `Host` values must
+/// not flood the log), which setting would admit a refused host or origin.
+pub(crate) fn log_refusal(what: &str, value: &str) {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
+    if now.saturating_sub(last) < 10
+        || LAST
+            .compare_exchange(
+                last,
+                now,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_err()
+    {
+        return;
+    }
+    let value: String = value
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect();
+    tracing::warn!(
+        "refused a request for {what} {value:?}: if it is how users reach this gateway, \
+         set --public-url to it or add it to --allowed-hosts"
+    );
 }
 
 pub(crate) fn host_allowed(gw: &Gateway, host: &str) -> bool {

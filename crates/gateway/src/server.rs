@@ -13,7 +13,6 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit};
 use axum::http::{Request, Response};
-use axum::response::IntoResponse;
 use bytes::BytesMut;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -51,6 +50,7 @@ pub fn router(gw: Gateway) -> Router {
     }
     let own = own
         .fallback(crate::endpoints::not_found)
+        .method_not_allowed_fallback(crate::endpoints::method_not_allowed)
         .layer(DefaultBodyLimit::max(GATEWAY_BODY_LIMIT));
     Router::new()
         .nest(&gw.config().auth_prefix, own)
@@ -118,7 +118,8 @@ impl Connection {
     ) -> Response<Body> {
         if let Err(e) = crate::host::check_host(&self.gw, request.headers(), request.uri()) {
             ctx.kind = PathKind::Endpoint;
-            return e.into_response();
+            let html = crate::endpoints::wants_html(request.method(), request.headers());
+            return e.into_response_for(html);
         }
         if crate::host::is_own_path(&self.gw.config().auth_prefix, request.uri().path()) {
             ctx.kind = PathKind::Endpoint;

@@ -66,3 +66,8 @@ pub fn unauthenticated(
 pub async fn not_found() -> Response {
     GatewayError::NotFound.into_response()
 }
+
+/// A gateway path asked with a method it does not take: a page for browsers.
+pub async fn method_not_allowed(method: Method, headers: HeaderMap) -> Response {
+    GatewayError::MethodNotAllowed.into_response_for(wants_html(&method, &headers))
+}

@@ -87,29 +87,27 @@ struct LoginInput {
 /// request with neither `Origin` nor `Referer` comes from a non-browser client,
 /// which cannot be the victim of login CSRF, and is allowed.
 fn check_origin(gw: &Gateway, headers: &HeaderMap) -> Result<(), GatewayError> {
-    let origin = gw.config().public_url.origin();
-    if let Some(value) = headers.get(header::ORIGIN) {
-        return if value.as_bytes() == origin.as_bytes() {
-            Ok(())
-        } else {
-            Err(GatewayError::OriginNotAllowed)
-        };
-    }
-    if let Some(referer) = headers.get(header::REFERER) {
+    let claimed = if let Some(value) = headers.get(header::ORIGIN) {
+        value.as_bytes().to_vec()
+    } else if let Some(referer) = headers.get(header::REFERER) {
+        // The scheme and host of the referring page.
         let referer = referer
             .to_str()
             .map_err(|_| GatewayError::OriginNotAllowed)?;
-        let same = referer == origin
-            || referer
-                .strip_prefix(origin.as_str())
-                .is_some_and(|rest| rest.starts_with('/'));
-        return if same {
-            Ok(())
-        } else {
-            Err(GatewayError::OriginNotAllowed)
-        };
+        let after_scheme = referer.find("://").map_or(0, |i| i + 3);
+        let end = referer[after_scheme..]
+            .find('/')
+            .map_or(referer.len(), |i| after_scheme + i);
+        referer.as_bytes()[..end].to_vec()
+    } else {
+        return Ok(());
+    };
+    if crate::host::origin_allowed(gw, &claimed) {
+        Ok(())
+    } else {
+        crate::host::log_refusal("origin", &String::from_utf8_lossy(&claimed));
+        Err(GatewayError::OriginNotAllowed)
     }
-    Ok(())
 }
 
 fn parse_login(headers: &HeaderMap, body: &Bytes) -> Result<(LoginInput, bool), GatewayError> {

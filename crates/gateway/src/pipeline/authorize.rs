@@ -187,7 +187,11 @@ fn step_up(
 /// origin. A missing `Origin` is refused too: a non-browser client should present a
 /// bearer credential, and refusing closes the cross-site hijacking hole for good.
 fn origin_allowed(gw: &Gateway, origin: Option<&[u8]>) -> bool {
-    origin.is_some_and(|o| o == gw.config().public_url.origin().as_bytes())
+    let allowed = origin.is_some_and(|o| crate::host::origin_allowed(gw, o));
+    if !allowed && let Some(origin) = origin {
+        crate::host::log_refusal("origin", &String::from_utf8_lossy(origin));
+    }
+    allowed
 }
 
 /// A call of one of the gateway's own endpoints that acts for the principal. No

@@ -13,6 +13,7 @@ both_backends!(
     forwarding_headers_from_untrusted_peers_are_ignored,
     a_trusted_proxy_names_the_client,
     verify_decides_the_original_request,
+    refusals_a_browser_can_read_and_aliases_that_sign_in,
 );
 
 async fn failed_login(gw: &TestGateway, forwarded_for: &str) -> u16 {
@@ -323,4 +324,82 @@ async fn verify_decides_the_original_request(backend: Backend) {
         )
         .await;
     assert_eq!(r.status, 403);
+}
+
+/// A refused host, a refused method on a gateway path: a page for browsers, JSON
+/// for others. An `--allowed-hosts` alias can sign in (its Origin is accepted);
+/// another origin cannot.
+async fn refusals_a_browser_can_read_and_aliases_that_sign_in(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start_with(&db, |c| c.allowed_hosts = vec!["alias.test".into()]).await;
+    let html = ("accept", "text/html");
+    // (name, method, path, headers, status, page)
+    type Row<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        u16,
+        bool,
+    );
+    let rows: Vec<Row> = vec![
+        (
+            "host, browser",
+            "GET",
+            "/",
+            vec![("host", "evil.example"), html],
+            400,
+            true,
+        ),
+        (
+            "host, API",
+            "GET",
+            "/",
+            vec![("host", "evil.example")],
+            400,
+            false,
+        ),
+        (
+            "method, browser",
+            "GET",
+            "/.auth/logout",
+            vec![html],
+            405,
+            true,
+        ),
+        ("method, API", "POST", "/.auth/me", vec![], 405, false),
+    ];
+    for (name, method, path, headers, status, page) in rows {
+        let r = gw.client.request(method, path, &headers, "").await;
+        assert_eq!(r.status, status, "{name}");
+        let content_type = r.header("content-type").unwrap_or_default();
+        assert_eq!(
+            content_type.starts_with("text/html"),
+            page,
+            "{name}: {content_type}"
+        );
+        if !page {
+            assert!(r.json()["error"].is_string(), "{name}");
+        }
+    }
+    let login = |origin: &'static str| {
+        let client = gw.client.clone();
+        async move {
+            client
+                .request(
+                    "POST",
+                    "/.auth/login",
+                    &[
+                        ("host", "alias.test"),
+                        ("origin", origin),
+                        ("content-type", "application/json"),
+                    ],
+                    format!(r#"{{"username":"{USER}","password":"{PASSWORD}"}}"#),
+                )
+                .await
+                .status
+        }
+    };
+    assert_eq!(login("http://alias.test").await, 200);
+    assert_eq!(login("http://evil.example").await, 403);
 }
