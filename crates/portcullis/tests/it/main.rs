@@ -15,6 +15,7 @@ mod oidc;
 mod openapi;
 mod pipeline;
 mod processes;
+mod proxies;
 mod proxy;
 mod routes;
 mod sessions;
