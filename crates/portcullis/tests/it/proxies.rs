@@ -1,6 +1,7 @@
-//! The forward-auth recipes run as shipped: the real nginx from Debian (installed
-//! by `scripts/ensure-proxies`) with `docs/proxies/nginx.conf`, its placeholders
-//! filled in, in front of a real gateway and application.
+//! The forward-auth recipes run as shipped: the real nginx and Caddy from Debian
+//! (installed by `scripts/ensure-proxies`) with `docs/proxies/nginx.conf` and
+//! `docs/proxies/Caddyfile`, their placeholders filled in, in front of a real
+//! gateway and application.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -15,17 +16,24 @@ use crate::both_backends;
 use crate::harness::*;
 use crate::websocket::{close_frame, connect, upstream_view};
 
-both_backends!(nginx_forward_auth_recipe);
+both_backends!(nginx_forward_auth_recipe, caddy_forward_auth_recipe);
 
 const NGINX: &str = "/usr/sbin/nginx";
+const CADDY: &str = "/usr/bin/caddy";
 
-/// An nginx process on `listen` with a recipe; stopped on drop.
-struct Nginx {
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Nginx,
+    Caddy,
+}
+
+/// A front proxy process on `listen` running a recipe; stopped on drop.
+struct FrontProxy {
     child: Child,
     dir: std::path::PathBuf,
 }
 
-impl Drop for Nginx {
+impl Drop for FrontProxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -33,59 +41,92 @@ impl Drop for Nginx {
     }
 }
 
-impl Nginx {
+impl FrontProxy {
     async fn start(
-        recipe: &str,
+        kind: Kind,
         listen: SocketAddr,
         portcullis: SocketAddr,
         app: SocketAddr,
     ) -> Self {
+        let (binary, recipe, site) = match kind {
+            Kind::Nginx => (NGINX, "nginx.conf", listen.to_string()),
+            Kind::Caddy => (CADDY, "Caddyfile", format!("http://{listen}")),
+        };
         assert!(
-            std::path::Path::new(NGINX).exists(),
-            "nginx is not installed: run scripts/ensure-proxies (scripts/test does)"
+            std::path::Path::new(binary).exists(),
+            "{binary} is not installed: run scripts/ensure-proxies (scripts/test does)"
         );
-        let dir = std::env::temp_dir().join(format!("portcullis-nginx-{}", listen.port()));
+        let recipe = std::fs::read_to_string(format!(
+            "{}/../../docs/proxies/{recipe}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let dir = std::env::temp_dir().join(format!("portcullis-{kind:?}-{}", listen.port()));
         std::fs::create_dir_all(&dir).unwrap();
         let conf = recipe
-            .replace("LISTEN", &listen.to_string())
+            .replace("LISTEN", &site)
             .replace("PORTCULLIS", &portcullis.to_string())
             .replace("APP", &app.to_string());
-        let path = dir.join("nginx.conf");
-        std::fs::write(&path, conf).unwrap();
-        let globals = format!(
-            "pid {0}/nginx.pid; error_log {0}/error.log; daemon off;",
-            dir.display()
-        );
-        let child = Command::new(NGINX)
-            .args([
-                "-p",
-                &dir.display().to_string(),
-                "-c",
-                &path.display().to_string(),
-            ])
-            .args(["-g", &globals])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let up = eventually(Duration::from_secs(5), || async move {
+        let child = match kind {
+            Kind::Nginx => {
+                let path = dir.join("nginx.conf");
+                std::fs::write(&path, conf).unwrap();
+                let globals = format!(
+                    "pid {0}/nginx.pid; error_log {0}/error.log; daemon off;",
+                    dir.display()
+                );
+                Command::new(NGINX)
+                    .args(["-p", &dir.display().to_string()])
+                    .args(["-c", &path.display().to_string()])
+                    .args(["-g", &globals])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            }
+            Kind::Caddy => {
+                // Test-only globals: no admin endpoint (parallel instances would
+                // share its port), no certificates for a loopback address.
+                let path = dir.join("Caddyfile");
+                let globals = "{\n\tadmin off\n\tauto_https off\n}\n\n";
+                std::fs::write(&path, format!("{globals}{conf}")).unwrap();
+                Command::new(CADDY)
+                    .args(["run", "--adapter", "caddyfile"])
+                    .args(["--config", &path.display().to_string()])
+                    .env("XDG_DATA_HOME", &dir)
+                    .env("XDG_CONFIG_HOME", &dir)
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(dir.join("error.log")).unwrap())
+                    .spawn()
+                    .unwrap()
+            }
+        };
+        let up = eventually(Duration::from_secs(10), || async move {
             tokio::net::TcpStream::connect(listen).await.is_ok()
         })
         .await;
         assert!(
             up.is_some(),
-            "nginx did not start: {}",
+            "{kind:?} did not start: {}",
             std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
         );
         Self { child, dir }
     }
 }
 
+async fn nginx_forward_auth_recipe(backend: Backend) {
+    recipe(backend, Kind::Nginx).await;
+}
+
+async fn caddy_forward_auth_recipe(backend: Backend) {
+    recipe(backend, Kind::Caddy).await;
+}
+
 /// Signs in, proves the application sees exactly the gateway's decision (not the
 /// client's spoofed headers, not the gateway's cookies, the real client address),
 /// that the sign-in redirect keeps the whole query string, and that a WebSocket
 /// routed through the gateway closes when its session ends.
-async fn nginx_forward_auth_recipe(backend: Backend) {
+async fn recipe(backend: Backend, kind: Kind) {
     let db = TestDb::new(backend).await;
     let app = TestUpstream::start().await;
     let listen = crate::processes::free_port();
@@ -96,12 +137,7 @@ async fn nginx_forward_auth_recipe(backend: Backend) {
         c.trusted_proxies = TrustedProxies::parse(["127.0.0.1"]).unwrap();
     })
     .await;
-    let recipe = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../docs/proxies/nginx.conf"
-    ))
-    .unwrap();
-    let _nginx = Nginx::start(&recipe, listen, gw.addr, app.addr).await;
+    let _proxy = FrontProxy::start(kind, listen, gw.addr, app.addr).await;
 
     // A browser on another loopback address, so the client address is visibly its own.
     let jar = Arc::new(Jar::default());
@@ -160,8 +196,15 @@ async fn nginx_forward_auth_recipe(backend: Backend) {
         serde_json::json!(["user"]),
         "{seen}"
     );
-    assert!(
-        h.get("x-forwarded-email").is_none(),
+    // Unknown is empty (Caddy) or absent (nginx drops empty headers); never the
+    // client's value nor a template placeholder.
+    let email = h
+        .get("x-forwarded-email")
+        .cloned()
+        .unwrap_or(serde_json::json!([""]));
+    assert_eq!(
+        email,
+        serde_json::json!([""]),
         "a basic user has no e-mail: {seen}"
     );
     assert_eq!(
