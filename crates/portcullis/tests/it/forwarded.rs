@@ -14,6 +14,7 @@ both_backends!(
     a_trusted_proxy_names_the_client,
     verify_decides_the_original_request,
     refusals_a_browser_can_read_and_aliases_that_sign_in,
+    traefik_forward_auth_protocol,
 );
 
 async fn failed_login(gw: &TestGateway, forwarded_for: &str) -> u16 {
@@ -402,4 +403,65 @@ async fn refusals_a_browser_can_read_and_aliases_that_sign_in(backend: Backend) 
     };
     assert_eq!(login("http://alias.test").await, 200);
     assert_eq!(login("http://evil.example").await, 403);
+}
+
+/// Traefik's forwardAuth protocol (`docs/proxies/traefik.yml`), as Traefik speaks
+/// it: `GET {prefix}/verify?mode=redirect` with the client's headers plus
+/// `X-Forwarded-Method`, `-Proto`, `-Host`, `-Uri` and `-For`. A browser not
+/// signed in is redirected with the whole original address; an API client gets
+/// 401; a signed-in user gets 200 and every identity header; route rules apply
+/// to the forwarded address.
+async fn traefik_forward_auth_protocol(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let rules = RouteRules::from_specs(&[RouteSpec {
+        path_prefix: "/admin/".into(),
+        allow: vec!["admin".into()],
+        methods: Some(vec!["DELETE".into()]),
+        ..RouteSpec::default()
+    }])
+    .unwrap();
+    let gw = TestGateway::start_with(&db, |c| {
+        c.trusted_proxies = TrustedProxies::parse(["127.0.0.1"]).unwrap();
+        c.routes = rules;
+    })
+    .await;
+    let bob = gw.login(USER).await.cookie_header();
+    let host = gw.addr.to_string();
+    let traefik = |method: &'static str, uri: &'static str| {
+        vec![
+            ("x-forwarded-method", method),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-uri", uri),
+            ("x-forwarded-for", "198.51.100.23"),
+        ]
+    };
+    let verify = "/.auth/verify?mode=redirect";
+    // A browser navigation, signed out: the sign-in page, coming back here.
+    let mut headers = traefik("GET", "/reports/?q=a%20b&n=2");
+    headers.push(("x-forwarded-host", host.as_str()));
+    headers.push(("accept", "text/html"));
+    let r = gw.client.get(verify, &headers).await;
+    assert_eq!(r.status, 302);
+    assert_eq!(
+        r.header("location").unwrap(),
+        format!("http://{host}/.auth/login?next=%2Freports%2F%3Fq%3Da%2520b%26n%3D2")
+    );
+    // An API client, signed out: 401 with the sign-in address.
+    let r = gw.client.get(verify, &traefik("GET", "/api/x")).await;
+    assert_eq!(r.status, 401);
+    assert!(r.header("x-auth-login-url").is_some());
+    // Signed in: 200 and the identity headers Traefik copies.
+    let mut headers = traefik("GET", "/reports/");
+    headers.push(("cookie", &bob));
+    let r = gw.client.get(verify, &headers).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-forwarded-user").as_deref(), Some(USER));
+    assert_eq!(r.header("x-forwarded-email").as_deref(), Some(""));
+    // The rule on DELETE /admin/ is decided on the forwarded method and address.
+    let mut headers = traefik("DELETE", "/admin/report/7");
+    headers.push(("cookie", &bob));
+    assert_eq!(gw.client.get(verify, &headers).await.status, 403);
+    let mut headers = traefik("GET", "/admin/report/7");
+    headers.push(("cookie", &bob));
+    assert_eq!(gw.client.get(verify, &headers).await.status, 200);
 }
