@@ -23,12 +23,22 @@ pub(crate) fn request_host<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&
 
 /// Refuses a `Host` that is not the public host or an allowed one (DNS rebinding
 /// defence). Health endpoints are exempt: orchestrators probe them by IP.
-pub(crate) fn check_host(gw: &Gateway, headers: &HeaderMap, uri: &Uri) -> Result<(), GatewayError> {
+/// A trusted proxy's forward-auth call is exempt too: its `Host` names the
+/// gateway as the proxy reaches it (Traefik), and the original host it asks about
+/// is checked by `/verify` itself.
+pub(crate) fn check_host(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    uri: &Uri,
+    relayed: bool,
+) -> Result<(), GatewayError> {
     let config = gw.config();
     let exempt = uri
         .path()
         .strip_prefix(config.auth_prefix.as_str())
-        .is_some_and(|rest| rest == "/healthz" || rest == "/readyz");
+        .is_some_and(|rest| {
+            rest == "/healthz" || rest == "/readyz" || (relayed && rest == "/verify")
+        });
     if exempt {
         return Ok(());
     }

@@ -116,7 +116,12 @@ impl Connection {
         ctx: &mut RequestContext,
         request: Request<Incoming>,
     ) -> Response<Body> {
-        if let Err(e) = crate::host::check_host(&self.gw, request.headers(), request.uri()) {
+        if let Err(e) = crate::host::check_host(
+            &self.gw,
+            request.headers(),
+            request.uri(),
+            ctx.peer.relayed(),
+        ) {
             ctx.kind = PathKind::Endpoint;
             let html = crate::endpoints::wants_html(request.method(), request.headers());
             return e.into_response_for(html);

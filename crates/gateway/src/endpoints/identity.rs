@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::error::GatewayError;
 use crate::pipeline::ClientAddr;
 use crate::pipeline::authenticate::authenticate_endpoint;
-use crate::pipeline::authorize::{UpstreamAccess, authorize_upstream, route};
+use crate::pipeline::authorize::{UpstreamAccess, authorize_upstream, method_overrides, route};
 use crate::state::Gateway;
 
 use super::*;
@@ -75,20 +75,22 @@ struct Original {
     host: Option<String>,
     /// Path and query, as the client asked.
     target: String,
+    /// A trusted proxy named the address (a relayed call without one is refused:
+    /// deciding on a guess could pass what the rules refuse).
+    named: bool,
 }
 
 impl Original {
     fn of(peer: ClientAddr, headers: &HeaderMap) -> Self {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let target = header("x-forwarded-uri")
-            .or_else(|| header("x-original-uri"))
-            .unwrap_or("/")
-            .to_owned();
+        let named = header("x-forwarded-uri").or_else(|| header("x-original-uri"));
+        let target = named.unwrap_or("/").to_owned();
         if !peer.relayed() {
             return Self {
                 method: Method::GET,
                 host: header("host").map(str::to_owned),
                 target,
+                named: false,
             };
         }
         Self {
@@ -99,6 +101,7 @@ impl Original {
                 .or_else(|| header("host"))
                 .map(str::to_owned),
             target,
+            named: named.is_some(),
         }
     }
 }
@@ -156,6 +159,22 @@ pub async fn verify(
         );
         return refuse(GatewayError::Forbidden, &login);
     }
+    if peer.relayed() {
+        if !original.named {
+            return refuse(
+                GatewayError::BadRequest("X-Forwarded-Uri or X-Original-URI is missing"),
+                &login,
+            );
+        }
+        if !original
+            .host
+            .as_deref()
+            .is_some_and(|h| crate::host::host_allowed(&gw, h))
+        {
+            crate::host::log_refusal("host", original.host.as_deref().unwrap_or(""));
+            return refuse(GatewayError::HostNotAllowed, &login);
+        }
+    }
     let (path, query_part) = original
         .target
         .split_once('?')
@@ -163,14 +182,18 @@ pub async fn verify(
     let Some(path) = crate::proxy::upstream_path(&gw, path) else {
         return refuse(GatewayError::BadRequest("original request path"), &login);
     };
+    // The proxy passes the client's headers along: the same method overrides and
+    // WebSocket handshake the proxy path reads.
+    let overrides = method_overrides(&headers, query_part);
+    let overrides: Vec<&str> = overrides.iter().map(AsRef::as_ref).collect();
     let access = UpstreamAccess {
         method: &original.method,
         host: original.host.as_deref(),
         path: &path,
         query: query_part,
-        method_overrides: &[],
-        origin: None,
-        upgrade: false,
+        method_overrides: &overrides,
+        origin: headers.get(header::ORIGIN).map(HeaderValue::as_bytes),
+        upgrade: headers.contains_key(header::SEC_WEBSOCKET_KEY),
     };
     let decision = route(&gw, &access);
     let auth = if decision.is_anonymous() {
@@ -201,6 +224,9 @@ pub async fn verify(
     )
     .collect();
     if let Ok(value) = HeaderValue::from_str(&cookie.join("; ")) {
+        // Also as `Cookie`, for proxies that copy response headers by their name
+        // only (Traefik's authResponseHeaders).
+        out.insert(header::COOKIE, value.clone());
         out.insert(AUTH_COOKIE_HEADER, value);
     }
     out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

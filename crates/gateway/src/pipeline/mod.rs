@@ -48,6 +48,9 @@ pub fn access_log_enabled() -> bool {
     tracing::enabled!(target: "portcullis::access", tracing::Level::INFO)
 }
 
+/// Headers by which a proxy says whom it relays a request for.
+const FORWARDING_HEADERS: [&str; 3] = ["x-forwarded-for", "forwarded", "x-real-ip"];
+
 /// Who a request is from: the connection's peer and, behind a trusted proxy
 /// (`--trusted-proxies`), the client its `X-Forwarded-For` names. The client's
 /// address drives login throttling, the audit log and the upstream's
@@ -75,16 +78,30 @@ impl ClientAddr {
 
     /// The client of a request from `tcp` with these headers.
     pub fn of(trusted: &TrustedProxies, tcp: SocketAddr, headers: &http::HeaderMap) -> Self {
+        // Any forwarding header, from anyone, says the request was relayed for
+        // someone else: it can only take locality away, so it is read from all.
+        let on_behalf = FORWARDING_HEADERS
+            .iter()
+            .any(|name| headers.contains_key(*name));
         if !trusted.contains(tcp.ip()) {
-            return Self::direct(tcp);
+            return Self {
+                on_behalf,
+                ..Self::direct(tcp)
+            };
         }
-        let values = headers.get_all("x-forwarded-for");
-        let client = trusted.client(tcp.ip(), values.iter().filter_map(|v| v.to_str().ok()));
+        // Read as bytes: a value with a stray non-ASCII byte must not be dropped
+        // whole, or the address the proxy appended to it would be lost with it.
+        let values: Vec<std::borrow::Cow<'_, str>> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()))
+            .collect();
+        let client = trusted.client(tcp.ip(), values.iter().map(AsRef::as_ref));
         Self {
             tcp,
             ip: client.ip,
             relayed: true,
-            on_behalf: values.iter().next().is_some(),
+            on_behalf,
         }
     }
 
@@ -196,7 +213,10 @@ mod tests {
     fn headers(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
         let mut headers = http::HeaderMap::new();
         for (name, value) in pairs {
-            headers.append(*name, http::HeaderValue::from_static(value));
+            headers.append(
+                *name,
+                http::HeaderValue::from_bytes(value.as_bytes()).unwrap(),
+            );
         }
         headers
     }
@@ -212,7 +232,10 @@ mod tests {
             "127.0.0.1:1".parse().unwrap(),
             &headers,
         );
-        assert_eq!(client, ClientAddr::direct("127.0.0.1:1".parse().unwrap()));
+        assert_eq!(client.ip(), "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert!(!client.relayed());
+        // It says it relays for someone else: believed only as far as that goes.
+        assert!(!client.is_local());
         let ctx = RequestContext::for_request(client, PathKind::Proxy, &headers);
         assert_ne!(ctx.id.as_str(), "forged-id");
     }
@@ -259,7 +282,8 @@ mod tests {
                 true,
                 false,
             ),
-            // Untrusted peers: headers ignored.
+            // Untrusted peers: headers ignored (but a forwarding header still
+            // means the request is relayed, never local).
             (
                 "192.0.2.1:9",
                 vec![("x-forwarded-for", "127.0.0.1")],
@@ -272,7 +296,30 @@ mod tests {
                 vec![("x-forwarded-for", "198.51.100.7")],
                 "::1",
                 false,
+                false,
+            ),
+            (
+                "[::1]:9",
+                vec![("forwarded", "for=198.51.100.7")],
+                "::1",
+                false,
+                false,
+            ),
+            (
+                "[::1]:9",
+                vec![("x-real-ip", "198.51.100.7")],
+                "::1",
+                false,
+                false,
+            ),
+            ("[::1]:9", vec![], "::1", false, true),
+            // A stray non-ASCII byte does not hide the address the proxy appended.
+            (
+                "127.0.0.1:9",
+                vec![("x-forwarded-for", "caf\u{e9}, 198.51.100.8")],
+                "198.51.100.8",
                 true,
+                false,
             ),
         ];
         for (peer, pairs, ip, relayed, local) in rows {

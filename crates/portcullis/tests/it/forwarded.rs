@@ -464,4 +464,73 @@ async fn traefik_forward_auth_protocol(backend: Backend) {
     let mut headers = traefik("GET", "/admin/report/7");
     headers.push(("cookie", &bob));
     assert_eq!(gw.client.get(verify, &headers).await.status, 200);
+    // What the client sent along is read as the proxy path reads it: method
+    // overrides, a WebSocket handshake's Origin.
+    let evil_upgrade = [
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("origin", "http://evil.example"),
+    ];
+    // (name, method, address, extra headers, status)
+    type Row<'a> = (
+        &'a str,
+        &'static str,
+        &'static str,
+        Vec<(&'a str, &'a str)>,
+        u16,
+    );
+    let rows: Vec<Row> = vec![
+        (
+            "override header",
+            "POST",
+            "/admin/report/7",
+            vec![("x-http-method-override", "DELETE")],
+            403,
+        ),
+        (
+            "override in the query",
+            "POST",
+            "/admin/report/7?_method=DELETE",
+            vec![],
+            403,
+        ),
+        (
+            "cross-site WebSocket",
+            "GET",
+            "/live",
+            evil_upgrade.to_vec(),
+            403,
+        ),
+        (
+            "unknown original host",
+            "GET",
+            "/reports/",
+            vec![("x-forwarded-host", "evil.example")],
+            400,
+        ),
+    ];
+    for (name, method, uri, extra, status) in rows {
+        let mut headers = traefik(method, uri);
+        headers.push(("cookie", &bob));
+        headers.extend(extra);
+        assert_eq!(
+            gw.client.get(verify, &headers).await.status,
+            status,
+            "{name}"
+        );
+    }
+    // A trusted proxy that does not say which address it asks about is refused.
+    let r = gw
+        .client
+        .get(
+            verify,
+            &[("cookie", bob.as_str()), ("x-forwarded-method", "GET")],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    // Traefik copies the filtered cookies by the name `Cookie`.
+    let with_app = format!("{bob}; app=1");
+    let mut headers = traefik("GET", "/reports/");
+    headers.push(("cookie", &with_app));
+    let r = gw.client.get(verify, &headers).await;
+    assert_eq!(r.header("cookie").as_deref(), Some("app=1"));
 }
