@@ -35,6 +35,17 @@ struct FrontProxy {
 
 impl Drop for FrontProxy {
     fn drop(&mut self) {
+        // SIGTERM, so nginx's master stops its workers (SIGKILL would orphan
+        // them, still holding the port); SIGKILL only if it does not exit.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..50 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
