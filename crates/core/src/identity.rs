@@ -74,6 +74,12 @@ impl IdentityProvider {
         }
     }
 
+    /// Whether a stored provider name is an OpenID provider's id (not a built-in
+    /// provider's name); no allocation, for the per-request path.
+    pub fn is_oidc_name(name: &str) -> bool {
+        !RESERVED_PROVIDER_IDS.contains(&name)
+    }
+
     /// The OpenID provider's id, for an identity that came from one.
     pub fn oidc_id(&self) -> Option<&str> {
         match self {

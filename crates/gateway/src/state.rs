@@ -225,10 +225,7 @@ impl Gateway {
         if provider == basic.as_str() {
             return self.0.config.basic_users.hash_of(subject).is_some();
         }
-        match IdentityProvider::from_stored(provider).oidc_id() {
-            Some(_) => self.oidc().provider(provider).is_some(),
-            None => true,
-        }
+        !IdentityProvider::is_oidc_name(provider) || self.oidc().knows(provider)
     }
 
     pub fn store(&self) -> &Store {

@@ -2,7 +2,6 @@
 //! actor, action and outcome; pages newest first with an opaque cursor.
 
 use axum::Json;
-use axum::extract::Query;
 use axum::response::{IntoResponse, Response};
 use portcullis_core::identity::Permission;
 use portcullis_store::AuditFilter;
@@ -31,15 +30,12 @@ pub struct AuditQuery {
 }
 
 /// `GET {prefix}/api/v1/audit`
-pub async fn list_audit(
-    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
-    call: AdminCall,
-) -> Response {
+pub async fn list_audit(call: AdminCall) -> Response {
     respond(
         async {
-            let Query(query) = query.map_err(|e| GatewayError::Invalid(e.body_text()))?;
             let gw = &call.gw;
             call.authorize(Permission::AuditRead).await?;
+            let query: AuditQuery = call.query()?;
             let before_id = match query.cursor.as_deref() {
                 None => None,
                 Some(cursor) => Some(

@@ -8,7 +8,7 @@ use portcullis_core::audit::AuditAction;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, Path, Query, Request};
+use axum::extract::{ConnectInfo, FromRequest, Path, Request};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use portcullis_core::identity::Permission;
@@ -44,6 +44,9 @@ pub struct AdminCall {
     peer: ClientAddr,
     mutating: bool,
     headers: HeaderMap,
+    /// The query string, parsed by [`AdminCall::query`] once the caller is
+    /// authorized.
+    query: String,
     body: Bytes,
 }
 
@@ -59,6 +62,7 @@ impl FromRequest<Gateway> for AdminCall {
         // Anything but a read is a mutation and, with a cookie, needs the CSRF token.
         let mutating = !matches!(*request.method(), Method::GET | Method::HEAD);
         let headers = request.headers().clone();
+        let query = request.uri().query().unwrap_or("").to_owned();
         let body = Bytes::from_request(request, gw)
             .await
             .map_err(IntoResponse::into_response)?;
@@ -67,6 +71,7 @@ impl FromRequest<Gateway> for AdminCall {
             peer,
             mutating,
             headers,
+            query,
             body,
         })
     }
@@ -89,6 +94,13 @@ impl AdminCall {
         };
         authorize_endpoint(gw, &auth, &access).await?;
         Ok(auth)
+    }
+
+    /// The query string as `T` (call after [`AdminCall::authorize`]: an
+    /// unauthorized caller learns nothing about what the route accepts).
+    fn query<T: serde::de::DeserializeOwned>(&self) -> Result<T, GatewayError> {
+        serde_urlencoded::from_str(&self.query)
+            .map_err(|e| GatewayError::Invalid(format!("query: {e}")))
     }
 
     /// A further permission the call needs once its target is known (acting on
@@ -313,15 +325,12 @@ pub struct RefreshQuery {
     force: bool,
 }
 
-pub async fn refresh_provider(
-    Path(id): Path<String>,
-    Query(query): Query<RefreshQuery>,
-    call: AdminCall,
-) -> Response {
+pub async fn refresh_provider(Path(id): Path<String>, call: AdminCall) -> Response {
     respond(
         async {
             let gw = &call.gw;
             let auth = call.authorize(Permission::OidcEdit).await?;
+            let query: RefreshQuery = call.query()?;
             let outcome = gw
                 .oidc()
                 .refresh(gw.store(), &id, query.force, gw.now())

@@ -4,7 +4,6 @@
 //! a form posting the CSRF token, answered with a redirect back to the page. They
 //! authorize exactly like the JSON API they mirror.
 
-use axum::extract::Query;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use portcullis_core::identity::Permission;
@@ -78,10 +77,11 @@ pub struct SessionsQuery {
 }
 
 /// `GET {prefix}/sessions`
-pub async fn sessions_page(query: Query<SessionsQuery>, call: AdminCall) -> Response {
+pub async fn sessions_page(call: AdminCall) -> Response {
     let result = async {
         let gw = &call.gw;
         let auth = call.authorize(Permission::SessionList).await?;
+        let query: SessionsQuery = call.query()?;
         let me = auth.identity().subject();
         let now = gw.now();
         let mine = SessionFilter {
@@ -172,14 +172,11 @@ pub struct AuditPageQuery {
 }
 
 /// `GET {prefix}/audit`
-pub async fn audit_page(
-    query: Result<Query<AuditPageQuery>, axum::extract::rejection::QueryRejection>,
-    call: AdminCall,
-) -> Response {
+pub async fn audit_page(call: AdminCall) -> Response {
     let result = async {
-        let Query(query) = query.map_err(|e| GatewayError::Invalid(e.body_text()))?;
         let gw = &call.gw;
         call.authorize(Permission::AuditRead).await?;
+        let query: AuditPageQuery = call.query()?;
         let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         let filter = AuditFilter {
             actor: some(&query.actor),

@@ -4,7 +4,7 @@
 //! every other replica through the revocation bus.
 
 use axum::Json;
-use axum::extract::{Path, Query};
+use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use portcullis_core::audit::AuditAction;
@@ -73,15 +73,12 @@ pub struct ListQuery {
 }
 
 /// `GET {prefix}/api/v1/sessions`
-pub async fn list_sessions(
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-    call: AdminCall,
-) -> Response {
+pub async fn list_sessions(call: AdminCall) -> Response {
     respond(
         async {
-            let Query(query) = query.map_err(|e| GatewayError::Invalid(e.body_text()))?;
             let gw = &call.gw;
             let auth = call.authorize(Permission::SessionList).await?;
+            let query: ListQuery = call.query()?;
             let me = auth.identity().subject().to_owned();
             let everyone = query.all || query.user.as_deref().is_some_and(|u| u != me);
             if everyone {

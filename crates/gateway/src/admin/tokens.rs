@@ -3,7 +3,7 @@
 //! revoke (`auth.token.revoke`; its WebSockets close on every replica).
 
 use axum::Json;
-use axum::extract::{Path, Query};
+use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use portcullis_core::audit::AuditAction;
@@ -40,15 +40,12 @@ pub struct ListQuery {
 }
 
 /// `GET {prefix}/api/v1/api-tokens`
-pub async fn list_tokens(
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-    call: AdminCall,
-) -> Response {
+pub async fn list_tokens(call: AdminCall) -> Response {
     respond(
         async {
-            let Query(query) = query.map_err(|e| GatewayError::Invalid(e.body_text()))?;
             let gw = &call.gw;
             call.authorize(Permission::TokenList).await?;
+            let query: ListQuery = call.query()?;
             let now = gw.now();
             let rows = gw.store().list_api_tokens(query.user.as_deref()).await?;
             let list: Vec<_> = rows.iter().map(|r| view(r, now)).collect();

@@ -334,6 +334,11 @@ impl Oidc {
         String::from_utf8(plain).ok()
     }
 
+    /// Whether provider `id` is configured (a map lookup under the read lock).
+    pub fn knows(&self, id: &str) -> bool {
+        self.read_providers(|providers| providers.contains_key(id))
+    }
+
     pub fn provider(&self, id: &str) -> Option<Arc<Provider>> {
         self.read_providers(|providers| providers.get(id).cloned())
     }

@@ -151,7 +151,7 @@ fn step_up(
     step: &StepUp<'_>,
 ) -> GatewayError {
     let provider = auth.identity().provider_name();
-    let is_oidc = IdentityProvider::from_stored(provider).oidc_id().is_some();
+    let is_oidc = IdentityProvider::is_oidc_name(provider);
     tracing::info!(
         subject = auth.identity().subject(),
         path = access.path,

@@ -612,7 +612,42 @@ async fn audit_events_page_with_filters(backend: Backend) {
             )
             .await;
         assert_eq!(r.status, 400, "{bad}");
+        // Authentication and permission come first: an anonymous caller learns
+        // nothing about what the route accepts.
+        let r = gw
+            .client
+            .get(&format!("/.auth/api/v1/audit?{bad}"), &[])
+            .await;
+        assert_eq!(r.status, 401, "{bad}");
     }
+    // The sessions page's forms are cookie mutations: no CSRF token, no change.
+    let bob = gw.login(USER).await;
+    let other = gw.login(USER).await;
+    for (path, body) in [
+        ("/.auth/sessions/end", format!("session_id={}", other.id())),
+        ("/.auth/sessions/end-others", String::new()),
+    ] {
+        let r = gw
+            .client
+            .request(
+                "POST",
+                path,
+                &[
+                    ("cookie", &bob.cookie_header()),
+                    ("content-type", "application/x-www-form-urlencoded"),
+                ],
+                body,
+            )
+            .await;
+        assert_eq!(r.status, 403, "{path}");
+    }
+    assert_eq!(
+        gw.client
+            .get("/echo", &[("cookie", &other.cookie_header())])
+            .await
+            .status,
+        200
+    );
 }
 
 /// A basic user removed from the configuration (a gateway started without them)

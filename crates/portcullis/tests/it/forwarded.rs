@@ -518,6 +518,20 @@ async fn traefik_forward_auth_protocol(backend: Backend) {
             "{name}"
         );
     }
+    // Traefik calls the gateway by its own address: a trusted proxy's forward-auth
+    // call is exempt from the Host check (the original host is checked instead);
+    // anyone else's is not.
+    let mut headers = traefik("GET", "/reports/");
+    headers.push(("cookie", &bob));
+    headers.push(("host", "portcullis.internal:4180"));
+    headers.push(("x-forwarded-host", host.as_str()));
+    assert_eq!(gw.client.get(verify, &headers).await.status, 200);
+    let untrusted = TestGateway::start(&db).await;
+    let r = untrusted
+        .client
+        .get(verify, &[("host", "portcullis.internal:4180")])
+        .await;
+    assert_eq!(r.status, 400);
     // A trusted proxy that does not say which address it asks about is refused.
     let r = gw
         .client
