@@ -121,6 +121,27 @@ impl AdminCall {
         authorize_endpoint(&self.gw, auth, &access).await
     }
 
+    /// After a session or token was revoked in the store: its WebSockets close
+    /// here at once (other replicas hear of it through the bus), and it is audited.
+    async fn revoked(&self, auth: &Authenticated, action: AuditAction, id: &str) {
+        self.gw.revoked_here(id);
+        self.audit_change(auth, action, id).await;
+    }
+
+    /// Revokes session `id` for `auth` (who may: the caller checked) and
+    /// [`AdminCall::revoked`] it; `false` when it had already ended.
+    async fn revoke_session(&self, auth: &Authenticated, id: &str) -> Result<bool, GatewayError> {
+        let gw = &self.gw;
+        let ended = gw
+            .store()
+            .revoke_session(id, auth.identity().subject(), gw.now())
+            .await?;
+        if ended {
+            self.revoked(auth, AuditAction::SessionRevoke, id).await;
+        }
+        Ok(ended)
+    }
+
     /// Audits a change made through the API.
     async fn audit_change(&self, auth: &Authenticated, action: AuditAction, target: &str) {
         let mut event = self

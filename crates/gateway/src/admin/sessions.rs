@@ -132,16 +132,9 @@ pub(super) async fn end_one(
     ) {
         call.require(auth, Permission::SessionListAll).await?;
     }
-    if !gw
-        .store()
-        .revoke_session(id, auth.identity().subject(), gw.now())
-        .await?
-    {
+    if !call.revoke_session(auth, id).await? {
         return Err(GatewayError::Conflict("the session has already ended"));
     }
-    gw.revoked_here(id);
-    call.audit_change(auth, AuditAction::SessionRevoke, id)
-        .await;
     Ok(())
 }
 
@@ -166,10 +159,7 @@ pub(super) async fn end_sessions(
         if !allowed || keep == Some(s.id.as_str()) {
             continue;
         }
-        if gw.store().revoke_session(&s.id, me, gw.now()).await? {
-            gw.revoked_here(&s.id);
-            call.audit_change(auth, AuditAction::SessionRevoke, &s.id)
-                .await;
+        if call.revoke_session(auth, &s.id).await? {
             ended.push(s.id);
         }
     }
@@ -226,9 +216,7 @@ pub async fn revoke_sessions(call: AdminCall) -> Response {
                     .revoke_subject_api_tokens(&user, gw.now())
                     .await?
                 {
-                    gw.revoked_here(&id);
-                    call.audit_change(&auth, AuditAction::ApiTokenRevoke, &id)
-                        .await;
+                    call.revoked(&auth, AuditAction::ApiTokenRevoke, &id).await;
                     tokens.push(id);
                 }
             }

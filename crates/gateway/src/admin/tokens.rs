@@ -127,9 +127,7 @@ pub async fn revoke_token(Path(id): Path<String>, call: AdminCall) -> Response {
             if !gw.store().revoke_api_token(&id, gw.now()).await? {
                 return Err(GatewayError::NotFound);
             }
-            gw.revoked_here(&id);
-            call.audit_change(&auth, AuditAction::ApiTokenRevoke, &id)
-                .await;
+            call.revoked(&auth, AuditAction::ApiTokenRevoke, &id).await;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         .await,

@@ -126,26 +126,22 @@ pub async fn verify(
         gw.config().public_url.origin(),
         login_url(&gw, &original.target)
     );
-    let refuse = |error: GatewayError, login: &str| -> Response {
+    // A refusal: 401 names the sign-in page (a step-up's own, through the
+    // provider) in `X-Auth-Login-Url`, or in redirect mode sends a browser there.
+    let refuse = |error: GatewayError| -> Response {
         let login_url = match &error {
             GatewayError::StepUp { login_url, .. } => {
                 format!("{}{login_url}", gw.config().public_url.origin())
             }
-            _ => login.to_owned(),
+            _ => login.clone(),
         };
-        let mut response = if redirect && error.status() == StatusCode::UNAUTHORIZED {
-            match &error {
-                GatewayError::StepUp { .. } if html => {
-                    GatewayError::unauthenticated(true, &login_url)
-                }
-                _ => GatewayError::unauthenticated(html, &login_url),
-            }
+        let unauthorized = error.status() == StatusCode::UNAUTHORIZED;
+        let mut response = if redirect && html && unauthorized {
+            GatewayError::unauthenticated(true, &login_url)
         } else {
-            error.into_response_for(html && redirect)
+            error.into_response_for(redirect && html)
         };
-        if response.status() == StatusCode::UNAUTHORIZED
-            && let Ok(value) = HeaderValue::from_str(&login_url)
-        {
+        if unauthorized && let Ok(value) = HeaderValue::from_str(&login_url) {
             response.headers_mut().insert("x-auth-login-url", value);
         }
         response
@@ -157,14 +153,13 @@ pub async fn verify(
             "forward auth refused: route rules are configured but the caller is not in \
              --trusted-proxies, so its X-Forwarded-Uri cannot be believed"
         );
-        return refuse(GatewayError::Forbidden, &login);
+        return refuse(GatewayError::Forbidden);
     }
     if peer.relayed() {
         if !original.named {
-            return refuse(
-                GatewayError::BadRequest("X-Forwarded-Uri or X-Original-URI is missing"),
-                &login,
-            );
+            return refuse(GatewayError::BadRequest(
+                "X-Forwarded-Uri or X-Original-URI is missing",
+            ));
         }
         if !original
             .host
@@ -172,7 +167,7 @@ pub async fn verify(
             .is_some_and(|h| crate::host::host_allowed(&gw, h))
         {
             crate::host::log_refusal("host", original.host.as_deref().unwrap_or(""));
-            return refuse(GatewayError::HostNotAllowed, &login);
+            return refuse(GatewayError::HostNotAllowed);
         }
     }
     let (path, query_part) = original
@@ -180,7 +175,7 @@ pub async fn verify(
         .split_once('?')
         .map_or((original.target.as_str(), None), |(p, q)| (p, Some(q)));
     let Some(path) = crate::proxy::upstream_path(&gw, path) else {
-        return refuse(GatewayError::BadRequest("original request path"), &login);
+        return refuse(GatewayError::BadRequest("original request path"));
     };
     // The proxy passes the client's headers along: the same method overrides and
     // WebSocket handshake the proxy path reads.
@@ -202,12 +197,12 @@ pub async fn verify(
         match authenticate_endpoint(&gw, &headers, peer).await {
             Ok(Some(auth)) => {
                 if let Err(e) = authorize_upstream(&gw, &auth, &access, &decision) {
-                    return refuse(e, &login);
+                    return refuse(e);
                 }
                 Some(auth)
             }
-            Ok(None) => return refuse(GatewayError::Unauthenticated, &login),
-            Err(e) => return refuse(e, &login),
+            Ok(None) => return refuse(GatewayError::Unauthenticated),
+            Err(e) => return refuse(e),
         }
     };
     let mut response = StatusCode::OK.into_response();
