@@ -48,31 +48,56 @@ impl TestProvider {
             "the test OpenID provider is not installed: run `npm ci` in {root} (scripts/test does)"
         );
         let keys_out = dir.join(format!("op-keys-{}.json", gateway.port()));
-        let mut child = Command::new("node")
-            .arg("server.mjs")
-            .current_dir(root)
-            .env(
-                "REDIRECT_URI",
-                format!("http://{gateway}/.auth/oidc/callback"),
-            )
-            .env(
-                "BCL_URI",
-                format!("http://{gateway}/.auth/oidc/back-channel-logout"),
-            )
-            .env("KEYS_OUT", &keys_out)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.join("op.log")).unwrap())
-            .spawn()
-            .expect("node runs the test OpenID provider");
-        let mut line = String::new();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        stdout.read_line(&mut line).unwrap();
-        // Keep draining, so the provider never writes into a closed pipe.
-        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        let port = line
-            .trim()
-            .strip_prefix("listening ")
-            .unwrap_or_else(|| panic!("provider did not start: {line:?}"));
+        // Node has been seen, rarely and only under load, to stall before its
+        // first line (its main thread parked in a futex). Such a start is given up
+        // after a while and tried again, instead of hanging the whole run.
+        let mut attempts = 0;
+        let (child, port) = loop {
+            attempts += 1;
+            let mut child = Command::new("node")
+                .arg("server.mjs")
+                .current_dir(root)
+                .env(
+                    "REDIRECT_URI",
+                    format!("http://{gateway}/.auth/oidc/callback"),
+                )
+                .env(
+                    "BCL_URI",
+                    format!("http://{gateway}/.auth/oidc/back-channel-logout"),
+                )
+                .env("KEYS_OUT", &keys_out)
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(dir.join("op.log")).unwrap())
+                .spawn()
+                .expect("node runs the test OpenID provider");
+            let mut stdout = BufReader::new(child.stdout.take().unwrap());
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let _ = stdout.read_line(&mut line);
+                let _ = tx.send(line);
+                // Keep draining, so the provider never writes into a closed pipe.
+                std::io::copy(&mut stdout, &mut std::io::sink())
+            });
+            match rx.recv_timeout(std::time::Duration::from_secs(20)) {
+                Ok(line) => {
+                    let port = line
+                        .trim()
+                        .strip_prefix("listening ")
+                        .unwrap_or_else(|| panic!("provider did not start: {line:?}"))
+                        .to_owned();
+                    break (child, port);
+                }
+                Err(_) if attempts < 3 => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                Err(_) => panic!(
+                    "the test OpenID provider did not start in 3 attempts: {}",
+                    std::fs::read_to_string(dir.join("op.log")).unwrap_or_default()
+                ),
+            }
+        };
         let keys = serde_json::from_str(&std::fs::read_to_string(keys_out).unwrap()).unwrap();
         Self {
             child,
