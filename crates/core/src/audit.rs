@@ -33,11 +33,20 @@ pub enum AuditAction {
     /// A call refused for want of a permission (named in the event's reason, so
     /// a refused `auth.session.revoke` never reads as a revocation).
     PermissionDenied,
+    ClientCreate,
+    ClientDisable,
+    ClientEnable,
+    /// An operator previewing a scope as its client.
+    ClientPreview,
+    AccessTokenCreate,
+    AccessTokenRevoke,
+    /// A magic link followed (success, or the reason it was refused).
+    MagicLink,
 }
 
 impl AuditAction {
     /// Every action.
-    pub const ALL: [AuditAction; 20] = [
+    pub const ALL: [AuditAction; 27] = [
         AuditAction::Login,
         AuditAction::Logout,
         AuditAction::SessionRevoke,
@@ -58,6 +67,13 @@ impl AuditAction {
         AuditAction::OidcMappingAdd,
         AuditAction::OidcMappingRemove,
         AuditAction::PermissionDenied,
+        AuditAction::ClientCreate,
+        AuditAction::ClientDisable,
+        AuditAction::ClientEnable,
+        AuditAction::ClientPreview,
+        AuditAction::AccessTokenCreate,
+        AuditAction::AccessTokenRevoke,
+        AuditAction::MagicLink,
     ];
 
     /// The stored name.
@@ -83,6 +99,13 @@ impl AuditAction {
             AuditAction::OidcMappingAdd => "auth.oidc.mapping.add",
             AuditAction::OidcMappingRemove => "auth.oidc.mapping.remove",
             AuditAction::PermissionDenied => "auth.permission.denied",
+            AuditAction::ClientCreate => "auth.client.create",
+            AuditAction::ClientDisable => "auth.client.disable",
+            AuditAction::ClientEnable => "auth.client.enable",
+            AuditAction::ClientPreview => "auth.client.preview",
+            AuditAction::AccessTokenCreate => "auth.access_token.create",
+            AuditAction::AccessTokenRevoke => "auth.access_token.revoke",
+            AuditAction::MagicLink => "auth.magic_link",
         }
     }
 }

@@ -136,11 +136,16 @@ pub enum Permission {
     TokenCreate,
     TokenRevoke,
     AuditRead,
+    /// External clients (magic links).
+    ClientList,
+    ClientCreate,
+    /// Disable or enable a client.
+    ClientEdit,
 }
 
 impl Permission {
     /// Every permission, in the order the documentation lists them.
-    pub const ALL: [Permission; 11] = [
+    pub const ALL: [Permission; 14] = [
         Permission::SessionList,
         Permission::SessionListAll,
         Permission::SessionRevoke,
@@ -152,6 +157,9 @@ impl Permission {
         Permission::TokenCreate,
         Permission::TokenRevoke,
         Permission::AuditRead,
+        Permission::ClientList,
+        Permission::ClientCreate,
+        Permission::ClientEdit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -167,6 +175,9 @@ impl Permission {
             Permission::TokenCreate => "auth.token.create",
             Permission::TokenRevoke => "auth.token.revoke",
             Permission::AuditRead => "audit.read",
+            Permission::ClientList => "auth.client.list",
+            Permission::ClientCreate => "auth.client.create",
+            Permission::ClientEdit => "auth.client.edit",
         }
     }
 

@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod basic;
+pub mod client;
 pub mod clock;
 pub mod cookie;
 pub mod forwarded;

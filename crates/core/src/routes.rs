@@ -211,6 +211,17 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
             .is_some_and(|dir| !dir.is_empty() && path == dir)
 }
 
+/// Whether every reading an upstream may make of canonical `path` (decoded,
+/// parameters and trailing dots dropped; letter case kept) lies under one of
+/// `prefixes`: an allow-list check, so a path some upstream could read as lying
+/// outside is outside.
+pub fn within_prefixes(path: &str, prefixes: &[String]) -> bool {
+    readings(path)
+        .iter()
+        .filter(|reading| !reading.folded)
+        .all(|reading| prefixes.iter().any(|p| prefix_matches(p, &reading.path)))
+}
+
 /// The ordered rule list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteRules {

@@ -28,6 +28,9 @@ pub struct Session {
     pub oidc_sid: Option<String>,
     /// The magic-link access token the session came from.
     pub access_token_id: Option<String>,
+    /// A client session's path scope (read with the session from its client, so
+    /// it is never stale by more than the session cache's life).
+    pub scope: Option<crate::client::Scope>,
     /// The device it was signed in from, for people reviewing their sessions.
     pub device: Device,
     /// How the identity provider authenticated the user (OpenID sessions).
@@ -151,6 +154,7 @@ pub fn new_session(
         revoked_ms: None,
         oidc_sid: None,
         access_token_id: None,
+        scope: None,
         device: Device::default(),
         assurance: Assurance::default(),
     })

@@ -41,7 +41,7 @@ fn fill(cache: &SessionCache, n: usize) -> Vec<String> {
         .map(|i| {
             let s = new_session(identity(i), SessionPolicy::default(), NOW, &OsEntropy).unwrap();
             let id = s.id.clone();
-            cache.insert_new(s);
+            cache.insert_new(s, cache.epoch());
             id
         })
         .collect()

@@ -13,7 +13,7 @@ use http::{HeaderMap, Uri, header};
 use portcullis_core::subprotocol::Offer;
 
 use crate::config::GatewayConfig;
-use crate::cookies::{self, SESSION_COOKIE};
+use crate::cookies::{self, Audience, CLIENT_COOKIE, SESSION_COOKIE};
 
 /// What carried the credential that authenticated a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,12 +158,14 @@ impl std::fmt::Debug for Presented<'_> {
 }
 
 /// The credential a request presents, reading [`CARRIERS`] in order. `offer` is
-/// the parsed `Sec-WebSocket-Protocol` of an upgrade (`None` for other requests).
+/// the parsed `Sec-WebSocket-Protocol` of an upgrade (`None` for other requests);
+/// `audience` picks between a client session's cookie and the session cookie.
 pub fn find<'a>(
     config: &GatewayConfig,
     headers: &'a HeaderMap,
     uri: &'a Uri,
     offer: Option<&'a Offer>,
+    audience: Audience,
 ) -> Option<Presented<'a>> {
     carriers(config, offer.is_some()).find_map(|carrier| {
         let value: Cow<'a, str> = match carrier {
@@ -173,7 +175,11 @@ pub fn find<'a>(
             Carrier::QueryToken => {
                 query_param(uri, "token").filter(|token| is_portcullis_bearer(token))?
             }
-            Carrier::Cookie => Cow::Borrowed(cookies::read(headers, SESSION_COOKIE)?),
+            Carrier::Cookie => Cow::Borrowed(cookies::pick(
+                cookies::read(headers, CLIENT_COOKIE),
+                cookies::read(headers, SESSION_COOKIE),
+                audience,
+            )?),
         };
         Some(Presented { carrier, value })
     })
@@ -316,9 +322,46 @@ mod tests {
                 );
             }
             let offer = Offer::default();
-            let found = find(&config, &map, &uri, upgrade.then_some(&offer));
+            let found = find(
+                &config,
+                &map,
+                &uri,
+                upgrade.then_some(&offer),
+                Audience::Upstream,
+            );
             let found = found.as_ref().map(|p| (p.carrier, p.value.as_ref()));
             assert_eq!(found, *expected, "row {name}");
+        }
+    }
+
+    #[test]
+    fn a_client_session_is_the_upstream_credential_and_a_session_the_gateway_one() {
+        let config = GatewayConfig::for_tests();
+        let uri = Uri::from_static("/");
+        // (cookies, audience, expected value)
+        let rows: &[(&str, Audience, Option<&str>)] = &[
+            ("portcullis_client=c", Audience::Upstream, Some("c")),
+            ("portcullis_client=c", Audience::Gateway, Some("c")),
+            ("portcullis_session=s", Audience::Upstream, Some("s")),
+            ("portcullis_session=s", Audience::Gateway, Some("s")),
+            (
+                "portcullis_session=s; portcullis_client=c",
+                Audience::Upstream,
+                Some("c"),
+            ),
+            (
+                "portcullis_client=c; portcullis_session=s",
+                Audience::Gateway,
+                Some("s"),
+            ),
+            ("other=1", Audience::Upstream, None),
+        ];
+        for (cookie, audience, expected) in rows {
+            let mut map = HeaderMap::new();
+            map.append(header::COOKIE, cookie.parse().unwrap());
+            let found = find(&config, &map, &uri, None, *audience);
+            let found = found.as_ref().map(|p| p.value.as_ref());
+            assert_eq!(found, *expected, "{cookie} for {audience:?}");
         }
     }
 }

@@ -154,6 +154,9 @@ pub struct GatewayConfig {
     /// OpenID providers declared in the config file, reconciled into the database
     /// at start (SPEC 5).
     pub oidc_providers: Vec<OidcProviderSpec>,
+    /// External clients declared in the config file, reconciled into the
+    /// database at start (SPEC 7).
+    pub clients: Vec<portcullis_core::client::ClientSpec>,
     /// Route rules (SPEC 8): which upstream requests need which identity.
     pub routes: portcullis_core::routes::RouteRules,
     /// Peers whose forwarding headers are believed (`--trusted-proxies`).
@@ -196,6 +199,7 @@ impl GatewayConfig {
             ws_max_lifetime: None,
             internal_credential_remote: false,
             oidc_providers: Vec::new(),
+            clients: Vec::new(),
             routes: portcullis_core::routes::RouteRules::default(),
             trusted_proxies: portcullis_core::forwarded::TrustedProxies::default(),
             role_permissions: portcullis_core::identity::RolePermissions::default(),

@@ -8,9 +8,37 @@ use crate::config::GatewayConfig;
 pub const SESSION_COOKIE: &str = "portcullis_session";
 pub const CSRF_COOKIE: &str = "portcullis_csrf";
 pub const PENDING_COOKIE: &str = "portcullis_oidc_pending";
+/// A client session (magic link): beside the session cookie, so an operator
+/// previewing a client's view keeps their own session.
+pub const CLIENT_COOKIE: &str = "portcullis_client";
 
 /// Cookies that belong to the gateway and are never forwarded upstream.
-pub const GATEWAY_COOKIES: [&str; 3] = [SESSION_COOKIE, CSRF_COOKIE, PENDING_COOKIE];
+pub const GATEWAY_COOKIES: [&str; 4] = [SESSION_COOKIE, CSRF_COOKIE, PENDING_COOKIE, CLIENT_COOKIE];
+
+/// What a request's cookie credential is wanted for, which decides between a
+/// client session and a session when a browser holds both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// The upstream (proxying, upgrades, forward auth, WebSocket tickets): the
+    /// client session, so a previewing operator sees what the client sees.
+    Upstream,
+    /// The gateway's own pages and API: the operator's own session.
+    Gateway,
+}
+
+/// The cookie value that authenticates a request for `audience`, from the client
+/// cookie's and the session cookie's values: the preferred one if present, else
+/// the other.
+pub fn pick<'a>(
+    client: Option<&'a str>,
+    session: Option<&'a str>,
+    audience: Audience,
+) -> Option<&'a str> {
+    match audience {
+        Audience::Upstream => client.or(session),
+        Audience::Gateway => session.or(client),
+    }
+}
 
 /// The first value of cookie `name` across all `Cookie` headers.
 pub fn read<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

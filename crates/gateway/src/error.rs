@@ -56,6 +56,17 @@ pub enum GatewayError {
     HostNotAllowed,
     #[error("forbidden")]
     Forbidden,
+    /// A client session (magic link) asked for a path outside its scope.
+    #[error("outside the client's scope")]
+    OutsideScope,
+    /// A browser without a session asked for a path inside a client scope: the
+    /// page says to ask for a new link (not the sign-in form).
+    #[error("access required")]
+    AccessRequired,
+    /// A magic link that signs no one in (unknown, revoked, expired, client
+    /// disabled: one uniform answer, the reason goes to the audit log).
+    #[error("link refused")]
+    LinkRefused,
     /// A route rule needs a stronger sign-in than the session's (step-up): a
     /// browser is sent through its provider again (`login_url`); others get 401
     /// with the RFC 9470 challenge naming `acr_values`.
@@ -120,10 +131,13 @@ impl GatewayError {
         match self {
             GatewayError::Unauthenticated
             | GatewayError::InvalidCredentials
+            | GatewayError::AccessRequired
+            | GatewayError::LinkRefused
             | GatewayError::StepUp { .. } => StatusCode::UNAUTHORIZED,
             GatewayError::CredentialRejected
             | GatewayError::Csrf
             | GatewayError::OriginNotAllowed
+            | GatewayError::OutsideScope
             | GatewayError::Forbidden => StatusCode::FORBIDDEN,
             GatewayError::HostNotAllowed
             | GatewayError::BadRequest(_)
@@ -146,7 +160,9 @@ impl GatewayError {
     /// Stable machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
-            GatewayError::Unauthenticated => "unauthenticated",
+            GatewayError::Unauthenticated | GatewayError::AccessRequired => "unauthenticated",
+            GatewayError::OutsideScope => "outside_scope",
+            GatewayError::LinkRefused => "link_invalid",
             GatewayError::InvalidCredentials => "invalid_credentials",
             GatewayError::CredentialRejected | GatewayError::Forbidden => "forbidden",
             GatewayError::StepUp { .. } => "insufficient_user_authentication",
@@ -174,6 +190,15 @@ impl GatewayError {
     pub fn public_message(&self) -> String {
         match self {
             GatewayError::Unauthenticated => "Sign-in required.".into(),
+            GatewayError::AccessRequired => "This page is shared by link. Ask the person \
+                who shared it with you for a new link."
+                .into(),
+            GatewayError::OutsideScope => "Your access is limited to the pages shared with \
+                you, and this page is not one of them."
+                .into(),
+            GatewayError::LinkRefused => "This link is not valid: it may have expired or \
+                been withdrawn. Ask the person who shared it with you for a new link."
+                .into(),
             GatewayError::InvalidCredentials => "Invalid username or password.".into(),
             GatewayError::Csrf => "Missing or invalid X-CSRF-Token header.".into(),
             GatewayError::OriginNotAllowed => "Request origin is not allowed.".into(),
@@ -219,6 +244,7 @@ impl GatewayError {
             GatewayError::CredentialRejected => Some((CLOSE_REJECTED, "credential rejected")),
             GatewayError::OriginNotAllowed => Some((CLOSE_REJECTED, "origin not allowed")),
             GatewayError::Forbidden | GatewayError::Csrf => Some((CLOSE_REJECTED, "forbidden")),
+            GatewayError::OutsideScope => Some((CLOSE_REJECTED, "outside the client's scope")),
             GatewayError::StepUp { .. } => Some((CLOSE_REJECTED, "step-up required")),
             GatewayError::Upstream(_) => Some((CLOSE_UPSTREAM_FAILED, "upstream unavailable")),
             _ => None,
@@ -295,6 +321,17 @@ impl GatewayError {
         Some(id)
     }
 
+    /// The heading of the page a person sees for refusals that are about access
+    /// by link, rather than a status line.
+    fn page_title(&self) -> Option<&'static str> {
+        match self {
+            GatewayError::AccessRequired => Some("Access required"),
+            GatewayError::OutsideScope => Some("Access is limited"),
+            GatewayError::LinkRefused => Some("This link is not valid"),
+            _ => None,
+        }
+    }
+
     /// The response, as an HTML page when the client is a browser navigation.
     pub fn into_response_for(self, wants_html: bool) -> Response {
         if let (true, GatewayError::StepUp { login_url, .. }) = (wants_html, &self) {
@@ -309,7 +346,10 @@ impl GatewayError {
         let error_id = error_id.as_ref().map(RequestId::as_str);
         let message = self.public_message();
         let mut response = if wants_html {
-            let page = pages::error_page(status, &message, error_id);
+            let page = match self.page_title() {
+                Some(title) => pages::notice_page(title, &message),
+                None => pages::error_page(status, &message, error_id),
+            };
             (status, page).into_response()
         } else {
             let body = match error_id {

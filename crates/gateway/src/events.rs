@@ -27,6 +27,7 @@ pub struct Followers {
     pub live: Arc<LiveConnections>,
     pub internal: Arc<InternalCredentials>,
     pub oidc: Arc<Oidc>,
+    pub clients: Arc<crate::clients::ClientScopes>,
 }
 
 /// Applies bus events until the bus closes.
@@ -78,7 +79,9 @@ impl Followers {
                     self.internal.on_revoked(&id);
                 }
             }
-            BusEvent::Changed(ConfigTopic::OidcProviders) => wake.reload.notify_one(),
+            BusEvent::Changed(ConfigTopic::OidcProviders | ConfigTopic::Clients) => {
+                wake.reload.notify_one();
+            }
             BusEvent::Flush => {
                 self.sessions.invalidate_all();
                 wake.recheck.notify_one();
@@ -104,11 +107,14 @@ async fn recheck_worker(followers: Followers, wake: Arc<Notify>) {
     }
 }
 
-/// Provider reloads, one at a time (after a change or a flush).
+/// Provider and client reloads, one at a time (after a change or a flush).
 async fn reload_worker(followers: Followers, wake: Arc<Notify>) {
     loop {
         wake.notified().await;
         reload_oidc(&followers.oidc, &followers.store).await;
+        if let Err(error) = followers.clients.reload(&followers.store).await {
+            tracing::error!(%error, "could not reload clients");
+        }
     }
 }
 

@@ -52,6 +52,7 @@ impl Minted {
             revoked_ms: None,
             oidc_sid: None,
             access_token_id: None,
+            scope: None,
             device: portcullis_core::session::Device::default(),
             assurance: portcullis_core::session::Assurance::default(),
         };

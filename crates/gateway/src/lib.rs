@@ -9,6 +9,7 @@
 
 mod admin;
 mod carrier;
+pub mod clients;
 pub mod config;
 mod cookies;
 mod endpoints;

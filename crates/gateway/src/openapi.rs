@@ -167,6 +167,15 @@ pub const ENDPOINTS: &[Endpoint] = &[
         routes: || post(crate::endpoints::openid::back_channel_logout),
     },
     Endpoint {
+        path: "/magic/{token}",
+        operations: &[op(
+            "get",
+            "Sign a client in by magic link: 303 to its pages (the link's secret leaves the address bar)",
+            SelfAuthenticating("the link's secret"),
+        )],
+        routes: || get(crate::endpoints::magic_link),
+    },
+    Endpoint {
         path: "/sessions",
         operations: &[op(
             "get",
@@ -317,6 +326,74 @@ pub const ENDPOINTS: &[Endpoint] = &[
             Admin(&[P::TokenRevoke], true),
         )],
         routes: || delete(crate::admin::revoke_token),
+    },
+    Endpoint {
+        path: "/api/v1/clients",
+        operations: &[
+            op(
+                "get",
+                "List external clients",
+                Admin(&[P::ClientList], false),
+            ),
+            op(
+                "post",
+                "Add an external client (slug, name, scope, roles)",
+                Admin(&[P::ClientCreate], true),
+            ),
+        ],
+        routes: || get(crate::admin::list_clients).post(crate::admin::add_client),
+    },
+    Endpoint {
+        path: "/api/v1/clients/preview",
+        operations: &[op(
+            "post",
+            "Sign this browser into a client session for a scope (reusing or creating its client and preview token; never changing an existing one)",
+            Admin(&[P::ClientCreate, P::TokenCreate], true),
+        )],
+        routes: || post(crate::admin::preview),
+    },
+    Endpoint {
+        path: "/api/v1/clients/{slug}/disable",
+        operations: &[op(
+            "post",
+            "Disable a client: every session from its links ends, WebSockets included",
+            Admin(&[P::ClientEdit], true),
+        )],
+        routes: || post(crate::admin::disable_client),
+    },
+    Endpoint {
+        path: "/api/v1/clients/{slug}/enable",
+        operations: &[op(
+            "post",
+            "Enable a client again",
+            Admin(&[P::ClientEdit], true),
+        )],
+        routes: || post(crate::admin::enable_client),
+    },
+    Endpoint {
+        path: "/api/v1/access-tokens",
+        operations: &[
+            op(
+                "get",
+                "List magic-link access tokens (client= to filter)",
+                Admin(&[P::TokenList], false),
+            ),
+            op(
+                "post",
+                "Create a magic link for a client (the link is shown once)",
+                Admin(&[P::TokenCreate], true),
+            ),
+        ],
+        routes: || get(crate::admin::list_access_tokens).post(crate::admin::create_access_token),
+    },
+    Endpoint {
+        path: "/api/v1/access-tokens/{id}",
+        operations: &[op(
+            "delete",
+            "Revoke a magic link: every session from it ends, WebSockets included",
+            Admin(&[P::TokenRevoke], true),
+        )],
+        routes: || delete(crate::admin::revoke_access_token),
     },
     Endpoint {
         path: "/api/v1/audit",

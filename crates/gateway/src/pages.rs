@@ -88,6 +88,17 @@ pub fn error_page(status: StatusCode, message: &str, error_id: Option<&str>) -> 
     )
 }
 
+/// A page that explains a refusal in words (access by link).
+pub fn notice_page(title: &str, message: &str) -> Markup {
+    layout(
+        title,
+        html! {
+            h1 { (title) }
+            p { (message) }
+        },
+    )
+}
+
 /// One row of a sessions table.
 #[derive(Debug)]
 pub struct SessionRow {

@@ -92,8 +92,11 @@ impl hyper::service::Service<Request<Incoming>> for Connection {
         request.extensions_mut().insert(ConnectInfo(client));
         let mut ctx = RequestContext::for_request(client, PathKind::Proxy, request.headers());
         // Copied for the access event only when one is wanted.
-        let logged = crate::pipeline::access_log_enabled()
-            .then(|| (request.method().clone(), request.uri().path().to_owned()));
+        let logged = crate::pipeline::access_log_enabled().then(|| {
+            let path = request.uri().path();
+            let path = crate::endpoints::loggable_path(&self.gw.config().auth_prefix, path);
+            (request.method().clone(), path.into_owned())
+        });
         Box::pin(CURRENT_REQUEST.scope(ctx.id.clone(), async move {
             let mut response = this.dispatch(&mut ctx, request).await;
             if let Ok(id) = axum::http::HeaderValue::from_str(ctx.id.as_str()) {

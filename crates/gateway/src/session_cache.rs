@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use crate::expiring::{ExpiringMap, Keyed};
 pub use crate::identity::{IdentityFields, Roles};
+use portcullis_core::client::Scope;
 use portcullis_core::clock::Millis;
 use portcullis_core::identity::{IdentityProvider, PrincipalKind};
 use portcullis_core::session::{Assurance, Session, SessionEnd};
@@ -53,6 +54,8 @@ pub struct CachedSession {
     assurance: Option<Box<Assurance>>,
     /// For an API token: its owner's provider (`None`: a service token).
     token_owner: Option<Box<str>>,
+    /// For a client session (magic link): the paths it may reach.
+    scope: Option<Box<Scope>>,
     last_seen: AtomicI64,
     persisted_seen: AtomicI64,
     queued: AtomicBool,
@@ -140,8 +143,9 @@ impl CachedSession {
             has_email: identity.email.is_some(),
             expires_ms: session.expires_ms,
             idle_timeout_ms: session.idle_timeout_ms,
-            assurance: (!session.assurance.is_empty()).then(|| Box::new(session.assurance.clone())),
+            assurance: (!session.assurance.is_empty()).then(|| Box::new(session.assurance)),
             token_owner: None,
+            scope: session.scope.map(Box::new),
             last_seen: AtomicI64::new(session.last_seen_ms),
             persisted_seen: AtomicI64::new(persisted_seen),
             queued: AtomicBool::new(queued),
@@ -165,6 +169,12 @@ impl CachedSession {
 
     pub fn provider(&self) -> IdentityProvider {
         IdentityProvider::from_stored(self.provider_name())
+    }
+
+    /// For a client session (magic link), the paths it may reach; `None` for
+    /// every other principal, which no scope restricts.
+    pub fn scope(&self) -> Option<&Scope> {
+        self.scope.as_deref()
     }
 
     /// For an API token, the provider of the identity that owns it.
@@ -251,6 +261,7 @@ fn token_entry(row: portcullis_store::ApiTokenRow) -> Arc<CachedSession> {
         revoked_ms: None,
         oidc_sid: None,
         access_token_id: None,
+        scope: None,
         device: portcullis_core::session::Device::default(),
         assurance: Assurance::default(),
     };
@@ -415,9 +426,16 @@ impl SessionCache {
         Ok(entry)
     }
 
-    /// Caches a session just created and committed by this process.
-    pub fn insert_new(&self, session: Session) {
-        let epoch = self.epoch.load(Ordering::Acquire);
+    /// The invalidation epoch: read it before writing a new session, and hand it
+    /// to [`SessionCache::insert_new`].
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Caches a session just created and committed by this process, unless a
+    /// revocation arrived since `epoch` (read before the insert): one made by a
+    /// concurrent `revoke --user` or link revocation may already cover it.
+    pub fn insert_new(&self, session: Session, epoch: u64) {
         self.insert_if_epoch(session, epoch);
     }
 
@@ -486,7 +504,7 @@ impl SessionCache {
         while let Ok(entry) = queue.try_recv() {
             entry.queued.store(false, Ordering::Release);
             let seen = entry.last_seen();
-            batch.push((entry.id().to_owned(), seen));
+            batch.push((entry.id().to_owned(), seen, entry.scope.is_some()));
             entries.push((entry, seen));
             if batch.len() >= 1000 {
                 break;
@@ -523,6 +541,7 @@ mod tests {
             revoked_ms: None,
             oidc_sid: Some("sid".into()),
             access_token_id: None,
+            scope: None,
             device: portcullis_core::session::Device::default(),
             assurance: Assurance::default(),
         }

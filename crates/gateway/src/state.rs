@@ -39,6 +39,8 @@ pub enum StartError {
     Internal(#[from] crate::internal::InternalError),
     #[error("OpenID Connect: {0}")]
     Oidc(#[from] crate::oidc::OidcStartError),
+    #[error("clients declared in the configuration: {0}")]
+    Clients(String),
     #[error("could not prepare the password verifier: {0}")]
     Dummy(String),
 }
@@ -60,6 +62,7 @@ struct Inner {
     live: Arc<LiveConnections>,
     internal: Arc<InternalCredentials>,
     oidc: Arc<Oidc>,
+    clients: Arc<crate::clients::ClientScopes>,
     bus: RevocationBus,
     throttle: Arc<LoginThrottle>,
     passwords: PasswordPool,
@@ -112,6 +115,10 @@ impl Gateway {
             )
             .await?,
         );
+        crate::clients::declare_clients(&store, &config.clients, entropy.as_ref(), clock.now_ms())
+            .await
+            .map_err(|e| StartError::Clients(e.to_string()))?;
+        let clients = Arc::new(crate::clients::ClientScopes::load(&store).await?);
         let bus = RevocationBus::start(store.clone()).await?;
         let (sessions, mut activity) = SessionCache::new();
         let sessions = Arc::new(sessions);
@@ -135,6 +142,7 @@ impl Gateway {
                 live: live.clone(),
                 internal: internal.clone(),
                 oidc: oidc.clone(),
+                clients: clients.clone(),
             },
         )));
         {
@@ -194,6 +202,7 @@ impl Gateway {
             live,
             internal,
             oidc,
+            clients,
             bus,
             throttle,
             dummy_hash,
@@ -226,6 +235,11 @@ impl Gateway {
             return self.0.config.basic_users.hash_of(subject).is_some();
         }
         !IdentityProvider::is_oidc_name(provider) || self.oidc().knows(provider)
+    }
+
+    /// Scopes of the active clients (magic links).
+    pub fn clients(&self) -> &crate::clients::ClientScopes {
+        &self.0.clients
     }
 
     pub fn store(&self) -> &Store {

@@ -56,6 +56,16 @@ impl LoginThrottle {
         Ok(())
     }
 
+    /// The per-address budget alone, for attempts that name no user (magic
+    /// links): a shared per-name budget would let anyone lock every client out.
+    pub fn check_address(&self, ip: IpAddr) -> Result<(), GatewayError> {
+        self.per_ip
+            .check_key(&ip)
+            .map_err(|not_until| GatewayError::Throttled {
+                retry_after_secs: not_until.wait_time_from(self.clock.now()).as_secs().max(1),
+            })
+    }
+
     /// Drops state of keys that are back to a full budget.
     pub fn prune(&self) {
         self.per_ip.retain_recent();

@@ -344,7 +344,7 @@ pub async fn rotate_keys(raw: RawSettings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn rfc3339(ms: i64) -> String {
+pub(crate) fn rfc3339(ms: i64) -> String {
     UNIX_EPOCH
         .checked_add(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
         .map_or_else(

@@ -6,6 +6,7 @@
 #![allow(rustdoc::bare_urls, rustdoc::invalid_html_tags)]
 
 mod child;
+mod clients_cli;
 mod commands;
 mod demo;
 mod oidc_cli;
@@ -70,6 +71,16 @@ enum Command {
     ApiTokens {
         #[command(subcommand)]
         action: ApiTokensCommand,
+    },
+    /// External clients that sign in by magic link
+    Clients {
+        #[command(subcommand)]
+        action: clients_cli::ClientsCommand,
+    },
+    /// Magic links (access tokens) for external clients
+    Tokens {
+        #[command(subcommand)]
+        action: clients_cli::TokensCommand,
     },
 }
 
@@ -191,6 +202,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             action: KeysCommand::ResetInternalCredential,
         } => commands::reset_internal_credential(raw).await,
         Command::Oidc { action } => oidc_cli::run(raw, action).await,
+        Command::Clients { action } => clients_cli::clients(raw, action).await,
+        Command::Tokens { action } => clients_cli::tokens(raw, action).await,
         Command::ApiTokens { action } => match action {
             ApiTokensCommand::Create {
                 user,

@@ -14,6 +14,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use clap::Args;
 use portcullis_core::basic::BasicUsers;
+use portcullis_core::client::ClientSpec;
 use portcullis_core::forwarded::TrustedProxies;
 use portcullis_core::identity::RolePermissions;
 use portcullis_core::keys::SecretKey;
@@ -122,6 +123,9 @@ pub struct RawSettings {
     /// Route rules (TOML `[[routes]]` only), first match wins
     #[arg(skip)]
     pub routes: Option<Vec<RawRoute>>,
+    /// External clients for magic links (TOML `[[clients]]` only)
+    #[arg(skip)]
+    pub clients: Option<Vec<RawClient>>,
     /// Permissions granted to roles beyond the built-in ones (TOML `[roles]` only):
     /// `role = ["permission", …]`
     #[arg(skip)]
@@ -143,6 +147,19 @@ pub struct RawRoute {
     /// Step-up for OpenID sessions: all of these `amr` values (e.g. `["mfa"]`).
     #[serde(default)]
     pub require_amr: Vec<String>,
+}
+
+/// One `[[clients]]` entry (SPEC 7): created at start if missing, and kept as
+/// declared (its active flag is the operator's).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    pub slug: String,
+    pub name: String,
+    /// Path prefixes ending in `/`: a string or a list.
+    pub scope: OneOrMany,
+    #[serde(default)]
+    pub roles: Vec<String>,
 }
 
 /// A string or a list of strings.
@@ -275,6 +292,7 @@ impl RawSettings {
             basic_admins,
             oidc,
             routes,
+            clients,
             roles,
         );
         Ok(self)
@@ -528,6 +546,7 @@ impl RawSettings {
         }
         let oidc_providers = self.resolve_oidc(errors);
         let routes = self.resolve_routes(&prefix, errors);
+        let clients = self.resolve_clients(errors);
         let trusted_proxies = match TrustedProxies::parse(
             self.trusted_proxies.iter().flatten().map(String::as_str),
         ) {
@@ -562,6 +581,7 @@ impl RawSettings {
         config.internal_credential_remote = self.internal_credential_remote.unwrap_or(false);
         config.oidc_providers = oidc_providers;
         config.routes = routes;
+        config.clients = clients;
         config.trusted_proxies = trusted_proxies;
         config.role_permissions = role_permissions;
         config.login_limits = limits;
@@ -606,6 +626,27 @@ impl RawSettings {
                 RouteRules::default()
             }
         }
+    }
+
+    fn resolve_clients(&self, errors: &mut Vec<String>) -> Vec<ClientSpec> {
+        let mut specs: Vec<ClientSpec> = Vec::new();
+        for (n, raw) in self.clients.iter().flatten().enumerate() {
+            match ClientSpec::new(&raw.slug, &raw.name, &raw.scope.to_vec(), &raw.roles) {
+                Ok(spec) if specs.iter().any(|s| s.slug == spec.slug) => {
+                    errors.push(format!(
+                        "clients[{n}]: slug {:?} is declared twice",
+                        spec.slug
+                    ));
+                }
+                Ok(spec) => specs.push(spec),
+                Err(problems) => {
+                    for problem in problems {
+                        errors.push(format!("clients[{n}] ({:?}): {problem}", raw.slug));
+                    }
+                }
+            }
+        }
+        specs
     }
 
     fn resolve_oidc(&self, errors: &mut Vec<String>) -> Vec<OidcProviderSpec> {

@@ -39,12 +39,15 @@ pub enum BusEvent {
 pub enum ConfigTopic {
     /// OpenID providers or group mappings.
     OidcProviders,
+    /// External clients (their scopes decide which pages say "access required").
+    Clients,
 }
 
 impl ConfigTopic {
     pub fn as_str(self) -> &'static str {
         match self {
             ConfigTopic::OidcProviders => "oidc",
+            ConfigTopic::Clients => "clients",
         }
     }
 
@@ -53,6 +56,7 @@ impl ConfigTopic {
     pub fn parse(topic: &str) -> Option<Self> {
         match topic {
             "oidc" => Some(ConfigTopic::OidcProviders),
+            "clients" => Some(ConfigTopic::Clients),
             _ => None,
         }
     }

@@ -21,6 +21,7 @@ use sqlx::sqlite::{
 mod api_tokens;
 pub mod audit;
 pub mod bus;
+pub mod clients;
 mod internal;
 mod keys;
 pub mod oidc;
@@ -31,6 +32,7 @@ pub use sessions::SessionFilter;
 pub use api_tokens::ApiTokenRow;
 pub use audit::{AuditEvent, AuditFilter, AuditPage};
 pub use bus::{BusEvent, ConfigTopic, RevocationBus};
+pub use clients::{AccessTokenRow, ClientRow, ClientSwitch, LinkRefusal, TokenRef};
 pub use oidc::{GroupMapping, ProviderDelete};
 
 /// Channel used for revocation notifications on PostgreSQL.

@@ -53,6 +53,7 @@ impl From<SessionRow> for Session {
             revoked_ms: r.revoked_ms,
             oidc_sid: r.oidc_sid,
             access_token_id: r.access_token_id,
+            scope: None,
             device: portcullis_core::session::Device {
                 user_agent: r.user_agent,
                 ip: r.ip,
@@ -68,6 +69,77 @@ impl From<SessionRow> for Session {
                     .collect(),
             },
         }
+    }
+}
+
+/// Inserts session `$s` through executor `$exec` (a pool or a transaction).
+macro_rules! insert_session {
+    ($exec:expr, $s:expr) => {{
+        let s: &Session = $s;
+        if s.identity.roles.iter().any(|r| r.contains(',')) {
+            return Err(StoreError::Corrupt(
+                "role names cannot contain commas".into(),
+            ));
+        }
+        sqlx::query(
+            "INSERT INTO sessions (id, subject, name, email, provider, roles, created_ms, \
+             last_seen_ms, expires_ms, idle_timeout_ms, revoked_ms, oidc_sid, access_token_id, \
+             user_agent, ip, acr, amr) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        )
+        .bind(&s.id)
+        .bind(&s.identity.subject)
+        .bind(&s.identity.name)
+        .bind(&s.identity.email)
+        .bind(s.identity.provider.as_str())
+        .bind(s.identity.roles.join(","))
+        .bind(s.created_ms)
+        .bind(s.last_seen_ms)
+        .bind(s.expires_ms)
+        .bind(s.idle_timeout_ms)
+        .bind(s.revoked_ms)
+        .bind(&s.oidc_sid)
+        .bind(&s.access_token_id)
+        .bind(&s.device.user_agent)
+        .bind(&s.device.ip)
+        .bind(&s.assurance.acr)
+        .bind((!s.assurance.amr.is_empty()).then(|| s.assurance.amr.join(",")))
+        .execute($exec)
+        .await?;
+    }};
+}
+pub(crate) use insert_session;
+
+/// A session row with what its access token and client say (see [`Store::session`]).
+#[derive(sqlx::FromRow)]
+struct BoundSessionRow {
+    #[sqlx(flatten)]
+    session: SessionRow,
+    token_revoked_ms: Option<i64>,
+    token_expires_ms: Option<i64>,
+    client_active: Option<bool>,
+    client_scope: Option<String>,
+}
+
+impl BoundSessionRow {
+    fn into_session(self) -> Session {
+        let mut session = Session::from(self.session);
+        if session.access_token_id.is_some() {
+            // A missing token or client (never deleted, but never trusted either)
+            // reads like a revoked one.
+            if session.revoked_ms.is_none()
+                && (self.token_revoked_ms.is_some() || self.client_active != Some(true))
+            {
+                session.revoked_ms = Some(self.token_revoked_ms.unwrap_or(session.created_ms));
+            }
+            if let Some(token_expires) = self.token_expires_ms {
+                session.expires_ms = session.expires_ms.min(token_expires);
+            }
+            session.scope = Some(portcullis_core::client::Scope::from_stored(
+                self.client_scope.as_deref().unwrap_or(""),
+            ));
+        }
+        session
     }
 }
 
@@ -105,48 +177,31 @@ impl Store {
     /// Persists a new session. Returns once the row is committed, so a login
     /// response sent afterwards never refers to a session a crash could lose.
     pub async fn insert_session(&self, s: &Session) -> Result<(), StoreError> {
-        if s.identity.roles.iter().any(|r| r.contains(',')) {
-            return Err(StoreError::Corrupt(
-                "role names cannot contain commas".into(),
-            ));
-        }
-        let roles = s.identity.roles.join(",");
         on_pool!(self, pool => {
-            sqlx::query(
-                "INSERT INTO sessions (id, subject, name, email, provider, roles, created_ms, \
-                 last_seen_ms, expires_ms, idle_timeout_ms, revoked_ms, oidc_sid, access_token_id, \
-                 user_agent, ip, acr, amr) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-            )
-            .bind(&s.id)
-            .bind(&s.identity.subject)
-            .bind(&s.identity.name)
-            .bind(&s.identity.email)
-            .bind(s.identity.provider.as_str())
-            .bind(&roles)
-            .bind(s.created_ms)
-            .bind(s.last_seen_ms)
-            .bind(s.expires_ms)
-            .bind(s.idle_timeout_ms)
-            .bind(s.revoked_ms)
-            .bind(&s.oidc_sid)
-            .bind(&s.access_token_id)
-            .bind(&s.device.user_agent)
-            .bind(&s.device.ip)
-            .bind(&s.assurance.acr)
-            .bind((!s.assurance.amr.is_empty()).then(|| s.assurance.amr.join(",")))
-            .execute(pool)
-            .await?;
+            insert_session!(pool, s);
         });
         Ok(())
     }
 
+    /// Session `id` as it stands: one bound to a magic-link access token reads as
+    /// revoked once the token is revoked or its client disabled, expires with the
+    /// token, and carries its client's scope.
     pub async fn session(&self, id: &str) -> Result<Option<Session>, StoreError> {
-        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1");
-        let row: Option<SessionRow> = on_pool!(self, pool => {
+        let sql = format!(
+            "SELECT {}, t.revoked_ms AS token_revoked_ms, t.expires_ms AS token_expires_ms, \
+             c.active AS client_active, c.scope AS client_scope \
+             FROM sessions s LEFT JOIN access_tokens t ON t.id = s.access_token_id \
+             LEFT JOIN clients c ON c.id = t.client_id WHERE s.id = $1",
+            SESSION_COLUMNS
+                .split(", ")
+                .map(|c| format!("s.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let row: Option<BoundSessionRow> = on_pool!(self, pool => {
             sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?
         });
-        Ok(row.map(Session::from))
+        Ok(row.map(BoundSessionRow::into_session))
     }
 
     /// Sessions, newest first; live ones only unless `include_ended`.
@@ -221,18 +276,31 @@ impl Store {
     }
 
     /// Records activity for many sessions in one transaction (`last_seen` batching).
-    pub async fn touch_sessions(&self, seen: &[(String, i64)]) -> Result<(), StoreError> {
+    /// `bound` marks a magic-link session, whose access token's `last_used_ms`
+    /// is stamped too.
+    pub async fn touch_sessions(&self, seen: &[(String, i64, bool)]) -> Result<(), StoreError> {
         if seen.is_empty() {
             return Ok(());
         }
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            for (id, at) in seen {
+            for (id, at, bound) in seen {
                 sqlx::query("UPDATE sessions SET last_seen_ms = $1 WHERE id = $2 AND last_seen_ms < $1")
                     .bind(*at)
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
+                if *bound {
+                    sqlx::query(
+                        "UPDATE access_tokens SET last_used_ms = $1 WHERE id = \
+                         (SELECT access_token_id FROM sessions WHERE id = $2) \
+                         AND (last_used_ms IS NULL OR last_used_ms < $1)",
+                    )
+                    .bind(*at)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
             }
             tx.commit().await?;
         });

@@ -18,6 +18,7 @@ use portcullis_store::{GroupMapping, ProviderDelete};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::cookies::Audience;
 use crate::error::GatewayError;
 use crate::identity::IdentityFields;
 use crate::oidc::RefreshError;
@@ -28,11 +29,16 @@ use crate::pipeline::authorize::{EndpointAccess, authorize_endpoint};
 use crate::state::Gateway;
 
 mod audit;
+mod clients;
 mod pages;
 mod sessions;
 mod tokens;
 
 pub use audit::list_audit;
+pub use clients::{
+    add_client, create_access_token, disable_client, enable_client, list_access_tokens,
+    list_clients, preview, revoke_access_token,
+};
 pub use pages::{audit_page, end_other_sessions_form, end_session_form, sessions_page};
 pub use sessions::{list_sessions, revoke_session, revoke_sessions};
 pub use tokens::{create_token, list_tokens, revoke_token};
@@ -81,7 +87,7 @@ impl AdminCall {
     /// Authenticates, authorizes and (for cookie-authenticated mutations) checks CSRF.
     async fn authorize(&self, permission: Permission) -> Result<Authenticated, GatewayError> {
         let gw = &self.gw;
-        let auth = authenticate_endpoint(gw, &self.headers, self.peer)
+        let auth = authenticate_endpoint(gw, &self.headers, self.peer, Audience::Gateway)
             .await?
             .ok_or(GatewayError::Unauthenticated)?;
         let access = EndpointAccess {

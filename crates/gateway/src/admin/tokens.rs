@@ -73,7 +73,10 @@ pub async fn create_token(call: AdminCall) -> Response {
             let auth = call.authorize(Permission::TokenCreate).await?;
             // A token minted by a token (or by the internal credential) would outlive
             // the revocation of its parent: only people signed in mint tokens.
-            if PrincipalKind::of(auth.session_id()) != PrincipalKind::Session {
+            // Nor does a client signed in by link.
+            if PrincipalKind::of(auth.session_id()) != PrincipalKind::Session
+                || auth.session.scope().is_some()
+            {
                 return Err(GatewayError::Forbidden);
             }
             let body: CreateToken = parse(&call.body)?;

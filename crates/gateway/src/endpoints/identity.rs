@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::cookies::Audience;
 use crate::error::GatewayError;
 use crate::pipeline::ClientAddr;
 use crate::pipeline::authenticate::authenticate_endpoint;
@@ -39,7 +40,7 @@ pub async fn me(
     ConnectInfo(peer): ConnectInfo<ClientAddr>,
     headers: HeaderMap,
 ) -> Response {
-    match authenticate_endpoint(&gw, &headers, peer).await {
+    match authenticate_endpoint(&gw, &headers, peer, Audience::Gateway).await {
         Ok(Some(auth)) => {
             let mut body = identity_json(auth.identity());
             body["session_id"] = json!(auth.session_id());
@@ -194,7 +195,7 @@ pub async fn verify(
     let auth = if decision.is_anonymous() {
         None
     } else {
-        match authenticate_endpoint(&gw, &headers, peer).await {
+        match authenticate_endpoint(&gw, &headers, peer, Audience::Upstream).await {
             Ok(Some(auth)) => {
                 if let Err(e) = authorize_upstream(&gw, &auth, &access, &decision) {
                     return refuse(e);

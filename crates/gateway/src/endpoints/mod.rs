@@ -13,13 +13,15 @@ use crate::state::Gateway;
 
 mod health;
 pub(crate) mod identity;
+mod magic;
 pub mod openid;
 mod signin;
 mod websocket;
 
 pub use health::{healthz, readyz};
 pub use identity::{me, verify};
-pub(crate) use signin::{SignIn, device_of, establish_session};
+pub use magic::{loggable_path, magic_link};
+pub(crate) use signin::{SignIn, device_of, establish_client_session, establish_session};
 pub use signin::{login_page, login_submit, logout};
 pub use websocket::{capabilities, ws_ticket};
 
@@ -52,15 +54,25 @@ pub fn login_url(gw: &Gateway, next: &str) -> String {
     )
 }
 
-/// What an unauthenticated request gets: browsers are sent to sign in, everything
-/// else gets 401 JSON.
+/// What an unauthenticated request gets: browsers are sent to sign in (or, inside
+/// a client's scope, told to ask for a new link), everything else gets 401 JSON.
 pub fn unauthenticated(
     gw: &Gateway,
     method: &Method,
     headers: &HeaderMap,
     path_and_query: &str,
 ) -> Response {
-    GatewayError::unauthenticated(wants_html(method, headers), &login_url(gw, path_and_query))
+    let browser = wants_html(method, headers);
+    if browser && in_client_scope(gw, path_and_query) {
+        return GatewayError::AccessRequired.into_response_for(true);
+    }
+    GatewayError::unauthenticated(browser, &login_url(gw, path_and_query))
+}
+
+/// Whether a request target lies inside an active client's scope.
+pub fn in_client_scope(gw: &Gateway, path_and_query: &str) -> bool {
+    let path = path_and_query.split(['?', '#']).next().unwrap_or("");
+    portcullis_core::routes::canonical_path(path).is_ok_and(|path| gw.clients().covers(&path))
 }
 
 pub async fn not_found() -> Response {

@@ -18,12 +18,13 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::carrier::Carrier;
-use crate::cookies::{self, CSRF_COOKIE, SESSION_COOKIE};
+use crate::cookies::Audience;
+use crate::cookies::{self, CLIENT_COOKIE, CSRF_COOKIE, SESSION_COOKIE};
 use crate::error::GatewayError;
 use crate::identity::IdentityFields;
 use crate::pages;
 use crate::pipeline::ClientAddr;
-use crate::pipeline::authenticate::authenticate_endpoint;
+use crate::pipeline::authenticate::{authenticate_endpoint, authenticate_session_cookie};
 use crate::pipeline::authorize::{EndpointAccess, authorize_endpoint};
 use crate::state::Gateway;
 
@@ -275,23 +276,75 @@ pub(crate) async fn establish_session(
     session.oidc_sid = signed_in.oidc_sid;
     session.device = signed_in.device;
     session.assurance = signed_in.assurance;
+    let epoch = gw.session_cache().epoch();
     gw.store().insert_session(&session).await?;
-    gw.session_cache().insert_new(session.clone());
+    gw.session_cache().insert_new(session.clone(), epoch);
+    let cookies = session_cookies(gw, &session, SESSION_COOKIE, true)?;
+    Ok((session, cookies))
+}
+
+/// Signs a client in with access token `token` (a link's, or the operator
+/// preview's): a session bound to the token, in the client cookie, with the CSRF
+/// cookie only when `with_csrf` (a browser that also holds a session keeps that
+/// session's CSRF token). `Ok(Err(_))`: the link signs no one in, and why.
+pub(crate) async fn establish_client_session(
+    gw: &Gateway,
+    token: portcullis_store::TokenRef<'_>,
+    device: portcullis_core::session::Device,
+    with_csrf: bool,
+) -> Result<
+    Result<(portcullis_core::session::Session, Vec<HeaderValue>), portcullis_store::LinkRefusal>,
+    GatewayError,
+> {
+    // The store fills in the client's identity.
+    let placeholder = Identity {
+        subject: String::new(),
+        name: String::new(),
+        email: None,
+        provider: portcullis_core::identity::IdentityProvider::Magic,
+        roles: Vec::new(),
+    };
+    let mut session = new_session(placeholder, gw.config().session, gw.now(), gw.entropy())
+        .map_err(|e| GatewayError::Internal(e.to_string()))?;
+    session.device = device;
+    let epoch = gw.session_cache().epoch();
+    let session = match gw.store().magic_sign_in(token, session).await? {
+        Ok(session) => session,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    gw.session_cache().insert_new(session.clone(), epoch);
+    let cookies = session_cookies(gw, &session, CLIENT_COOKIE, with_csrf)?;
+    Ok(Ok((session, cookies)))
+}
+
+/// `Set-Cookie` values for a new session in cookie `name`, and its CSRF cookie.
+fn session_cookies(
+    gw: &Gateway,
+    session: &portcullis_core::session::Session,
+    name: &str,
+    with_csrf: bool,
+) -> Result<Vec<HeaderValue>, GatewayError> {
     let cookie = gw
         .keyring()
         .current()
         .sign(&session.id)
         .map_err(|e| GatewayError::Internal(e.to_string()))?;
     let max_age = (session.expires_ms - session.created_ms) / 1000;
-    let csrf = gw.csrf().token(&session.id);
-    let cookies = [
-        cookies::set(gw.config(), SESSION_COOKIE, &cookie, max_age, true),
-        cookies::set(gw.config(), CSRF_COOKIE, &csrf, max_age, false),
-    ]
-    .iter()
-    .filter_map(|v| HeaderValue::from_str(v).ok())
-    .collect();
-    Ok((session, cookies))
+    let mut values = vec![cookies::set(gw.config(), name, &cookie, max_age, true)];
+    if with_csrf {
+        let csrf = gw.csrf().token(&session.id);
+        values.push(cookies::set(
+            gw.config(),
+            CSRF_COOKIE,
+            &csrf,
+            max_age,
+            false,
+        ));
+    }
+    Ok(values
+        .iter()
+        .filter_map(|v| HeaderValue::from_str(v).ok())
+        .collect())
 }
 
 pub async fn logout(
@@ -301,12 +354,13 @@ pub async fn logout(
     body: Bytes,
 ) -> Response {
     let json_flow = wants_json_response(&headers);
-    let auth = match authenticate_endpoint(&gw, &headers, peer).await {
+    let auth = match authenticate_endpoint(&gw, &headers, peer, Audience::Gateway).await {
         Ok(auth) => auth,
         Err(e) => return e.into_response(),
     };
     // Only a cookie session is ended here; API tokens are revoked by id.
     let mut end_session_url = None;
+    let mut client_home = None;
     if let Some(auth) = auth.as_ref().filter(|a| a.carrier == Carrier::Cookie) {
         let access = EndpointAccess {
             headers: &headers,
@@ -319,17 +373,29 @@ pub async fn logout(
         if let Err(e) = authorize_endpoint(&gw, auth, &access).await {
             return e.into_response();
         }
-        let id = auth.session_id().to_owned();
-        let subject = auth.identity().subject().to_owned();
-        match gw.store().revoke_session(&id, &subject, gw.now()).await {
-            Ok(_) => {}
-            Err(e) => return GatewayError::from(e).into_response(),
+        // Signing out ends every session this browser holds: its own and a client
+        // session beside it (an operator's preview).
+        let mut ended = vec![auth.session.clone()];
+        if let Some(value) = cookies::read(&headers, CLIENT_COOKIE)
+            && let Ok(Some(client)) = authenticate_session_cookie(&gw, value).await
+            && client.id() != auth.session_id()
+        {
+            ended.push(client);
         }
-        gw.revoked_here(&id);
-        let mut event = gw.audit_event(&subject, AuditAction::Logout, "success");
-        event.target = Some(id);
-        event.ip = Some(peer.ip().to_string());
-        gw.audit(event).await;
+        for session in ended {
+            let (id, subject) = (session.id().to_owned(), session.subject().to_owned());
+            if let Err(e) = gw.store().revoke_session(&id, &subject, gw.now()).await {
+                return GatewayError::from(e).into_response();
+            }
+            gw.revoked_here(&id);
+            let mut event = gw.audit_event(&subject, AuditAction::Logout, "success");
+            event.target = Some(id);
+            event.ip = Some(peer.ip().to_string());
+            gw.audit(event).await;
+        }
+        // A client (signed in by link) is sent back to its pages, which say to ask
+        // for a new link.
+        client_home = auth.session.scope().map(|scope| scope.home().to_owned());
         // Signed in through a provider that can end its own session: offer that too.
         end_session_url = crate::endpoints::openid::end_session_url(&gw, auth).await;
     }
@@ -337,11 +403,12 @@ pub async fn logout(
         (true, None) => StatusCode::NO_CONTENT.into_response(),
         (true, Some(url)) => Json(json!({ "end_session_url": url })).into_response(),
         (false, Some(url)) => Redirect::to(&url).into_response(),
-        (false, None) => {
-            Redirect::to(&format!("{}/login", gw.config().auth_prefix)).into_response()
-        }
+        (false, None) => match client_home {
+            Some(home) => Redirect::to(&home).into_response(),
+            None => Redirect::to(&format!("{}/login", gw.config().auth_prefix)).into_response(),
+        },
     };
-    for name in [SESSION_COOKIE, CSRF_COOKIE] {
+    for name in [SESSION_COOKIE, CSRF_COOKIE, CLIENT_COOKIE] {
         if let Ok(value) = HeaderValue::from_str(&cookies::clear(gw.config(), name)) {
             response.headers_mut().append(header::SET_COOKIE, value);
         }

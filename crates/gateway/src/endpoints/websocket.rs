@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::carrier::{self, Carrier};
+use crate::cookies::Audience;
 use crate::error::GatewayError;
 use crate::pipeline::ClientAddr;
 use crate::pipeline::authenticate::authenticate_endpoint;
@@ -23,7 +24,7 @@ pub async fn ws_ticket(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let auth = match authenticate_endpoint(&gw, &headers, peer).await {
+    let auth = match authenticate_endpoint(&gw, &headers, peer, Audience::Upstream).await {
         Ok(Some(auth)) => auth,
         Ok(None) => return GatewayError::Unauthenticated.into_response(),
         Err(e) => return e.into_response(),

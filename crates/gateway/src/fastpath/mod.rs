@@ -40,7 +40,7 @@ use tokio::time::Instant;
 pub use handoff::Prefixed;
 
 use crate::carrier::{self, Carrier};
-use crate::cookies::{self, SESSION_COOKIE};
+use crate::cookies::{self, CLIENT_COOKIE, SESSION_COOKIE};
 use crate::error::GatewayError;
 use crate::pipeline::authenticate::{Primed, authenticate_session_cookie};
 use crate::pipeline::authorize::{
@@ -366,7 +366,11 @@ fn plan_request<'g>(gw: &'g Gateway, forwarded: &[u8], buf: &[u8], out: &mut Vec
             .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
             .map(|h| h.value)
     };
-    let cookie = cookies::read_from(cookie_values(), SESSION_COOKIE);
+    let cookie = cookies::pick(
+        cookies::read_from(cookie_values(), CLIENT_COOKIE),
+        cookies::read_from(cookie_values(), SESSION_COOKIE),
+        cookies::Audience::Upstream,
+    );
     // The carrier table decides; the fast path takes only what the cookie carries.
     let chosen = carrier::select(config, false, |c| match c {
         Carrier::Bearer => bearer,

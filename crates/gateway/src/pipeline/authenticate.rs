@@ -14,6 +14,7 @@ use portcullis_core::internal;
 use portcullis_core::subprotocol::Offer;
 
 use crate::carrier::{self, Carrier};
+use crate::cookies::Audience;
 use crate::error::GatewayError;
 use crate::identity::IdentityFields;
 use crate::pipeline::ClientAddr;
@@ -113,17 +114,26 @@ pub async fn authenticate(
     authenticate_primed(gw, headers, uri, offer, peer, None).await
 }
 
+/// The audience of [`authenticate`] and [`authenticate_primed`]: requests for the
+/// upstream.
+const UPSTREAM: Audience = Audience::Upstream;
+
 /// Who calls one of the gateway's own endpoints (plain requests: the bearer, then
-/// the cookie); `None` when no credential is valid.
+/// the cookie); `None` when no credential is valid. `audience` is
+/// [`Audience::Upstream`] for endpoints that act for the upstream (forward auth,
+/// WebSocket tickets).
 pub async fn authenticate_endpoint(
     gw: &Gateway,
     headers: &HeaderMap,
     peer: ClientAddr,
+    audience: Audience,
 ) -> Result<Option<Authenticated>, GatewayError> {
     let no_target = Uri::from_static("/");
-    Ok(authenticate(gw, headers, &no_target, None, peer)
-        .await?
-        .authenticated())
+    Ok(
+        authenticate_as(gw, headers, &no_target, None, peer, None, audience)
+            .await?
+            .authenticated(),
+    )
 }
 
 /// [`authenticate`], with the fast path's outcome for the request's cookie.
@@ -135,7 +145,19 @@ pub async fn authenticate_primed(
     peer: ClientAddr,
     primed: Option<Primed>,
 ) -> Result<Outcome, GatewayError> {
-    let Some(presented) = carrier::find(gw.config(), headers, uri, offer) else {
+    authenticate_as(gw, headers, uri, offer, peer, primed, UPSTREAM).await
+}
+
+async fn authenticate_as(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    uri: &Uri,
+    offer: Option<&Offer>,
+    peer: ClientAddr,
+    primed: Option<Primed>,
+    audience: Audience,
+) -> Result<Outcome, GatewayError> {
+    let Some(presented) = carrier::find(gw.config(), headers, uri, offer, audience) else {
         return Ok(Outcome::NoCredential);
     };
     let verified = match presented.carrier {

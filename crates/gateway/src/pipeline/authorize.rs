@@ -13,7 +13,7 @@
 //!   [`route`] before authentication (an anonymous route needs no credential) on
 //!   the host, method and canonical path the upstream receives.
 //!
-//! A client's path scope (magic links) plugs into [`authorize_upstream`] too.
+//! - a client session (magic link) reaches only its scope ([`authorize_upstream`]).
 
 use std::borrow::Cow;
 
@@ -122,6 +122,18 @@ pub fn authorize_upstream(
     // only cookie upgrades must come from the public origin.
     if access.upgrade && auth.carrier.is_ambient() && !origin_allowed(gw, access.origin) {
         return Err(GatewayError::OriginNotAllowed);
+    }
+    // A client (magic link) reaches its scope only, under every reading of the path.
+    if let Some(scope) = auth.session.scope()
+        && !scope.contains(access.path)
+    {
+        tracing::info!(
+            client = auth.identity().subject(),
+            method = %access.method,
+            path = access.path,
+            "refused: outside the client's scope"
+        );
+        return Err(GatewayError::OutsideScope);
     }
     // Route rules, for plain requests and upgrades alike.
     if !decision.permits(|role| auth.identity().roles().any(|r| r == role)) {

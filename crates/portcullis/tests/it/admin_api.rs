@@ -54,7 +54,13 @@ fn routes() -> Vec<(String, String, Vec<Permission>, String)> {
                 let body = if mutating { "{}" } else { "" };
                 rows.push((
                     op.method.to_ascii_uppercase(),
-                    format!("/.auth{}", endpoint.path.replace("{id}", "nope-x")),
+                    format!(
+                        "/.auth{}",
+                        endpoint
+                            .path
+                            .replace("{id}", "nope-x")
+                            .replace("{slug}", "nope-x")
+                    ),
                     needs.to_vec(),
                     body.to_owned(),
                 ));

@@ -11,6 +11,7 @@ mod forwarded;
 mod harness;
 mod internal;
 mod login;
+mod magic;
 mod oidc;
 mod openapi;
 mod pipeline;

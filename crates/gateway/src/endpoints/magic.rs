@@ -1,0 +1,110 @@
+//! `GET {prefix}/magic/{secret}`: signing a client in by link (SPEC 7). The link's
+//! secret is checked against stored hashes only; the answer is a 303 to the
+//! client's pages, so the secret leaves the address bar and history at once, with
+//! `Referrer-Policy: no-referrer` (the next page cannot leak it) and `no-store`.
+//! Every refusal looks the same (the reason is audited), and attempts are
+//! throttled per address like sign-ins.
+
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use portcullis_core::audit::AuditAction;
+use portcullis_core::redirect::safe_next;
+use portcullis_store::TokenRef;
+use serde::Deserialize;
+
+use crate::cookies::{self, SESSION_COOKIE};
+use crate::error::GatewayError;
+use crate::pipeline::ClientAddr;
+use crate::state::Gateway;
+
+use super::{device_of, establish_client_session};
+
+#[derive(Debug, Deserialize)]
+pub struct MagicQuery {
+    next: Option<String>,
+}
+
+pub async fn magic_link(
+    State(gw): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<ClientAddr>,
+    Path(secret): Path<String>,
+    Query(query): Query<MagicQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let mut response = match sign_in(&gw, peer, &secret, query.next.as_deref(), &headers).await {
+        Ok(response) => response,
+        Err(error) => {
+            error.into_response_for(super::wants_html(&axum::http::Method::GET, &headers))
+        }
+    };
+    let out = response.headers_mut();
+    out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    out.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    response
+}
+
+async fn sign_in(
+    gw: &Gateway,
+    peer: ClientAddr,
+    secret: &str,
+    next: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response, GatewayError> {
+    // Never the secret, not even a part of it: the token id once known.
+    let mut event = gw.audit_event("anonymous", AuditAction::MagicLink, "failure");
+    event.ip = Some(peer.ip().to_string());
+    if let Err(throttled) = gw.throttle().check_address(peer.ip()) {
+        event.reason = Some("throttled".into());
+        gw.audit(event).await;
+        return Err(throttled);
+    }
+    let Some(hash) = portcullis_core::client::hash_presented(secret) else {
+        event.reason = Some("malformed".into());
+        gw.audit(event).await;
+        return Err(GatewayError::LinkRefused);
+    };
+    let device = device_of(headers, Some(peer.ip().to_string()));
+    // A browser that also holds a session (an operator) keeps its CSRF token.
+    let with_csrf = cookies::read(headers, SESSION_COOKIE).is_none();
+    let (session, set_cookies) =
+        match establish_client_session(gw, TokenRef::Hash(&hash), device, with_csrf).await? {
+            Ok(signed_in) => signed_in,
+            Err(refusal) => {
+                event.reason = Some(refusal.reason().into());
+                gw.audit(event).await;
+                return Err(GatewayError::LinkRefused);
+            }
+        };
+    event.outcome = "success".into();
+    event.actor = session.identity.subject.clone();
+    event.target = session.access_token_id.clone();
+    event.reason = Some(format!("session {}", session.id));
+    gw.audit(event).await;
+    let scope = session.scope.as_ref();
+    let location = next
+        .and_then(safe_next)
+        .filter(|next| scope.is_some_and(|scope| scope.contains_raw(next)))
+        .or_else(|| scope.map(portcullis_core::client::Scope::home))
+        .unwrap_or("/");
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    let out = response.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(location) {
+        out.insert(header::LOCATION, location);
+    }
+    for value in set_cookies {
+        out.append(header::SET_COOKIE, value);
+    }
+    Ok(response)
+}
+
+/// An access-log path with a link's secret replaced, so no log line holds one.
+pub fn loggable_path<'a>(prefix: &str, path: &'a str) -> std::borrow::Cow<'a, str> {
+    match path
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix("/magic/"))
+    {
+        Some(_) => std::borrow::Cow::Owned(format!("{prefix}/magic/[redacted]")),
+        None => std::borrow::Cow::Borrowed(path),
+    }
+}
