@@ -11,7 +11,7 @@ use crate::both_backends;
 use crate::harness::*;
 use crate::websocket::{close_frame, connect_as};
 
-both_backends!(sessions_page_in_a_browser);
+both_backends!(sessions_page_in_a_browser, a_magic_link_in_a_browser);
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -301,4 +301,69 @@ async fn sessions_page_in_a_browser(backend: Backend) {
         "{filtered}"
     );
     admin.client.clone().close().await.unwrap();
+}
+
+/// A client in a browser: inside the scope without a session, the page says to
+/// ask for a new link; the link signs in and lands on the client's pages with the
+/// secret gone from the address; outside the scope, access is limited.
+async fn a_magic_link_in_a_browser(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let base = format!("http://{}", gw.addr);
+    let spec =
+        portcullis_core::client::ClientSpec::new("acme", "ACME", &["/portal/"], &[] as &[&str])
+            .unwrap();
+    portcullis_gateway::clients::create_client(
+        &gw.store,
+        &spec,
+        false,
+        &portcullis_core::secret::OsEntropy,
+        now_ms(),
+    )
+    .await
+    .unwrap();
+    gw.gateway.clients().reload(&gw.store).await.unwrap();
+    let (_, secret) = portcullis_gateway::clients::create_link(
+        &gw.store,
+        "acme",
+        None,
+        None,
+        &portcullis_core::secret::OsEntropy,
+        now_ms(),
+    )
+    .await
+    .unwrap();
+    let secret = secret.expose().to_owned();
+
+    let browser = Browser::start().await;
+    let b = &browser.client;
+    b.goto(&format!("{base}/portal/report")).await.unwrap();
+    browser.wait_text("h1", "Access required").await;
+    let said = browser.text("p").await;
+    assert!(said.contains("new link"), "{said}");
+    assert!(
+        b.find_all(Locator::Css("input[type=password]"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "not the sign-in form"
+    );
+
+    b.goto(&format!("{base}/.auth/magic/{secret}?next=/portal/report"))
+        .await
+        .unwrap();
+    browser.wait_url("/portal/report").await;
+    let url = b.current_url().await.unwrap();
+    assert!(!url.as_str().contains(&secret), "{url}");
+    let body = browser.text("body").await;
+    assert!(body.contains("x-forwarded-user"), "{body}");
+    assert!(body.contains("acme"), "{body}");
+    assert!(
+        !body.contains(&secret),
+        "the upstream never sees the secret"
+    );
+
+    b.goto(&format!("{base}/elsewhere/")).await.unwrap();
+    browser.wait_text("h1", "Access is limited").await;
+    browser.client.clone().close().await.unwrap();
 }

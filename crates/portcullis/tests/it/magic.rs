@@ -871,3 +871,142 @@ async fn cli_manages_clients_and_links_across_replicas(backend: Backend) {
     let r = b.client.get(&format!("/.auth/magic/{secret}"), &[]).await;
     assert_eq!(r.status, 303);
 }
+
+/// A link's secret appears once, on `tokens create`'s standard output: never in
+/// the gateway's log (access events say `magic/[redacted]`), at debug level too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_links_secret_never_reaches_the_log() {
+    use crate::processes::{Replica, command, free_port};
+    use std::process::Stdio;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let upstream = TestUpstream::start().await;
+    let listen = free_port();
+    let log = db.dir.join("serve.log");
+    let add = command(&db)
+        .args([
+            "clients", "add", "--slug", "acme", "--name", "ACME", "--scope", "/portal/",
+        ])
+        .output()
+        .unwrap();
+    assert!(add.status.success());
+    let out = command(&db)
+        .args(["tokens", "create", "--client", "acme"])
+        .env("PORTCULLIS_PUBLIC_URL", format!("http://{listen}"))
+        .output()
+        .unwrap();
+    let link = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(link.matches("/.auth/magic/").count(), 1, "{link}");
+    let secret = link.rsplit('/').next().unwrap().to_owned();
+    let child = command(&db)
+        .arg("serve")
+        .env("RUST_LOG", "debug,portcullis::access=info")
+        .env("PORTCULLIS_LISTEN", listen.to_string())
+        .env("PORTCULLIS_UPSTREAM", format!("http://{}", upstream.addr))
+        .env(
+            "AUTH_BASIC_USERS",
+            format!("{USER}:{}", cheap_hash(PASSWORD)),
+        )
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let replica = Replica {
+        child,
+        client: TestClient::new(listen),
+    };
+    let up = eventually(Duration::from_secs(20), || async move {
+        tokio::net::TcpStream::connect(listen).await.is_ok()
+    })
+    .await;
+    assert!(up.is_some());
+    let r = replica
+        .client
+        .get(&link[link.find("/.auth").unwrap()..], &[])
+        .await;
+    assert_eq!(r.status, 303);
+    let cookie = client_cookie(&r.cookie("portcullis_client").unwrap());
+    assert_eq!(
+        replica
+            .client
+            .get("/portal/", &[("cookie", &cookie)])
+            .await
+            .status,
+        200
+    );
+    // A link one character off, and the real one after revocation.
+    let mut wrong = secret.clone();
+    wrong.replace_range(..1, if secret.starts_with('A') { "B" } else { "A" });
+    let r = replica
+        .client
+        .get(&format!("/.auth/magic/{wrong}"), &[])
+        .await;
+    assert_eq!(r.status, 401);
+    drop(replica);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("magic/[redacted]"),
+        "access events are logged:\n{text}"
+    );
+    assert!(
+        text.contains("auth.magic_link"),
+        "audit lines are logged:\n{text}"
+    );
+    for leaked in [&secret[..], &secret[..12], &wrong[..]] {
+        assert!(!text.contains(leaked), "the log leaks {leaked:?}");
+    }
+}
+
+/// `[[clients]]` in the config file: created at start, kept as declared, their
+/// links work; a bad entry is a clear error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_declared_in_the_config_file() {
+    use crate::processes::{Replica, command, free_port};
+    let db = TestDb::new(Backend::Sqlite).await;
+    let upstream = TestUpstream::start().await;
+    let config = db.dir.join("portcullis.toml");
+    std::fs::write(
+        &config,
+        "[[clients]]\nslug = \"acme\"\nname = \"ACME\"\nscope = [\"/portal/\"]\nroles = [\"viewer\"]\n",
+    )
+    .unwrap();
+    let listen = free_port();
+    let replica = Replica::start_with(&db, listen, |cmd| {
+        cmd.arg("--config")
+            .arg(&config)
+            .env("PORTCULLIS_UPSTREAM", format!("http://{}", upstream.addr));
+    })
+    .await;
+    let store = portcullis_store::Store::connect(&db.url).await.unwrap();
+    let acme = store.client_by_slug("acme").await.unwrap().unwrap();
+    assert_eq!(acme.scope().paths(), ["/portal/"]);
+    assert_eq!(acme.role_list(), ["viewer"]);
+    let (row, secret) = create_link(&store, "acme", None, None, &OsEntropy, now_ms())
+        .await
+        .unwrap();
+    let r = replica
+        .client
+        .get(&format!("/.auth/magic/{}", secret.expose()), &[])
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert!(row.id.starts_with("act-"));
+    drop(replica);
+
+    std::fs::write(
+        &config,
+        "[[clients]]\nslug = \"Bad Slug\"\nname = \"x\"\nscope = \"/portal\"\n",
+    )
+    .unwrap();
+    let out = command(&db)
+        .arg("--config")
+        .arg(&config)
+        .args(["check-config", "--upstream", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("clients[0]") && text.contains("slug"),
+        "{text}"
+    );
+    assert!(text.contains("must start and end with /"), "{text}");
+}
