@@ -204,37 +204,41 @@ impl Store {
                 .to_owned();
         let switch = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let found: Option<(bool,)> = sqlx::query_as("SELECT active FROM clients WHERE slug = $1")
+            // A write first, so SQLite takes its write lock at once (a read first
+            // could fail to upgrade when another writer commits in between).
+            let switched = sqlx::query("UPDATE clients SET active = $2 WHERE slug = $1 AND active <> $2")
                 .bind(slug)
-                .fetch_optional(&mut *tx)
-                .await?;
-            match found {
-                None => ClientSwitch::NoSuchClient,
-                Some((current,)) if current == active => ClientSwitch::Unchanged,
-                Some(_) => {
-                    sqlx::query("UPDATE clients SET active = $2 WHERE slug = $1")
-                        .bind(slug)
-                        .bind(active)
-                        .execute(&mut *tx)
-                        .await?;
-                    let revoked = if active {
-                        Vec::new()
-                    } else {
-                        // Lock the client's tokens: a sign-in in flight commits
-                        // first and its session is revoked below; a later one waits
-                        // and then finds the client disabled.
-                        sqlx::query(
-                            "UPDATE access_tokens SET last_used_ms = last_used_ms WHERE client_id = \
-                             (SELECT id FROM clients WHERE slug = $1)",
-                        )
-                        .bind(slug)
-                        .execute(&mut *tx)
-                        .await?;
-                        revoke_in_tx!(tx, update, &[slug], by, now_ms, notify)
-                    };
-                    tx.commit().await?;
-                    ClientSwitch::Switched(revoked)
+                .bind(active)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if switched == 0 {
+                let found: Option<(bool,)> = sqlx::query_as("SELECT active FROM clients WHERE slug = $1")
+                    .bind(slug)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                match found {
+                    None => ClientSwitch::NoSuchClient,
+                    Some(_) => ClientSwitch::Unchanged,
                 }
+            } else {
+                let revoked = if active {
+                    Vec::new()
+                } else {
+                    // Lock the client's tokens: a sign-in in flight commits first
+                    // and its session is revoked below; a later one waits and then
+                    // finds the client disabled.
+                    sqlx::query(
+                        "UPDATE access_tokens SET last_used_ms = last_used_ms WHERE client_id = \
+                         (SELECT id FROM clients WHERE slug = $1)",
+                    )
+                    .bind(slug)
+                    .execute(&mut *tx)
+                    .await?;
+                    revoke_in_tx!(tx, update, &[slug], by, now_ms, notify)
+                };
+                tx.commit().await?;
+                ClientSwitch::Switched(revoked)
             }
         });
         Ok(switch)

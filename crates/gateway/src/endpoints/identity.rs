@@ -137,7 +137,14 @@ pub async fn verify(
             _ => login.clone(),
         };
         let unauthorized = error.status() == StatusCode::UNAUTHORIZED;
-        let mut response = if redirect && html && unauthorized {
+        let mut response = if redirect
+            && html
+            && matches!(error, GatewayError::Unauthenticated)
+            && crate::endpoints::in_client_scope(&gw, &original.target)
+        {
+            // Inside a client's scope: ask for a new link, not the sign-in form.
+            GatewayError::AccessRequired.into_response_for(true)
+        } else if redirect && html && unauthorized {
             GatewayError::unauthenticated(true, &login_url)
         } else {
             error.into_response_for(redirect && html)

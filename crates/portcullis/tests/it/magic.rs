@@ -21,6 +21,8 @@ both_backends!(
     a_revoked_link_ends_its_sessions_and_websockets_on_every_replica,
     a_disabled_client_and_an_expired_link_sign_no_one_in,
     unauthenticated_requests_inside_a_scope_are_told_to_ask_for_a_link,
+    forward_auth_holds_a_client_to_its_scope,
+    a_sign_in_racing_a_revocation_never_outlives_it,
     clients_and_links_through_the_admin_api,
     preview_creates_and_links_a_client_when_the_scope_has_none,
     preview_is_idempotent_on_repeat,
@@ -1009,4 +1011,115 @@ async fn clients_declared_in_the_config_file() {
         "{text}"
     );
     assert!(text.contains("must start and end with /"), "{text}");
+}
+
+/// `/verify` decides a client's requests like the proxy: its scope, and the
+/// access-required page (redirect mode) for a browser without a session.
+async fn forward_auth_holds_a_client_to_its_scope(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start_with(&db, |config| {
+        config.trusted_proxies =
+            portcullis_core::forwarded::TrustedProxies::parse(["127.0.0.1"]).unwrap();
+    })
+    .await;
+    let (secret, _) = acme(&gw).await;
+    gw.gateway.clients().reload(&gw.store).await.unwrap();
+    let cookie = client_cookie(&follow(&gw.client, &secret, "").await.1.unwrap());
+    let host = gw.addr.to_string();
+    let ask = |uri: &'static str, cookie: Option<String>| {
+        let (client, host) = (gw.client.clone(), host.clone());
+        async move {
+            let mut headers = vec![
+                ("x-forwarded-uri", uri.to_owned()),
+                ("x-forwarded-host", host),
+                ("x-forwarded-for", "127.0.0.9".to_owned()),
+                ("accept", "text/html".to_owned()),
+            ];
+            if let Some(cookie) = cookie {
+                headers.push(("cookie", cookie));
+            }
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            client.get("/.auth/verify?mode=redirect", &h).await
+        }
+    };
+    let r = ask("/portal/x", Some(cookie.clone())).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-forwarded-user").as_deref(), Some("acme"));
+    assert_eq!(ask("/admin/", Some(cookie.clone())).await.status, 403);
+    assert_eq!(ask("/portal/%2e%2e/admin", Some(cookie)).await.status, 403);
+    let r = ask("/portal/x", None).await;
+    assert_eq!(r.status, 401);
+    assert!(r.text().contains("Access required"), "{}", r.text());
+    assert_eq!(ask("/elsewhere", None).await.status, 302);
+}
+
+/// A link followed at the very moment it is revoked (or its client disabled):
+/// whichever commits first, no session from it is left valid.
+async fn a_sign_in_racing_a_revocation_never_outlives_it(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let spec = ClientSpec::new("acme", "ACME", &["/portal/"], &[] as &[&str]).unwrap();
+    create_client(&gw.store, &spec, false, &OsEntropy, now_ms())
+        .await
+        .unwrap();
+    let template = || {
+        let identity = portcullis_core::identity::Identity {
+            subject: String::new(),
+            name: String::new(),
+            email: None,
+            provider: portcullis_core::identity::IdentityProvider::Magic,
+            roles: Vec::new(),
+        };
+        portcullis_core::session::new_session(identity, Default::default(), now_ms(), &OsEntropy)
+            .unwrap()
+    };
+    for round in 0..20 {
+        let disable = round % 2 == 1;
+        let (secret, token_id) = link(&gw, "acme", None).await;
+        let hash = portcullis_core::client::hash_presented(&secret).unwrap();
+        let (store_a, store_b) = (gw.store.clone(), gw.store.clone());
+        let sign_in = tokio::spawn(async move {
+            store_a
+                .magic_sign_in(portcullis_store::TokenRef::Hash(&hash), template())
+                .await
+                .unwrap()
+        });
+        let revoke = tokio::spawn(async move {
+            if disable {
+                store_b
+                    .set_client_active("acme", false, "test", now_ms())
+                    .await
+                    .unwrap();
+            } else {
+                store_b
+                    .revoke_access_token(&token_id, "test", now_ms())
+                    .await
+                    .unwrap();
+            }
+        });
+        let (signed_in, _) = (sign_in.await.unwrap(), revoke.await.unwrap());
+        if let Ok(session) = signed_in {
+            // The row itself was revoked (and so announced on the bus), not only
+            // read as revoked through its token.
+            let filter = portcullis_store::SessionFilter {
+                subject: Some("acme".into()),
+                include_ended: true,
+                ..Default::default()
+            };
+            let rows = gw.store.list_sessions(&filter, now_ms()).await.unwrap();
+            let row = rows.iter().find(|s| s.id == session.id).unwrap();
+            assert!(
+                row.revoked_ms.is_some(),
+                "round {round}: a live session survived"
+            );
+            let read = gw.store.session(&session.id).await.unwrap().unwrap();
+            assert!(read.revoked_ms.is_some(), "round {round}");
+        }
+        if disable {
+            gw.store
+                .set_client_active("acme", true, "test", now_ms())
+                .await
+                .unwrap();
+        }
+    }
 }
