@@ -51,8 +51,7 @@ impl InternalCredential {
     }
 
     fn from_secret(secret: SecretString) -> Self {
-        let digest = Sha256::digest(secret.expose().as_bytes());
-        let id = format!("{ID_PREFIX}{}", &URL_SAFE_NO_PAD.encode(digest)[..16]);
+        let id = fingerprint(secret.expose());
         Self { secret, id }
     }
 
@@ -71,6 +70,14 @@ impl InternalCredential {
     pub fn matches(&self, presented: &str) -> bool {
         !presented.is_empty() && ct_eq(presented.as_bytes(), self.secret.expose().as_bytes())
     }
+}
+
+/// What names a presented value in the audit log without revealing any of it:
+/// `int-` and 16 characters of its SHA-256, which for the real credential is its
+/// id (so a refusal of the real one, from the wrong peer, can be recognised).
+pub fn fingerprint(presented: &str) -> String {
+    let digest = Sha256::digest(presented.as_bytes());
+    format!("{ID_PREFIX}{}", &URL_SAFE_NO_PAD.encode(digest)[..16])
 }
 
 /// Whether `value` has the shape of an internal credential (prefix, length,

@@ -126,9 +126,14 @@ pub fn portcullis_bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The token of an `Authorization` value `Bearer <token>` if it is one of ours.
+/// The scheme is matched in any case and separated by any run of spaces or tabs
+/// (servers behind the gateway accept those spellings, so the gateway does too:
+/// what it recognises, it also removes).
 pub fn bearer_value(value: &str) -> Option<&str> {
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
+    const WHITESPACE: [char; 2] = [' ', '\t'];
+    let value = value.trim_matches(WHITESPACE);
+    let (scheme, token) = value.split_at(value.find(WHITESPACE)?);
+    let token = token.trim_matches(WHITESPACE);
     (scheme.eq_ignore_ascii_case("bearer") && is_portcullis_bearer(token)).then_some(token)
 }
 
@@ -331,6 +336,26 @@ mod tests {
             );
             let found = found.as_ref().map(|p| (p.carrier, p.value.as_ref()));
             assert_eq!(found, *expected, "row {name}");
+        }
+    }
+
+    #[test]
+    fn every_spelling_of_our_bearer_is_recognised() {
+        let rows: &[(&str, Option<&str>)] = &[
+            ("Bearer pct_abc", Some("pct_abc")),
+            ("bearer pct_abc", Some("pct_abc")),
+            ("BEARER   pct_abc  ", Some("pct_abc")),
+            ("Bearer\tpct_abc", Some("pct_abc")),
+            ("Bearer \t pci_abc", Some("pci_abc")),
+            ("Bearer pct_abc\t", Some("pct_abc")),
+            ("Bearer jupyter-own", None),
+            ("Basic pct_abc", None),
+            ("Bearerpct_abc", None),
+            ("pct_abc", None),
+            ("", None),
+        ];
+        for (value, expected) in rows {
+            assert_eq!(bearer_value(value), *expected, "{value:?}");
         }
     }
 

@@ -350,7 +350,10 @@ impl GatewayError {
                 Some(title) => pages::notice_page(title, &message),
                 None => pages::error_page(status, &message, error_id),
             };
-            (status, page).into_response()
+            let mut response = (status, page).into_response();
+            // A refusal page may answer on the upstream's paths: protected all the same.
+            pages::protect(response.headers_mut());
+            response
         } else {
             let body = match error_id {
                 Some(id) => json!({"error": self.code(), "message": message, "error_id": id}),

@@ -51,11 +51,18 @@ pub fn router(gw: Gateway) -> Router {
     let own = own
         .fallback(crate::endpoints::not_found)
         .method_not_allowed_fallback(crate::endpoints::method_not_allowed)
-        .layer(DefaultBodyLimit::max(GATEWAY_BODY_LIMIT));
+        .layer(DefaultBodyLimit::max(GATEWAY_BODY_LIMIT))
+        .layer(axum::middleware::map_response(protect_page));
     Router::new()
         .nest(&gw.config().auth_prefix, own)
         .fallback(crate::endpoints::not_found)
         .with_state(gw)
+}
+
+/// Every response of the gateway's own endpoints carries the page protections.
+async fn protect_page(mut response: Response<Body>) -> Response<Body> {
+    crate::pages::protect(response.headers_mut());
+    response
 }
 
 /// One connection's request handler.

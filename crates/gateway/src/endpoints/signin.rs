@@ -84,9 +84,12 @@ struct LoginInput {
     next: Option<String>,
 }
 
-/// Refuses a cross-site login POST. Browsers always send `Origin` on POST; a
-/// request with neither `Origin` nor `Referer` comes from a non-browser client,
-/// which cannot be the victim of login CSRF, and is allowed.
+/// Refuses a cross-site login POST. Browsers send `Origin` on POST (or at least
+/// `Referer`). A form post with neither is refused: a form is what a cross-site
+/// page can make a browser send, and a browser that withholds both (a privacy
+/// setting, an old engine) cannot be told from that. A JSON post with neither
+/// comes from a non-browser client (a cross-site page cannot send JSON without a
+/// CORS preflight), which cannot be the victim of login CSRF, and is allowed.
 fn check_origin(gw: &Gateway, headers: &HeaderMap) -> Result<(), GatewayError> {
     let claimed = if let Some(value) = headers.get(header::ORIGIN) {
         value.as_bytes().to_vec()
@@ -100,8 +103,11 @@ fn check_origin(gw: &Gateway, headers: &HeaderMap) -> Result<(), GatewayError> {
             .find('/')
             .map_or(referer.len(), |i| after_scheme + i);
         referer.as_bytes()[..end].to_vec()
-    } else {
+    } else if is_json(headers) {
         return Ok(());
+    } else {
+        crate::host::log_refusal("origin", "(a form post with neither Origin nor Referer)");
+        return Err(GatewayError::OriginNotAllowed);
     };
     if crate::host::origin_allowed(gw, &claimed) {
         Ok(())
@@ -109,6 +115,13 @@ fn check_origin(gw: &Gateway, headers: &HeaderMap) -> Result<(), GatewayError> {
         crate::host::log_refusal("origin", &String::from_utf8_lossy(&claimed));
         Err(GatewayError::OriginNotAllowed)
     }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
 }
 
 fn parse_login(headers: &HeaderMap, body: &Bytes) -> Result<(LoginInput, bool), GatewayError> {

@@ -228,19 +228,20 @@ fn still_exists(gw: &Gateway, session: Arc<CachedSession>) -> Option<Arc<CachedS
     }
 }
 
-/// Records a refused credential: the reason, and at most the first eight
-/// characters of what was presented (never the secret).
+/// Records a refused credential: the reason, and `target`, which names what was
+/// presented without revealing it (a single-use ticket's first eight characters,
+/// a fingerprint of anything else).
 async fn audit_refusal(
     gw: &Gateway,
     actor: &str,
     action: AuditAction,
     reason: &str,
-    presented: &str,
+    target: &str,
     peer: ClientAddr,
 ) {
     let mut event = gw.audit_event(actor, action, "failure");
     event.reason = Some(reason.into());
-    event.target = Some(portcullis_core::secret::truncate_secret(presented));
+    event.target = Some(target.to_owned());
     event.ip = Some(peer.ip().to_string());
     gw.audit(event).await;
 }
@@ -289,7 +290,7 @@ async fn authenticate_ticket(
         "anonymous",
         AuditAction::WsTicket,
         reason,
-        presented,
+        &portcullis_core::secret::truncate_secret(presented),
         peer,
     )
     .await;
@@ -323,7 +324,8 @@ async fn authenticate_internal(
         internal::SUBJECT,
         AuditAction::InternalCredentialUse,
         reason,
-        presented,
+        // Not even a part of it: one refused only for its peer is the real one.
+        &internal::fingerprint(presented),
         peer,
     )
     .await;

@@ -182,9 +182,16 @@ async fn refusals(backend: Backend) {
     for event in &refused {
         let target = event.target.clone().unwrap_or_default();
         assert!(
-            target.chars().count() <= 9,
-            "at most 8 characters of a secret on record: {target}"
+            target.chars().count() <= 20 && target.starts_with("int-"),
+            "a fingerprint, not a secret, on record: {target}"
         );
+        for (_, value) in &rows {
+            let body = value.trim_start_matches("pci_");
+            assert!(
+                body.len() < 8 || !target.contains(&body[..8]),
+                "no part of a presented value on record: {target}"
+            );
+        }
     }
     // Still fine after all those refusals.
     assert_eq!(http_status(&gw, &credential).await, 200);
@@ -314,6 +321,14 @@ async fn loopback_peers_only(backend: Backend) {
             .any(|e| e.reason.as_deref() == Some("remote_peer")),
         "{refused:?}"
     );
+    // Refused only for its peer, so it is the real secret: only its fingerprint
+    // (the credential's id) is on record.
+    let body = credential.trim_start_matches("pci_");
+    for event in &refused {
+        let target = event.target.clone().unwrap_or_default();
+        assert!(!target.contains(&body[..8]), "{target}");
+        assert!(target.starts_with("int-"), "{target}");
+    }
 
     // Allowed when the operator says so.
     let db2 = TestDb::new(backend).await;

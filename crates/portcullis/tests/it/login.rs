@@ -216,6 +216,25 @@ async fn cross_site_login_posts_are_refused(backend: Backend) {
             .await;
         assert_eq!(r.status, status, "row {name}: {}", r.text());
     }
+    // A form is what a cross-site page can make a browser post: it must name its
+    // origin (a form that signs in answers 303).
+    let form: Vec<HeaderRow> = vec![
+        ("form without Origin or Referer", vec![], 403),
+        ("form from a foreign origin", vec![("origin", "https://evil.example")], 403),
+        ("form with an empty Referer", vec![("referer", "")], 403),
+        ("form from the same origin", vec![("origin", &same)], 303),
+        ("form with a same-origin Referer", vec![("referer", &same_referer)], 303),
+    ];
+    for (name, extra, status) in form {
+        let mut headers = vec![("content-type", "application/x-www-form-urlencoded")];
+        headers.extend(extra);
+        let body = format!("username={ADMIN}&password=correct+horse+battery");
+        let r = gw
+            .client
+            .request("POST", "/.auth/login", &headers, body)
+            .await;
+        assert_eq!(r.status, status, "row {name}: {}", r.text());
+    }
 }
 
 async fn bad_login_input_gets_clear_errors(backend: Backend) {
@@ -262,13 +281,16 @@ async fn bad_login_input_gets_clear_errors(backend: Backend) {
             "invalid_credentials",
         ),
     ];
+    // From the same origin, as a browser's form would be: these rows are about
+    // the input, not where it came from.
+    let origin = format!("http://{}", gw.addr);
     for (name, content_type, body, status, code) in rows {
         let r = gw
             .client
             .request(
                 "POST",
                 "/.auth/login",
-                &[("content-type", content_type)],
+                &[("content-type", content_type), ("origin", &origin)],
                 body,
             )
             .await;
@@ -530,7 +552,42 @@ both_backends!(
     login_throttling_answers_429,
     forward_auth_verify,
     health_endpoints,
+    gateway_pages_cannot_be_framed,
 );
+
+/// Every page the gateway answers (its own, and a refusal on the upstream's
+/// paths) forbids framing and runs no script (SPEC 9).
+async fn gateway_pages_cannot_be_framed(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let bob = gw.login(USER).await;
+    let cookie = bob.cookie_header();
+    let html = ("accept", "text/html");
+    let rows: Vec<HeaderRow> = vec![
+        ("/.auth/login", vec![html], 200),
+        ("/.auth/sessions", vec![html, ("cookie", &cookie)], 200),
+        ("/.auth/audit", vec![html, ("cookie", &cookie)], 403),
+        ("/.auth/nothing-here", vec![html], 404),
+        ("/.auth/api/openapi.json", vec![], 200),
+        ("/.auth/me", vec![("cookie", &cookie)], 200),
+        ("/app", vec![html, ("host", "evil.example")], 400),
+    ];
+    for (path, headers, status) in rows {
+        let r = gw.client.get(path, &headers).await;
+        assert_eq!(r.status, status, "{path}");
+        assert_eq!(r.header("x-frame-options").as_deref(), Some("DENY"), "{path}");
+        let csp = r.header("content-security-policy").unwrap_or_default();
+        for directive in ["frame-ancestors 'none'", "default-src 'none'"] {
+            assert!(csp.contains(directive), "{path}: {csp}");
+        }
+        assert!(!csp.contains("script-src"), "{path}: no script is ever allowed");
+        assert_eq!(r.header("x-content-type-options").as_deref(), Some("nosniff"));
+    }
+    // The upstream's own pages are the upstream's business.
+    let r = gw.client.get("/app", &[("cookie", &cookie)]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("x-frame-options").is_none());
+}
 
 /// Real-cost hashes (argon2id m=64 MiB, t=3, p=4, as `hash-password` makes them).
 fn real_cost_users() -> portcullis_core::basic::BasicUsers {

@@ -73,6 +73,35 @@ async fn bearer_carriers_leave_the_upstreams_authorization_alone(backend: Backen
         .unwrap();
     let seen = upstream_view(&mut ws).await;
     assert!(seen.get("authorization").is_none(), "{seen}");
+    // Every spelling of our bearer a server may accept is ours: it authenticates
+    // and is removed, beside a ticket or on its own (SPEC 9).
+    for spelling in [
+        format!("Bearer\t{secret}"),
+        format!("bearer   {secret}"),
+        format!("BEARER {secret}\t"),
+    ] {
+        let ticket = mint_ticket(&gw.client, &s).await;
+        let (mut ws, _) = connect(
+            gw.addr,
+            &format!("/ws/echo?ticket={ticket}"),
+            &[("authorization", &spelling)],
+        )
+        .await
+        .unwrap();
+        let seen = upstream_view(&mut ws).await;
+        assert!(seen.get("authorization").is_none(), "{spelling:?}: {seen}");
+        let r = gw
+            .client
+            .get(
+                "/echo",
+                &[("authorization", &spelling), ("cookie", &s.cookie_header())],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{spelling:?}");
+        let headers = &r.json()["headers"];
+        assert!(headers.get("authorization").is_none(), "{spelling:?}: {headers}");
+        assert_eq!(headers["x-forwarded-user"], serde_json::json!(["kernel-client"]));
+    }
 }
 
 /// `?token=pct_…` is no carrier of an ordinary request, and never reaches the
