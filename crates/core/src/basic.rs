@@ -48,6 +48,11 @@ pub enum EntryWarning {
     TooCostly(usize, String),
     #[error("AUTH_BASIC_USERS entry {0} repeats user {1:?}; the later entry wins")]
     Duplicate(usize, String),
+    #[error(
+        "AUTH_BASIC_USERS hashes use different argon2 costs ({0}): failed sign-ins are \
+         padded to the costliest, but rehash every password alike (portcullis hash-password)"
+    )]
+    CostsDiffer(String),
 }
 
 /// The configured basic users.
@@ -108,6 +113,16 @@ impl BasicUsers {
                 warnings.push(EntryWarning::Duplicate(position, name.to_owned()));
             }
         }
+        let mut costs: Vec<(u32, u32, u32)> = map.values().filter_map(|h| cost_of(h)).collect();
+        costs.sort_unstable();
+        costs.dedup();
+        if costs.len() > 1 {
+            let listed: Vec<String> = costs
+                .iter()
+                .map(|(m, t, p)| format!("m={m},t={t},p={p}"))
+                .collect();
+            warnings.push(EntryWarning::CostsDiffer(listed.join("; ")));
+        }
         let admins = admins
             .split(',')
             .map(str::trim)
@@ -139,20 +154,33 @@ impl BasicUsers {
     /// users' (the first by name), verified against for unknown usernames so that
     /// they cost exactly what a known user does. Defaults when there are no users.
     pub fn dummy_hash(&self, entropy: &dyn Entropy) -> Result<String, HashError> {
+        // The costliest configured hash: an unknown user never answers faster
+        // than any known one.
         let (m, t, p) = self
             .users
-            .iter()
-            .min_by_key(|(name, _)| name.as_str())
-            .and_then(|(_, hash)| PasswordHash::new(hash).ok())
-            .and_then(|parsed| Params::try_from(&parsed).ok())
-            .map_or((DEFAULT_M_KIB, DEFAULT_T, DEFAULT_P), |p| {
-                (p.m_cost(), p.t_cost(), p.p_cost())
-            });
+            .values()
+            .filter_map(|hash| cost_of(hash))
+            .max_by_key(|(m, t, p)| (u64::from(*m) * u64::from(*t), *p))
+            .unwrap_or((DEFAULT_M_KIB, DEFAULT_T, DEFAULT_P));
         let mut raw = [0u8; 24];
         entropy.fill(&mut raw)?;
         let throwaway =
             SecretString::new(raw.iter().map(|b| format!("{b:02x}")).collect::<String>());
         hash_password_with(&throwaway, entropy, m, t, p)
+    }
+
+    /// Whether `hash` costs as much to verify as the costliest configured hash
+    /// (its failures then need no padding).
+    pub fn is_costliest(&self, hash: &str) -> bool {
+        let weight = |(m, t, p): (u32, u32, u32)| (u64::from(m) * u64::from(t), p);
+        let Some(this) = cost_of(hash).map(weight) else {
+            return false;
+        };
+        self.users
+            .values()
+            .filter_map(|h| cost_of(h))
+            .map(weight)
+            .all(|other| other <= this)
     }
 
     /// The identity a successful login of `username` gets.
@@ -197,6 +225,13 @@ pub fn verify_password(hash: &str, password: &SecretString) -> bool {
     Argon2::default()
         .verify_password(password.expose().as_bytes(), &parsed)
         .is_ok()
+}
+
+/// The argon2 cost (memory KiB, iterations, parallelism) of a PHC hash.
+fn cost_of(hash: &str) -> Option<(u32, u32, u32)> {
+    let parsed = PasswordHash::new(hash).ok()?;
+    let params = Params::try_from(&parsed).ok()?;
+    Some((params.m_cost(), params.t_cost(), params.p_cost()))
 }
 
 /// Hashes `password` as argon2id with the default parameters.
@@ -338,12 +373,21 @@ mod tests {
     fn dummy_hash_matches_configured_cost() {
         let cheap = hash_password_with(&SecretString::new("x"), &OsEntropy, 8, 1, 1).unwrap();
         let (users, _) = BasicUsers::parse(&format!("zed:{CFFI_HASH};alice:{cheap}"), "");
+        // The costliest configured cost, whichever user it belongs to.
+        let dummy = users.dummy_hash(&OsEntropy).unwrap();
+        assert!(!dummy.starts_with("$argon2id$v=19$m=8,t=1,p=1$"), "{dummy}");
+        assert_eq!(cost_of(&dummy), cost_of(CFFI_HASH));
+        assert!(users.is_costliest(CFFI_HASH));
+        assert!(!users.is_costliest(&cheap));
+        let (_, warnings) = BasicUsers::parse(&format!("zed:{CFFI_HASH};alice:{cheap}"), "");
         assert!(
-            users
-                .dummy_hash(&OsEntropy)
-                .unwrap()
-                .starts_with("$argon2id$v=19$m=8,t=1,p=1$")
+            warnings
+                .iter()
+                .any(|w| matches!(w, EntryWarning::CostsDiffer(_))),
+            "{warnings:?}"
         );
+        let (_, alike) = BasicUsers::parse(&format!("zed:{cheap};alice:{cheap}"), "");
+        assert!(alike.is_empty(), "{alike:?}");
         let dummy = BasicUsers::default().dummy_hash(&OsEntropy).unwrap();
         assert!(dummy.starts_with("$argon2id$v=19$m=65536,t=3,p=4$"));
     }

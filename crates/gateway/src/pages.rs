@@ -103,7 +103,10 @@ pub fn protect(headers: &mut http::HeaderMap) {
         http::header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CONTENT_SECURITY_POLICY),
     );
-    headers.insert(http::header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        http::header::X_FRAME_OPTIONS,
+        HeaderValue::from_static("DENY"),
+    );
     headers.insert(
         http::header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

@@ -124,11 +124,13 @@ impl Gateway {
         let sessions = Arc::new(sessions);
 
         let (users, dummy_entropy) = (config.basic_users.clone(), entropy.clone());
+        let started = std::time::Instant::now();
         let dummy_hash =
             tokio::task::spawn_blocking(move || users.dummy_hash(dummy_entropy.as_ref()))
                 .await
                 .map_err(|e| StartError::Dummy(e.to_string()))?
                 .map_err(|e| StartError::Dummy(e.to_string()))?;
+        let dummy_took = started.elapsed();
 
         let throttle = Arc::new(LoginThrottle::new(config.login_limits));
         let mut tasks = Vec::new();
@@ -193,7 +195,8 @@ impl Gateway {
         }
 
         Ok(Self(Arc::new(Inner {
-            passwords: PasswordPool::new(config.argon2_workers),
+            // Making the dummy hash costs what verifying the costliest one does.
+            passwords: PasswordPool::new(config.argon2_workers, dummy_took),
             config,
             store,
             keyring,

@@ -1,9 +1,18 @@
-//! Protection of the login endpoint: per-IP and per-username rate limits, and a
-//! bounded pool for argon2 so a login flood cannot starve proxying.
+//! Protection of the login endpoint: rate limits, and a bounded pool for argon2 so
+//! a login flood cannot starve proxying.
+//!
+//! The limits, per minute: each client address has a budget of attempts
+//! (`per_ip_per_minute`); each username has one *per client address*
+//! (`per_user_per_minute`), so guessing a user's password from one address does
+//! not lock the user out at another; and each username has a ceiling across all
+//! addresses ([`USER_CEILING_FACTOR`] times its per-address budget), which bounds
+//! guessing spread over many addresses. Only an attacker with that many addresses
+//! can refuse a user everywhere, and only while they keep guessing.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::clock::{Clock as _, DefaultClock};
@@ -18,9 +27,13 @@ use crate::error::GatewayError;
 /// How long a login waits for a free argon2 worker before answering 503.
 const WORKER_WAIT: Duration = Duration::from_secs(10);
 
+/// A username's budget across all addresses, as a multiple of its budget at one.
+pub const USER_CEILING_FACTOR: u32 = 10;
+
 #[derive(Debug)]
 pub struct LoginThrottle {
     per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    per_user_ip: DefaultKeyedRateLimiter<(String, IpAddr)>,
     per_user: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
 }
@@ -34,25 +47,32 @@ impl LoginThrottle {
     pub fn new(limits: LoginLimits) -> Self {
         Self {
             per_ip: RateLimiter::dashmap(quota(limits.per_ip_per_minute)),
-            per_user: RateLimiter::dashmap(quota(limits.per_user_per_minute)),
+            per_user_ip: RateLimiter::dashmap(quota(limits.per_user_per_minute)),
+            per_user: RateLimiter::dashmap(quota(
+                limits
+                    .per_user_per_minute
+                    .saturating_mul(USER_CEILING_FACTOR),
+            )),
             clock: DefaultClock::default(),
         }
     }
 
     /// Counts one attempt; `Err` carries the seconds until the next is allowed.
+    /// The budgets are asked in order, widest claim last, and an attempt one of
+    /// them refuses costs nothing from the later ones: a flood from one address
+    /// spends its own budget, not the user's ceiling.
     pub fn check(&self, ip: IpAddr, username: &str) -> Result<(), GatewayError> {
         let now = self.clock.now();
-        let ip_result = self.per_ip.check_key(&ip);
+        let refuse = |not_until: governor::NotUntil<_>| GatewayError::Throttled {
+            retry_after_secs: not_until.wait_time_from(now).as_secs().max(1),
+        };
+        self.per_ip.check_key(&ip).map_err(refuse)?;
         // Usernames are case-folded so `Alice` and `alice` share one budget.
-        let user_result = self.per_user.check_key(&username.to_lowercase());
-        for result in [ip_result, user_result] {
-            if let Err(not_until) = result {
-                let wait = not_until.wait_time_from(now).as_secs().max(1);
-                return Err(GatewayError::Throttled {
-                    retry_after_secs: wait,
-                });
-            }
-        }
+        let user = username.to_lowercase();
+        self.per_user_ip
+            .check_key(&(user.clone(), ip))
+            .map_err(refuse)?;
+        self.per_user.check_key(&user).map_err(refuse)?;
         Ok(())
     }
 
@@ -69,33 +89,71 @@ impl LoginThrottle {
     /// Drops state of keys that are back to a full budget.
     pub fn prune(&self) {
         self.per_ip.retain_recent();
+        self.per_user_ip.retain_recent();
         self.per_user.retain_recent();
     }
 }
 
-/// Runs argon2 verifications on blocking threads, at most `workers` at once.
+/// Runs argon2 verifications on blocking threads, at most `workers` at once, and
+/// makes every failure last as long as a verification of the costliest
+/// configured hash: when users' hashes differ in cost, how long a wrong password
+/// takes must not tell which user was named (or whether one exists).
 #[derive(Debug, Clone)]
 pub struct PasswordPool {
     permits: Arc<Semaphore>,
+    /// A moving average of how long the costliest verifications take, in µs.
+    costliest_micros: Arc<AtomicU64>,
 }
 
 impl PasswordPool {
-    pub fn new(workers: usize) -> Self {
+    /// `costliest` is a first estimate of the costliest verification (the time
+    /// it took to make the dummy hash, which costs the same).
+    pub fn new(workers: usize, costliest: Duration) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(workers.max(1))),
+            costliest_micros: Arc::new(AtomicU64::new(duration_micros(costliest))),
         }
     }
 
-    pub async fn verify(&self, hash: String, password: SecretString) -> Result<bool, GatewayError> {
+    /// Verifies `password` against `hash`. A failure returns no sooner than a
+    /// verification of the costliest hash would; `costliest` says whether `hash`
+    /// is one (its time then refines that estimate).
+    pub async fn verify(
+        &self,
+        hash: String,
+        password: SecretString,
+        costliest: bool,
+    ) -> Result<bool, GatewayError> {
         let permit = tokio::time::timeout(WORKER_WAIT, self.permits.clone().acquire_owned())
             .await
             .map_err(|_| GatewayError::Busy)?
             .map_err(|_| GatewayError::Busy)?;
-        tokio::task::spawn_blocking(move || {
+        let (matched, took) = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            verify_password(&hash, &password)
+            let started = std::time::Instant::now();
+            let matched = verify_password(&hash, &password);
+            (matched, started.elapsed())
         })
         .await
-        .map_err(|e| GatewayError::Internal(format!("password worker failed: {e}")))
+        .map_err(|e| GatewayError::Internal(format!("password worker failed: {e}")))?;
+        let took = duration_micros(took);
+        if costliest {
+            // An average over the last few, so one slow run (a busy machine) moves
+            // the floor little.
+            let old = self.costliest_micros.load(Ordering::Relaxed);
+            let new = if old == 0 { took } else { (old * 7 + took) / 8 };
+            self.costliest_micros.store(new, Ordering::Relaxed);
+        }
+        if !matched {
+            let floor = self.costliest_micros.load(Ordering::Relaxed);
+            if floor > took {
+                tokio::time::sleep(Duration::from_micros(floor - took)).await;
+            }
+        }
+        Ok(matched)
     }
+}
+
+fn duration_micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }

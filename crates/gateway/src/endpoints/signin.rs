@@ -208,7 +208,13 @@ async fn login(
     // Unknown users are verified against a dummy hash: same work, same answer.
     let stored = gw.config().basic_users.hash_of(&username);
     let hash = stored.unwrap_or(gw.dummy_hash()).to_owned();
-    let matched = gw.passwords().verify(hash, password).await.map_err(fail)?;
+    // The dummy costs as much as the costliest configured hash.
+    let costliest = stored.is_none_or(|h| gw.config().basic_users.is_costliest(h));
+    let matched = gw
+        .passwords()
+        .verify(hash, password, costliest)
+        .await
+        .map_err(fail)?;
     if stored.is_none() || !matched {
         event.reason = Some(
             if stored.is_none() {

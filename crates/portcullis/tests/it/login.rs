@@ -220,10 +220,18 @@ async fn cross_site_login_posts_are_refused(backend: Backend) {
     // origin (a form that signs in answers 303).
     let form: Vec<HeaderRow> = vec![
         ("form without Origin or Referer", vec![], 403),
-        ("form from a foreign origin", vec![("origin", "https://evil.example")], 403),
+        (
+            "form from a foreign origin",
+            vec![("origin", "https://evil.example")],
+            403,
+        ),
         ("form with an empty Referer", vec![("referer", "")], 403),
         ("form from the same origin", vec![("origin", &same)], 303),
-        ("form with a same-origin Referer", vec![("referer", &same_referer)], 303),
+        (
+            "form with a same-origin Referer",
+            vec![("referer", &same_referer)],
+            303,
+        ),
     ];
     for (name, extra, status) in form {
         let mut headers = vec![("content-type", "application/x-www-form-urlencoded")];
@@ -453,6 +461,60 @@ async fn login_throttling_answers_429(backend: Backend) {
     );
     gw.login(USER).await;
 
+    // Guesses from one address do not lock the user out at another: the budget is
+    // per user and address, under a ceiling per user ten times higher.
+    let db3 = TestDb::new(backend).await;
+    let gw3 = TestGateway::start_with(&db3, |c| {
+        c.login_limits.per_user_per_minute = 2;
+        c.login_limits.per_ip_per_minute = 1000;
+        c.trusted_proxies =
+            portcullis_core::forwarded::TrustedProxies::parse(["127.0.0.1"]).unwrap();
+    })
+    .await;
+    let attempt = |from: String, password: &'static str| {
+        let client = gw3.client.clone();
+        async move {
+            let body = serde_json::json!({"username": ADMIN, "password": password}).to_string();
+            client
+                .request(
+                    "POST",
+                    "/.auth/login",
+                    &[
+                        ("content-type", "application/json"),
+                        ("x-forwarded-for", &from),
+                    ],
+                    body,
+                )
+                .await
+                .status
+        }
+    };
+    let attacker = "203.0.113.9".to_owned();
+    assert_eq!(attempt(attacker.clone(), "guess").await, 401);
+    assert_eq!(attempt(attacker.clone(), "guess").await, 401);
+    assert_eq!(attempt(attacker.clone(), "guess").await, 429);
+    assert_eq!(
+        attempt(attacker.clone(), PASSWORD).await,
+        429,
+        "the attacker's address is out"
+    );
+    assert_eq!(
+        attempt("198.51.100.7".into(), PASSWORD).await,
+        200,
+        "the owner is not"
+    );
+    // Guessing spread over many addresses meets the per-user ceiling (20 here).
+    let mut refused = 0;
+    for n in 0..30 {
+        if attempt(format!("192.0.2.{n}"), "guess").await == 429 {
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= 10,
+        "the per-user ceiling holds: {refused} refused"
+    );
+
     // Per-IP limit.
     let db2 = TestDb::new(backend).await;
     let gw2 = TestGateway::start_with(&db2, |c| c.login_limits.per_ip_per_minute = 2).await;
@@ -553,7 +615,60 @@ both_backends!(
     forward_auth_verify,
     health_endpoints,
     gateway_pages_cannot_be_framed,
+    a_failure_takes_as_long_whichever_user_was_named,
 );
+
+/// With hashes of different costs, a wrong password for the cheap user takes as
+/// long as one for the costly user or an unknown name (the costliest
+/// verification sets the floor). Asserted as a lower bound on the fastest of a
+/// few tries: noise on this machine only ever makes attempts slower.
+async fn a_failure_takes_as_long_whichever_user_was_named(backend: Backend) {
+    use portcullis_core::basic::{BasicUsers, hash_password_with};
+    use portcullis_core::secret::{OsEntropy, SecretString};
+    let costly = hash_password_with(&SecretString::new(PASSWORD), &OsEntropy, 32768, 2, 1).unwrap();
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start_with(&db, |c| {
+        c.basic_users = BasicUsers::parse(
+            &format!("{ADMIN}:{costly};{USER}:{}", cheap_hash(PASSWORD)),
+            ADMIN,
+        )
+        .0;
+    })
+    .await;
+    let fastest = |user: &'static str| {
+        let client = gw.client.clone();
+        async move {
+            let mut best = std::time::Duration::MAX;
+            for _ in 0..3 {
+                let body = serde_json::json!({"username": user, "password": "wrong"}).to_string();
+                let started = std::time::Instant::now();
+                let r = client
+                    .request(
+                        "POST",
+                        "/.auth/login",
+                        &[("content-type", "application/json")],
+                        body,
+                    )
+                    .await;
+                assert_eq!(r.status, 401);
+                best = best.min(started.elapsed());
+            }
+            best
+        }
+    };
+    let costly_user = fastest(ADMIN).await;
+    let unknown = fastest("mallory").await;
+    let cheap_user = fastest(USER).await;
+    for (name, took) in [("unknown user", unknown), ("cheap user", cheap_user)] {
+        assert!(
+            took * 2 >= costly_user,
+            "{name}: {took:?} against the costly user's {costly_user:?}"
+        );
+    }
+    // The right password is never slowed.
+    let r = gw.login(USER).await;
+    assert!(!r.cookie.is_empty());
+}
 
 /// Every page the gateway answers (its own, and a refusal on the upstream's
 /// paths) forbids framing and runs no script (SPEC 9).
@@ -575,13 +690,23 @@ async fn gateway_pages_cannot_be_framed(backend: Backend) {
     for (path, headers, status) in rows {
         let r = gw.client.get(path, &headers).await;
         assert_eq!(r.status, status, "{path}");
-        assert_eq!(r.header("x-frame-options").as_deref(), Some("DENY"), "{path}");
+        assert_eq!(
+            r.header("x-frame-options").as_deref(),
+            Some("DENY"),
+            "{path}"
+        );
         let csp = r.header("content-security-policy").unwrap_or_default();
         for directive in ["frame-ancestors 'none'", "default-src 'none'"] {
             assert!(csp.contains(directive), "{path}: {csp}");
         }
-        assert!(!csp.contains("script-src"), "{path}: no script is ever allowed");
-        assert_eq!(r.header("x-content-type-options").as_deref(), Some("nosniff"));
+        assert!(
+            !csp.contains("script-src"),
+            "{path}: no script is ever allowed"
+        );
+        assert_eq!(
+            r.header("x-content-type-options").as_deref(),
+            Some("nosniff")
+        );
     }
     // The upstream's own pages are the upstream's business.
     let r = gw.client.get("/app", &[("cookie", &cookie)]).await;

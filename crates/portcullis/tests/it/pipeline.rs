@@ -99,8 +99,14 @@ async fn bearer_carriers_leave_the_upstreams_authorization_alone(backend: Backen
             .await;
         assert_eq!(r.status, 200, "{spelling:?}");
         let headers = &r.json()["headers"];
-        assert!(headers.get("authorization").is_none(), "{spelling:?}: {headers}");
-        assert_eq!(headers["x-forwarded-user"], serde_json::json!(["kernel-client"]));
+        assert!(
+            headers.get("authorization").is_none(),
+            "{spelling:?}: {headers}"
+        );
+        assert_eq!(
+            headers["x-forwarded-user"],
+            serde_json::json!(["kernel-client"])
+        );
     }
 }
 
