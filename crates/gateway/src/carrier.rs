@@ -5,7 +5,9 @@
 //!
 //! Only the first carrier present is examined ("only if there are no credentials
 //! in bearer, do we examine cookies"): a request never falls back from a refused
-//! credential to another one.
+//! credential to another carrier. Within the cookie carrier, a client session's
+//! cookie that is refused gives way to the session cookie beside it
+//! ([`crate::cookies::pick`] orders the two).
 
 use std::borrow::Cow;
 

@@ -146,8 +146,9 @@ impl Store {
     }
 
     /// Makes a client declared in the configuration file exist with its declared
-    /// name, roles and scope (its active flag is left to the operator). Returns
-    /// whether anything changed.
+    /// name, roles and scope (its active flag is left to the operator). A client
+    /// whose declaration changed loses its live sessions (they carry the old scope
+    /// and roles); its links stay valid. Returns whether anything changed.
     pub async fn declare_client(&self, row: &ClientRow) -> Result<bool, StoreError> {
         if self.insert_client(row).await? {
             return Ok(true);
@@ -165,6 +166,16 @@ impl Store {
             .await?
             .rows_affected()
         });
+        if changed > 0 {
+            self.revoke_where(
+                "access_token_id IN (SELECT t.id FROM access_tokens t JOIN clients c \
+                 ON c.id = t.client_id WHERE c.slug = $3)",
+                &[&row.slug],
+                "configuration",
+                row.created_ms,
+            )
+            .await?;
+        }
         Ok(changed > 0)
     }
 

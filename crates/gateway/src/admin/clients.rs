@@ -316,7 +316,7 @@ pub async fn preview(call: AdminCall) -> Response {
             let scope = Scope::new(&body.scope.into_vec())
                 .map_err(|problems| GatewayError::Invalid(problems.join("; ")))?;
             let (client, created) = preview_client(&call, &auth, &scope).await?;
-            let token = preview_token(&call, &client).await?;
+            let token = preview_token(&call, &auth, &client).await?;
             let device = crate::endpoints::device_of(&call.headers, Some(call.peer.ip().to_string()));
             let (session, cookies) = match crate::endpoints::establish_client_session(
                 gw,
@@ -419,6 +419,7 @@ async fn preview_client(
 /// rides the cookie, never a link) when it has none.
 async fn preview_token(
     call: &AdminCall,
+    auth: &Authenticated,
     client: &ClientRow,
 ) -> Result<AccessTokenRow, GatewayError> {
     let gw = &call.gw;
@@ -439,5 +440,7 @@ async fn preview_token(
         revoked_ms: None,
     };
     gw.store().insert_access_token(&row, &minted.hash).await?;
+    call.audit_change(auth, AuditAction::AccessTokenCreate, &row.id)
+        .await;
     Ok(row)
 }

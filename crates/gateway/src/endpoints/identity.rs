@@ -204,6 +204,16 @@ pub async fn verify(
     } else {
         match authenticate_endpoint(&gw, &headers, peer, Audience::Upstream).await {
             Ok(Some(auth)) => {
+                // A client's scope is decided on the original path, which only a
+                // trusted proxy can name.
+                if auth.session.scope().is_some() && !peer.relayed() {
+                    tracing::warn!(
+                        peer = %peer.ip(),
+                        "forward auth refused a client session: the caller is not in \
+                         --trusted-proxies, so the path it names cannot be believed"
+                    );
+                    return refuse(GatewayError::Forbidden);
+                }
                 if let Err(e) = authorize_upstream(&gw, &auth, &access, &decision) {
                     return refuse(e);
                 }

@@ -98,13 +98,32 @@ async fn sign_in(
     Ok(response)
 }
 
-/// An access-log path with a link's secret replaced, so no log line holds one.
-pub fn loggable_path<'a>(prefix: &str, path: &'a str) -> std::borrow::Cow<'a, str> {
-    match path
-        .strip_prefix(prefix)
-        .and_then(|rest| rest.strip_prefix("/magic/"))
-    {
-        Some(_) => std::borrow::Cow::Owned(format!("{prefix}/magic/[redacted]")),
+/// An access-log path with a link's secret replaced, so no log line holds one:
+/// whatever follows `magic/` in any path (`//.auth/magic/…` and other spellings
+/// that never reach this endpoint hold the secret all the same).
+pub fn loggable_path<'a>(_prefix: &str, path: &'a str) -> std::borrow::Cow<'a, str> {
+    let lower = path.to_ascii_lowercase();
+    match lower.find("magic/").or_else(|| lower.find("magic%2f")) {
+        Some(at) => std::borrow::Cow::Owned(format!("{}magic/[redacted]", &path[..at])),
         None => std::borrow::Cow::Borrowed(path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn no_spelling_of_a_link_reaches_the_access_log() {
+        let secret = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_AbCdE";
+        for path in [
+            format!("/.auth/magic/{secret}"),
+            format!("//.auth/magic/{secret}"),
+            format!("/.auth/./magic/{secret}"),
+            format!("/.auth/MAGIC/{secret}"),
+            format!("/.auth/magic%2F{secret}"),
+        ] {
+            let logged = super::loggable_path("/.auth", &path);
+            assert!(!logged.contains(&secret[..8]), "{path} -> {logged}");
+        }
+        assert_eq!(super::loggable_path("/.auth", "/portal/x"), "/portal/x");
     }
 }

@@ -298,7 +298,11 @@ pub(crate) async fn establish_session(
     let epoch = gw.session_cache().epoch();
     gw.store().insert_session(&session).await?;
     gw.session_cache().insert_new(session.clone(), epoch);
-    let cookies = session_cookies(gw, &session, SESSION_COOKIE, true)?;
+    let mut cookies = session_cookies(gw, &session, SESSION_COOKIE, true)?;
+    // Signing in as oneself ends acting as a client in this browser.
+    if let Ok(clear) = HeaderValue::from_str(&cookies::clear(gw.config(), CLIENT_COOKIE)) {
+        cookies.push(clear);
+    }
     Ok((session, cookies))
 }
 

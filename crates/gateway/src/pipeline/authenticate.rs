@@ -161,10 +161,28 @@ async fn authenticate_as(
         return Ok(Outcome::NoCredential);
     };
     let verified = match presented.carrier {
-        Carrier::Cookie => match primed.and_then(|p| p.take_for(&presented.value)) {
-            Some(outcome) => outcome?,
-            None => authenticate_session_cookie(gw, &presented.value).await?,
-        },
+        Carrier::Cookie => {
+            let verified = match primed.and_then(|p| p.take_for(&presented.value)) {
+                Some(outcome) => outcome?,
+                None => authenticate_session_cookie(gw, &presented.value).await?,
+            };
+            match verified {
+                // A client cookie that no longer authenticates (a preview or link
+                // ended, or one planted) does not hide the session beside it.
+                None if audience == Audience::Upstream
+                    && crate::cookies::read(headers, crate::cookies::CLIENT_COOKIE)
+                        == Some(presented.value.as_ref()) =>
+                {
+                    match crate::cookies::read(headers, crate::cookies::SESSION_COOKIE) {
+                        Some(session) if session != presented.value => {
+                            authenticate_session_cookie(gw, session).await?
+                        }
+                        _ => None,
+                    }
+                }
+                verified => verified,
+            }
+        }
         Carrier::Ticket => authenticate_ticket(gw, &presented.value, peer).await?,
         Carrier::Subprotocol | Carrier::Bearer | Carrier::QueryToken => {
             authenticate_bearer_value(gw, &presented.value, peer).await?

@@ -13,7 +13,9 @@
 //!   [`route`] before authentication (an anonymous route needs no credential) on
 //!   the host, method and canonical path the upstream receives.
 //!
-//! - a client session (magic link) reaches only its scope ([`authorize_upstream`]).
+//! - a client session (magic link) reaches only its scope ([`authorize_upstream`])
+//!   and calls no permission-guarded endpoint, whatever its roles
+//!   ([`authorize_endpoint`]).
 
 use std::borrow::Cow;
 
@@ -227,8 +229,11 @@ pub async fn authorize_endpoint(
     auth: &Authenticated,
     access: &EndpointAccess<'_>,
 ) -> Result<(), GatewayError> {
+    // A client (magic link) administers nothing, whatever its roles grant: its
+    // roles are for the upstream's route rules inside its scope.
+    let client = auth.session.scope().is_some();
     if let Some(permission) = access.permission
-        && !gw.grants(auth.identity().roles(), permission)
+        && (client || !gw.grants(auth.identity().roles(), permission))
     {
         let mut event = gw.audit_event(
             auth.identity().subject(),

@@ -226,6 +226,47 @@ async fn the_scope_holds_under_every_reading_of_a_path(backend: Backend) {
     .expect("an upgrade inside the scope");
     ws.send(Message::text("hi")).await.unwrap();
     assert_eq!(next_data(&mut ws).await, Message::text("hi"));
+    // A client administers nothing, even with a role that could.
+    let spec = ClientSpec::new("boss", "Boss", &["/portal/"], &["admin"]).unwrap();
+    create_client(&gw.store, &spec, false, &OsEntropy, now_ms())
+        .await
+        .unwrap();
+    let (boss_secret, _) = link(&gw, "boss", None).await;
+    let signed_in = follow(&gw.client, &boss_secret, "").await.0;
+    let boss = client_cookie(&signed_in.cookie("portcullis_client").unwrap());
+    let csrf = signed_in.cookie("portcullis_csrf").unwrap();
+    let boss_cookie = format!("{boss}; portcullis_csrf={csrf}");
+    assert_eq!(
+        gw.client.get("/portal/", &[("cookie", &boss)]).await.status,
+        200
+    );
+    for (method, path, body) in [
+        ("GET", "/.auth/api/v1/clients", ""),
+        ("GET", "/.auth/api/v1/sessions?all=true", ""),
+        ("GET", "/.auth/api/v1/audit", ""),
+        (
+            "POST",
+            "/.auth/api/v1/clients",
+            r#"{"slug": "wider", "name": "w", "scope": "/admin/"}"#,
+        ),
+        ("POST", "/.auth/api/v1/clients/acme/disable", ""),
+    ] {
+        let r = gw
+            .client
+            .request(
+                method,
+                path,
+                &[
+                    ("cookie", &boss_cookie),
+                    ("x-csrf-token", &csrf),
+                    ("content-type", "application/json"),
+                ],
+                body,
+            )
+            .await;
+        assert_eq!(r.status, 403, "{method} {path}: {}", r.text());
+    }
+    assert!(gw.store.client_by_slug("wider").await.unwrap().is_none());
     // A client session mints no API token, even with a role that could.
     let r = gw
         .client
@@ -679,6 +720,29 @@ async fn preview_keeps_the_operator_session_beside_the_client_session(backend: B
         .get("/.auth/api/v1/sessions?all=true", &[("cookie", &both)])
         .await;
     assert_eq!(api.status, 200);
+    // A client cookie that stops working gives way to the operator's session.
+    gw.store
+        .set_client_active(&slug, false, "test", now_ms())
+        .await
+        .unwrap();
+    // (Disabled beside the gateway, as the CLI would: heard within a second.)
+    let operator = eventually(Duration::from_secs(1), || {
+        let (client, both) = (gw.client.clone(), both.clone());
+        async move {
+            let page = client.get("/portal/", &[("cookie", &both)]).await;
+            page.status == 200
+                && page.json()["headers"]["x-forwarded-user"] == serde_json::json!([ADMIN])
+        }
+    })
+    .await;
+    assert!(operator.is_some(), "the operator's session answers");
+    gw.store
+        .set_client_active(&slug, true, "test", now_ms())
+        .await
+        .unwrap();
+    let r = preview(&gw, &admin, r#""/portal/""#).await;
+    let client = r.cookie("portcullis_client").unwrap();
+    let both = format!("{}; portcullis_client={client}", admin.cookie_header());
     // Signing out ends both.
     let r = gw
         .client
@@ -700,6 +764,25 @@ async fn preview_keeps_the_operator_session_beside_the_client_session(backend: B
     );
     assert!(refused_within(&gw.client, &client_cookie(&client), Duration::from_secs(1)).await);
     assert!(refused_within(&gw.client, &admin.cookie_header(), Duration::from_secs(1)).await);
+    // Signing in as oneself clears a client cookie.
+    let body = serde_json::json!({"username": ADMIN, "password": PASSWORD}).to_string();
+    let r = gw
+        .client
+        .request(
+            "POST",
+            "/.auth/login",
+            &[
+                ("content-type", "application/json"),
+                ("cookie", &client_cookie(&client)),
+            ],
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let cleared = r
+        .set_cookie("portcullis_client")
+        .expect("client cookie cleared");
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
 }
 
 async fn preview_needs_an_operator_browser_with_csrf(backend: Backend) {
@@ -1046,11 +1129,27 @@ async fn forward_auth_holds_a_client_to_its_scope(backend: Backend) {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-forwarded-user").as_deref(), Some("acme"));
     assert_eq!(ask("/admin/", Some(cookie.clone())).await.status, 403);
-    assert_eq!(ask("/portal/%2e%2e/admin", Some(cookie)).await.status, 403);
+    assert_eq!(
+        ask("/portal/%2e%2e/admin", Some(cookie.clone()))
+            .await
+            .status,
+        403
+    );
     let r = ask("/portal/x", None).await;
     assert_eq!(r.status, 401);
     assert!(r.text().contains("Access required"), "{}", r.text());
     assert_eq!(ask("/elsewhere", None).await.status, 302);
+    // From a caller that is no trusted proxy, the path it names decides nothing
+    // for a client.
+    let untrusted = TestGateway::start(&db).await;
+    let r = untrusted
+        .client
+        .get(
+            "/.auth/verify",
+            &[("cookie", &cookie), ("x-forwarded-uri", "/portal/x")],
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
 }
 
 /// A link followed at the very moment it is revoked (or its client disabled):
