@@ -176,6 +176,15 @@ pub const ENDPOINTS: &[Endpoint] = &[
         routes: || get(crate::endpoints::magic_link),
     },
     Endpoint {
+        path: "/access-required",
+        operations: &[op(
+            "get",
+            "Page for a browser inside a client's scope without a session: ask for a new link",
+            Public,
+        )],
+        routes: || get(crate::endpoints::access_required),
+    },
+    Endpoint {
         path: "/sessions",
         operations: &[op(
             "get",

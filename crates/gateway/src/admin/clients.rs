@@ -318,6 +318,7 @@ pub async fn preview(call: AdminCall) -> Response {
             let (client, created) = preview_client(&call, &auth, &scope).await?;
             let token = preview_token(&call, &auth, &client).await?;
             let device = crate::endpoints::device_of(&call.headers, Some(call.peer.ip().to_string()));
+            let replaced = crate::endpoints::client_session_of(gw, &call.headers).await;
             let (session, cookies) = match crate::endpoints::establish_client_session(
                 gw,
                 TokenRef::Id(&token.id),
@@ -329,6 +330,7 @@ pub async fn preview(call: AdminCall) -> Response {
                 Ok(signed_in) => signed_in,
                 Err(_) => return Err(GatewayError::Conflict("the client was disabled meanwhile")),
             };
+            crate::endpoints::end_replaced_client_session(gw, replaced, &session.id).await;
             let mut event = gw.audit_event(
                 crate::identity::IdentityFields::subject(auth.identity()),
                 AuditAction::ClientPreview,
@@ -439,7 +441,14 @@ async fn preview_token(
         expires_ms: None,
         revoked_ms: None,
     };
-    gw.store().insert_access_token(&row, &minted.hash).await?;
+    if let Err(error) = gw.store().insert_access_token(&row, &minted.hash).await {
+        // Another preview of this client made its token at the same moment (one
+        // live preview token per client is a unique index): use that one.
+        return match gw.store().preview_token(&client.id, now).await? {
+            Some(token) => Ok(token),
+            None => Err(error.into()),
+        };
+    }
     call.audit_change(auth, AuditAction::AccessTokenCreate, &row.id)
         .await;
     Ok(row)

@@ -122,11 +122,21 @@ pub async fn verify(
     let original = Original::of(peer, &headers);
     let redirect = query.mode.as_deref() == Some("redirect");
     let html = wants_html(&original.method, &headers);
-    let login = format!(
-        "{}{}",
-        gw.config().public_url.origin(),
-        login_url(&gw, &original.target)
-    );
+    // Inside a client's scope a browser is sent to the access-required page,
+    // not to the sign-in form (nginx's recipe redirects to this header's value).
+    let login = if crate::endpoints::in_client_scope(&gw, &original.target) {
+        format!(
+            "{}{}/access-required",
+            gw.config().public_url.origin(),
+            gw.config().auth_prefix
+        )
+    } else {
+        format!(
+            "{}{}",
+            gw.config().public_url.origin(),
+            login_url(&gw, &original.target)
+        )
+    };
     // A refusal: 401 names the sign-in page (a step-up's own, through the
     // provider) in `X-Auth-Login-Url`, or in redirect mode sends a browser there.
     let refuse = |error: GatewayError| -> Response {

@@ -67,6 +67,7 @@ async fn sign_in(
     let device = device_of(headers, Some(peer.ip().to_string()));
     // A browser that also holds a session (an operator) keeps its CSRF token.
     let with_csrf = cookies::read(headers, SESSION_COOKIE).is_none();
+    let replaced = super::client_session_of(gw, headers).await;
     let (session, set_cookies) =
         match establish_client_session(gw, TokenRef::Hash(&hash), device, with_csrf).await? {
             Ok(signed_in) => signed_in,
@@ -76,6 +77,7 @@ async fn sign_in(
                 return Err(GatewayError::LinkRefused);
             }
         };
+    super::end_replaced_client_session(gw, replaced, &session.id).await;
     event.outcome = "success".into();
     event.actor = session.identity.subject.clone();
     event.target = session.access_token_id.clone();

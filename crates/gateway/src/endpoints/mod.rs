@@ -21,7 +21,10 @@ mod websocket;
 pub use health::{healthz, readyz};
 pub use identity::{me, verify};
 pub use magic::{loggable_path, magic_link};
-pub(crate) use signin::{SignIn, device_of, establish_client_session, establish_session};
+pub(crate) use signin::{
+    SignIn, client_session_of, device_of, end_replaced_client_session, establish_client_session,
+    establish_session,
+};
 pub use signin::{login_page, login_submit, logout};
 pub use websocket::{capabilities, ws_ticket};
 
@@ -73,6 +76,12 @@ pub fn unauthenticated(
 pub fn in_client_scope(gw: &Gateway, path_and_query: &str) -> bool {
     let path = path_and_query.split(['?', '#']).next().unwrap_or("");
     portcullis_core::routes::canonical_path(path).is_ok_and(|path| gw.clients().covers(&path))
+}
+
+/// `GET {prefix}/access-required`: the page a browser without a session is sent
+/// to inside a client's scope (forward auth's `X-Auth-Login-Url` there).
+pub async fn access_required(method: Method, headers: HeaderMap) -> Response {
+    GatewayError::AccessRequired.into_response_for(wants_html(&method, &headers))
 }
 
 pub async fn not_found() -> Response {

@@ -340,6 +340,36 @@ pub(crate) async fn establish_client_session(
     Ok(Ok((session, cookies)))
 }
 
+/// The valid client session the browser holds (its `portcullis_client` cookie),
+/// read before a new one replaces it.
+pub(crate) async fn client_session_of(
+    gw: &Gateway,
+    headers: &HeaderMap,
+) -> Option<std::sync::Arc<crate::session_cache::CachedSession>> {
+    let value = cookies::read(headers, CLIENT_COOKIE)?;
+    authenticate_session_cookie(gw, value).await.ok().flatten()
+}
+
+/// Ends the client session a new one replaced in this browser (its cookie is
+/// overwritten, so nothing could use or end it any more); failures are logged.
+pub(crate) async fn end_replaced_client_session(
+    gw: &Gateway,
+    replaced: Option<std::sync::Arc<crate::session_cache::CachedSession>>,
+    new_id: &str,
+) {
+    let Some(old) = replaced.filter(|old| old.id() != new_id) else {
+        return;
+    };
+    match gw
+        .store()
+        .revoke_session(old.id(), old.subject(), gw.now())
+        .await
+    {
+        Ok(_) => gw.revoked_here(old.id()),
+        Err(error) => tracing::warn!(%error, "could not end a replaced client session"),
+    }
+}
+
 /// `Set-Cookie` values for a new session in cookie `name`, and its CSRF cookie.
 fn session_cookies(
     gw: &Gateway,

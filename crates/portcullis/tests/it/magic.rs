@@ -127,6 +127,26 @@ async fn a_link_signs_the_client_in_and_leaves_the_address_bar(backend: Backend)
         );
     }
 
+    // Following a link again replaces the browser's client session: the old one
+    // ends (nothing could use or end it once its cookie is overwritten).
+    let again = gw
+        .client
+        .get(
+            &format!("/.auth/magic/{secret}"),
+            &[("cookie", &cookie), ("accept", "text/html")],
+        )
+        .await;
+    assert_eq!(again.status, 303);
+    assert!(refused_within(&gw.client, &cookie, Duration::from_secs(1)).await);
+    let cookie = client_cookie(&again.cookie("portcullis_client").unwrap());
+    assert_eq!(
+        gw.client
+            .get("/portal/", &[("cookie", &cookie)])
+            .await
+            .status,
+        200
+    );
+
     let used = gw.audit("auth.magic_link").await;
     assert!(
         used.iter()
@@ -661,6 +681,31 @@ async fn preview_is_idempotent_on_repeat(backend: Backend) {
     assert_eq!(first["token_id"], second["token_id"]);
     assert_eq!(gw.store.list_clients().await.unwrap().len(), 1);
     assert_eq!(gw.store.list_access_tokens(None).await.unwrap().len(), 1);
+    // Previews racing for another scope still make one client and one token.
+    let mut racing = Vec::new();
+    for _ in 0..6 {
+        let (client, admin) = (gw.client.clone(), admin.clone());
+        racing.push(tokio::spawn(async move {
+            client
+                .request(
+                    "POST",
+                    "/.auth/api/v1/clients/preview",
+                    &[
+                        ("cookie", &admin.cookie_header()),
+                        ("x-csrf-token", &admin.csrf),
+                        ("content-type", "application/json"),
+                    ],
+                    r#"{"scope": "/raced/"}"#,
+                )
+                .await
+                .status
+        }));
+    }
+    for task in racing {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+    assert_eq!(gw.store.list_clients().await.unwrap().len(), 2);
+    assert_eq!(gw.store.list_access_tokens(None).await.unwrap().len(), 2);
 }
 
 async fn preview_reuses_a_linked_client_without_clobbering_it(backend: Backend) {
@@ -702,7 +747,7 @@ async fn preview_keeps_the_operator_session_beside_the_client_session(backend: B
     let db = TestDb::new(backend).await;
     let gw = TestGateway::start(&db).await;
     let admin = gw.login(ADMIN).await;
-    let r = preview(&gw, &admin, r#""/portal/""#).await;
+    let r = preview(&gw, &admin, r#"["/portal/", "/ws/"]"#).await;
     let client = r.cookie("portcullis_client").unwrap();
     let both = format!("{}; portcullis_client={client}", admin.cookie_header());
     // The upstream sees the client inside its scope; the gateway's own pages and
@@ -720,6 +765,49 @@ async fn preview_keeps_the_operator_session_beside_the_client_session(backend: B
         .get("/.auth/api/v1/sessions?all=true", &[("cookie", &both)])
         .await;
     assert_eq!(api.status, 200);
+    // A WebSocket ticket from the previewing page (the operator's CSRF token) is
+    // the client's, and opens a socket inside the scope as the client.
+    let r = gw
+        .client
+        .request(
+            "POST",
+            "/.auth/ws-ticket",
+            &[("cookie", &both), ("x-csrf-token", &admin.csrf)],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ticket = r.json()["ticket"].as_str().unwrap().to_owned();
+    let refused = connect(gw.addr, &format!("/admin/ws?ticket={ticket}"), &[]).await;
+    assert!(refused.is_err(), "the ticket carries the client's scope");
+    let r = gw
+        .client
+        .request(
+            "POST",
+            "/.auth/ws-ticket",
+            &[("cookie", &both), ("x-csrf-token", &admin.csrf)],
+            "",
+        )
+        .await;
+    let ticket = r.json()["ticket"].as_str().unwrap().to_owned();
+    let (mut ws, _) = connect(gw.addr, &format!("/ws/echo?ticket={ticket}"), &[])
+        .await
+        .expect("a ticket inside the scope");
+    ws.send(Message::text("headers")).await.unwrap();
+    let Message::Text(seen) = next_data(&mut ws).await else {
+        panic!("text expected")
+    };
+    assert!(seen.contains(&slug), "{seen}");
+    let wrong = gw
+        .client
+        .request(
+            "POST",
+            "/.auth/ws-ticket",
+            &[("cookie", &both), ("x-csrf-token", "AAAA")],
+            "",
+        )
+        .await;
+    assert_eq!(wrong.status, 403);
     // A client cookie that stops working gives way to the operator's session.
     gw.store
         .set_client_active(&slug, false, "test", now_ms())
@@ -1138,6 +1226,28 @@ async fn forward_auth_holds_a_client_to_its_scope(backend: Backend) {
     let r = ask("/portal/x", None).await;
     assert_eq!(r.status, 401);
     assert!(r.text().contains("Access required"), "{}", r.text());
+    // nginx's recipe sends a 401 to X-Auth-Login-Url: inside a scope, that is the
+    // access-required page, not the sign-in form.
+    let r = gw
+        .client
+        .get(
+            "/.auth/verify",
+            &[
+                ("x-forwarded-uri", "/portal/x"),
+                ("x-forwarded-host", &host),
+                ("x-forwarded-for", "127.0.0.9"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    let to = r.header("x-auth-login-url").unwrap();
+    assert_eq!(to, format!("http://{}/.auth/access-required", gw.addr));
+    let page = gw
+        .client
+        .get("/.auth/access-required", &[("accept", "text/html")])
+        .await;
+    assert_eq!(page.status, 401);
+    assert!(page.text().contains("new link"), "{}", page.text());
     assert_eq!(ask("/elsewhere", None).await.status, 302);
     // From a caller that is no trusted proxy, the path it names decides nothing
     // for a client.

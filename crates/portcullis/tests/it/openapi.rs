@@ -86,6 +86,7 @@ async fn the_document_matches_the_router() {
     assert_eq!(
         exempt,
         [
+            "GET /.auth/access-required",
             "GET /.auth/api/openapi.json",
             "GET /.auth/capabilities",
             "GET /.auth/healthz",
