@@ -168,12 +168,19 @@ pub const ENDPOINTS: &[Endpoint] = &[
     },
     Endpoint {
         path: "/magic/{token}",
-        operations: &[op(
-            "get",
-            "Sign a client in by magic link: 303 to its pages (the link's secret leaves the address bar)",
-            SelfAuthenticating("the link's secret"),
-        )],
-        routes: || get(crate::endpoints::magic_link),
+        operations: &[
+            op(
+                "get",
+                "Sign a client in by magic link: 303 to its pages (the link's secret leaves the address bar); a browser signed in as a person is asked first",
+                SelfAuthenticating("the link's secret"),
+            ),
+            op(
+                "post",
+                "Confirm a magic link from a signed-in browser (Origin checked)",
+                SelfAuthenticating("the link's secret"),
+            ),
+        ],
+        routes: || get(crate::endpoints::magic_link).post(crate::endpoints::confirm_link),
     },
     Endpoint {
         path: "/access-required",

@@ -124,6 +124,26 @@ pub fn notice_page(title: &str, message: &str) -> Markup {
     )
 }
 
+/// Asks a signed-in person before a link makes this browser act as a client.
+/// The form posts to the page's own address (no `action`), so the page never
+/// holds the link's secret.
+pub fn confirm_link_page(signed_in_as: &str) -> Markup {
+    layout(
+        "Open a shared link",
+        html! {
+            h1 { "Open a shared link" }
+            p {
+                "You are signed in as " strong { (signed_in_as) } ". This link opens pages \
+                 shared with someone else; while you use it, those pages see you as them."
+            }
+            form method="post" {
+                button type="submit" { "Continue with the link" }
+            }
+            p { a href="/" { "Stay as " (signed_in_as) } }
+        },
+    )
+}
+
 /// One row of a sessions table.
 #[derive(Debug)]
 pub struct SessionRow {

@@ -25,6 +25,9 @@ pub struct MagicQuery {
     next: Option<String>,
 }
 
+/// `GET {prefix}/magic/{secret}`. A browser already signed in as a person is
+/// asked first (a link from someone else must not silently make it act as their
+/// client: login CSRF); the answer is a same-origin `POST` to the same address.
 pub async fn magic_link(
     State(gw): State<Gateway>,
     ConnectInfo(peer): ConnectInfo<ClientAddr>,
@@ -32,12 +35,53 @@ pub async fn magic_link(
     Query(query): Query<MagicQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let mut response = match sign_in(&gw, peer, &secret, query.next.as_deref(), &headers).await {
-        Ok(response) => response,
-        Err(error) => {
-            error.into_response_for(super::wants_html(&axum::http::Method::GET, &headers))
-        }
+    let person = match cookies::read(&headers, SESSION_COOKIE) {
+        Some(value) => crate::pipeline::authenticate::authenticate_session_cookie(&gw, value)
+            .await
+            .ok()
+            .flatten(),
+        None => None,
     };
+    if let Some(person) = person {
+        let page = crate::pages::confirm_link_page(crate::identity::IdentityFields::name(&*person));
+        let mut response = page.into_response();
+        crate::pages::protect(response.headers_mut());
+        return no_store(response);
+    }
+    follow_link(&gw, peer, &secret, query.next.as_deref(), &headers).await
+}
+
+/// `POST {prefix}/magic/{secret}`: the confirmation of a signed-in browser, from
+/// the gateway's own page (its origin is checked like a sign-in form's).
+pub async fn confirm_link(
+    State(gw): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<ClientAddr>,
+    Path(secret): Path<String>,
+    Query(query): Query<MagicQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(error) = super::signin::check_origin(&gw, &headers) {
+        return no_store(error.into_response_for(true));
+    }
+    follow_link(&gw, peer, &secret, query.next.as_deref(), &headers).await
+}
+
+async fn follow_link(
+    gw: &Gateway,
+    peer: ClientAddr,
+    secret: &str,
+    next: Option<&str>,
+    headers: &HeaderMap,
+) -> Response {
+    let response = match sign_in(gw, peer, secret, next, headers).await {
+        Ok(response) => response,
+        Err(error) => error.into_response_for(super::wants_html(&axum::http::Method::GET, headers)),
+    };
+    no_store(response)
+}
+
+/// Neither cached nor leaking its address (which holds the secret) as `Referer`.
+fn no_store(mut response: Response) -> Response {
     let out = response.headers_mut();
     out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     out.insert("referrer-policy", HeaderValue::from_static("no-referrer"));

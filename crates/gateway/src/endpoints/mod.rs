@@ -20,7 +20,7 @@ mod websocket;
 
 pub use health::{healthz, readyz};
 pub use identity::{me, verify};
-pub use magic::{loggable_path, magic_link};
+pub use magic::{confirm_link, loggable_path, magic_link};
 pub(crate) use signin::{
     SignIn, client_session_of, device_of, end_replaced_client_session, establish_client_session,
     establish_session,

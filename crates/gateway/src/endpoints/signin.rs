@@ -90,7 +90,7 @@ struct LoginInput {
 /// setting, an old engine) cannot be told from that. A JSON post with neither
 /// comes from a non-browser client (a cross-site page cannot send JSON without a
 /// CORS preflight), which cannot be the victim of login CSRF, and is allowed.
-fn check_origin(gw: &Gateway, headers: &HeaderMap) -> Result<(), GatewayError> {
+pub(crate) fn check_origin(gw: &Gateway, headers: &HeaderMap) -> Result<(), GatewayError> {
     let claimed = if let Some(value) = headers.get(header::ORIGIN) {
         value.as_bytes().to_vec()
     } else if let Some(referer) = headers.get(header::REFERER) {

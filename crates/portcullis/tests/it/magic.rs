@@ -127,6 +127,57 @@ async fn a_link_signs_the_client_in_and_leaves_the_address_bar(backend: Backend)
         );
     }
 
+    // A browser signed in as a person is asked before a link makes it act as a
+    // client (someone else's link must not switch it silently).
+    let bob = gw.login(USER).await;
+    let asked = gw
+        .client
+        .get(
+            &format!("/.auth/magic/{secret}"),
+            &[("cookie", &bob.cookie_header()), ("accept", "text/html")],
+        )
+        .await;
+    assert_eq!(asked.status, 200);
+    assert!(
+        asked.text().contains("Open a shared link"),
+        "{}",
+        asked.text()
+    );
+    assert!(asked.cookie("portcullis_client").is_none());
+    assert!(
+        !asked.text().contains(&secret),
+        "the page never holds the secret"
+    );
+    assert_eq!(
+        asked.header("referrer-policy").as_deref(),
+        Some("no-referrer")
+    );
+    let origin = format!("http://{}", gw.addr);
+    for (name, from, status) in [
+        ("a foreign origin", "https://evil.example", 403),
+        ("the gateway's own page", origin.as_str(), 303),
+    ] {
+        let r = gw
+            .client
+            .request(
+                "POST",
+                &format!("/.auth/magic/{secret}"),
+                &[
+                    ("cookie", &bob.cookie_header()),
+                    ("origin", from),
+                    ("content-type", "application/x-www-form-urlencoded"),
+                ],
+                "",
+            )
+            .await;
+        assert_eq!(r.status, status, "{name}: {}", r.text());
+        assert_eq!(
+            r.cookie("portcullis_client").is_some(),
+            status == 303,
+            "{name}"
+        );
+    }
+
     // Following a link again replaces the browser's client session: the old one
     // ends (nothing could use or end it once its cookie is overwritten).
     let again = gw

@@ -96,6 +96,7 @@ async fn the_document_matches_the_router() {
             "GET /.auth/oidc/login",
             "GET /.auth/readyz",
             "POST /.auth/login",
+            "POST /.auth/magic/{token}",
             "POST /.auth/oidc/back-channel-logout",
         ]
     );
