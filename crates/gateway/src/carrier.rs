@@ -166,13 +166,15 @@ impl std::fmt::Debug for Presented<'_> {
 
 /// The credential a request presents, reading [`CARRIERS`] in order. `offer` is
 /// the parsed `Sec-WebSocket-Protocol` of an upgrade (`None` for other requests);
-/// `audience` picks between a client session's cookie and the session cookie.
+/// `audience` picks between a client session's cookie and the session cookie, and
+/// `verifies` (a signature check) settles a cookie present with several values.
 pub fn find<'a>(
     config: &GatewayConfig,
     headers: &'a HeaderMap,
     uri: &'a Uri,
     offer: Option<&'a Offer>,
     audience: Audience,
+    verifies: &dyn Fn(&str) -> bool,
 ) -> Option<Presented<'a>> {
     carriers(config, offer.is_some()).find_map(|carrier| {
         let value: Cow<'a, str> = match carrier {
@@ -183,8 +185,8 @@ pub fn find<'a>(
                 query_param(uri, "token").filter(|token| is_portcullis_bearer(token))?
             }
             Carrier::Cookie => Cow::Borrowed(cookies::pick(
-                cookies::read(headers, CLIENT_COOKIE),
-                cookies::read(headers, SESSION_COOKIE),
+                cookies::held(headers, CLIENT_COOKIE).resolve(verifies),
+                cookies::held(headers, SESSION_COOKIE).resolve(verifies),
                 audience,
             )?),
         };
@@ -335,6 +337,7 @@ mod tests {
                 &uri,
                 upgrade.then_some(&offer),
                 Audience::Upstream,
+                &|_| true,
             );
             let found = found.as_ref().map(|p| (p.carrier, p.value.as_ref()));
             assert_eq!(found, *expected, "row {name}");
@@ -386,7 +389,7 @@ mod tests {
         for (cookie, audience, expected) in rows {
             let mut map = HeaderMap::new();
             map.append(header::COOKIE, cookie.parse().unwrap());
-            let found = find(&config, &map, &uri, None, *audience);
+            let found = find(&config, &map, &uri, None, *audience, &|_| true);
             let found = found.as_ref().map(|p| p.value.as_ref());
             assert_eq!(found, *expected, "{cookie} for {audience:?}");
         }

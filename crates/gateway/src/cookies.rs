@@ -1,4 +1,12 @@
 //! Names and attributes of the gateway's cookies, and reading them from requests.
+//!
+//! With an https public URL every cookie at `Path=/` is set as `__Host-` + its
+//! name (SPEC 4): browsers accept such a cookie only from the host itself, over
+//! https, without `Domain`, so a sibling subdomain cannot plant one (cookie
+//! tossing). The unprefixed names are still read, for one release of migration.
+//! A credential cookie present with several values (under either name, in any
+//! `Cookie` header) is ambiguous: it is used only if exactly one value verifies,
+//! so a planted cookie beside the real one can never choose who the request is.
 
 use http::HeaderMap;
 use http::header::COOKIE;
@@ -12,8 +20,81 @@ pub const PENDING_COOKIE: &str = "portcullis_oidc_pending";
 /// previewing a client's view keeps their own session.
 pub const CLIENT_COOKIE: &str = "portcullis_client";
 
-/// Cookies that belong to the gateway and are never forwarded upstream.
+/// Cookies that belong to the gateway and are never forwarded upstream (under
+/// either name).
 pub const GATEWAY_COOKIES: [&str; 4] = [SESSION_COOKIE, CSRF_COOKIE, PENDING_COOKIE, CLIENT_COOKIE];
+
+/// The prefix of cookies only the host itself may set (RFC 6265bis 4.1.3.2).
+pub const HOST_PREFIX: &str = "__Host-";
+
+/// The name cookie `base` is set under: `__Host-` + `base` when the public URL is
+/// https.
+pub fn name(config: &GatewayConfig, base: &str) -> String {
+    if config.public_url.is_https() {
+        format!("{HOST_PREFIX}{base}")
+    } else {
+        base.to_owned()
+    }
+}
+
+/// Whether a cookie name is `base`, prefixed or not.
+fn is_named(name: &str, base: &str) -> bool {
+    name.strip_prefix(HOST_PREFIX).unwrap_or(name) == base
+}
+
+/// What a request holds of one credential cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Held<'a> {
+    None,
+    One(&'a str),
+    /// Different values (under one name or both): see [`Held::resolve`].
+    Several(Vec<&'a str>),
+}
+
+impl<'a> Held<'a> {
+    /// The value to authenticate with: the only one, or among several the only
+    /// one `verifies` accepts (its signature); `None` when none or several do.
+    pub fn resolve(self, verifies: impl Fn(&str) -> bool) -> Option<&'a str> {
+        match self {
+            Held::None => None,
+            Held::One(value) => Some(value),
+            Held::Several(values) => {
+                let mut valid = values.into_iter().filter(|v| verifies(v));
+                match (valid.next(), valid.next()) {
+                    (Some(value), None) => Some(value),
+                    _ => None,
+                }
+            }
+        }
+    }
+}
+
+/// Every value of credential cookie `base` (prefixed or not) across all `Cookie`
+/// headers.
+pub fn held<'a>(headers: &'a HeaderMap, base: &str) -> Held<'a> {
+    held_from(headers.get_all(COOKIE).iter().map(|v| v.as_bytes()), base)
+}
+
+/// [`held`] over raw `Cookie` header values.
+pub fn held_from<'a>(values: impl Iterator<Item = &'a [u8]>, base: &str) -> Held<'a> {
+    let mut found: Vec<&'a str> = values
+        .filter_map(visible_ascii)
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(|(k, _)| is_named(k, base))
+        .map(|(_, v)| v.trim_matches('"'))
+        .collect();
+    found.dedup();
+    if found.len() > 1 {
+        found.sort_unstable();
+        found.dedup();
+    }
+    match found.len() {
+        0 => Held::None,
+        1 => Held::One(found[0]),
+        _ => Held::Several(found),
+    }
+}
 
 /// What a request's cookie credential is wanted for, which decides between a
 /// client session and a session when a browser holds both.
@@ -75,12 +156,24 @@ pub fn foreign_pairs<'a>(values: impl Iterator<Item = &'a [u8]>) -> impl Iterato
         .filter(|pair| !pair.is_empty())
         .filter(|pair| {
             let name = pair.split('=').next().unwrap_or_default().trim();
-            !GATEWAY_COOKIES.contains(&name)
+            !GATEWAY_COOKIES.iter().any(|base| is_named(name, base))
         })
 }
 
-/// `Set-Cookie` value for a session-lifetime cookie.
+/// `Set-Cookie` value for a session-lifetime cookie `base` (named for the
+/// configuration: [`name`]).
 pub fn set(
+    config: &GatewayConfig,
+    base: &str,
+    value: &str,
+    max_age_secs: i64,
+    http_only: bool,
+) -> String {
+    let name = name(config, base);
+    set_named(config, &name, value, max_age_secs, http_only)
+}
+
+fn set_named(
     config: &GatewayConfig,
     name: &str,
     value: &str,
@@ -101,9 +194,14 @@ pub fn set(
     out
 }
 
-/// `Set-Cookie` value that deletes cookie `name`.
-pub fn clear(config: &GatewayConfig, name: &str) -> String {
-    set(config, name, "", 0, true)
+/// `Set-Cookie` values that delete cookie `base`: under its name and, with the
+/// `__Host-` prefix in use, under the old name too.
+pub fn clear(config: &GatewayConfig, base: &str) -> Vec<String> {
+    let mut out = vec![set(config, base, "", 0, true)];
+    if config.public_url.is_https() {
+        out.push(set_named(config, base, "", 0, true));
+    }
+    out
 }
 
 /// The `Cookie` header with the gateway's own cookies removed (`None` if nothing
@@ -128,6 +226,76 @@ mod tests {
     use http::HeaderValue;
 
     #[test]
+    fn a_credential_cookie_with_several_values_is_settled_by_signature() {
+        // (Cookie headers, values whose signature verifies, expected)
+        type Row<'a> = (&'a [&'a str], &'a [&'a str], Option<&'a str>);
+        let rows: &[Row] = &[
+            (&["a=1"], &[], None),
+            (&["portcullis_session=A"], &[], Some("A")),
+            (&["__Host-portcullis_session=A"], &[], Some("A")),
+            (
+                &["__Host-portcullis_session=A; portcullis_session=A"],
+                &[],
+                Some("A"),
+            ),
+            (
+                &["portcullis_session=A", "portcullis_session=A"],
+                &[],
+                Some("A"),
+            ),
+            (
+                &["portcullis_session=B; portcullis_session=A"],
+                &["A", "B"],
+                None,
+            ),
+            (
+                &["portcullis_session=B", "__Host-portcullis_session=A"],
+                &["A", "B"],
+                None,
+            ),
+            (
+                &["portcullis_session=junk; __Host-portcullis_session=A"],
+                &["A"],
+                Some("A"),
+            ),
+            (
+                &["portcullis_session=A; portcullis_session=junk"],
+                &["A"],
+                Some("A"),
+            ),
+            (&["portcullis_session=x; portcullis_session=y"], &[], None),
+            (&["__Host-portcullis_sessionx=A"], &[], None),
+            (&["__host-portcullis_session=A"], &[], None),
+        ];
+        for (headers, valid, expected) in rows {
+            let mut map = HeaderMap::new();
+            for value in *headers {
+                map.append(COOKIE, HeaderValue::from_str(value).unwrap());
+            }
+            let found = held(&map, SESSION_COOKIE).resolve(|v| valid.contains(&v));
+            assert_eq!(found, *expected, "{headers:?}");
+        }
+    }
+
+    #[test]
+    fn names_carry_the_host_prefix_over_https() {
+        let mut config = GatewayConfig::for_tests();
+        assert_eq!(name(&config, SESSION_COOKIE), "portcullis_session");
+        assert_eq!(clear(&config, SESSION_COOKIE).len(), 1);
+        config.public_url = crate::config::PublicUrl::parse("https://dash.example.com").unwrap();
+        assert_eq!(name(&config, SESSION_COOKIE), "__Host-portcullis_session");
+        let set = set(&config, CSRF_COOKIE, "v", 60, false);
+        assert!(
+            set.starts_with("__Host-portcullis_csrf=v; Path=/;"),
+            "{set}"
+        );
+        assert!(set.contains("; Secure") && !set.contains("Domain"), "{set}");
+        let cleared = clear(&config, SESSION_COOKIE);
+        assert!(cleared[0].starts_with("__Host-portcullis_session=;"));
+        assert!(cleared[1].starts_with("portcullis_session=;"));
+    }
+
+    #[test]
     fn gateway_cookies_are_stripped_and_others_kept() {
         let rows: &[(&[&str], Option<&str>)] = &[
             (&["a=1; portcullis_session=v1.x; b=2"], Some("a=1; b=2")),
@@ -136,6 +304,12 @@ mod tests {
             (&["a=1;;b=2"], Some("a=1; b=2")),
             (&["portcullis_sessionx=1"], Some("portcullis_sessionx=1")),
             (&[" portcullis_oidc_pending=p ;z=9"], Some("z=9")),
+            (&["__Host-portcullis_session=x; a=1"], Some("a=1")),
+            (
+                &["__Host-portcullis_csrf=y", "__Host-portcullis_client=z"],
+                None,
+            ),
+            (&["__Host-other=1"], Some("__Host-other=1")),
         ];
         for (input, expected) in rows {
             let mut headers = HeaderMap::new();

@@ -13,9 +13,10 @@ use portcullis_core::redirect::safe_next;
 use portcullis_store::TokenRef;
 use serde::Deserialize;
 
-use crate::cookies::{self, SESSION_COOKIE};
+use crate::cookies::SESSION_COOKIE;
 use crate::error::GatewayError;
 use crate::pipeline::ClientAddr;
+use crate::pipeline::authenticate::cookie_value;
 use crate::state::Gateway;
 
 use super::{device_of, establish_client_session};
@@ -35,7 +36,7 @@ pub async fn magic_link(
     Query(query): Query<MagicQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let person = match cookies::read(&headers, SESSION_COOKIE) {
+    let person = match cookie_value(&gw, &headers, SESSION_COOKIE) {
         Some(value) => crate::pipeline::authenticate::authenticate_session_cookie(&gw, value)
             .await
             .ok()
@@ -110,7 +111,7 @@ async fn sign_in(
     };
     let device = device_of(headers, Some(peer.ip().to_string()));
     // A browser that also holds a session (an operator) keeps its CSRF token.
-    let with_csrf = cookies::read(headers, SESSION_COOKIE).is_none();
+    let with_csrf = cookie_value(gw, headers, SESSION_COOKIE).is_none();
     let replaced = super::client_session_of(gw, headers).await;
     let (session, set_cookies) =
         match establish_client_session(gw, TokenRef::Hash(&hash), device, with_csrf).await? {

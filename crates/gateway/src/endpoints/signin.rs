@@ -24,7 +24,9 @@ use crate::error::GatewayError;
 use crate::identity::IdentityFields;
 use crate::pages;
 use crate::pipeline::ClientAddr;
-use crate::pipeline::authenticate::{authenticate_endpoint, authenticate_session_cookie};
+use crate::pipeline::authenticate::{
+    authenticate_endpoint, authenticate_session_cookie, cookie_value,
+};
 use crate::pipeline::authorize::{EndpointAccess, authorize_endpoint};
 use crate::state::Gateway;
 
@@ -300,9 +302,11 @@ pub(crate) async fn establish_session(
     gw.session_cache().insert_new(session.clone(), epoch);
     let mut cookies = session_cookies(gw, &session, SESSION_COOKIE, true)?;
     // Signing in as oneself ends acting as a client in this browser.
-    if let Ok(clear) = HeaderValue::from_str(&cookies::clear(gw.config(), CLIENT_COOKIE)) {
-        cookies.push(clear);
-    }
+    cookies.extend(
+        cookies::clear(gw.config(), CLIENT_COOKIE)
+            .iter()
+            .filter_map(|v| HeaderValue::from_str(v).ok()),
+    );
     Ok((session, cookies))
 }
 
@@ -346,7 +350,7 @@ pub(crate) async fn client_session_of(
     gw: &Gateway,
     headers: &HeaderMap,
 ) -> Option<std::sync::Arc<crate::session_cache::CachedSession>> {
-    let value = cookies::read(headers, CLIENT_COOKIE)?;
+    let value = cookie_value(gw, headers, CLIENT_COOKIE)?;
     authenticate_session_cookie(gw, value).await.ok().flatten()
 }
 
@@ -429,7 +433,7 @@ pub async fn logout(
         // Signing out ends every session this browser holds: its own and a client
         // session beside it (an operator's preview).
         let mut ended = vec![auth.session.clone()];
-        if let Some(value) = cookies::read(&headers, CLIENT_COOKIE)
+        if let Some(value) = cookie_value(&gw, &headers, CLIENT_COOKIE)
             && let Ok(Some(client)) = authenticate_session_cookie(&gw, value).await
             && client.id() != auth.session_id()
         {
@@ -462,7 +466,10 @@ pub async fn logout(
         },
     };
     for name in [SESSION_COOKIE, CSRF_COOKIE, CLIENT_COOKIE] {
-        if let Ok(value) = HeaderValue::from_str(&cookies::clear(gw.config(), name)) {
+        for value in cookies::clear(gw.config(), name)
+            .iter()
+            .filter_map(|v| HeaderValue::from_str(v).ok())
+        {
             response.headers_mut().append(header::SET_COOKIE, value);
         }
     }

@@ -366,11 +366,17 @@ fn plan_request<'g>(gw: &'g Gateway, forwarded: &[u8], buf: &[u8], out: &mut Vec
             .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
             .map(|h| h.value)
     };
-    let cookie = cookies::pick(
-        cookies::read_from(cookie_values(), CLIENT_COOKIE),
-        cookies::read_from(cookie_values(), SESSION_COOKIE),
-        cookies::Audience::Upstream,
-    );
+    // A credential cookie with several values (tossed cookies) is settled by
+    // signature on the general path.
+    let one = |base| match cookies::held_from(cookie_values(), base) {
+        cookies::Held::None => Ok(None),
+        cookies::Held::One(value) => Ok(Some(value)),
+        cookies::Held::Several(_) => Err(()),
+    };
+    let (Ok(client), Ok(session)) = (one(CLIENT_COOKIE), one(SESSION_COOKIE)) else {
+        return Plan::Hyper;
+    };
+    let cookie = cookies::pick(client, session, cookies::Audience::Upstream);
     // The carrier table decides; the fast path takes only what the cookie carries.
     let chosen = carrier::select(config, false, |c| match c {
         Carrier::Bearer => bearer,

@@ -157,7 +157,9 @@ async fn authenticate_as(
     primed: Option<Primed>,
     audience: Audience,
 ) -> Result<Outcome, GatewayError> {
-    let Some(presented) = carrier::find(gw.config(), headers, uri, offer, audience) else {
+    let verifies = |value: &str| signed(gw, value);
+    let Some(presented) = carrier::find(gw.config(), headers, uri, offer, audience, &verifies)
+    else {
         return Ok(Outcome::NoCredential);
     };
     let verified = match presented.carrier {
@@ -170,10 +172,10 @@ async fn authenticate_as(
                 // A client cookie that no longer authenticates (a preview or link
                 // ended, or one planted) does not hide the session beside it.
                 None if audience == Audience::Upstream
-                    && crate::cookies::read(headers, crate::cookies::CLIENT_COOKIE)
+                    && cookie_value(gw, headers, crate::cookies::CLIENT_COOKIE)
                         == Some(presented.value.as_ref()) =>
                 {
-                    match crate::cookies::read(headers, crate::cookies::SESSION_COOKIE) {
+                    match cookie_value(gw, headers, crate::cookies::SESSION_COOKIE) {
                         Some(session) if session != presented.value => {
                             authenticate_session_cookie(gw, session).await?
                         }
@@ -195,6 +197,18 @@ async fn authenticate_as(
         }),
         None => Outcome::Rejected,
     })
+}
+
+/// The value of credential cookie `base` (the session or the client cookie, under
+/// either name) to authenticate with: when several are present, the only one
+/// whose signature verifies, else none (cookie tossing).
+pub fn cookie_value<'a>(gw: &Gateway, headers: &'a HeaderMap, base: &str) -> Option<&'a str> {
+    crate::cookies::held(headers, base).resolve(|value| signed(gw, value))
+}
+
+/// Whether a cookie value carries a valid session signature (no database).
+pub fn signed(gw: &Gateway, value: &str) -> bool {
+    gw.keyring().current().verify(value, SESSION_PREFIX).is_ok()
 }
 
 /// Authenticates the value of the session cookie: signature, then the session.

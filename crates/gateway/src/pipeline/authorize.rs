@@ -281,7 +281,8 @@ fn check_csrf(
     // the page holds the CSRF token of the browser's session, which proves the
     // same origin as well.
     if auth.session.scope().is_some()
-        && let Some(value) = crate::cookies::read(headers, crate::cookies::SESSION_COOKIE)
+        && let Some(value) =
+            super::authenticate::cookie_value(gw, headers, crate::cookies::SESSION_COOKIE)
         && let Ok(id) = gw
             .keyring()
             .current()

@@ -616,7 +616,158 @@ both_backends!(
     health_endpoints,
     gateway_pages_cannot_be_framed,
     a_failure_takes_as_long_whichever_user_was_named,
+    tossed_cookies_never_choose_who_the_request_is,
 );
+
+/// Cookie tossing (SPEC 4): over https the cookies carry the `__Host-` prefix (a
+/// sibling subdomain cannot plant them), the old names are still read, and a
+/// session cookie present with two values is refused unless exactly one verifies.
+async fn tossed_cookies_never_choose_who_the_request_is(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start_with(&db, |c| {
+        let https = c.public_url.origin().replace("http://", "https://");
+        c.public_url = portcullis_gateway::PublicUrl::parse(&https).unwrap();
+    })
+    .await;
+    let body = serde_json::json!({"username": ADMIN, "password": PASSWORD}).to_string();
+    let r = gw
+        .client
+        .request(
+            "POST",
+            "/.auth/login",
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let alice = r
+        .cookie("__Host-portcullis_session")
+        .expect("prefixed session cookie");
+    let line = r.set_cookie("__Host-portcullis_session").unwrap();
+    assert!(line.contains("Secure") && line.contains("Path=/"), "{line}");
+    assert!(r.cookie("__Host-portcullis_csrf").is_some());
+    assert!(
+        r.set_cookie("portcullis_session").is_none(),
+        "no unprefixed cookie is set"
+    );
+    let body = serde_json::json!({"username": USER, "password": PASSWORD}).to_string();
+    let r = gw
+        .client
+        .request(
+            "POST",
+            "/.auth/login",
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await;
+    let bob = r.cookie("__Host-portcullis_session").unwrap();
+    let bob_csrf = r.cookie("__Host-portcullis_csrf").unwrap();
+    let forged = format!("{}x", &alice[..alice.len() - 1]);
+    // (Cookie header, status, user the upstream sees)
+    let rows: Vec<(String, u16, Option<&str>)> = vec![
+        (
+            format!("__Host-portcullis_session={alice}"),
+            200,
+            Some(ADMIN),
+        ),
+        (format!("portcullis_session={alice}"), 200, Some(ADMIN)),
+        (
+            format!("__Host-portcullis_session={alice}; portcullis_session={alice}"),
+            200,
+            Some(ADMIN),
+        ),
+        (
+            format!("portcullis_session={bob}; __Host-portcullis_session={alice}"),
+            401,
+            None,
+        ),
+        (
+            format!("portcullis_session={bob}; portcullis_session={alice}"),
+            401,
+            None,
+        ),
+        (
+            format!("portcullis_session={forged}; __Host-portcullis_session={alice}"),
+            200,
+            Some(ADMIN),
+        ),
+        (
+            format!("__Host-portcullis_session={alice}; portcullis_session=junk"),
+            200,
+            Some(ADMIN),
+        ),
+    ];
+    for (cookie, status, user) in rows {
+        for accept in ["application/json", "*/*"] {
+            let r = gw
+                .client
+                .get("/echo", &[("cookie", &cookie), ("accept", accept)])
+                .await;
+            assert_eq!(r.status, status, "{cookie}");
+            if let Some(user) = user {
+                let seen = &r.json()["headers"];
+                assert_eq!(
+                    seen["x-forwarded-user"],
+                    serde_json::json!([user]),
+                    "{cookie}"
+                );
+                assert!(seen.get("cookie").is_none(), "{cookie}: {seen}");
+            }
+        }
+    }
+    // Signing out clears both names.
+    let csrf = gw
+        .client
+        .request(
+            "POST",
+            "/.auth/logout",
+            &[
+                ("cookie", &format!("__Host-portcullis_session={bob}")),
+                ("accept", "application/json"),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(csrf.status, 403, "CSRF still applies");
+    let out = gw
+        .client
+        .request(
+            "POST",
+            "/.auth/logout",
+            &[
+                ("cookie", &format!("__Host-portcullis_session={bob}")),
+                ("x-csrf-token", &bob_csrf),
+                ("accept", "application/json"),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(out.status, 204);
+    let cleared: Vec<String> = out
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    for name in [
+        "__Host-portcullis_session=;",
+        "portcullis_session=;",
+        "__Host-portcullis_csrf=;",
+    ] {
+        assert!(
+            cleared.iter().any(|c| c.starts_with(name)),
+            "{name} in {cleared:?}"
+        );
+    }
+    let r = gw
+        .client
+        .get(
+            "/echo",
+            &[("cookie", &format!("__Host-portcullis_session={bob}"))],
+        )
+        .await;
+    assert_eq!(r.status, 401);
+}
 
 /// With hashes of different costs, a wrong password for the cheap user takes as
 /// long as one for the costly user or an unknown name (the costliest
@@ -831,7 +982,8 @@ async fn https_public_url_makes_cookies_secure() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    for name in ["portcullis_session", "portcullis_csrf"] {
+    // Over https the names carry the `__Host-` prefix (SPEC 4).
+    for name in ["__Host-portcullis_session", "__Host-portcullis_csrf"] {
         let cookie = r.set_cookie(name).unwrap();
         assert!(cookie.contains("; Secure"), "{cookie}");
         assert!(cookie.contains("SameSite=Strict"), "{cookie}");
