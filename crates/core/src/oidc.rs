@@ -259,6 +259,8 @@ pub struct IdClaims {
     pub subject: String,
     pub sid: Option<String>,
     pub email: Option<String>,
+    /// The provider's `email_verified` for that address (`false` when absent).
+    pub email_verified: bool,
     pub name: Option<String>,
     pub groups: Vec<String>,
     pub expires_s: i64,
@@ -296,6 +298,7 @@ pub fn verify_id_token(
         subject: subject.to_owned(),
         sid: string_claim(&claims, "sid").map(str::to_owned),
         email: string_claim(&claims, "email").map(str::to_owned),
+        email_verified: verified_claim(&claims),
         name: string_claim(&claims, "name")
             .or_else(|| string_claim(&claims, "preferred_username"))
             .map(str::to_owned),
@@ -303,6 +306,16 @@ pub fn verify_id_token(
         expires_s: exp,
         assurance: assurance_of(&claims),
     })
+}
+
+/// `email_verified`: `true`, or the string `"true"` some providers send; anything
+/// else (absent included) is not verified.
+fn verified_claim(claims: &Value) -> bool {
+    match claims.get("email_verified") {
+        Some(Value::Bool(verified)) => *verified,
+        Some(Value::String(verified)) => verified == "true",
+        _ => false,
+    }
 }
 
 fn assurance_of(claims: &Value) -> crate::session::Assurance {
@@ -336,6 +349,7 @@ pub fn merge_userinfo(
     }
     if claims.email.is_none() {
         claims.email = string_claim(userinfo, "email").map(str::to_owned);
+        claims.email_verified = verified_claim(userinfo);
     }
     if claims.name.is_none() {
         claims.name = string_claim(userinfo, "name")
@@ -436,6 +450,8 @@ pub struct ProviderRecord {
     pub groups_claim: String,
     /// Refuse users none of whose groups is mapped (instead of role `user`).
     pub refuse_unmapped: bool,
+    /// Forward an e-mail the provider does not mark verified (off: it is dropped).
+    pub accept_unverified_email: bool,
     /// `config` (declared in the config file) or `api` (admin API or CLI).
     pub source: String,
     /// What the provider's keys and algorithms were at the last accepted

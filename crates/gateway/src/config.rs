@@ -177,6 +177,8 @@ pub struct OidcProviderSpec {
     pub algorithms: Vec<String>,
     pub groups_claim: String,
     pub refuse_unmapped: bool,
+    /// Forward e-mails the provider does not mark verified (default: dropped).
+    pub accept_unverified_email: bool,
 }
 
 impl GatewayConfig {

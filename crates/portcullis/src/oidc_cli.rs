@@ -68,6 +68,10 @@ pub struct AddArgs {
     /// Refuse users none of whose groups is mapped (instead of role `user`)
     #[arg(long)]
     refuse_unmapped: bool,
+    /// Forward e-mail addresses the provider does not mark verified [default:
+    /// dropped]
+    #[arg(long)]
+    accept_unverified_email: bool,
 }
 
 pub async fn run(raw: RawSettings, command: OidcCommand) -> anyhow::Result<ExitCode> {
@@ -129,6 +133,7 @@ pub async fn run(raw: RawSettings, command: OidcCommand) -> anyhow::Result<ExitC
                 algorithms,
                 groups_claim: args.groups_claim.unwrap_or_else(|| "groups".into()),
                 refuse_unmapped: args.refuse_unmapped,
+                accept_unverified_email: args.accept_unverified_email,
                 source: "api".into(),
                 key_baseline: existing.as_ref().and_then(|e| e.key_baseline.clone()),
                 created_ms: existing.as_ref().map_or(now, |e| e.created_ms),

@@ -209,6 +209,10 @@ pub struct RawOidcProvider {
     pub groups_claim: Option<String>,
     #[serde(default)]
     pub refuse_unmapped: bool,
+    /// Forward e-mail addresses the provider does not mark verified (default:
+    /// dropped, and the sign-in's audit row says so).
+    #[serde(default)]
+    pub accept_unverified_email: bool,
 }
 
 macro_rules! fill {
@@ -725,6 +729,7 @@ impl RawSettings {
                     algorithms,
                     groups_claim: raw.groups_claim.clone().unwrap_or_else(|| "groups".into()),
                     refuse_unmapped: raw.refuse_unmapped,
+                    accept_unverified_email: raw.accept_unverified_email,
                 });
             }
         }

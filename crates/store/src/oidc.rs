@@ -19,6 +19,7 @@ struct ProviderRow {
     algorithms: String,
     groups_claim: String,
     refuse_unmapped: bool,
+    accept_unverified_email: bool,
     source: String,
     key_baseline: Option<String>,
     created_ms: i64,
@@ -26,7 +27,8 @@ struct ProviderRow {
 }
 
 const PROVIDER_COLUMNS: &str = "id, display_name, issuer, client_id, client_secret_sealed, scopes, \
-     algorithms, groups_claim, refuse_unmapped, source, key_baseline, created_ms, updated_ms";
+     algorithms, groups_claim, refuse_unmapped, accept_unverified_email, source, key_baseline, \
+     created_ms, updated_ms";
 
 fn split(list: &str) -> Vec<String> {
     list.split_whitespace().map(str::to_owned).collect()
@@ -44,6 +46,7 @@ impl From<ProviderRow> for ProviderRecord {
             algorithms: split(&r.algorithms),
             groups_claim: r.groups_claim,
             refuse_unmapped: r.refuse_unmapped,
+            accept_unverified_email: r.accept_unverified_email,
             source: r.source,
             key_baseline: r.key_baseline,
             created_ms: r.created_ms,
@@ -85,13 +88,15 @@ impl Store {
         on_pool!(self, pool => {
             sqlx::query(
                 "INSERT INTO oidc_providers (id, display_name, issuer, client_id, client_secret_sealed, \
-                 scopes, algorithms, groups_claim, refuse_unmapped, source, key_baseline, created_ms, updated_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 scopes, algorithms, groups_claim, refuse_unmapped, source, key_baseline, created_ms, updated_ms, \
+                 accept_unverified_email) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
                  ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name, \
                  issuer = excluded.issuer, client_id = excluded.client_id, \
                  client_secret_sealed = excluded.client_secret_sealed, scopes = excluded.scopes, \
                  algorithms = excluded.algorithms, groups_claim = excluded.groups_claim, \
                  refuse_unmapped = excluded.refuse_unmapped, source = excluded.source, \
+                 accept_unverified_email = excluded.accept_unverified_email, \
                  key_baseline = excluded.key_baseline, updated_ms = excluded.updated_ms",
             )
             .bind(&p.id)
@@ -107,6 +112,7 @@ impl Store {
             .bind(&p.key_baseline)
             .bind(p.created_ms)
             .bind(p.updated_ms)
+            .bind(p.accept_unverified_email)
             .execute(pool)
             .await?;
         });

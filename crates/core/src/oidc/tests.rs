@@ -456,6 +456,7 @@ fn userinfo_completes_but_never_overrides_or_switches_subject() {
         subject: "user-42".into(),
         sid: None,
         email: None,
+        email_verified: false,
         name: Some("From ID token".into()),
         groups: Vec::new(),
         expires_s: NOW,
@@ -469,7 +470,30 @@ fn userinfo_completes_but_never_overrides_or_switches_subject() {
     )
     .unwrap();
     assert_eq!(claims.email.as_deref(), Some("a@example.com"));
+    assert!(
+        !claims.email_verified,
+        "UserInfo did not say it was verified"
+    );
     assert_eq!(claims.name.as_deref(), Some("From ID token"));
+    // `email_verified` comes with the address it is about, as a boolean or the
+    // string some providers send.
+    for (verified, expected) in [
+        (json!(true), true),
+        (json!("true"), true),
+        (json!(false), false),
+        (json!("false"), false),
+        (json!(1), false),
+        (json!(null), false),
+    ] {
+        let mut claims = base.clone();
+        merge_userinfo(
+            &mut claims,
+            &json!({"sub": "user-42", "email": "a@example.com", "email_verified": verified}),
+            "groups",
+        )
+        .unwrap();
+        assert_eq!(claims.email_verified, expected, "{verified}");
+    }
     assert_eq!(claims.groups, vec!["eng"]);
     for other in [
         json!({"sub": "someone-else"}),

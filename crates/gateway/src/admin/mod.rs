@@ -187,6 +187,7 @@ fn view(p: &ProviderRecord) -> serde_json::Value {
         "algorithms": p.algorithms,
         "groups_claim": p.groups_claim,
         "refuse_unmapped": p.refuse_unmapped,
+        "accept_unverified_email": p.accept_unverified_email,
         "source": p.source,
         "key_baseline": p.key_baseline.as_deref().and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok()),
     })
@@ -207,6 +208,9 @@ pub struct ProviderInput {
     pub groups_claim: Option<String>,
     #[serde(default)]
     pub refuse_unmapped: bool,
+    /// Forward e-mails the provider does not mark verified (default: dropped).
+    #[serde(default)]
+    pub accept_unverified_email: bool,
 }
 
 /// Validates `input` into a record for provider `id`, sealing a new client secret.
@@ -243,6 +247,7 @@ fn record_from(
         algorithms,
         groups_claim: input.groups_claim.unwrap_or_else(|| "groups".into()),
         refuse_unmapped: input.refuse_unmapped,
+        accept_unverified_email: input.accept_unverified_email,
         source: "api".into(),
         key_baseline: existing.and_then(|e| e.key_baseline.clone()),
         created_ms: existing.map_or(now, |e| e.created_ms),

@@ -170,6 +170,7 @@ impl Oidc {
                 algorithms: spec.algorithms.clone(),
                 groups_claim: spec.groups_claim.clone(),
                 refuse_unmapped: spec.refuse_unmapped,
+                accept_unverified_email: spec.accept_unverified_email,
                 source: "config".into(),
                 key_baseline: existing.as_ref().and_then(|e| e.key_baseline.clone()),
                 created_ms: existing.as_ref().map_or(now_ms, |e| e.created_ms),

@@ -128,6 +128,7 @@ impl TestProvider {
             algorithms: algorithms.iter().map(|s| s.to_string()).collect(),
             groups_claim: "groups".into(),
             refuse_unmapped: false,
+            accept_unverified_email: false,
         }
     }
 
@@ -152,11 +153,9 @@ async fn setup(db: &TestDb) -> (TestGateway, TestProvider) {
     let op = TestProvider::start(listener.local_addr().unwrap(), &db.dir);
     let mut strict = op.spec("strict", "portcullis-strict", &["RS256"]);
     strict.refuse_unmapped = true;
-    let specs = vec![
-        op.spec("rs", "portcullis-rs", &["RS256"]),
-        op.spec("es", "portcullis-es-post", &["ES256"]),
-        strict,
-    ];
+    let mut es = op.spec("es", "portcullis-es-post", &["ES256"]);
+    es.accept_unverified_email = true;
+    let specs = vec![op.spec("rs", "portcullis-rs", &["RS256"]), es, strict];
     let gw = TestGateway::start_listening(db, listener, |c| c.oidc_providers = specs).await;
     (gw, op)
 }
@@ -1166,7 +1165,45 @@ both_backends!(
     sign_in_and_back_channel_logout,
     es256_with_client_secret_post_and_unmapped_groups,
     negative_cases,
+    unverified_email_is_not_forwarded,
 );
+
+/// An address the provider has not verified (`email_verified` false or absent)
+/// could be anyone's: it is not forwarded, and the sign-in's audit row says why,
+/// unless the operator accepts unverified addresses from that provider (`es`
+/// here).
+async fn unverified_email_is_not_forwarded(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (gw, op) = setup(&db).await;
+    let response = Browser::new()
+        .sign_in(&gw, &op, "rs", "unverified-eve")
+        .await;
+    assert_eq!(response.status(), 200);
+    let seen: Value = response.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-forwarded-user"][0], "unverified-eve");
+    assert!(
+        seen["headers"].get("x-forwarded-email").is_none(),
+        "{}",
+        seen["headers"]
+    );
+    let reasons = audit_reasons(&gw, "auth.oidc.login").await;
+    assert!(
+        reasons.iter().any(|r| r.contains("email_unverified")),
+        "{reasons:?}"
+    );
+    let response = Browser::new()
+        .sign_in(&gw, &op, "es", "unverified-eve")
+        .await;
+    let seen: Value = response.json().await.unwrap();
+    assert_eq!(
+        seen["headers"]["x-forwarded-email"][0],
+        "unverified-eve@example.test"
+    );
+    // A verified address is forwarded by every provider.
+    let response = Browser::new().sign_in(&gw, &op, "rs", "ada").await;
+    let seen: Value = response.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-forwarded-email"][0], "ada@example.test");
+}
 
 /// Route rules requiring `amr`/`acr` (SPEC 8 step-up): an OpenID session without
 /// them is sent through its provider again (`prompt=login`, the rule's

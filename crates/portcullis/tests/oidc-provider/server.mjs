@@ -34,7 +34,8 @@ if (KEYS_OUT) {
   }));
 }
 
-// Accounts: any login name signs in; `ada` is in the `eng` group.
+// Accounts: any login name signs in; `ada` is in the `eng` group; names starting
+// with `unverified` have an e-mail address the provider has not verified.
 const groups = { ada: ['eng', 'staff'], bob: ['staff'] };
 const findAccount = (ctx, id) => ({
   accountId: id,
@@ -42,6 +43,7 @@ const findAccount = (ctx, id) => ({
     return {
       sub: id,
       email: `${id}@example.test`,
+      email_verified: !id.startsWith('unverified'),
       name: id.charAt(0).toUpperCase() + id.slice(1),
       groups: groups[id] ?? [],
     };
@@ -74,7 +76,7 @@ server.listen(0, '127.0.0.1', () => {
     jwks: { keys: [jwk(rsa, 'rsa-1', 'RS256'), jwk(ec, 'ec-1', 'ES256')] },
     findAccount,
     // `acr` and `amr` in every ID token, as most providers send them.
-    claims: { openid: ['sub', 'acr', 'amr'], email: ['email'], profile: ['name', 'groups'] },
+    claims: { openid: ['sub', 'acr', 'amr'], email: ['email', 'email_verified'], profile: ['name', 'groups'] },
     acrValues: ['urn:portcullis:test:pwd', 'urn:portcullis:test:mfa'],
     features: {
       devInteractions: { enabled: true },

@@ -323,6 +323,7 @@ async fn finish_login(
         rules::merge_userinfo(&mut claims, &userinfo, &provider.record.groups_claim)?;
     }
 
+    let mut dropped_email = false;
     let mappings = gw.store().group_mappings().await?;
     let mut roles: Vec<String> = mappings
         .iter()
@@ -337,13 +338,22 @@ async fn finish_login(
         }
         roles.push(portcullis_core::identity::ROLE_USER.into());
     }
+    // An address the provider has not verified could be anyone's: it is not
+    // forwarded unless the operator accepts unverified ones from this provider.
+    let email = match &claims.email {
+        Some(_) if !claims.email_verified && !provider.record.accept_unverified_email => {
+            dropped_email = true;
+            None
+        }
+        email => email.clone(),
+    };
     let identity = portcullis_core::identity::Identity {
         name: claims
             .name
             .clone()
             .unwrap_or_else(|| claims.subject.clone()),
         subject: claims.subject.clone(),
-        email: claims.email.clone(),
+        email,
         provider: portcullis_core::identity::IdentityProvider::Oidc(provider.record.id.clone()),
         roles,
     };
@@ -372,7 +382,14 @@ async fn finish_login(
     }
     event.outcome = "success".into();
     event.target = Some(session.id.clone());
-    event.reason = Some(format!("provider:{}", provider.record.id));
+    event.reason = Some(if dropped_email {
+        format!(
+            "provider:{}; email_unverified: the address was not forwarded",
+            provider.record.id
+        )
+    } else {
+        format!("provider:{}", provider.record.id)
+    });
     gw.audit(event.clone()).await;
     // A step-up the provider could not satisfy: say so here rather than send the
     // browser back to a route that would send it to the provider again.
