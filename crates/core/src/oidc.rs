@@ -262,6 +262,9 @@ pub struct IdClaims {
     /// The provider's `email_verified` for that address (`false` when absent).
     pub email_verified: bool,
     pub name: Option<String>,
+    /// Every top-level string claim (at most [`MAX_STRING_CLAIMS`], each at most
+    /// 1024 bytes), for the provider's user claim and `preferred_username`.
+    pub strings: std::collections::BTreeMap<String, String>,
     pub groups: Vec<String>,
     pub expires_s: i64,
     /// `acr` and `amr`, when the provider states them (values that could not be
@@ -299,6 +302,7 @@ pub fn verify_id_token(
         sid: string_claim(&claims, "sid").map(str::to_owned),
         email: string_claim(&claims, "email").map(str::to_owned),
         email_verified: verified_claim(&claims),
+        strings: strings_of(&claims),
         name: string_claim(&claims, "name")
             .or_else(|| string_claim(&claims, "preferred_username"))
             .map(str::to_owned),
@@ -306,6 +310,21 @@ pub fn verify_id_token(
         expires_s: exp,
         assurance: assurance_of(&claims),
     })
+}
+
+/// Most string claims kept from one token or UserInfo answer.
+pub const MAX_STRING_CLAIMS: usize = 64;
+
+fn strings_of(claims: &Value) -> std::collections::BTreeMap<String, String> {
+    claims
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(claim, value)| Some((claim, value.as_str()?)))
+        .filter(|(claim, value)| claim.len() <= 128 && value.len() <= 1024)
+        .take(MAX_STRING_CLAIMS)
+        .map(|(claim, value)| (claim.clone(), value.to_owned()))
+        .collect()
 }
 
 /// `email_verified`: `true`, or the string `"true"` some providers send; anything
@@ -358,6 +377,12 @@ pub fn merge_userinfo(
     }
     if claims.groups.is_empty() {
         claims.groups = groups_of(userinfo, groups_claim);
+    }
+    for (claim, value) in strings_of(userinfo) {
+        if claims.strings.len() >= MAX_STRING_CLAIMS {
+            break;
+        }
+        claims.strings.entry(claim).or_insert(value);
     }
     Ok(())
 }
@@ -452,6 +477,13 @@ pub struct ProviderRecord {
     pub refuse_unmapped: bool,
     /// Forward an e-mail the provider does not mark verified (off: it is dropped).
     pub accept_unverified_email: bool,
+    /// The claim whose value names the user (`sub` by default; `email`,
+    /// `preferred_username`, …).
+    pub user_claim: String,
+    /// Put before that value in `X-Forwarded-User`; `None`: the provider's id and
+    /// `:` (so no two providers, and no provider and a basic user, can name the
+    /// same user by accident); `""`: the operator declares the namespaces disjoint.
+    pub user_prefix: Option<String>,
     /// `config` (declared in the config file) or `api` (admin API or CLI).
     pub source: String,
     /// What the provider's keys and algorithms were at the last accepted
@@ -459,6 +491,51 @@ pub struct ProviderRecord {
     pub key_baseline: Option<String>,
     pub created_ms: i64,
     pub updated_ms: i64,
+}
+
+impl ProviderRecord {
+    /// The user name this provider's sign-in forwards, from `claims`: the prefix
+    /// and the user claim's value; `None` when the claim is missing or cannot be a
+    /// user name (empty, over 256 bytes, a control character or a comma).
+    pub fn user_name(&self, claims: &IdClaims) -> Option<String> {
+        let value = claims.strings.get(&self.user_claim)?;
+        let usable = !value.is_empty()
+            && value.len() <= MAX_USER_NAME
+            && !value.chars().any(|c| c.is_control() || c == ',');
+        usable.then(|| format!("{}{value}", self.prefix()))
+    }
+
+    /// The prefix of this provider's user names.
+    pub fn prefix(&self) -> String {
+        self.user_prefix
+            .clone()
+            .unwrap_or_else(|| format!("{}:", self.id))
+    }
+}
+
+/// Longest user-claim value used as a user name.
+pub const MAX_USER_NAME: usize = 256;
+
+/// Checks a provider's user claim and prefix.
+pub fn check_user_naming(user_claim: &str, user_prefix: Option<&str>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let token = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'/'))
+    };
+    if user_claim.is_empty() || user_claim.len() > 128 || !token(user_claim) {
+        problems.push(format!(
+            "user_claim {user_claim:?} is not a claim name (e.g. sub, email, preferred_username)"
+        ));
+    }
+    if let Some(prefix) = user_prefix
+        && (prefix.len() > 64 || prefix.chars().any(|c| c.is_control() || c == ','))
+    {
+        problems.push(format!(
+            "user_prefix {prefix:?}: at most 64 characters, no commas or control characters"
+        ));
+    }
+    problems
 }
 
 /// A login in flight: the pre-login row (SPEC 5).

@@ -26,6 +26,9 @@ pub struct Session {
     pub revoked_ms: Option<Millis>,
     /// The IdP session id (`sid`) for back-channel logout.
     pub oidc_sid: Option<String>,
+    /// The IdP's `sub`, for back-channel logout by subject (the session's own
+    /// subject is the forwarded user name, which may come from another claim).
+    pub oidc_sub: Option<String>,
     /// The magic-link access token the session came from.
     pub access_token_id: Option<String>,
     /// A client session's path scope (read with the session from its client, so
@@ -153,6 +156,7 @@ pub fn new_session(
         idle_timeout_ms: policy.idle_timeout_ms,
         revoked_ms: None,
         oidc_sid: None,
+        oidc_sub: None,
         access_token_id: None,
         scope: None,
         device: Device::default(),

@@ -179,6 +179,10 @@ pub struct OidcProviderSpec {
     pub refuse_unmapped: bool,
     /// Forward e-mails the provider does not mark verified (default: dropped).
     pub accept_unverified_email: bool,
+    /// The claim naming the user (default `sub`).
+    pub user_claim: String,
+    /// Before it in `X-Forwarded-User`; `None`: `<id>:`; `""`: disjoint namespaces.
+    pub user_prefix: Option<String>,
 }
 
 impl GatewayConfig {

@@ -51,6 +51,7 @@ impl Minted {
             idle_timeout_ms: None,
             revoked_ms: None,
             oidc_sid: None,
+            oidc_sub: None,
             access_token_id: None,
             scope: None,
             device: portcullis_core::session::Device::default(),

@@ -72,6 +72,13 @@ pub struct AddArgs {
     /// dropped]
     #[arg(long)]
     accept_unverified_email: bool,
+    /// The claim naming the user upstream [default: sub]
+    #[arg(long)]
+    user_claim: Option<String>,
+    /// Before it in X-Forwarded-User [default: ID:]; "" declares the names
+    /// disjoint from other providers' and basic users'
+    #[arg(long)]
+    user_prefix: Option<String>,
 }
 
 pub async fn run(raw: RawSettings, command: OidcCommand) -> anyhow::Result<ExitCode> {
@@ -82,13 +89,18 @@ pub async fn run(raw: RawSettings, command: OidcCommand) -> anyhow::Result<ExitC
         OidcCommand::Add(args) => {
             let scopes = rules::or_defaults(args.scopes, rules::DEFAULT_SCOPES);
             let algorithms = rules::or_defaults(args.algorithms, rules::DEFAULT_ALGORITHMS);
-            let problems = rules::check_provider_fields(
+            let user_claim = args.user_claim.clone().unwrap_or_else(|| "sub".into());
+            let mut problems = rules::check_provider_fields(
                 &args.id,
                 &args.issuer,
                 &args.client_id,
                 &scopes,
                 &algorithms,
             );
+            problems.extend(rules::check_user_naming(
+                &user_claim,
+                args.user_prefix.as_deref(),
+            ));
             if !problems.is_empty() {
                 bail!("invalid provider:\n  - {}", problems.join("\n  - "));
             }
@@ -134,6 +146,8 @@ pub async fn run(raw: RawSettings, command: OidcCommand) -> anyhow::Result<ExitC
                 groups_claim: args.groups_claim.unwrap_or_else(|| "groups".into()),
                 refuse_unmapped: args.refuse_unmapped,
                 accept_unverified_email: args.accept_unverified_email,
+                user_claim,
+                user_prefix: args.user_prefix.clone(),
                 source: "api".into(),
                 key_baseline: existing.as_ref().and_then(|e| e.key_baseline.clone()),
                 created_ms: existing.as_ref().map_or(now, |e| e.created_ms),

@@ -213,6 +213,11 @@ pub struct RawOidcProvider {
     /// dropped, and the sign-in's audit row says so).
     #[serde(default)]
     pub accept_unverified_email: bool,
+    /// The claim naming the user upstream (default `sub`).
+    pub user_claim: Option<String>,
+    /// Before it in `X-Forwarded-User` (default `<id>:`; `""` declares this
+    /// provider's names disjoint from every other's and from basic users').
+    pub user_prefix: Option<String>,
 }
 
 macro_rules! fill {
@@ -681,6 +686,12 @@ impl RawSettings {
                 .into_iter()
                 .map(|problem| format!("{name}: {problem}")),
             );
+            let user_claim = raw.user_claim.clone().unwrap_or_else(|| "sub".into());
+            errors.extend(
+                portcullis_core::oidc::check_user_naming(&user_claim, raw.user_prefix.as_deref())
+                    .into_iter()
+                    .map(|problem| format!("{name}: {problem}")),
+            );
             let client_secret = match (&raw.client_secret_env, &raw.client_secret_file) {
                 (Some(_), Some(_)) => {
                     errors.push(format!(
@@ -730,6 +741,8 @@ impl RawSettings {
                     groups_claim: raw.groups_claim.clone().unwrap_or_else(|| "groups".into()),
                     refuse_unmapped: raw.refuse_unmapped,
                     accept_unverified_email: raw.accept_unverified_email,
+                    user_claim,
+                    user_prefix: raw.user_prefix.clone(),
                 });
             }
         }

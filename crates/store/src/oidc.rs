@@ -20,6 +20,8 @@ struct ProviderRow {
     groups_claim: String,
     refuse_unmapped: bool,
     accept_unverified_email: bool,
+    user_claim: String,
+    user_prefix: Option<String>,
     source: String,
     key_baseline: Option<String>,
     created_ms: i64,
@@ -27,8 +29,8 @@ struct ProviderRow {
 }
 
 const PROVIDER_COLUMNS: &str = "id, display_name, issuer, client_id, client_secret_sealed, scopes, \
-     algorithms, groups_claim, refuse_unmapped, accept_unverified_email, source, key_baseline, \
-     created_ms, updated_ms";
+     algorithms, groups_claim, refuse_unmapped, accept_unverified_email, user_claim, user_prefix, \
+     source, key_baseline, created_ms, updated_ms";
 
 fn split(list: &str) -> Vec<String> {
     list.split_whitespace().map(str::to_owned).collect()
@@ -47,6 +49,8 @@ impl From<ProviderRow> for ProviderRecord {
             groups_claim: r.groups_claim,
             refuse_unmapped: r.refuse_unmapped,
             accept_unverified_email: r.accept_unverified_email,
+            user_claim: r.user_claim,
+            user_prefix: r.user_prefix,
             source: r.source,
             key_baseline: r.key_baseline,
             created_ms: r.created_ms,
@@ -89,14 +93,15 @@ impl Store {
             sqlx::query(
                 "INSERT INTO oidc_providers (id, display_name, issuer, client_id, client_secret_sealed, \
                  scopes, algorithms, groups_claim, refuse_unmapped, source, key_baseline, created_ms, updated_ms, \
-                 accept_unverified_email) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                 accept_unverified_email, user_claim, user_prefix) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
                  ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name, \
                  issuer = excluded.issuer, client_id = excluded.client_id, \
                  client_secret_sealed = excluded.client_secret_sealed, scopes = excluded.scopes, \
                  algorithms = excluded.algorithms, groups_claim = excluded.groups_claim, \
                  refuse_unmapped = excluded.refuse_unmapped, source = excluded.source, \
                  accept_unverified_email = excluded.accept_unverified_email, \
+                 user_claim = excluded.user_claim, user_prefix = excluded.user_prefix, \
                  key_baseline = excluded.key_baseline, updated_ms = excluded.updated_ms",
             )
             .bind(&p.id)
@@ -113,6 +118,8 @@ impl Store {
             .bind(p.created_ms)
             .bind(p.updated_ms)
             .bind(p.accept_unverified_email)
+            .bind(&p.user_claim)
+            .bind(&p.user_prefix)
             .execute(pool)
             .await?;
         });
@@ -293,7 +300,11 @@ impl Store {
     ) -> Result<Option<Vec<String>>, StoreError> {
         let matching = match (sid, subject) {
             (Some(sid), _) => Some(("provider = $3 AND oidc_sid = $4", sid)),
-            (None, Some(subject)) => Some(("provider = $3 AND subject = $4", subject)),
+            // Sessions made before `oidc_sub` was recorded: their subject was the `sub`.
+            (None, Some(subject)) => Some((
+                "provider = $3 AND COALESCE(oidc_sub, subject) = $4",
+                subject,
+            )),
             (None, None) => None,
         };
         let notify = matches!(self.backend, Backend::Postgres(_));

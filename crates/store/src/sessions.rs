@@ -6,7 +6,8 @@ use portcullis_core::session::Session;
 use crate::{Backend, Store, StoreError, on_pool};
 
 const SESSION_COLUMNS: &str = "id, subject, name, email, provider, roles, created_ms, last_seen_ms, \
-     expires_ms, idle_timeout_ms, revoked_ms, oidc_sid, access_token_id, user_agent, ip, acr, amr";
+     expires_ms, idle_timeout_ms, revoked_ms, oidc_sid, access_token_id, user_agent, ip, acr, amr, \
+     oidc_sub";
 
 #[derive(sqlx::FromRow)]
 struct SessionRow {
@@ -28,6 +29,7 @@ struct SessionRow {
     acr: Option<String>,
     /// Comma-joined.
     amr: Option<String>,
+    oidc_sub: Option<String>,
 }
 
 impl From<SessionRow> for Session {
@@ -52,6 +54,7 @@ impl From<SessionRow> for Session {
             idle_timeout_ms: r.idle_timeout_ms,
             revoked_ms: r.revoked_ms,
             oidc_sid: r.oidc_sid,
+            oidc_sub: r.oidc_sub,
             access_token_id: r.access_token_id,
             scope: None,
             device: portcullis_core::session::Device {
@@ -84,8 +87,8 @@ macro_rules! insert_session {
         sqlx::query(
             "INSERT INTO sessions (id, subject, name, email, provider, roles, created_ms, \
              last_seen_ms, expires_ms, idle_timeout_ms, revoked_ms, oidc_sid, access_token_id, \
-             user_agent, ip, acr, amr) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+             user_agent, ip, acr, amr, oidc_sub) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
         )
         .bind(&s.id)
         .bind(&s.identity.subject)
@@ -104,6 +107,7 @@ macro_rules! insert_session {
         .bind(&s.device.ip)
         .bind(&s.assurance.acr)
         .bind((!s.assurance.amr.is_empty()).then(|| s.assurance.amr.join(",")))
+        .bind(&s.oidc_sub)
         .execute($exec)
         .await?;
     }};

@@ -458,6 +458,7 @@ fn userinfo_completes_but_never_overrides_or_switches_subject() {
         email: None,
         email_verified: false,
         name: Some("From ID token".into()),
+        strings: [("sub".to_owned(), "user-42".to_owned())].into(),
         groups: Vec::new(),
         expires_s: NOW,
         assurance: Default::default(),
@@ -604,4 +605,61 @@ fn assurance_rows() {
             assert_eq!(got.amr, amr, "{claims}");
         }
     }
+}
+
+#[test]
+fn provider_user_names_live_in_the_providers_namespace() {
+    let mut record = ProviderRecord {
+        id: "corp".into(),
+        display_name: "Corp".into(),
+        issuer: "https://id.example.com".into(),
+        client_id: "c".into(),
+        client_secret_sealed: None,
+        scopes: Vec::new(),
+        algorithms: Vec::new(),
+        groups_claim: "groups".into(),
+        refuse_unmapped: false,
+        accept_unverified_email: false,
+        user_claim: "sub".into(),
+        user_prefix: None,
+        source: "api".into(),
+        key_baseline: None,
+        created_ms: 0,
+        updated_ms: 0,
+    };
+    let claims = |pairs: &[(&str, &str)]| IdClaims {
+        subject: "s".into(),
+        sid: None,
+        email: None,
+        email_verified: false,
+        name: None,
+        strings: pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        groups: Vec::new(),
+        expires_s: NOW,
+        assurance: Default::default(),
+    };
+    let alice = claims(&[("sub", "alice"), ("email", "a@corp.example")]);
+    assert_eq!(record.user_name(&alice).as_deref(), Some("corp:alice"));
+    record.user_claim = "email".into();
+    assert_eq!(
+        record.user_name(&alice).as_deref(),
+        Some("corp:a@corp.example")
+    );
+    record.user_prefix = Some(String::new());
+    assert_eq!(record.user_name(&alice).as_deref(), Some("a@corp.example"));
+    for bad in [
+        claims(&[("sub", "alice")]),
+        claims(&[("email", "")]),
+        claims(&[("email", "a,b@x")]),
+        claims(&[("email", "a\nb")]),
+    ] {
+        assert_eq!(record.user_name(&bad), None, "{:?}", bad.strings);
+    }
+    assert!(check_user_naming("sub", None).is_empty());
+    assert!(check_user_naming("preferred_username", Some("")).is_empty());
+    assert_eq!(check_user_naming("a b", Some("x,")).len(), 2);
+    assert_eq!(check_user_naming("", None).len(), 1);
 }

@@ -188,6 +188,8 @@ fn view(p: &ProviderRecord) -> serde_json::Value {
         "groups_claim": p.groups_claim,
         "refuse_unmapped": p.refuse_unmapped,
         "accept_unverified_email": p.accept_unverified_email,
+        "user_claim": p.user_claim,
+        "user_prefix": p.prefix(),
         "source": p.source,
         "key_baseline": p.key_baseline.as_deref().and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok()),
     })
@@ -211,6 +213,10 @@ pub struct ProviderInput {
     /// Forward e-mails the provider does not mark verified (default: dropped).
     #[serde(default)]
     pub accept_unverified_email: bool,
+    /// The claim naming the user (default `sub`).
+    pub user_claim: Option<String>,
+    /// Before it in `X-Forwarded-User` (default `<id>:`; `""`: disjoint).
+    pub user_prefix: Option<String>,
 }
 
 /// Validates `input` into a record for provider `id`, sealing a new client secret.
@@ -222,8 +228,13 @@ fn record_from(
 ) -> Result<ProviderRecord, GatewayError> {
     let scopes = rules::or_defaults(input.scopes, rules::DEFAULT_SCOPES);
     let algorithms = rules::or_defaults(input.algorithms, rules::DEFAULT_ALGORITHMS);
-    let problems =
+    let mut problems =
         rules::check_provider_fields(id, &input.issuer, &input.client_id, &scopes, &algorithms);
+    let user_claim = input.user_claim.unwrap_or_else(|| "sub".into());
+    problems.extend(rules::check_user_naming(
+        &user_claim,
+        input.user_prefix.as_deref(),
+    ));
     if !problems.is_empty() {
         return Err(GatewayError::Invalid(problems.join("; ")));
     }
@@ -248,6 +259,8 @@ fn record_from(
         groups_claim: input.groups_claim.unwrap_or_else(|| "groups".into()),
         refuse_unmapped: input.refuse_unmapped,
         accept_unverified_email: input.accept_unverified_email,
+        user_claim,
+        user_prefix: input.user_prefix,
         source: "api".into(),
         key_baseline: existing.and_then(|e| e.key_baseline.clone()),
         created_ms: existing.map_or(now, |e| e.created_ms),

@@ -235,6 +235,7 @@ async fn login(
     let signed_in = SignIn {
         identity,
         oidc_sid: None,
+        oidc_sub: None,
         device,
         assurance: portcullis_core::session::Assurance::default(),
     };
@@ -265,6 +266,8 @@ pub(crate) struct SignIn {
     pub identity: Identity,
     /// The provider's session id, for back-channel logout.
     pub oidc_sid: Option<String>,
+    /// The provider's `sub`, for back-channel logout by subject.
+    pub oidc_sub: Option<String>,
     pub device: portcullis_core::session::Device,
     pub assurance: portcullis_core::session::Assurance,
 }
@@ -295,6 +298,7 @@ pub(crate) async fn establish_session(
     )
     .map_err(|e| GatewayError::Internal(e.to_string()))?;
     session.oidc_sid = signed_in.oidc_sid;
+    session.oidc_sub = signed_in.oidc_sub;
     session.device = signed_in.device;
     session.assurance = signed_in.assurance;
     let epoch = gw.session_cache().epoch();

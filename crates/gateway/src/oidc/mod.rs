@@ -171,6 +171,8 @@ impl Oidc {
                 groups_claim: spec.groups_claim.clone(),
                 refuse_unmapped: spec.refuse_unmapped,
                 accept_unverified_email: spec.accept_unverified_email,
+                user_claim: spec.user_claim.clone(),
+                user_prefix: spec.user_prefix.clone(),
                 source: "config".into(),
                 key_baseline: existing.as_ref().and_then(|e| e.key_baseline.clone()),
                 created_ms: existing.as_ref().map_or(now_ms, |e| e.created_ms),

@@ -129,6 +129,8 @@ impl TestProvider {
             groups_claim: "groups".into(),
             refuse_unmapped: false,
             accept_unverified_email: false,
+            user_claim: "sub".into(),
+            user_prefix: None,
         }
     }
 
@@ -155,7 +157,12 @@ async fn setup(db: &TestDb) -> (TestGateway, TestProvider) {
     strict.refuse_unmapped = true;
     let mut es = op.spec("es", "portcullis-es-post", &["ES256"]);
     es.accept_unverified_email = true;
-    let specs = vec![op.spec("rs", "portcullis-rs", &["RS256"]), es, strict];
+    // Naming users by their e-mail, in a namespace the operator declares
+    // disjoint from every other.
+    let mut mail = op.spec("mail", "portcullis-mail", &["RS256"]);
+    mail.user_claim = "email".into();
+    mail.user_prefix = Some(String::new());
+    let specs = vec![op.spec("rs", "portcullis-rs", &["RS256"]), es, strict, mail];
     let gw = TestGateway::start_listening(db, listener, |c| c.oidc_providers = specs).await;
     (gw, op)
 }
@@ -362,8 +369,13 @@ async fn sign_in_and_back_channel_logout(backend: Backend) {
     assert_eq!(response.status(), 200);
     assert_eq!(response.url().path(), "/echo", "lands on next");
     let seen: Value = response.json().await.unwrap();
-    assert_eq!(seen["headers"]["x-forwarded-user"][0], "ada");
+    // Named in the provider's namespace (SPEC 4), never as the basic user `ada`.
+    assert_eq!(seen["headers"]["x-forwarded-user"][0], "rs:ada");
     assert_eq!(seen["headers"]["x-forwarded-email"][0], "ada@example.test");
+    assert_eq!(
+        seen["headers"]["x-forwarded-preferred-username"][0], "ada.login",
+        "from preferred_username, not from the display name"
+    );
     assert_eq!(
         seen["headers"]["x-forwarded-groups"][0], "admin",
         "eng → admin"
@@ -379,7 +391,7 @@ async fn sign_in_and_back_channel_logout(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(me["provider"], "rs");
-    assert_eq!(me["sub"], "ada");
+    assert_eq!(me["sub"], "rs:ada");
 
     // A live WebSocket carried by that session.
     let session = browser.cookie(&gateway_url, "portcullis_session").unwrap();
@@ -414,7 +426,7 @@ async fn es256_with_client_secret_post_and_unmapped_groups(backend: Backend) {
     let response = browser.sign_in(&gw, &op, "es", "bob").await;
     assert_eq!(response.status(), 200);
     let seen: Value = response.json().await.unwrap();
-    assert_eq!(seen["headers"]["x-forwarded-user"][0], "bob");
+    assert_eq!(seen["headers"]["x-forwarded-user"][0], "es:bob");
     assert_eq!(
         seen["headers"]["x-forwarded-groups"][0], "user",
         "no mapping → user"
@@ -754,7 +766,7 @@ async fn admin_api(backend: Backend) {
         .iter()
         .map(|p| p["id"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(ids, vec!["corp", "es", "rs", "strict"]);
+    assert_eq!(ids, vec!["corp", "es", "mail", "rs", "strict"]);
     // The new provider is live at once: its button, and a working sign-in.
     let page = gw
         .client
@@ -771,6 +783,16 @@ async fn admin_api(backend: Backend) {
             "http issuer that is not loopback",
             json!({"id": "x1", "issuer": "http://id.example.com", "client_id": "c"}),
             "issuer",
+        ),
+        (
+            "a user claim that is no claim name",
+            json!({"id": "x8", "issuer": op.issuer, "client_id": "c", "user_claim": "a b"}),
+            "user_claim",
+        ),
+        (
+            "a user prefix with a comma",
+            json!({"id": "x9", "issuer": op.issuer, "client_id": "c", "user_prefix": "a,"}),
+            "user_prefix",
         ),
         (
             "alg none",
@@ -1166,7 +1188,91 @@ both_backends!(
     es256_with_client_secret_post_and_unmapped_groups,
     negative_cases,
     unverified_email_is_not_forwarded,
+    user_names_never_collide_by_accident,
 );
+
+/// SPEC 4: two providers, or a provider and a basic user, never yield the same
+/// `X-Forwarded-User` by accident: a provider's names carry its id as prefix
+/// unless the operator declares its namespace disjoint (and then names it by the
+/// claim they chose).
+async fn user_names_never_collide_by_accident(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (gw, op) = setup(&db).await;
+    let user_of = |provider: &'static str| {
+        let (gw, op) = (&gw, &op);
+        async move {
+            let response = Browser::new().sign_in(gw, op, provider, USER).await;
+            assert_eq!(response.status(), 200, "{provider}");
+            let seen: Value = response.json().await.unwrap();
+            seen["headers"]["x-forwarded-user"][0]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let basic = gw.login(USER).await;
+    let seen = gw
+        .client
+        .get("/echo", &[("cookie", &basic.cookie_header())])
+        .await
+        .json();
+    let names = [
+        seen["headers"]["x-forwarded-user"][0]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        user_of("rs").await,
+        user_of("es").await,
+        user_of("mail").await,
+    ];
+    assert_eq!(
+        names,
+        [
+            USER.to_owned(),
+            format!("rs:{USER}"),
+            format!("es:{USER}"),
+            format!("{USER}@example.test"),
+        ]
+    );
+    // Back-channel logout by `sub` alone still finds the session named by e-mail.
+    let browser = Browser::new();
+    assert_eq!(browser.sign_in(&gw, &op, "mail", "ada").await.status(), 200);
+    let token = op.logout_token(
+        &serde_json::json!({
+            "iss": op.issuer, "aud": "portcullis-mail", "iat": now_ms() / 1000,
+            "jti": "sub-only-1", "sub": "ada",
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+        }),
+        None,
+    );
+    let r = gw
+        .client
+        .request(
+            "POST",
+            "/.auth/oidc/back-channel-logout",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            format!("logout_token={token}"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let reasons = audit_reasons(&gw, "auth.oidc.back_channel_logout").await;
+    assert!(
+        reasons.iter().any(|r| r.starts_with("success:revoked:")),
+        "{reasons:?}"
+    );
+    let filter = portcullis_store::SessionFilter {
+        subject: Some("ada@example.test".into()),
+        ..Default::default()
+    };
+    assert!(
+        gw.store
+            .list_sessions(&filter, now_ms())
+            .await
+            .unwrap()
+            .is_empty(),
+        "the e-mail-named session ended"
+    );
+}
 
 /// An address the provider has not verified (`email_verified` false or absent)
 /// could be anyone's: it is not forwarded, and the sign-in's audit row says why,
@@ -1180,7 +1286,7 @@ async fn unverified_email_is_not_forwarded(backend: Backend) {
         .await;
     assert_eq!(response.status(), 200);
     let seen: Value = response.json().await.unwrap();
-    assert_eq!(seen["headers"]["x-forwarded-user"][0], "unverified-eve");
+    assert_eq!(seen["headers"]["x-forwarded-user"][0], "rs:unverified-eve");
     assert!(
         seen["headers"].get("x-forwarded-email").is_none(),
         "{}",
@@ -1302,7 +1408,7 @@ async fn step_up_through_the_provider(backend: Backend) {
     assert_eq!(done.url().path(), "/admin/x");
     assert_eq!(done.url().query(), Some("after=step-up"));
     let seen: Value = done.json().await.unwrap();
-    assert_eq!(seen["headers"]["x-forwarded-user"][0], "ada");
+    assert_eq!(seen["headers"]["x-forwarded-user"][0], "rs:ada");
     let strong = browser
         .cookie(&format!("{base}/"), "portcullis_session")
         .unwrap();

@@ -45,6 +45,7 @@ const findAccount = (ctx, id) => ({
       email: `${id}@example.test`,
       email_verified: !id.startsWith('unverified'),
       name: id.charAt(0).toUpperCase() + id.slice(1),
+      preferred_username: `${id}.login`,
       groups: groups[id] ?? [],
     };
   },
@@ -72,11 +73,12 @@ server.listen(0, '127.0.0.1', () => {
       client('portcullis-rs', 'RS256'),
       client('portcullis-es-post', 'ES256'),
       client('portcullis-strict', 'RS256'),
+      client('portcullis-mail', 'RS256'),
     ],
     jwks: { keys: [jwk(rsa, 'rsa-1', 'RS256'), jwk(ec, 'ec-1', 'ES256')] },
     findAccount,
     // `acr` and `amr` in every ID token, as most providers send them.
-    claims: { openid: ['sub', 'acr', 'amr'], email: ['email', 'email_verified'], profile: ['name', 'groups'] },
+    claims: { openid: ['sub', 'acr', 'amr'], email: ['email', 'email_verified'], profile: ['name', 'preferred_username', 'groups'] },
     acrValues: ['urn:portcullis:test:pwd', 'urn:portcullis:test:mfa'],
     features: {
       devInteractions: { enabled: true },

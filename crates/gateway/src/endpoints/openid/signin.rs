@@ -347,12 +347,25 @@ async fn finish_login(
         }
         email => email.clone(),
     };
+    // The forwarded user name: the provider's prefix and its user claim, so no
+    // two providers (nor a provider and a basic user) name one user by accident.
+    let Some(subject) = provider.record.user_name(&claims) else {
+        return Err(Callback::Refused(format!(
+            "missing_user_claim:{}",
+            provider.record.user_claim
+        )));
+    };
+    // `X-Forwarded-Preferred-Username` is the provider's `preferred_username`
+    // (else the user claim's value), never the display name.
+    let preferred = claims
+        .strings
+        .get("preferred_username")
+        .or_else(|| claims.strings.get(&provider.record.user_claim))
+        .cloned()
+        .unwrap_or_else(|| claims.subject.clone());
     let identity = portcullis_core::identity::Identity {
-        name: claims
-            .name
-            .clone()
-            .unwrap_or_else(|| claims.subject.clone()),
-        subject: claims.subject.clone(),
+        name: preferred,
+        subject,
         email,
         provider: portcullis_core::identity::IdentityProvider::Oidc(provider.record.id.clone()),
         roles,
@@ -361,6 +374,7 @@ async fn finish_login(
     let signed_in = crate::endpoints::SignIn {
         identity,
         oidc_sid: claims.sid.clone(),
+        oidc_sub: Some(claims.subject.clone()),
         device,
         assurance: claims.assurance.clone(),
     };
