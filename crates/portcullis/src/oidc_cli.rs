@@ -18,6 +18,8 @@ use crate::commands::{cli_audit, open_store, resolve, secret_key};
 use crate::settings::RawSettings;
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum OidcCommand {
     /// Add or replace a provider (client secret read from a variable or a file,
     /// never from the command line)
