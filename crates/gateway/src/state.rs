@@ -237,6 +237,11 @@ impl Gateway {
         if provider == basic.as_str() {
             return self.0.config.basic_users.hash_of(subject).is_some();
         }
+        // A client named like a basic user would reach the upstream as that user:
+        // such a client signs no one in (SPEC 4, no shared names by accident).
+        if provider == IdentityProvider::Magic.as_str() {
+            return self.0.config.basic_users.hash_of(subject).is_none();
+        }
         !IdentityProvider::is_oidc_name(provider) || self.oidc().knows(provider)
     }
 

@@ -85,6 +85,17 @@ pub async fn clients(raw: RawSettings, command: ClientsCommand) -> anyhow::Resul
         } => {
             let spec = ClientSpec::new(&slug, &name, &scope, &roles)
                 .map_err(|problems| anyhow::anyhow!(problems.join("\n")))?;
+            let users = raw
+                .basic_users
+                .as_ref()
+                .map(|u| portcullis_core::basic::BasicUsers::parse(u.expose(), "").0)
+                .unwrap_or_default();
+            if users.hash_of(&slug).is_some() {
+                bail!(
+                    "{slug:?} is also a basic user's name: the client would reach the upstream \
+                     as that user; choose another slug"
+                );
+            }
             let row = create_client(&store, &spec, false, &OsEntropy, now).await?;
             cli_audit(&store, AuditAction::ClientCreate, Some(row.slug.clone())).await;
             println!(

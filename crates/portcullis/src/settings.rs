@@ -556,6 +556,15 @@ impl RawSettings {
         let oidc_providers = self.resolve_oidc(errors);
         let routes = self.resolve_routes(&prefix, errors);
         let clients = self.resolve_clients(errors);
+        for client in &clients {
+            if basic_users.hash_of(&client.slug).is_some() {
+                errors.push(format!(
+                    "clients: slug {:?} is also a basic user's name; the client would reach \
+                     the upstream as that user (rename one)",
+                    client.slug
+                ));
+            }
+        }
         let trusted_proxies = match TrustedProxies::parse(
             self.trusted_proxies.iter().flatten().map(String::as_str),
         ) {

@@ -123,6 +123,23 @@ async fn sign_in(
             }
         };
     super::end_replaced_client_session(gw, replaced, &session.id).await;
+    if !gw.identity_exists(
+        session.identity.provider.as_str(),
+        &session.identity.subject,
+    ) {
+        // Its slug names a basic user: it would reach the upstream as them.
+        if gw
+            .store()
+            .revoke_session(&session.id, "gateway", gw.now())
+            .await
+            .is_ok()
+        {
+            gw.revoked_here(&session.id);
+        }
+        event.reason = Some("slug_names_a_basic_user".into());
+        gw.audit(event).await;
+        return Err(GatewayError::LinkRefused);
+    }
     event.outcome = "success".into();
     event.actor = session.identity.subject.clone();
     event.target = session.access_token_id.clone();

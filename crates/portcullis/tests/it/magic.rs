@@ -495,6 +495,37 @@ async fn a_disabled_client_and_an_expired_link_sign_no_one_in(backend: Backend) 
             .iter()
             .any(|e| e.reason.as_deref() == Some("token_expired"))
     );
+    // A client named like a basic user would reach the upstream as them: its
+    // links sign no one in, and the API refuses to create one.
+    let spec = ClientSpec::new(USER, "Not Bob", &["/portal/"], &[] as &[&str]).unwrap();
+    create_client(&a.store, &spec, false, &OsEntropy, now_ms())
+        .await
+        .unwrap();
+    let (bobs, _) = link(&a, USER, None).await;
+    let (r, cookie) = follow(&a.client, &bobs, "").await;
+    assert_eq!(r.status, 401);
+    assert!(cookie.is_none());
+    let audit = a.audit("auth.magic_link").await;
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("slug_names_a_basic_user"))
+    );
+    let admin = a.login(ADMIN).await;
+    let r = a
+        .client
+        .request(
+            "POST",
+            "/.auth/api/v1/clients",
+            &[
+                ("cookie", &admin.cookie_header()),
+                ("x-csrf-token", &admin.csrf),
+                ("content-type", "application/json"),
+            ],
+            format!(r#"{{"slug": "{ADMIN}", "name": "x", "scope": "/p/"}}"#),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text());
     // Malformed and unknown links: the same answer, their own reasons.
     for (bad, reason) in [
         ("short", "malformed"),
