@@ -141,6 +141,12 @@ pub struct GatewayConfig {
     pub argon2_workers: usize,
     /// Time allowed for the upstream to start answering.
     pub upstream_timeout: Duration,
+    /// Time a client has to send a request body (the gateway's endpoints: all of
+    /// it; proxied uploads: plus what they earn at [`GatewayConfig::body_min_rate`]).
+    pub body_timeout: Duration,
+    /// Bytes per second a proxied upload must keep up, on average, beyond
+    /// [`GatewayConfig::body_timeout`].
+    pub body_min_rate: u32,
     pub ws_reject: WsReject,
     /// Lifetime of WebSocket tickets.
     pub ws_ticket_ttl_ms: i64,
@@ -199,6 +205,8 @@ impl GatewayConfig {
             login_limits: LoginLimits::default(),
             argon2_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             upstream_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(10),
+            body_min_rate: 4096,
             ws_reject: WsReject::Status,
             ws_ticket_ttl_ms: portcullis_core::ticket::DEFAULT_TTL_MS,
             ws_query_token: true,

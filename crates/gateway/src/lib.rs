@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod body;
 mod carrier;
 pub mod clients;
 pub mod config;

@@ -7,6 +7,7 @@ use axum::body::Body;
 use axum::http::{Request, Response, Uri};
 use hyper::body::Incoming;
 
+use crate::body::{BodyLimits, ClientBody};
 use crate::endpoints::{unauthenticated, wants_html};
 use crate::error::GatewayError;
 use crate::host::request_host;
@@ -92,16 +93,37 @@ pub async fn handle(
     ctx.principal = auth;
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
-    // relay
+    // relay: the body streams with a deadline; its failures are the client's.
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let limits = BodyLimits {
+        grace: gw.config().body_timeout,
+        min_rate: Some(gw.config().body_min_rate),
+    };
+    let body = ClientBody::new(body, limits, failed.clone());
     let sent = std::time::Instant::now();
     let response = match client.request(Request::from_parts(parts, body)).await {
         Ok(response) => response,
+        Err(_) if failed.load(std::sync::atomic::Ordering::Acquire) => {
+            return client_body_failed(html);
+        }
         Err(e) => return GatewayError::from(e).into_response_for(html),
     };
     ctx.upstream_time = Some(sent.elapsed());
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, Body::new(body))
+}
+
+/// A request whose body the client sent malformed or too slowly: 400, and the
+/// connection closes (its framing can no longer be trusted).
+pub fn client_body_failed(html: bool) -> Response<Body> {
+    let mut response =
+        GatewayError::BadRequest("request body malformed or too slow").into_response_for(html);
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// The canonical path the upstream receives ([`canonical_path`]); `None` for a

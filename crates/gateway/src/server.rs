@@ -138,7 +138,14 @@ impl Connection {
         }
         if crate::host::is_own_path(&self.gw.config().auth_prefix, request.uri().path()) {
             ctx.kind = PathKind::Endpoint;
-            let request = request.map(Body::new);
+            // A body for the gateway is small: all of it within the body timeout.
+            let limits = crate::body::BodyLimits {
+                grace: self.gw.config().body_timeout,
+                min_rate: None,
+            };
+            let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let request =
+                request.map(|body| Body::new(crate::body::ClientBody::new(body, limits, failed)));
             let mut router = self.router.clone();
             return match router.call(request).await {
                 Ok(response) => response,

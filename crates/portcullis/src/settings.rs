@@ -79,6 +79,13 @@ pub struct RawSettings {
     /// Time the upstream may take to start answering, e.g. 60s [default: 60s]
     #[arg(long, env = "PORTCULLIS_UPSTREAM_TIMEOUT", global = true)]
     pub upstream_timeout: Option<String>,
+    /// Time a client has to send a request body: all of it for the gateway's own
+    /// endpoints, plus what a proxied upload earns at --body-min-rate [default: 10s]
+    #[arg(long, env = "PORTCULLIS_BODY_TIMEOUT", global = true)]
+    pub body_timeout: Option<String>,
+    /// Bytes per second a proxied upload must keep up on average [default: 4096]
+    #[arg(long, env = "PORTCULLIS_BODY_MIN_RATE", global = true)]
+    pub body_min_rate: Option<u32>,
     /// Refused WebSocket upgrades: `status` (401/403) or `close` (accept, then close 4401/4403) [default: status]
     #[arg(long, env = "PORTCULLIS_WS_REJECT", global = true)]
     pub ws_reject: Option<String>,
@@ -289,6 +296,8 @@ impl RawSettings {
             login_rate_per_ip,
             login_rate_per_user,
             upstream_timeout,
+            body_timeout,
+            body_min_rate,
             ws_reject,
             ws_ticket_ttl,
             ws_query_token,
@@ -507,6 +516,23 @@ impl RawSettings {
                 Err(e) => errors.push(e),
             }
         }
+        let mut body_timeout = Duration::from_secs(10);
+        if let Some(raw) = &self.body_timeout {
+            match parse_duration(
+                "--body-timeout / PORTCULLIS_BODY_TIMEOUT",
+                raw,
+                Duration::from_millis(100),
+            ) {
+                Ok(d) => body_timeout = d,
+                Err(e) => errors.push(e),
+            }
+        }
+        if self.body_min_rate == Some(0) {
+            errors.push(
+                "--body-min-rate / PORTCULLIS_BODY_MIN_RATE: must be at least 1 byte per second"
+                    .into(),
+            );
+        }
         let mut limits = LoginLimits::default();
         for (value, slot, name) in [
             (
@@ -592,6 +618,10 @@ impl RawSettings {
         config.session = policy;
         config.same_site = same_site;
         config.upstream_timeout = upstream_timeout;
+        config.body_timeout = body_timeout;
+        if let Some(rate) = self.body_min_rate.filter(|r| *r > 0) {
+            config.body_min_rate = rate;
+        }
         config.ws_reject = ws_reject;
         config.ws_ticket_ttl_ms = ws_ticket_ttl_ms;
         config.ws_query_token = self.ws_query_token.unwrap_or(true);

@@ -17,6 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpStream;
 
+use crate::body::ClientBody;
 use crate::config::GatewayConfig;
 use raw::RawPool;
 
@@ -57,7 +58,7 @@ pub enum UpstreamError {
 /// upstream connection is only ever driven by the thread that uses it.
 #[derive(Debug, Clone)]
 pub struct UpstreamClient {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, ClientBody<Incoming>>,
     raw: Arc<RawPool>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
@@ -113,7 +114,7 @@ impl UpstreamClient {
     /// within [`Self::timeout`]. The body streams afterwards.
     pub async fn request(
         &self,
-        request: http::Request<Incoming>,
+        request: http::Request<ClientBody<Incoming>>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         match tokio::time::timeout(self.timeout, self.client.request(request)).await {
             Ok(Ok(response)) => Ok(response),

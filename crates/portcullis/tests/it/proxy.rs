@@ -294,4 +294,132 @@ both_backends!(
     host_header_must_be_allowed,
     upstream_failures_are_clear,
     large_bodies_stream_both_ways,
+    malformed_and_stalled_bodies_are_the_clients_fault,
 );
+
+/// Sends `request` raw and returns the status line of the answer, how long it
+/// took, and whether the gateway then closed the connection.
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> (String, Duration, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    stream.write_all(request).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(8), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    let text = String::from_utf8_lossy(&seen);
+    let status = text.lines().next().unwrap_or("(no answer)").to_owned();
+    (status, started.elapsed(), closed)
+}
+
+/// SPEC 9: malformed chunked framing is the client's fault (400 and close, at
+/// once, never a 502 blaming the upstream), and a body that stalls is dropped
+/// at the body deadline on the gateway's endpoints and on proxied uploads alike.
+async fn malformed_and_stalled_bodies_are_the_clients_fault(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start_with(&db, |c| {
+        c.body_timeout = Duration::from_secs(1);
+        c.body_min_rate = 1024;
+    })
+    .await;
+    let session = gw.login(USER).await;
+    let host = gw.addr.to_string();
+    let head = |path: &str, framing: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nCookie: {}\r\nOrigin: http://{host}\r\n\
+             Content-Type: application/json\r\n{framing}\r\n",
+            session.cookie_header()
+        )
+    };
+    let chunked = "Transfer-Encoding: chunked\r\n";
+    // (case, path, framing header, body, status, within)
+    let rows: Vec<(&str, &str, &str, &[u8], &str, u64)> = vec![
+        (
+            "bare LF in a chunk line",
+            "/upload",
+            chunked,
+            b"5\nhello\r\n0\r\n\r\n",
+            "400",
+            1,
+        ),
+        (
+            "a size that is no number",
+            "/upload",
+            chunked,
+            b"zz\r\nhello\r\n0\r\n\r\n",
+            "400",
+            1,
+        ),
+        (
+            "a size that overflows",
+            "/upload",
+            chunked,
+            b"ffffffffffffffffffff\r\nx\r\n0\r\n\r\n",
+            "400",
+            1,
+        ),
+        (
+            "a body that stalls, proxied",
+            "/upload",
+            "Content-Length: 1000\r\n",
+            b"only ten..",
+            "400",
+            4,
+        ),
+        (
+            "a body that stalls, sign-in",
+            "/.auth/login",
+            "Content-Length: 1000\r\n",
+            b"{",
+            "400",
+            4,
+        ),
+        (
+            "a trailer that never ends, sign-in",
+            "/.auth/login",
+            chunked,
+            b"2\r\n{}\r\n0\r\nX-T: 1\n\r\n",
+            "",
+            4,
+        ),
+    ];
+    for (case, path, framing, body, status, within) in rows {
+        let mut request = head(path, framing).into_bytes();
+        request.extend_from_slice(body);
+        let (line, took, closed) = raw_exchange(gw.addr, &request).await;
+        assert!(
+            took < Duration::from_secs(within),
+            "{case}: answered after {took:?} ({line})"
+        );
+        assert!(closed, "{case}: the connection is closed ({line})");
+        assert!(
+            !line.contains("502"),
+            "{case}: the upstream is not to blame ({line})"
+        );
+        if !status.is_empty() {
+            assert!(line.contains(status), "{case}: {line}");
+        }
+    }
+    // A slow but steady upload is never cut: 64 KiB at well above the minimum rate.
+    let mut request = head("/upload", "Content-Length: 65536\r\n").into_bytes();
+    request.extend_from_slice(&[b'x'; 32768]);
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stream.write_all(&request).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stream.write_all(&[b'x'; 32768]).await.unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("65536"), "{answer}");
+}
