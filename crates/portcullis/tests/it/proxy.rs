@@ -339,7 +339,8 @@ async fn malformed_and_stalled_bodies_are_the_clients_fault(backend: Backend) {
     };
     let chunked = "Transfer-Encoding: chunked\r\n";
     // (case, path, framing header, body, status, within)
-    let rows: Vec<(&str, &str, &str, &[u8], &str, u64)> = vec![
+    type Row<'a> = (&'a str, &'a str, &'a str, &'a [u8], &'a str, u64);
+    let rows: Vec<Row> = vec![
         (
             "bare LF in a chunk line",
             "/upload",
