@@ -144,6 +144,8 @@ pub struct GatewayConfig {
     /// Time a client has to send a request body (the gateway's endpoints: all of
     /// it; proxied uploads: plus what they earn at [`GatewayConfig::body_min_rate`]).
     pub body_timeout: Duration,
+    /// Open connections allowed, in total and per client address.
+    pub connections: crate::admission::ConnectionLimits,
     /// Bytes per second a proxied upload must keep up, on average, beyond
     /// [`GatewayConfig::body_timeout`].
     pub body_min_rate: u32,
@@ -207,6 +209,7 @@ impl GatewayConfig {
             upstream_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(10),
             body_min_rate: 4096,
+            connections: crate::admission::ConnectionLimits::default(),
             ws_reject: WsReject::Status,
             ws_ticket_ttl_ms: portcullis_core::ticket::DEFAULT_TTL_MS,
             ws_query_token: true,

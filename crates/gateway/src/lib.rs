@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+pub mod admission;
 mod body;
 mod carrier;
 pub mod clients;

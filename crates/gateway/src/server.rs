@@ -189,6 +189,18 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // Over a cap: refused at once, before it can hold anything.
+        let trusted = gw.config().trusted_proxies.contains(peer.ip());
+        let admitted = match gw
+            .admission()
+            .admit(peer.ip(), trusted, gw.config().connections)
+        {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                refuse_connection(&stream, peer, why);
+                continue;
+            }
+        };
         // Small request/response exchanges must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
         let (gw, router, upstream) = (gw.clone(), router.clone(), upstream.clone());
@@ -201,6 +213,7 @@ pub async fn serve(
         };
         tokio::spawn(async move {
             let _alive = alive;
+            let _admitted = admitted;
             let mut stream = stream;
             let mut buf = BytesMut::with_capacity(8 * 1024);
             let handoff = fastpath::serve(
@@ -252,6 +265,40 @@ pub async fn serve(
         tracing::warn!("shutdown drain timed out; closing remaining connections");
     }
     Ok(())
+}
+
+/// Answers a connection over a cap with a 503 (if the socket takes it at once)
+/// and closes it; says so in the log at most every 10 s.
+fn refuse_connection(
+    stream: &tokio::net::TcpStream,
+    peer: SocketAddr,
+    why: crate::admission::Refused,
+) {
+    let _ = stream.try_write(
+        b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\n\
+          Content-Length: 0\r\n\r\n",
+    );
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
+    if now.saturating_sub(last) >= 10
+        && LAST
+            .compare_exchange(
+                last,
+                now,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_ok()
+    {
+        let cap = match why {
+            crate::admission::Refused::Total => "--max-connections",
+            crate::admission::Refused::PerAddress => "--max-connections-per-ip",
+        };
+        tracing::warn!(%peer, cap, "connection refused: over the cap (raise it if legitimate)");
+    }
 }
 
 /// Binds `threads` listening sockets to `addr` with `SO_REUSEPORT`, so the kernel

@@ -63,6 +63,7 @@ struct Inner {
     internal: Arc<InternalCredentials>,
     oidc: Arc<Oidc>,
     clients: Arc<crate::clients::ClientScopes>,
+    admission: Arc<crate::admission::Admission>,
     bus: RevocationBus,
     throttle: Arc<LoginThrottle>,
     passwords: PasswordPool,
@@ -206,6 +207,7 @@ impl Gateway {
             internal,
             oidc,
             clients,
+            admission: Arc::default(),
             bus,
             throttle,
             dummy_hash,
@@ -243,6 +245,11 @@ impl Gateway {
             return self.0.config.basic_users.hash_of(subject).is_none();
         }
         !IdentityProvider::is_oidc_name(provider) || self.oidc().knows(provider)
+    }
+
+    /// Open connections, shared by every event loop.
+    pub fn admission(&self) -> &Arc<crate::admission::Admission> {
+        &self.0.admission
     }
 
     /// Scopes of the active clients (magic links).

@@ -101,9 +101,27 @@ pub fn event_loops() -> usize {
 /// A gateway ready to serve: store open, secret key loaded, sockets bound (one per
 /// event loop), background tasks running. Shared by `serve` and `demo`.
 pub async fn start_gateway(settings: &Settings) -> anyhow::Result<(Vec<TcpListener>, Gateway)> {
-    let Some(config) = settings.gateway.clone() else {
+    let Some(mut config) = settings.gateway.clone() else {
         bail!("no upstream configured");
     };
+    let (capacity, descriptors) = connection_capacity();
+    match settings.max_connections {
+        Some(asked) if asked > capacity => tracing::warn!(
+            asked,
+            capacity,
+            descriptors,
+            "--max-connections is above what the file-descriptor limit allows; \
+             connections beyond it would fail late (raise the limit: LimitNOFILE=, ulimit -n)"
+        ),
+        Some(asked) => config.connections.total = asked,
+        None => config.connections.total = capacity,
+    }
+    tracing::info!(
+        max_connections = config.connections.total,
+        max_connections_per_ip = config.connections.per_ip,
+        descriptors,
+        "connection capacity"
+    );
     let store = open_store(settings).await?;
     let secret = secret_key(settings)?;
     let listeners = bind_per_core(settings.listen, event_loops()).with_context(|| {
@@ -122,6 +140,29 @@ pub async fn start_gateway(settings: &Settings) -> anyhow::Result<(Vec<TcpListen
     .await
     .context("starting the gateway")?;
     Ok((listeners, gateway))
+}
+
+/// Raises the soft limit on open files to the hard one and returns how many client
+/// connections that allows, with the limit: each connection may hold a second
+/// descriptor upstream, and some are kept for the database, logs and listeners.
+fn connection_capacity() -> (usize, u64) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let mut soft = limit.current;
+    if limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => soft = limit.maximum,
+            Err(error) => tracing::warn!(%error, "could not raise the file-descriptor limit"),
+        }
+    }
+    // No limit at all still has one in practice.
+    let soft = soft.unwrap_or(1 << 20).min(1 << 20);
+    let capacity = usize::try_from(soft.saturating_sub(128) / 2).unwrap_or(usize::MAX);
+    (capacity.max(16), soft)
 }
 
 /// `portcullis serve [options] [-- CMD ARGS...]`. With a child command the gateway
@@ -554,6 +595,18 @@ pub async fn revoke_api_token(raw: RawSettings, id: String) -> anyhow::Result<Ex
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_descriptor_limit_is_raised_and_sets_the_capacity() {
+        let (capacity, descriptors) = connection_capacity();
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        assert_eq!(limit.current, limit.maximum, "soft raised to hard");
+        assert!(capacity >= 16);
+        assert!(
+            (capacity as u64) * 2 < descriptors,
+            "{capacity} of {descriptors}"
+        );
+    }
 
     #[test]
     fn database_passwords_are_redacted() {

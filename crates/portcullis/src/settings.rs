@@ -86,6 +86,14 @@ pub struct RawSettings {
     /// Bytes per second a proxied upload must keep up on average [default: 4096]
     #[arg(long, env = "PORTCULLIS_BODY_MIN_RATE", global = true)]
     pub body_min_rate: Option<u32>,
+    /// Open connections allowed in total; more are refused at once [default: what
+    /// the file-descriptor limit allows, logged at start]
+    #[arg(long, env = "PORTCULLIS_MAX_CONNECTIONS", global = true)]
+    pub max_connections: Option<usize>,
+    /// Open connections allowed from one client address (trusted proxies are held
+    /// to the total only) [default: 256]
+    #[arg(long, env = "PORTCULLIS_MAX_CONNECTIONS_PER_IP", global = true)]
+    pub max_connections_per_ip: Option<usize>,
     /// Refused WebSocket upgrades: `status` (401/403) or `close` (accept, then close 4401/4403) [default: status]
     #[arg(long, env = "PORTCULLIS_WS_REJECT", global = true)]
     pub ws_reject: Option<String>,
@@ -269,6 +277,8 @@ pub struct Settings {
     pub gateway: Option<GatewayConfig>,
     /// Where to write the internal credential, if anywhere.
     pub internal_credential_file: Option<PathBuf>,
+    /// `--max-connections`, when given (else the descriptor limit decides).
+    pub max_connections: Option<usize>,
     pub warnings: Vec<String>,
 }
 
@@ -298,6 +308,8 @@ impl RawSettings {
             upstream_timeout,
             body_timeout,
             body_min_rate,
+            max_connections,
+            max_connections_per_ip,
             ws_reject,
             ws_ticket_ttl,
             ws_query_token,
@@ -391,6 +403,7 @@ impl RawSettings {
                 secret,
                 gateway,
                 internal_credential_file: self.internal_credential_file.clone(),
+                max_connections: self.max_connections,
                 warnings,
             }),
             _ => Err(Problems { errors, warnings }),
@@ -527,6 +540,20 @@ impl RawSettings {
                 Err(e) => errors.push(e),
             }
         }
+        for (value, name) in [
+            (
+                self.max_connections,
+                "--max-connections / PORTCULLIS_MAX_CONNECTIONS",
+            ),
+            (
+                self.max_connections_per_ip,
+                "--max-connections-per-ip / PORTCULLIS_MAX_CONNECTIONS_PER_IP",
+            ),
+        ] {
+            if value == Some(0) {
+                errors.push(format!("{name}: must be at least 1"));
+            }
+        }
         if self.body_min_rate == Some(0) {
             errors.push(
                 "--body-min-rate / PORTCULLIS_BODY_MIN_RATE: must be at least 1 byte per second"
@@ -619,6 +646,9 @@ impl RawSettings {
         config.same_site = same_site;
         config.upstream_timeout = upstream_timeout;
         config.body_timeout = body_timeout;
+        if let Some(per_ip) = self.max_connections_per_ip.filter(|n| *n > 0) {
+            config.connections.per_ip = per_ip;
+        }
         if let Some(rate) = self.body_min_rate.filter(|r| *r > 0) {
             config.body_min_rate = rate;
         }

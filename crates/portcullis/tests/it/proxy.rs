@@ -295,7 +295,53 @@ both_backends!(
     upstream_failures_are_clear,
     large_bodies_stream_both_ways,
     malformed_and_stalled_bodies_are_the_clients_fault,
+    connections_over_a_cap_are_refused_at_once,
 );
+
+/// SPEC 9: open connections are capped per client address (and in total); one
+/// over the cap gets a 503 and is closed at once, instead of holding a
+/// descriptor; a place freed is available again.
+async fn connections_over_a_cap_are_refused_at_once(backend: Backend) {
+    use tokio::io::AsyncReadExt;
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start_with(&db, |c| {
+        c.connections.per_ip = 3;
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
+    }
+    // Idle connections (a head never sent) hold their places.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let mut over = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), over.read_to_end(&mut answer))
+        .await
+        .expect("closed at once")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    // A place freed is a place again.
+    held.pop();
+    let request = format!(
+        "GET /.auth/healthz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        gw.addr
+    );
+    let back = eventually(Duration::from_secs(2), || {
+        let (addr, request) = (gw.addr, request.clone());
+        async move {
+            raw_exchange(addr, request.as_bytes())
+                .await
+                .0
+                .contains("200")
+        }
+    })
+    .await;
+    assert!(back.is_some(), "admitted once a place was freed");
+}
 
 /// Sends `request` raw and returns the status line of the answer, how long it
 /// took, and whether the gateway then closed the connection.
