@@ -194,12 +194,19 @@ async fn recipe(backend: Backend, kind: Kind) {
         .header("x-forwarded-user", "mallory")
         .header("x-forwarded-groups", "admin")
         .header("x-forwarded-email", "mallory@evil.example")
+        // Spellings an application may read as the same headers (SPEC 9).
+        .header("x_forwarded_user", "mallory")
+        .header("X-Forwarded_Groups", "admin")
+        .header("X_REAL_IP", "10.6.6.6")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     let seen: serde_json::Value = r.json().await.unwrap();
     let h = &seen["headers"];
+    for spelled in ["x_forwarded_user", "x-forwarded_groups", "x_real_ip"] {
+        assert!(h.get(spelled).is_none(), "{spelled} reached the application: {seen}");
+    }
     assert_eq!(seen["uri"], "/app/?a=1&b=2");
     assert_eq!(h["x-forwarded-user"], serde_json::json!([USER]), "{seen}");
     assert_eq!(
