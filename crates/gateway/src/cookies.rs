@@ -75,24 +75,32 @@ pub fn held<'a>(headers: &'a HeaderMap, base: &str) -> Held<'a> {
     held_from(headers.get_all(COOKIE).iter().map(|v| v.as_bytes()), base)
 }
 
-/// [`held`] over raw `Cookie` header values.
+/// [`held`] over raw `Cookie` header values. Allocation-free unless a second,
+/// different value turns up (the fast path reads every request's cookies here).
 pub fn held_from<'a>(values: impl Iterator<Item = &'a [u8]>, base: &str) -> Held<'a> {
-    let mut found: Vec<&'a str> = values
+    let mut first: Option<&'a str> = None;
+    let mut others: Vec<&'a str> = Vec::new();
+    let found = values
         .filter_map(visible_ascii)
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .filter(|(k, _)| is_named(k, base))
-        .map(|(_, v)| v.trim_matches('"'))
-        .collect();
-    found.dedup();
-    if found.len() > 1 {
-        found.sort_unstable();
-        found.dedup();
+        .map(|(_, v)| v.trim_matches('"'));
+    for value in found {
+        match first {
+            None => first = Some(value),
+            Some(seen) if seen == value => {}
+            Some(_) if others.contains(&value) => {}
+            Some(_) => others.push(value),
+        }
     }
-    match found.len() {
-        0 => Held::None,
-        1 => Held::One(found[0]),
-        _ => Held::Several(found),
+    match first {
+        None => Held::None,
+        Some(value) if others.is_empty() => Held::One(value),
+        Some(value) => {
+            others.insert(0, value);
+            Held::Several(others)
+        }
     }
 }
 

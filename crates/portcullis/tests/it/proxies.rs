@@ -205,7 +205,10 @@ async fn recipe(backend: Backend, kind: Kind) {
     let seen: serde_json::Value = r.json().await.unwrap();
     let h = &seen["headers"];
     for spelled in ["x_forwarded_user", "x-forwarded_groups", "x_real_ip"] {
-        assert!(h.get(spelled).is_none(), "{spelled} reached the application: {seen}");
+        assert!(
+            h.get(spelled).is_none(),
+            "{spelled} reached the application: {seen}"
+        );
     }
     assert_eq!(seen["uri"], "/app/?a=1&b=2");
     assert_eq!(h["x-forwarded-user"], serde_json::json!([USER]), "{seen}");
