@@ -144,6 +144,8 @@ pub struct GatewayConfig {
     /// Time a client has to send a request body (the gateway's endpoints: all of
     /// it; proxied uploads: plus what they earn at [`GatewayConfig::body_min_rate`]).
     pub body_timeout: Duration,
+    /// How long a write to a client may wait (a client that stopped reading).
+    pub write_timeout: Duration,
     /// Open connections allowed, in total and per client address.
     pub connections: crate::admission::ConnectionLimits,
     /// Bytes per second a proxied upload must keep up, on average, beyond
@@ -210,6 +212,7 @@ impl GatewayConfig {
             body_timeout: Duration::from_secs(10),
             body_min_rate: 4096,
             connections: crate::admission::ConnectionLimits::default(),
+            write_timeout: Duration::from_secs(60),
             ws_reject: WsReject::Status,
             ws_ticket_ttl_ms: portcullis_core::ticket::DEFAULT_TTL_MS,
             ws_query_token: true,

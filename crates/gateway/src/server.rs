@@ -211,10 +211,11 @@ pub async fn serve(
             max_head_bytes: MAX_HEAD_BYTES,
             header_read_timeout: HEADER_READ_TIMEOUT,
         };
+        let write_timeout = gw.config().write_timeout;
         tokio::spawn(async move {
             let _alive = alive;
             let _admitted = admitted;
-            let mut stream = stream;
+            let mut stream = fastpath::ClientStream::new(stream, write_timeout);
             let mut buf = BytesMut::with_capacity(8 * 1024);
             let handoff = fastpath::serve(
                 &gw,

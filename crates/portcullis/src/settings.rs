@@ -86,6 +86,10 @@ pub struct RawSettings {
     /// Bytes per second a proxied upload must keep up on average [default: 4096]
     #[arg(long, env = "PORTCULLIS_BODY_MIN_RATE", global = true)]
     pub body_min_rate: Option<u32>,
+    /// How long a write to a client that stopped reading may wait before the
+    /// connection closes [default: 60s]
+    #[arg(long, env = "PORTCULLIS_WRITE_TIMEOUT", global = true)]
+    pub write_timeout: Option<String>,
     /// Open connections allowed in total; more are refused at once [default: what
     /// the file-descriptor limit allows, logged at start]
     #[arg(long, env = "PORTCULLIS_MAX_CONNECTIONS", global = true)]
@@ -308,6 +312,7 @@ impl RawSettings {
             upstream_timeout,
             body_timeout,
             body_min_rate,
+            write_timeout,
             max_connections,
             max_connections_per_ip,
             ws_reject,
@@ -540,6 +545,17 @@ impl RawSettings {
                 Err(e) => errors.push(e),
             }
         }
+        let mut write_timeout = Duration::from_secs(60);
+        if let Some(raw) = &self.write_timeout {
+            match parse_duration(
+                "--write-timeout / PORTCULLIS_WRITE_TIMEOUT",
+                raw,
+                Duration::from_millis(100),
+            ) {
+                Ok(d) => write_timeout = d,
+                Err(e) => errors.push(e),
+            }
+        }
         for (value, name) in [
             (
                 self.max_connections,
@@ -646,6 +662,7 @@ impl RawSettings {
         config.same_site = same_site;
         config.upstream_timeout = upstream_timeout;
         config.body_timeout = body_timeout;
+        config.write_timeout = write_timeout;
         if let Some(per_ip) = self.max_connections_per_ip.filter(|n| *n > 0) {
             config.connections.per_ip = per_ip;
         }

@@ -1,19 +1,19 @@
 //! The hand-off from the fast path to hyper: the connection, with the bytes the
 //! fast path read and did not answer.
 
+use super::ClientStream;
 use bytes::Buf;
-use tokio::net::TcpStream;
 
 /// Reads as one stream: first the bytes the fast path had read, then the socket.
 /// What hyper serves after a hand-off.
 #[derive(Debug)]
 pub struct Prefixed {
     prefix: bytes::Bytes,
-    inner: TcpStream,
+    inner: ClientStream,
 }
 
 impl Prefixed {
-    pub fn new(prefix: bytes::Bytes, inner: TcpStream) -> Self {
+    pub fn new(prefix: bytes::Bytes, inner: ClientStream) -> Self {
         Self { prefix, inner }
     }
 }

@@ -18,6 +18,7 @@
 //! cookie does not authenticate is handed to hyper with the outcome already
 //! decided ([`Primed`]), so it is never authenticated twice.
 
+mod client_stream;
 mod handoff;
 mod response;
 
@@ -33,10 +34,10 @@ use bytes::{Buf, BytesMut};
 use memchr::memmem;
 use portcullis_core::routes::{Decision, RouteRequest, canonical_path};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+pub use client_stream::ClientStream;
 pub use handoff::Prefixed;
 
 use crate::carrier::{self, Carrier};
@@ -83,7 +84,7 @@ pub async fn serve(
     upstream: &UpstreamClient,
     peer: SocketAddr,
     limits: Limits,
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     buf: &mut BytesMut,
     stopping: &mut watch::Receiver<bool>,
 ) -> Handoff {
@@ -453,7 +454,7 @@ struct Relayed {
 /// Sends the request head in `out` upstream and relays the response to `client`.
 async fn relay(
     upstream: &UpstreamClient,
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     plan: &Forward<'_>,
     request_id: &RequestId,
     request: &[u8],

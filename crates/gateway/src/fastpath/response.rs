@@ -5,9 +5,9 @@
 
 use std::time::SystemTime;
 
+use super::ClientStream;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::Forward;
 use crate::request_id::RequestId;
@@ -140,7 +140,7 @@ fn push_date(out: &mut Vec<u8>) {
 
 /// Writes a response the gateway made (502/504) to the client.
 pub(super) async fn write_response(
-    client: &mut TcpStream,
+    client: &mut ClientStream,
     response: axum::response::Response,
     request_id: &RequestId,
     close: bool,

@@ -115,7 +115,7 @@ impl UpstreamConn {
     pub async fn stream_body(
         &mut self,
         framing: Framing,
-        client: &mut TcpStream,
+        client: &mut crate::fastpath::ClientStream,
     ) -> Result<(), ()> {
         loop {
             self.buf.clear();

@@ -296,7 +296,64 @@ both_backends!(
     large_bodies_stream_both_ways,
     malformed_and_stalled_bodies_are_the_clients_fault,
     connections_over_a_cap_are_refused_at_once,
+    a_client_that_stops_reading_is_let_go,
 );
+
+/// SPEC 9: a response the client does not read is bounded in time: once a write
+/// has waited for the write timeout, the connection closes (fast path and general
+/// path alike); a client that reads, however late, within it gets everything.
+async fn a_client_that_stops_reading_is_let_go(backend: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start_with(&db, |c| c.write_timeout = Duration::from_secs(1)).await;
+    let session = gw.login(USER).await;
+    let (_, token) = crate::api_tokens::create_token(&gw.store, "robot", "user").await;
+    const SIZE: usize = 64 << 20;
+    // (path taken, credential header)
+    let rows = [
+        ("fast path", format!("Cookie: {}", session.cookie_header())),
+        ("general path", format!("Authorization: Bearer {token}")),
+    ];
+    for (path, credential) in rows {
+        let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let request = format!(
+            "GET /bytes/{SIZE} HTTP/1.1\r\nHost: {}\r\n{credential}\r\n\r\n",
+            gw.addr
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        // Stop reading: the socket buffers fill and the gateway's writes wait.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let mut received = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => received += n,
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "{path}: the connection was closed");
+        assert!(
+            received < SIZE,
+            "{path}: let go before the end ({received} bytes)"
+        );
+    }
+    // A client that reads (late, but within the timeout) gets the whole body.
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let request = format!(
+        "GET /bytes/{} HTTP/1.1\r\nHost: {}\r\nCookie: {}\r\nConnection: close\r\n\r\n",
+        4 << 20,
+        gw.addr,
+        session.cookie_header()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut all = Vec::new();
+    stream.read_to_end(&mut all).await.unwrap();
+    assert!(all.len() > 4 << 20, "{}", all.len());
+}
 
 /// SPEC 9: open connections are capped per client address (and in total); one
 /// over the cap gets a 503 and is closed at once, instead of holding a
