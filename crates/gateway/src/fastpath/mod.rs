@@ -112,6 +112,13 @@ pub async fn serve(
                 }
                 Plan::Incomplete => {}
                 Plan::Hyper => return Handoff::Hyper(None),
+                Plan::Malformed => {
+                    // A head another server could read differently: refused,
+                    // and the connection closed (its framing is not to be trusted).
+                    let _ = client.write_all(MALFORMED_HEAD).await;
+                    let _ = client.shutdown().await;
+                    return Handoff::Closed;
+                }
                 Plan::Forward(plan) => break plan,
             }
             if buf.capacity() - buf.len() < 1024 {
@@ -284,7 +291,21 @@ struct Forward<'g> {
 enum Plan<'g> {
     Incomplete,
     Hyper,
+    /// A head with bare-LF line endings.
+    Malformed,
     Forward(Forward<'g>),
+}
+
+/// The answer to a malformed request head.
+const MALFORMED_HEAD: &[u8] = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\
+    Content-Type: text/plain\r\nContent-Length: 40\r\n\r\n\
+    request head lines must end with CRLF.\r\n";
+
+/// Whether a request head has a line ending in a bare LF: httparse (and hyper)
+/// accept them, but a proxy in front that does not could be desynchronised from
+/// the gateway, so the gateway refuses them.
+fn has_bare_lf(head: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
 }
 
 /// Parses the request at the start of `buf` and, if the fast path takes it, writes
@@ -295,6 +316,7 @@ fn plan_request<'g>(gw: &'g Gateway, forwarded: &[u8], buf: &[u8], out: &mut Vec
     let mut headers = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
     let head_len = match request.parse_with_uninit_headers(buf, &mut headers) {
+        Ok(httparse::Status::Complete(len)) if has_bare_lf(&buf[..len]) => return Plan::Malformed,
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Plan::Incomplete,
         Err(_) => return Plan::Hyper,

@@ -510,6 +510,28 @@ async fn malformed_and_stalled_bodies_are_the_clients_fault(backend: Backend) {
             assert!(line.contains(status), "{case}: {line}");
         }
     }
+    // Bare-LF line endings in a head (which a proxy in front may read otherwise)
+    // are refused at once, on the first request of a connection and on later ones.
+    let cookie = session.cookie_header();
+    let heads = [
+        format!("GET /echo HTTP/1.1\nHost: {host}\nCookie: {cookie}\n\n"),
+        format!("GET /echo HTTP/1.1\r\nHost: {host}\nCookie: {cookie}\r\n\r\n"),
+        format!("GET /echo HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n\n"),
+        format!(
+            "GET /echo HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n\r\n\
+             GET /echo HTTP/1.1\nHost: {host}\nCookie: {cookie}\n\n"
+        ),
+    ];
+    for head in heads {
+        let (line, took, closed) = raw_exchange(gw.addr, head.as_bytes()).await;
+        assert!(closed && took < Duration::from_secs(2), "{head:?}: {line}");
+        if head.starts_with("GET /echo HTTP/1.1\r\nHost") && head.matches("GET").count() == 2 {
+            // The first, well-formed request is answered; the second is refused.
+            assert!(line.contains("200"), "{line}");
+        } else {
+            assert!(line.contains("400"), "{head:?}: {line}");
+        }
+    }
     // A slow but steady upload is never cut: 64 KiB at well above the minimum rate.
     let mut request = head("/upload", "Content-Length: 65536\r\n").into_bytes();
     request.extend_from_slice(&[b'x'; 32768]);
