@@ -104,6 +104,37 @@ pub fn held_from<'a>(values: impl Iterator<Item = &'a [u8]>, base: &str) -> Held
     }
 }
 
+/// Both credential cookies in one pass, for the fast path: the client cookie's
+/// value and the session cookie's (either name); `Err` when either has several
+/// different values (the general path then settles them by signature).
+#[allow(clippy::result_unit_err)]
+pub fn credential_pair<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+) -> Result<(Option<&'a str>, Option<&'a str>), ()> {
+    let (mut client, mut session) = (None, None);
+    let pairs = values
+        .filter_map(visible_ascii)
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='));
+    for (name, value) in pairs {
+        let name = name.strip_prefix(HOST_PREFIX).unwrap_or(name);
+        let slot = if name == SESSION_COOKIE {
+            &mut session
+        } else if name == CLIENT_COOKIE {
+            &mut client
+        } else {
+            continue;
+        };
+        let value = value.trim_matches('"');
+        match slot {
+            None => *slot = Some(value),
+            Some(seen) if *seen == value => {}
+            Some(_) => return Err(()),
+        }
+    }
+    Ok((client, session))
+}
+
 /// What a request's cookie credential is wanted for, which decides between a
 /// client session and a session when a browser holds both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,6 +313,35 @@ mod tests {
             }
             let found = held(&map, SESSION_COOKIE).resolve(|v| valid.contains(&v));
             assert_eq!(found, *expected, "{headers:?}");
+        }
+    }
+
+    #[test]
+    fn the_fast_paths_single_pass_agrees_with_held() {
+        let rows: &[&[&str]] = &[
+            &["a=1"],
+            &["portcullis_session=A"],
+            &["__Host-portcullis_session=A; portcullis_client=C"],
+            &[
+                "portcullis_session=A; portcullis_session=A",
+                "portcullis_client=C",
+            ],
+            &["portcullis_session=A; portcullis_session=B"],
+            &["portcullis_client=C", "__Host-portcullis_client=D"],
+            &["portcullis_sessionx=1; xportcullis_session=2"],
+        ];
+        for headers in rows {
+            let values = || headers.iter().map(|h| h.as_bytes());
+            let one = |base| match held_from(values(), base) {
+                Held::None => Ok(None),
+                Held::One(v) => Ok(Some(v)),
+                Held::Several(_) => Err(()),
+            };
+            let expected = match (one(CLIENT_COOKIE), one(SESSION_COOKIE)) {
+                (Ok(client), Ok(session)) => Ok((client, session)),
+                _ => Err(()),
+            };
+            assert_eq!(credential_pair(values()), expected, "{headers:?}");
         }
     }
 

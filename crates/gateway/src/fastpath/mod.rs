@@ -41,7 +41,7 @@ pub use client_stream::ClientStream;
 pub use handoff::Prefixed;
 
 use crate::carrier::{self, Carrier};
-use crate::cookies::{self, CLIENT_COOKIE, SESSION_COOKIE};
+use crate::cookies;
 use crate::error::GatewayError;
 use crate::pipeline::authenticate::{Primed, authenticate_session_cookie};
 use crate::pipeline::authorize::{
@@ -391,12 +391,7 @@ fn plan_request<'g>(gw: &'g Gateway, forwarded: &[u8], buf: &[u8], out: &mut Vec
     };
     // A credential cookie with several values (tossed cookies) is settled by
     // signature on the general path.
-    let one = |base| match cookies::held_from(cookie_values(), base) {
-        cookies::Held::None => Ok(None),
-        cookies::Held::One(value) => Ok(Some(value)),
-        cookies::Held::Several(_) => Err(()),
-    };
-    let (Ok(client), Ok(session)) = (one(CLIENT_COOKIE), one(SESSION_COOKIE)) else {
+    let Ok((client, session)) = cookies::credential_pair(cookie_values()) else {
         return Plan::Hyper;
     };
     let cookie = cookies::pick(client, session, cookies::Audience::Upstream);
