@@ -499,8 +499,11 @@ impl ProviderRecord {
     /// user name (empty, over 256 bytes, a control character or a comma).
     pub fn user_name(&self, claims: &IdClaims) -> Option<String> {
         let value = claims.strings.get(&self.user_claim)?;
+        // Upstreams trim what they read: a name with outer whitespace could pass
+        // for another one.
         let usable = !value.is_empty()
             && value.len() <= MAX_USER_NAME
+            && value.trim() == value
             && !value.chars().any(|c| c.is_control() || c == ',');
         usable.then(|| format!("{}{value}", self.prefix()))
     }

@@ -75,64 +75,92 @@ pub fn held<'a>(headers: &'a HeaderMap, base: &str) -> Held<'a> {
     held_from(headers.get_all(COOKIE).iter().map(|v| v.as_bytes()), base)
 }
 
-/// [`held`] over raw `Cookie` header values. Allocation-free unless a second,
-/// different value turns up (the fast path reads every request's cookies here).
-pub fn held_from<'a>(values: impl Iterator<Item = &'a [u8]>, base: &str) -> Held<'a> {
-    let mut first: Option<&'a str> = None;
-    let mut others: Vec<&'a str> = Vec::new();
-    let found = values
-        .filter_map(visible_ascii)
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .filter(|(k, _)| is_named(k, base))
-        .map(|(_, v)| v.trim_matches('"'));
-    for value in found {
-        match first {
-            None => first = Some(value),
+/// The credential cookies (session and client session), whose `__Host-` names,
+/// when any is present, hide the unprefixed ones: a sibling subdomain can plant
+/// an unprefixed cookie, never a `__Host-` one.
+const CREDENTIAL_COOKIES: [&str; 2] = [SESSION_COOKIE, CLIENT_COOKIE];
+
+/// One credential cookie's values as a request holds them, without allocating
+/// unless a second, different value turns up.
+#[derive(Debug, Default)]
+struct Values<'a> {
+    first: Option<&'a str>,
+    others: Vec<&'a str>,
+}
+
+impl<'a> Values<'a> {
+    fn add(&mut self, value: &'a str) {
+        match self.first {
+            None => self.first = Some(value),
             Some(seen) if seen == value => {}
-            Some(_) if others.contains(&value) => {}
-            Some(_) => others.push(value),
+            Some(_) if self.others.contains(&value) => {}
+            Some(_) => self.others.push(value),
         }
     }
-    match first {
-        None => Held::None,
-        Some(value) if others.is_empty() => Held::One(value),
-        Some(value) => {
-            others.insert(0, value);
-            Held::Several(others)
+
+    fn held(self) -> Held<'a> {
+        match self.first {
+            None => Held::None,
+            Some(value) if self.others.is_empty() => Held::One(value),
+            Some(value) => {
+                let mut all = self.others;
+                all.insert(0, value);
+                Held::Several(all)
+            }
         }
     }
 }
 
-/// Both credential cookies in one pass, for the fast path: the client cookie's
-/// value and the session cookie's (either name); `Err` when either has several
-/// different values (the general path then settles them by signature).
-#[allow(clippy::result_unit_err)]
-pub fn credential_pair<'a>(
-    values: impl Iterator<Item = &'a [u8]>,
-) -> Result<(Option<&'a str>, Option<&'a str>), ()> {
-    let (mut client, mut session) = (None, None);
+/// Every credential cookie of a request in one pass: per name, the values under
+/// `__Host-` and those without, and whether any `__Host-` credential is present.
+fn scan<'a>(values: impl Iterator<Item = &'a [u8]>) -> ([[Values<'a>; 2]; 2], bool) {
+    let mut found: [[Values<'a>; 2]; 2] = Default::default();
+    let mut prefixed = false;
     let pairs = values
         .filter_map(visible_ascii)
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='));
     for (name, value) in pairs {
-        let name = name.strip_prefix(HOST_PREFIX).unwrap_or(name);
-        let slot = if name == SESSION_COOKIE {
-            &mut session
-        } else if name == CLIENT_COOKIE {
-            &mut client
-        } else {
+        let (name, is_prefixed) = match name.strip_prefix(HOST_PREFIX) {
+            Some(name) => (name, true),
+            None => (name, false),
+        };
+        let Some(index) = CREDENTIAL_COOKIES.iter().position(|c| *c == name) else {
             continue;
         };
-        let value = value.trim_matches('"');
-        match slot {
-            None => *slot = Some(value),
-            Some(seen) if *seen == value => {}
-            Some(_) => return Err(()),
-        }
+        prefixed |= is_prefixed;
+        found[index][usize::from(is_prefixed)].add(value.trim_matches('"'));
     }
-    Ok((client, session))
+    (found, prefixed)
+}
+
+/// [`held`] over raw `Cookie` header values.
+pub fn held_from<'a>(values: impl Iterator<Item = &'a [u8]>, base: &str) -> Held<'a> {
+    let (found, prefixed) = scan(values);
+    let Some(index) = CREDENTIAL_COOKIES.iter().position(|c| *c == base) else {
+        return Held::None;
+    };
+    let [plain, with_prefix] = found.into_iter().nth(index).unwrap_or_default();
+    if prefixed { with_prefix } else { plain }.held()
+}
+
+/// Both credential cookies in one pass, for the fast path: the client cookie's
+/// value and the session cookie's; `Err` when either has several different
+/// values (the general path then settles them by signature).
+#[allow(clippy::result_unit_err)]
+pub fn credential_pair<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+) -> Result<(Option<&'a str>, Option<&'a str>), ()> {
+    let (found, prefixed) = scan(values);
+    let [session, client] =
+        found.map(
+            |[plain, with_prefix]| match if prefixed { with_prefix } else { plain }.held() {
+                Held::None => Ok(None),
+                Held::One(value) => Ok(Some(value)),
+                Held::Several(_) => Err(()),
+            },
+        );
+    Ok((client?, session?))
 }
 
 /// What a request's cookie credential is wanted for, which decides between a
@@ -288,7 +316,19 @@ mod tests {
                 None,
             ),
             (
+                // A `__Host-` cookie hides unprefixed ones (a subdomain can
+                // plant those), of either credential.
                 &["portcullis_session=B", "__Host-portcullis_session=A"],
+                &["A", "B"],
+                Some("A"),
+            ),
+            (
+                &["portcullis_session=B; __Host-portcullis_client=C"],
+                &["B"],
+                None,
+            ),
+            (
+                &["__Host-portcullis_session=A; __Host-portcullis_session=B"],
                 &["A", "B"],
                 None,
             ),
@@ -329,6 +369,7 @@ mod tests {
             &["portcullis_session=A; portcullis_session=B"],
             &["portcullis_client=C", "__Host-portcullis_client=D"],
             &["portcullis_sessionx=1; xportcullis_session=2"],
+            &["portcullis_client=C; __Host-portcullis_session=A"],
         ];
         for headers in rows {
             let values = || headers.iter().map(|h| h.as_bytes());
@@ -343,6 +384,12 @@ mod tests {
             };
             assert_eq!(credential_pair(values()), expected, "{headers:?}");
         }
+        // A planted unprefixed client cookie never outranks a `__Host-` session.
+        let planted = ["portcullis_client=C; __Host-portcullis_session=A"];
+        assert_eq!(
+            credential_pair(planted.iter().map(|h| h.as_bytes())),
+            Ok((None, Some("A")))
+        );
     }
 
     #[test]

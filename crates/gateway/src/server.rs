@@ -74,6 +74,9 @@ struct Connection {
     peer: SocketAddr,
     /// The fast path's authentication of the first request hyper reads.
     primed: std::sync::Arc<std::sync::Mutex<Option<Primed>>>,
+    /// The connection's place under the caps: a WebSocket relay outlives the
+    /// connection's task and holds it too.
+    admitted: std::sync::Arc<crate::admission::Admitted>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Connection {
@@ -91,6 +94,7 @@ impl hyper::service::Service<Request<Incoming>> for Connection {
         if let Some(primed) = primed {
             request.extensions_mut().insert(primed);
         }
+        request.extensions_mut().insert(this.admitted.clone());
         let client = ClientAddr::of(
             &self.gw.config().trusted_proxies,
             self.peer,
@@ -214,7 +218,7 @@ pub async fn serve(
         let write_timeout = gw.config().write_timeout;
         tokio::spawn(async move {
             let _alive = alive;
-            let _admitted = admitted;
+            let admitted = std::sync::Arc::new(admitted);
             let mut stream = fastpath::ClientStream::new(stream, write_timeout);
             let mut buf = BytesMut::with_capacity(8 * 1024);
             let handoff = fastpath::serve(
@@ -238,6 +242,7 @@ pub async fn serve(
                 upstream,
                 peer,
                 primed: std::sync::Arc::new(std::sync::Mutex::new(primed)),
+                admitted,
             };
             let io = fastpath::Prefixed::new(buf.freeze(), stream);
             let connection = http

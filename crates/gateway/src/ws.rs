@@ -86,6 +86,17 @@ fn switching_protocols(accept: &str, protocol: Option<HeaderValue>) -> Response<
     response
 }
 
+/// The connection's place under the caps (see `server::Connection`), which a
+/// relay task keeps while the socket lives.
+fn admitted_slot(
+    request: &Request<Incoming>,
+) -> Option<std::sync::Arc<crate::admission::Admitted>> {
+    request
+        .extensions()
+        .get::<std::sync::Arc<crate::admission::Admitted>>()
+        .cloned()
+}
+
 /// Completes the handshake and immediately closes with `code` and `reason`: the one
 /// way a browser's script can learn why it was turned away.
 fn accept_then_close(
@@ -95,7 +106,9 @@ fn accept_then_close(
     reason: &'static str,
 ) -> Response<Body> {
     let upgrade = hyper::upgrade::on(&mut request);
+    let slot = admitted_slot(&request);
     tokio::spawn(async move {
+        let _slot = slot;
         let Ok(upgraded) = upgrade.await else { return };
         let mut socket =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config()))
@@ -278,11 +291,14 @@ async fn relay(
         }
     };
     let upgrade = hyper::upgrade::on(&mut request);
+    let slot = admitted_slot(&request);
     let gw = gw.clone();
     ctx.relayed = true;
     let ctx = ctx.clone();
     let path = path.to_owned();
     tokio::spawn(async move {
+        // The socket holds its connection's place under the caps while it lives.
+        let _slot = slot;
         if let Ok(upgraded) = upgrade.await {
             pump(&gw, principal, upgraded, upstream.stream).await;
         }

@@ -106,14 +106,19 @@ pub async fn start_gateway(settings: &Settings) -> anyhow::Result<(Vec<TcpListen
     };
     let (capacity, descriptors) = connection_capacity();
     match settings.max_connections {
-        Some(asked) if asked > capacity => tracing::warn!(
-            asked,
-            capacity,
-            descriptors,
-            "--max-connections is above what the file-descriptor limit allows; \
-             connections beyond it would fail late (raise the limit: LimitNOFILE=, ulimit -n)"
-        ),
-        Some(asked) => config.connections.total = asked,
+        Some(asked) => {
+            if asked > capacity {
+                tracing::warn!(
+                    asked,
+                    capacity,
+                    descriptors,
+                    "--max-connections is above what the file-descriptor limit allows; \
+                     connections beyond it would fail late (raise the limit: LimitNOFILE=, \
+                     ulimit -n)"
+                );
+            }
+            config.connections.total = asked;
+        }
         None => config.connections.total = capacity,
     }
     tracing::info!(

@@ -239,6 +239,10 @@ pub struct RawOidcProvider {
     pub user_prefix: Option<String>,
 }
 
+/// The longest a client may be given to send a body or take a response: a day
+/// is already no bound worth the name, and larger values would overflow timers.
+const MAX_CLIENT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 macro_rules! fill {
     ($dst:expr, $src:expr, $($field:ident),+ $(,)?) => {
         $( if $dst.$field.is_none() { $dst.$field = $src.$field.clone(); } )+
@@ -541,6 +545,10 @@ impl RawSettings {
                 raw,
                 Duration::from_millis(100),
             ) {
+                Ok(d) if d > MAX_CLIENT_TIMEOUT => errors.push(format!(
+                    "--body-timeout / PORTCULLIS_BODY_TIMEOUT: at most {} s",
+                    MAX_CLIENT_TIMEOUT.as_secs()
+                )),
                 Ok(d) => body_timeout = d,
                 Err(e) => errors.push(e),
             }
@@ -552,6 +560,10 @@ impl RawSettings {
                 raw,
                 Duration::from_millis(100),
             ) {
+                Ok(d) if d > MAX_CLIENT_TIMEOUT => errors.push(format!(
+                    "--write-timeout / PORTCULLIS_WRITE_TIMEOUT: at most {} s",
+                    MAX_CLIENT_TIMEOUT.as_secs()
+                )),
                 Ok(d) => write_timeout = d,
                 Err(e) => errors.push(e),
             }

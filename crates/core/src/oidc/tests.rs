@@ -655,6 +655,8 @@ fn provider_user_names_live_in_the_providers_namespace() {
         claims(&[("email", "")]),
         claims(&[("email", "a,b@x")]),
         claims(&[("email", "a\nb")]),
+        claims(&[("email", "admin ")]),
+        claims(&[("email", " admin")]),
     ] {
         assert_eq!(record.user_name(&bad), None, "{:?}", bad.strings);
     }

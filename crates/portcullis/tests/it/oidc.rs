@@ -1309,6 +1309,19 @@ async fn unverified_email_is_not_forwarded(backend: Backend) {
     let response = Browser::new().sign_in(&gw, &op, "rs", "ada").await;
     let seen: Value = response.json().await.unwrap();
     assert_eq!(seen["headers"]["x-forwarded-email"][0], "ada@example.test");
+    // A provider naming users by e-mail signs no one in by an unverified one: as
+    // a user name it could be anyone's.
+    let refused = Browser::new()
+        .sign_in(&gw, &op, "mail", "unverified-eve")
+        .await;
+    assert_eq!(refused.status(), 403);
+    let reasons = audit_reasons(&gw, "auth.oidc.login").await;
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("email_unverified:user_claim")),
+        "{reasons:?}"
+    );
 }
 
 /// Route rules requiring `amr`/`acr` (SPEC 8 step-up): an OpenID session without

@@ -398,6 +398,30 @@ async fn connections_over_a_cap_are_refused_at_once(backend: Backend) {
     })
     .await;
     assert!(back.is_some(), "admitted once a place was freed");
+    drop(held);
+
+    // A WebSocket keeps its connection's place for as long as it lives.
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start_with(&db, |c| {
+        c.connections.per_ip = 2;
+    })
+    .await;
+    let (_, token) = crate::api_tokens::create_token(&gw.store, "robot", "user").await;
+    let bearer = format!("Bearer {token}");
+    let mut sockets = Vec::new();
+    for _ in 0..2 {
+        let (ws, _) = crate::websocket::connect(gw.addr, "/ws/echo", &[("authorization", &bearer)])
+            .await
+            .expect("an upgrade within the cap");
+        sockets.push(ws);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (line, _, closed) = raw_exchange(gw.addr, request.as_bytes()).await;
+    assert!(
+        line.contains("503") && closed,
+        "two live sockets fill the cap: {line}"
+    );
+    drop(sockets);
 }
 
 /// Sends `request` raw and returns the status line of the answer, how long it

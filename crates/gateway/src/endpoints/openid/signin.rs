@@ -349,6 +349,13 @@ async fn finish_login(
     };
     // The forwarded user name: the provider's prefix and its user claim, so no
     // two providers (nor a provider and a basic user) name one user by accident.
+    // An unverified address names no one: as the user name it could be anyone's.
+    if provider.record.user_claim == "email"
+        && !claims.email_verified
+        && !provider.record.accept_unverified_email
+    {
+        return Err(Callback::Refused("email_unverified:user_claim".into()));
+    }
     let Some(subject) = provider.record.user_name(&claims) else {
         return Err(Callback::Refused(format!(
             "missing_user_claim:{}",
