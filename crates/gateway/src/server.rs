@@ -148,13 +148,22 @@ impl Connection {
                 min_rate: None,
             };
             let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let request =
-                request.map(|body| Body::new(crate::body::ClientBody::new(body, limits, failed)));
+            let html = crate::endpoints::wants_html(request.method(), request.headers());
+            let request = request
+                .map(|body| Body::new(crate::body::ClientBody::new(body, limits, failed.clone())));
             let mut router = self.router.clone();
-            return match router.call(request).await {
+            let response = match router.call(request).await {
                 Ok(response) => response,
                 Err(infallible) => match infallible {},
             };
+            // A body the client sent malformed or too slowly: the gateway's own
+            // answer (not the extractor's), and the connection closes.
+            if failed.load(std::sync::atomic::Ordering::Acquire) {
+                let mut response = proxy::client_body_failed(html);
+                crate::pages::protect(response.headers_mut());
+                return response;
+            }
+            return response;
         }
         proxy::handle(&self.gw, &self.upstream, ctx, request).await
     }

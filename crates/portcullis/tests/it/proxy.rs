@@ -534,6 +534,23 @@ async fn malformed_and_stalled_bodies_are_the_clients_fault(backend: Backend) {
             assert!(line.contains(status), "{case}: {line}");
         }
     }
+    // The gateway's own endpoints answer such a body in the gateway's words.
+    let mut request = head("/.auth/login", "Content-Length: 1000\r\n").into_bytes();
+    request.extend_from_slice(b"{");
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stream.write_all(&request).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(answer.contains("\"error\":\"bad_request\""), "{answer}");
     // Bare-LF line endings in a head (which a proxy in front may read otherwise)
     // are refused at once, on the first request of a connection and on later ones.
     let cookie = session.cookie_header();
