@@ -11,6 +11,24 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+/// The address a per-client budget or cap is kept under: an IPv4 address as it
+/// is (an IPv4-mapped IPv6 one as IPv4), an IPv6 address as its /64 network,
+/// since one subscriber is routinely given a whole /64 and could otherwise rotate
+/// through unlimited addresses.
+pub fn budget_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                IpAddr::V6(std::net::Ipv6Addr::from(segments))
+            }
+        },
+    }
+}
+
 /// The trusted ranges (none by default: nobody's forwarding headers are believed).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustedProxies {
@@ -220,5 +238,20 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems.iter().all(|p| p.contains("--trusted-proxies")));
+    }
+
+    #[test]
+    fn budgets_are_kept_per_ipv4_address_and_per_ipv6_64() {
+        let key = |s: &str| budget_key(s.parse().unwrap()).to_string();
+        for (ip, expected) in [
+            ("192.0.2.7", "192.0.2.7"),
+            ("::ffff:192.0.2.7", "192.0.2.7"),
+            ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::"),
+            ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::"),
+            ("2001:db8:1:3::1", "2001:db8:1:3::"),
+            ("::1", "::"),
+        ] {
+            assert_eq!(key(ip), expected, "{ip}");
+        }
     }
 }

@@ -76,6 +76,8 @@ impl Admission {
         trusted: bool,
         limits: ConnectionLimits,
     ) -> Result<Admitted, Refused> {
+        // One place count per IPv4 address or IPv6 /64.
+        let ip = portcullis_core::forwarded::budget_key(ip);
         if self.total.fetch_add(1, Ordering::AcqRel) >= limits.total {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::Total);
@@ -139,6 +141,27 @@ mod tests {
             admission.admit(b, false, limits).unwrap_err(),
             Refused::Total
         );
+    }
+
+    #[test]
+    fn an_ipv6_64_shares_one_count() {
+        let admission = Arc::new(Admission::default());
+        let limits = ConnectionLimits {
+            total: 10,
+            per_ip: 2,
+        };
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2::ffff".parse().unwrap();
+        let elsewhere: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _first = admission.admit(a, false, limits).unwrap();
+        let _second = admission.admit(b, false, limits).unwrap();
+        assert_eq!(
+            admission
+                .admit("2001:db8:1:2::42".parse().unwrap(), false, limits)
+                .unwrap_err(),
+            Refused::PerAddress
+        );
+        assert!(admission.admit(elsewhere, false, limits).is_ok());
     }
 
     #[test]

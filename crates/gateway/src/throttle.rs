@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::LoginLimits;
 use crate::error::GatewayError;
+use portcullis_core::forwarded::budget_key;
 
 /// How long a login waits for a free argon2 worker before answering 503.
 const WORKER_WAIT: Duration = Duration::from_secs(10);
@@ -66,6 +67,8 @@ impl LoginThrottle {
         let refuse = |not_until: governor::NotUntil<_>| GatewayError::Throttled {
             retry_after_secs: not_until.wait_time_from(now).as_secs().max(1),
         };
+        // One budget per IPv4 address or IPv6 /64 (see `budget_key`).
+        let ip = budget_key(ip);
         self.per_ip.check_key(&ip).map_err(refuse)?;
         // Usernames are case-folded so `Alice` and `alice` share one budget.
         let user = username.to_lowercase();
@@ -80,7 +83,7 @@ impl LoginThrottle {
     /// links): a shared per-name budget would let anyone lock every client out.
     pub fn check_address(&self, ip: IpAddr) -> Result<(), GatewayError> {
         self.per_ip
-            .check_key(&ip)
+            .check_key(&budget_key(ip))
             .map_err(|not_until| GatewayError::Throttled {
                 retry_after_secs: not_until.wait_time_from(self.clock.now()).as_secs().max(1),
             })
