@@ -5,8 +5,6 @@
 
 use std::borrow::Cow;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
 use crate::routes::{canonical_path, is_role_byte, within_prefixes};
@@ -17,7 +15,7 @@ pub const CLIENT_ID_PREFIX: &str = "cli-";
 /// Prefix of access-token ids (public, listable, revocable).
 pub const ACCESS_TOKEN_ID_PREFIX: &str = "act-";
 /// Length of a link secret on the wire.
-pub const SECRET_LEN: usize = 43;
+pub const SECRET_LEN: usize = crate::ticket::TICKET_LEN;
 /// Slug prefix of clients the operator preview creates.
 pub const PREVIEW_SLUG_PREFIX: &str = "preview-";
 /// Most path prefixes one scope holds.
@@ -205,14 +203,14 @@ pub struct AccessToken {
     pub hash: String,
 }
 
+/// A link's secret has the form of a WebSocket ticket (32 random bytes,
+/// base64url, stored as its SHA-256): one mint and one check serve both.
 pub fn mint_access_token(entropy: &dyn Entropy) -> Result<AccessToken, EntropyError> {
-    let mut raw = [0u8; 32];
-    entropy.fill(&mut raw)?;
-    let secret = URL_SAFE_NO_PAD.encode(raw);
+    let ticket = crate::ticket::mint(entropy)?;
     Ok(AccessToken {
         id: random_id(entropy, ACCESS_TOKEN_ID_PREFIX)?,
-        hash: hash(&secret),
-        secret: SecretString::new(secret),
+        hash: ticket.hash,
+        secret: ticket.secret,
     })
 }
 
@@ -224,15 +222,7 @@ pub fn new_client_id(entropy: &dyn Entropy) -> Result<String, EntropyError> {
 /// The stored form of a presented link secret, or `None` if it cannot be one
 /// (wrong length or alphabet): malformed input never reaches the database.
 pub fn hash_presented(presented: &str) -> Option<String> {
-    let well_formed = presented.len() == SECRET_LEN
-        && presented
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    well_formed.then(|| hash(presented))
-}
-
-fn hash(secret: &str) -> String {
-    URL_SAFE_NO_PAD.encode(Sha256::digest(secret.as_bytes()))
+    crate::ticket::hash_presented(presented)
 }
 
 /// The slug of the preview client for `scope`: stable, so repeated previews of

@@ -89,20 +89,7 @@ pub(crate) fn origin_allowed(gw: &Gateway, origin: &[u8]) -> bool {
 /// not flood the log), which setting would admit a refused host or origin.
 pub(crate) fn log_refusal(what: &str, value: &str) {
     static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
-    if now.saturating_sub(last) < 10
-        || LAST
-            .compare_exchange(
-                last,
-                now,
-                std::sync::atomic::Ordering::Relaxed,
-                std::sync::atomic::Ordering::Relaxed,
-            )
-            .is_err()
-    {
+    if !once_in_ten_seconds(&LAST) {
         return;
     }
     let value: String = value
@@ -114,6 +101,18 @@ pub(crate) fn log_refusal(what: &str, value: &str) {
         "refused a request for {what} {value:?}: if it is how users reach this gateway, \
          set --public-url to it or add it to --allowed-hosts"
     );
+}
+
+/// Whether a log line kept in `last` (seconds since the epoch of its last
+/// writing) is due again: at most once every ten seconds, so a flood of refusals
+/// cannot flood the log.
+pub(crate) fn once_in_ten_seconds(last: &std::sync::atomic::AtomicU64) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let seen = last.load(Relaxed);
+    now.saturating_sub(seen) >= 10 && last.compare_exchange(seen, now, Relaxed, Relaxed).is_ok()
 }
 
 pub(crate) fn host_allowed(gw: &Gateway, host: &str) -> bool {

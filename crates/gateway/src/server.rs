@@ -105,7 +105,7 @@ impl hyper::service::Service<Request<Incoming>> for Connection {
         // Copied for the access event only when one is wanted.
         let logged = crate::pipeline::access_log_enabled().then(|| {
             let path = request.uri().path();
-            let path = crate::endpoints::loggable_path(&self.gw.config().auth_prefix, path);
+            let path = crate::endpoints::loggable_path(path);
             (request.method().clone(), path.into_owned())
         });
         Box::pin(CURRENT_REQUEST.scope(ctx.id.clone(), async move {
@@ -294,20 +294,7 @@ fn refuse_connection(
           Content-Length: 0\r\n\r\n",
     );
     static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
-    if now.saturating_sub(last) >= 10
-        && LAST
-            .compare_exchange(
-                last,
-                now,
-                std::sync::atomic::Ordering::Relaxed,
-                std::sync::atomic::Ordering::Relaxed,
-            )
-            .is_ok()
-    {
+    if crate::host::once_in_ten_seconds(&LAST) {
         let cap = match why {
             crate::admission::Refused::Total => "--max-connections",
             crate::admission::Refused::PerAddress => "--max-connections-per-ip",

@@ -22,9 +22,6 @@ use crate::endpoints::identity::rfc3339;
 use crate::error::GatewayError;
 use crate::pipeline::Authenticated;
 
-/// The longest lifetime a link may be given through the API: one year.
-const MAX_TTL_SECONDS: i64 = 366 * 24 * 3600;
-
 fn client_view(row: &ClientRow) -> serde_json::Value {
     json!({
         "id": row.id,
@@ -230,19 +227,8 @@ pub async fn create_access_token(call: AdminCall) -> Response {
             let gw = &call.gw;
             let auth = call.authorize(Permission::TokenCreate).await?;
             let body: CreateLink = parse(&call.body)?;
-            if body.label.as_ref().is_some_and(|l| l.len() > 200) {
-                return Err(GatewayError::Invalid("label: at most 200 bytes".into()));
-            }
             let now = gw.now();
-            let expires_ms = match body.ttl_seconds {
-                None => None,
-                Some(ttl) if (60..=MAX_TTL_SECONDS).contains(&ttl) => Some(now + ttl * 1000),
-                Some(_) => {
-                    return Err(GatewayError::Invalid(format!(
-                        "ttl_seconds: between 60 and {MAX_TTL_SECONDS}"
-                    )));
-                }
-            };
+            let expires_ms = super::token_terms(body.label.as_deref(), body.ttl_seconds, now)?;
             let (row, secret) = create_link(
                 gw.store(),
                 &body.client,
@@ -258,11 +244,7 @@ pub async fn create_access_token(call: AdminCall) -> Response {
             let link = link_url(&config.public_url.origin(), &config.auth_prefix, &secret);
             let mut answer = token_view(&row, now);
             answer["link"] = json!(link.expose());
-            let mut response = (StatusCode::CREATED, Json(answer)).into_response();
-            response
-                .headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            Ok(response)
+            Ok(super::created_with_secret(answer))
         }
         .await,
     )

@@ -170,6 +170,39 @@ impl AdminCall {
     }
 }
 
+/// The longest lifetime a credential (an API token, a magic link) may be given
+/// through the API: one year.
+const MAX_TTL_SECONDS: i64 = 366 * 24 * 3600;
+
+/// Checks what a request for a new credential asks of it (a label, a lifetime in
+/// seconds) and returns its expiry (`None`: until revoked).
+fn token_terms(
+    label: Option<&str>,
+    ttl_seconds: Option<i64>,
+    now: i64,
+) -> Result<Option<i64>, GatewayError> {
+    if label.is_some_and(|l| l.len() > 200) {
+        return Err(GatewayError::Invalid("label: at most 200 bytes".into()));
+    }
+    match ttl_seconds {
+        None => Ok(None),
+        Some(ttl) if (60..=MAX_TTL_SECONDS).contains(&ttl) => Ok(Some(now + ttl * 1000)),
+        Some(_) => Err(GatewayError::Invalid(format!(
+            "ttl_seconds: between 60 and {MAX_TTL_SECONDS}"
+        ))),
+    }
+}
+
+/// 201 with an answer that holds a secret shown this once: never cached.
+fn created_with_secret(answer: serde_json::Value) -> Response {
+    let mut response = (StatusCode::CREATED, Json(answer)).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
 /// Bodies are bounded by the router's limit (413 beyond it).
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, GatewayError> {
     serde_json::from_slice(body).map_err(|e| GatewayError::Invalid(format!("invalid JSON: {e}")))

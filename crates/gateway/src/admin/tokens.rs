@@ -17,9 +17,6 @@ use crate::endpoints::identity::rfc3339;
 use crate::error::GatewayError;
 use crate::identity::IdentityFields;
 
-/// The longest lifetime a token may be given through the API: one year.
-const MAX_TTL_SECONDS: i64 = 366 * 24 * 3600;
-
 fn view(row: &ApiTokenRow, now: i64) -> serde_json::Value {
     json!({
         "id": row.id,
@@ -80,19 +77,8 @@ pub async fn create_token(call: AdminCall) -> Response {
                 return Err(GatewayError::Forbidden);
             }
             let body: CreateToken = parse(&call.body)?;
-            if body.label.as_ref().is_some_and(|l| l.len() > 200) {
-                return Err(GatewayError::Invalid("label: at most 200 bytes".into()));
-            }
             let now = gw.now();
-            let expires_ms = match body.ttl_seconds {
-                None => None,
-                Some(ttl) if (60..=MAX_TTL_SECONDS).contains(&ttl) => Some(now + ttl * 1000),
-                Some(_) => {
-                    return Err(GatewayError::Invalid(format!(
-                        "ttl_seconds: between 60 and {MAX_TTL_SECONDS}"
-                    )));
-                }
-            };
+            let expires_ms = super::token_terms(body.label.as_deref(), body.ttl_seconds, now)?;
             let who = auth.identity();
             let token = portcullis_core::ticket::mint_api_token(gw.entropy())?;
             let row = ApiTokenRow {
@@ -110,12 +96,7 @@ pub async fn create_token(call: AdminCall) -> Response {
                 .await;
             let mut answer = view(&row, now);
             answer["token"] = json!(token.secret.expose());
-            let mut response = (StatusCode::CREATED, Json(answer)).into_response();
-            response.headers_mut().insert(
-                axum::http::header::CACHE_CONTROL,
-                axum::http::HeaderValue::from_static("no-store"),
-            );
-            Ok(response)
+            Ok(super::created_with_secret(answer))
         }
         .await,
     )

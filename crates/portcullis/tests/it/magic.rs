@@ -72,6 +72,16 @@ async fn follow(client: &TestClient, secret: &str, query: &str) -> (TestResponse
     (r, cookie)
 }
 
+/// A WebSocket to the echo upstream carried by a client cookie, from the public
+/// origin (as a browser page of the scope would open it).
+async fn client_socket(addr: std::net::SocketAddr, cookie: &str) -> crate::websocket::Ws {
+    let origin = format!("http://{addr}");
+    connect(addr, "/ws/echo", &[("cookie", cookie), ("origin", &origin)])
+        .await
+        .expect("an upgrade inside the client's scope")
+        .0
+}
+
 fn client_cookie(value: &str) -> String {
     format!("portcullis_client={value}")
 }
@@ -358,14 +368,7 @@ async fn a_revoked_link_ends_its_sessions_and_websockets_on_every_replica(backen
     let (secret, token_id) = acme(&a).await;
     let cookie = client_cookie(&follow(&a.client, &secret, "").await.1.unwrap());
     // The same session on the other replica, over a WebSocket.
-    let origin = format!("http://{}", b.addr);
-    let (mut ws, _) = connect(
-        b.addr,
-        "/ws/echo",
-        &[("cookie", &cookie), ("origin", &origin)],
-    )
-    .await
-    .expect("upgrade on replica b");
+    let mut ws = client_socket(b.addr, &cookie).await;
     ws.send(Message::text("x")).await.unwrap();
     assert_eq!(next_data(&mut ws).await, Message::text("x"));
     assert_eq!(
@@ -421,14 +424,7 @@ async fn a_disabled_client_and_an_expired_link_sign_no_one_in(backend: Backend) 
     let b = TestGateway::start(&db).await;
     let (secret, _) = acme(&a).await;
     let cookie = client_cookie(&follow(&a.client, &secret, "").await.1.unwrap());
-    let origin = format!("http://{}", b.addr);
-    let (mut ws, _) = connect(
-        b.addr,
-        "/ws/echo",
-        &[("cookie", &cookie), ("origin", &origin)],
-    )
-    .await
-    .unwrap();
+    let mut ws = client_socket(b.addr, &cookie).await;
     // Disabled elsewhere (the CLI, another replica): sessions and sockets end.
     let elsewhere = portcullis_store::Store::connect(&db.url).await.unwrap();
     elsewhere
@@ -467,14 +463,7 @@ async fn a_disabled_client_and_an_expired_link_sign_no_one_in(backend: Backend) 
     // A link that expires: its session ends with it, sockets included.
     let (short, _) = link(&a, "acme", Some(now_ms() + 60_000)).await;
     let cookie = client_cookie(&follow(&a.client, &short, "").await.1.unwrap());
-    let origin = format!("http://{}", a.addr);
-    let (mut ws, _) = connect(
-        a.addr,
-        "/ws/echo",
-        &[("cookie", &cookie), ("origin", &origin)],
-    )
-    .await
-    .unwrap();
+    let mut ws = client_socket(a.addr, &cookie).await;
     a.clock.advance(61_000);
     let frame = close_frame(&mut ws, Duration::from_secs(3))
         .await
@@ -1080,14 +1069,7 @@ async fn cli_manages_clients_and_links_across_replicas(backend: Backend) {
     let r = a.client.get(&format!("/.auth/magic/{secret}"), &[]).await;
     assert_eq!(r.status, 303, "{}", r.text());
     let cookie = client_cookie(&r.cookie("portcullis_client").unwrap());
-    let origin = format!("http://{}", b.client.addr);
-    let (mut ws, _) = connect(
-        b.client.addr,
-        "/ws/echo",
-        &[("cookie", &cookie), ("origin", &origin)],
-    )
-    .await
-    .unwrap();
+    let mut ws = client_socket(b.client.addr, &cookie).await;
     let (_, listed, _) = run(&["tokens", "list", "--client", "acme", "--json"]);
     let row: serde_json::Value = serde_json::from_str(listed.trim()).unwrap();
     assert_eq!(row["label"], "kickoff");
