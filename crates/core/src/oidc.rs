@@ -541,6 +541,69 @@ pub fn check_user_naming(user_claim: &str, user_prefix: Option<&str>) -> Vec<Str
     problems
 }
 
+/// Pairs of providers whose user names could coincide: one's prefix begins the
+/// other's (equal ones included), so a user of one could reach the upstream with
+/// the name of a user of the other. `providers` holds (id, prefix) with each
+/// prefix as [`ProviderRecord::prefix`] gives it. Two providers without a prefix
+/// clash too; one alone is [`unprefixed_overlaps`]' concern.
+pub fn namespace_clashes(providers: &[(&str, &str)]) -> Vec<String> {
+    let mut clashes = Vec::new();
+    for (i, (a, pa)) in providers.iter().enumerate() {
+        for (b, pb) in &providers[i + 1..] {
+            let related = if pa.is_empty() || pb.is_empty() {
+                pa.is_empty() && pb.is_empty()
+            } else {
+                pa.starts_with(pb) || pb.starts_with(pa)
+            };
+            if related {
+                clashes.push(format!(
+                    "providers {a:?} and {b:?} name users with overlapping prefixes \
+                     ({pa:?} and {pb:?}): a user of one could carry the name of a user \
+                     of the other; give each a user_prefix that does not begin the other's"
+                ));
+            }
+        }
+    }
+    clashes
+}
+
+/// The first clash of [`namespace_clashes`] between `record` and the providers
+/// in `existing` (a stored version of `record` itself is skipped).
+pub fn clash_with(record: &ProviderRecord, existing: &[ProviderRecord]) -> Option<String> {
+    let prefixes: Vec<(&str, String)> = existing
+        .iter()
+        .filter(|p| p.id != record.id)
+        .chain(std::iter::once(record))
+        .map(|p| (p.id.as_str(), p.prefix()))
+        .collect();
+    let namespaces: Vec<(&str, &str)> = prefixes.iter().map(|(id, p)| (*id, p.as_str())).collect();
+    namespace_clashes(&namespaces).into_iter().next()
+}
+
+/// Where a provider's names meet other names: a provider without a prefix shares
+/// the namespace of basic users (the operator declared them disjoint; said once,
+/// as a warning), and a basic user named inside a provider's prefix could be
+/// that provider's user.
+pub fn unprefixed_overlaps(providers: &[(&str, &str)], basic_users: &[&str]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (id, prefix) in providers {
+        if prefix.is_empty() {
+            warnings.push(format!(
+                "provider {id:?} names users without a prefix: a user it names like a \
+                 basic user or a client is that one to the upstream; keep the names disjoint"
+            ));
+            continue;
+        }
+        for user in basic_users.iter().filter(|u| u.starts_with(prefix)) {
+            warnings.push(format!(
+                "basic user {user:?} is named inside provider {id:?}'s prefix {prefix:?}: \
+                 the provider could sign someone in under the same name"
+            ));
+        }
+    }
+    warnings
+}
+
 /// A login in flight: the pre-login row (SPEC 5).
 #[derive(Debug, Clone)]
 pub struct PendingLogin {

@@ -3,6 +3,7 @@
 
 use axum::http::{HeaderMap, Uri, header};
 
+use crate::config::GatewayConfig;
 use crate::error::GatewayError;
 use crate::state::Gateway;
 
@@ -53,7 +54,7 @@ pub(crate) fn check_host(
         .and_then(|v| v.to_str().ok())
         .or_else(|| uri.authority().map(|a| a.as_str()));
     match host {
-        Some(host) if host_allowed(gw, host) => Ok(()),
+        Some(host) if host_allowed(gw.config(), host) => Ok(()),
         other => {
             log_refusal("host", other.unwrap_or(""));
             Err(GatewayError::HostNotAllowed)
@@ -115,8 +116,7 @@ pub(crate) fn once_in_ten_seconds(last: &std::sync::atomic::AtomicU64) -> bool {
     now.saturating_sub(seen) >= 10 && last.compare_exchange(seen, now, Relaxed, Relaxed).is_ok()
 }
 
-pub(crate) fn host_allowed(gw: &Gateway, host: &str) -> bool {
-    let config = gw.config();
+pub(crate) fn host_allowed(config: &GatewayConfig, host: &str) -> bool {
     let public = config.public_url.authority.as_str();
     let default_port = if config.public_url.is_https() {
         443

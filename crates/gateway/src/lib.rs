@@ -19,6 +19,9 @@ mod error;
 mod events;
 mod expiring;
 mod fastpath;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod host;
 mod identity;
 mod internal;

@@ -155,6 +155,9 @@ pub async fn run(raw: RawSettings, command: OidcCommand) -> anyhow::Result<ExitC
                 created_ms: existing.as_ref().map_or(now, |e| e.created_ms),
                 updated_ms: now,
             };
+            if let Some(clash) = rules::clash_with(&record, &store.oidc_providers().await?) {
+                bail!("invalid provider: {clash}");
+            }
             store.upsert_oidc_provider(&record).await?;
             store.announce_oidc_change(now).await?;
             cli_audit(

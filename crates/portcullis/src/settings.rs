@@ -635,6 +635,27 @@ impl RawSettings {
             }
         }
         let oidc_providers = self.resolve_oidc(errors);
+        let namespaces: Vec<(&str, String)> = oidc_providers
+            .iter()
+            .map(|p| {
+                let prefix = p
+                    .user_prefix
+                    .clone()
+                    .unwrap_or_else(|| format!("{}:", p.id));
+                (p.id.as_str(), prefix)
+            })
+            .collect();
+        let namespaces: Vec<(&str, &str)> =
+            namespaces.iter().map(|(id, p)| (*id, p.as_str())).collect();
+        errors.extend(
+            portcullis_core::oidc::namespace_clashes(&namespaces)
+                .into_iter()
+                .map(|clash| format!("oidc.providers: {clash}")),
+        );
+        warnings.extend(portcullis_core::oidc::unprefixed_overlaps(
+            &namespaces,
+            &basic_users.names().collect::<Vec<_>>(),
+        ));
         let routes = self.resolve_routes(&prefix, errors);
         let clients = self.resolve_clients(errors);
         for client in &clients {
@@ -1368,6 +1389,28 @@ mod tests {
                     provider("").replace("upstream = \"http://127.0.0.1:1\"\n", "")
                 ),
                 Err("declared twice"),
+            ),
+            (
+                "one prefix begins another's",
+                format!(
+                    "{}\n{}",
+                    provider("user_prefix = \"corp:\"\n"),
+                    provider("user_prefix = \"corp:eu:\"\n")
+                        .replace("upstream = \"http://127.0.0.1:1\"\n", "")
+                        .replace("\"corp\"", "\"corp-eu\"")
+                ),
+                Err("overlapping prefixes"),
+            ),
+            (
+                "two providers without a prefix",
+                format!(
+                    "{}\n{}",
+                    provider("user_prefix = \"\"\n"),
+                    provider("user_prefix = \"\"\n")
+                        .replace("upstream = \"http://127.0.0.1:1\"\n", "")
+                        .replace("\"corp\"", "\"other\"")
+                ),
+                Err("overlapping prefixes"),
             ),
         ];
         let path = dir.join("c.toml");

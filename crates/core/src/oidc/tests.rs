@@ -665,3 +665,30 @@ fn provider_user_names_live_in_the_providers_namespace() {
     assert_eq!(check_user_naming("a b", Some("x,")).len(), 2);
     assert_eq!(check_user_naming("", None).len(), 1);
 }
+
+#[test]
+fn namespace_clash_rows() {
+    // (providers as (id, prefix), clashes expected)
+    let rows: &[(&[(&str, &str)], usize)] = &[
+        (&[("google", "google:"), ("okta", "okta:")], 0),
+        (&[("a", "corp:"), ("b", "corp:")], 1),
+        (&[("a", "corp:"), ("b", "corp:eu:")], 1),
+        (&[("a", "corp:eu:"), ("b", "corp:")], 1),
+        (&[("a", ""), ("b", "b:")], 0),
+        (&[("a", ""), ("b", "")], 1),
+        (&[("a", "x:"), ("b", "y:"), ("c", "x:")], 1),
+        (&[("only", "")], 0),
+    ];
+    for (providers, expected) in rows {
+        assert_eq!(
+            namespace_clashes(providers).len(),
+            *expected,
+            "{providers:?}"
+        );
+    }
+    let names = ["alice", "corp:bob"];
+    let warnings = unprefixed_overlaps(&[("a", "corp:"), ("b", "")], &names);
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].contains("\"corp:bob\"") && warnings[1].contains("without a prefix"));
+    assert!(unprefixed_overlaps(&[("a", "a:")], &names).is_empty());
+}

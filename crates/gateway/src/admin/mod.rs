@@ -252,6 +252,15 @@ pub struct ProviderInput {
     pub user_prefix: Option<String>,
 }
 
+/// Refuses a provider whose user names could coincide with another provider's.
+async fn refuse_namespace_clash(gw: &Gateway, record: &ProviderRecord) -> Result<(), GatewayError> {
+    let existing = gw.store().oidc_providers().await?;
+    match rules::clash_with(record, &existing) {
+        Some(clash) => Err(GatewayError::Invalid(clash)),
+        None => Ok(()),
+    }
+}
+
 /// Validates `input` into a record for provider `id`, sealing a new client secret.
 fn record_from(
     gw: &Gateway,
@@ -345,6 +354,7 @@ pub async fn create_provider(call: AdminCall) -> Response {
                 return Err(GatewayError::Conflict("a provider with this id exists"));
             }
             let record = record_from(gw, &id, input, None)?;
+            refuse_namespace_clash(gw, &record).await?;
             gw.store().upsert_oidc_provider(&record).await?;
             call.changed(&auth, AuditAction::OidcProviderCreate, &id)
                 .await;
@@ -366,6 +376,7 @@ pub async fn edit_provider(Path(id): Path<String>, call: AdminCall) -> Response 
             let existing = gw.store().oidc_provider(&id).await?;
             let existing = existing.ok_or(GatewayError::NotFound)?;
             let record = record_from(gw, &id, input, Some(&existing))?;
+            refuse_namespace_clash(gw, &record).await?;
             gw.store().upsert_oidc_provider(&record).await?;
             call.changed(&auth, AuditAction::OidcProviderEdit, &id)
                 .await;

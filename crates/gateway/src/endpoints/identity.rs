@@ -67,6 +67,11 @@ pub struct VerifyQuery {
 /// own cookies, for a proxy to forward instead of the original.
 pub const AUTH_COOKIE_HEADER: &str = "x-auth-cookie";
 
+/// The header carrying the original request's `Authorization` unless it holds one
+/// of the gateway's bearers (empty then), for a proxy to forward instead of the
+/// original: the application keeps its own credentials and never sees ours.
+pub const AUTH_AUTHORIZATION_HEADER: &str = "x-auth-authorization";
+
 /// The request a forward-auth call is about. Its method, host and address are
 /// read from `X-Forwarded-Method`, `X-Forwarded-Host` and `X-Forwarded-Uri` /
 /// `X-Original-URI` only when a trusted proxy sent them; the address is also used,
@@ -182,7 +187,7 @@ pub async fn verify(
         if !original
             .host
             .as_deref()
-            .is_some_and(|h| crate::host::host_allowed(&gw, h))
+            .is_some_and(|h| crate::host::host_allowed(gw.config(), h))
         {
             crate::host::log_refusal("host", original.host.as_deref().unwrap_or(""));
             return refuse(GatewayError::HostNotAllowed);
@@ -251,6 +256,22 @@ pub async fn verify(
         // only (Traefik's authResponseHeaders).
         out.insert(header::COOKIE, value.clone());
         out.insert(AUTH_COOKIE_HEADER, value);
+    }
+    // The application's own `Authorization` (the first that is not one of the
+    // gateway's bearers), also as `Authorization` for proxies that copy by name
+    // (Traefik removes the original when the answer has none).
+    let authorization = headers.get_all(header::AUTHORIZATION).iter().find(|v| {
+        v.to_str()
+            .is_ok_and(|v| crate::carrier::bearer_value(v).is_none())
+    });
+    match authorization {
+        Some(value) => {
+            out.insert(header::AUTHORIZATION, value.clone());
+            out.insert(AUTH_AUTHORIZATION_HEADER, value.clone());
+        }
+        None => {
+            out.insert(AUTH_AUTHORIZATION_HEADER, HeaderValue::from_static(""));
+        }
     }
     out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response

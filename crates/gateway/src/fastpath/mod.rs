@@ -41,6 +41,7 @@ pub use client_stream::ClientStream;
 pub use handoff::Prefixed;
 
 use crate::carrier::{self, Carrier};
+use crate::config::GatewayConfig;
 use crate::cookies;
 use crate::error::GatewayError;
 use crate::pipeline::authenticate::{Primed, authenticate_session_cookie};
@@ -106,7 +107,7 @@ pub async fn serve(
         timer.arm(deadline);
         let plan = loop {
             out.clear();
-            match plan_request(gw, &forwarded, buf, &mut out) {
+            match plan_request(gw.config(), &forwarded, buf, &mut out) {
                 Plan::Incomplete if buf.len() >= limits.max_head_bytes => {
                     return Handoff::Hyper(None);
                 }
@@ -312,7 +313,12 @@ fn has_bare_lf(head: &[u8]) -> bool {
 /// its upstream head into `out` (all but the identity headers and the final blank
 /// line, which need the session).
 /// `forwarded` holds the connection's `X-Forwarded-For` and `-Proto` lines.
-fn plan_request<'g>(gw: &'g Gateway, forwarded: &[u8], buf: &[u8], out: &mut Vec<u8>) -> Plan<'g> {
+fn plan_request<'g>(
+    config: &'g GatewayConfig,
+    forwarded: &[u8],
+    buf: &[u8],
+    out: &mut Vec<u8>,
+) -> Plan<'g> {
     let mut headers = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
     let head_len = match request.parse_with_uninit_headers(buf, &mut headers) {
@@ -326,7 +332,6 @@ fn plan_request<'g>(gw: &'g Gateway, forwarded: &[u8], buf: &[u8], out: &mut Vec
         return Plan::Hyper;
     };
     // Origin-form targets that `http::Uri` accepts, outside the gateway's own paths.
-    let config = gw.config();
     if !target.starts_with('/')
         || method == "CONNECT"
         || http::uri::PathAndQuery::try_from(target).is_err()
@@ -378,7 +383,7 @@ fn plan_request<'g>(gw: &'g Gateway, forwarded: &[u8], buf: &[u8], out: &mut Vec
     }
     let Some(host) = host
         .and_then(|h| std::str::from_utf8(h).ok())
-        .filter(|h| crate::host::host_allowed(gw, h))
+        .filter(|h| crate::host::host_allowed(config, h))
     else {
         return Plan::Hyper;
     };
@@ -449,6 +454,54 @@ fn plan_request<'g>(gw: &'g Gateway, forwarded: &[u8], buf: &[u8], out: &mut Vec
         html: html && (method == http::Method::GET || method == http::Method::HEAD),
         method,
     })
+}
+
+/// The planner's invariants on one request head, for the fuzz target: never a
+/// panic; a request it takes has its head, path and cookie inside the buffer, and
+/// its upstream head is well formed and carries none of the gateway's headers or
+/// credentials, in any spelling.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_plan(config: &GatewayConfig, buf: &[u8]) {
+    const FORWARDED: &[u8] = b"x-forwarded-for: 192.0.2.1\r\nx-forwarded-proto: http\r\n";
+    let mut out = Vec::new();
+    let Plan::Forward(plan) = plan_request(config, FORWARDED, buf, &mut out) else {
+        return;
+    };
+    assert!(plan.head_len <= buf.len());
+    assert!(plan.path.end <= plan.head_len && plan.cookie.end <= plan.head_len);
+    assert!(!has_bare_lf(&buf[..plan.head_len]));
+    out.extend_from_slice(b"x-forwarded-user: fuzz\r\n\r\n");
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS + 8];
+    let mut request = httparse::Request::new(&mut headers);
+    let parsed = request.parse(&out);
+    assert!(
+        matches!(parsed, Ok(httparse::Status::Complete(n)) if n == out.len()),
+        "the upstream head does not parse: {parsed:?}"
+    );
+    let mut own = 0;
+    for h in request.headers.iter() {
+        let name = rewrite::NormalName::new(h.name);
+        if rewrite::is_gateway_owned(name.as_str()) {
+            own += 1;
+        }
+        let value = std::str::from_utf8(h.value).unwrap_or_default();
+        if name.as_str() == "authorization" {
+            assert!(
+                carrier::bearer_value(value).is_none(),
+                "a gateway bearer passed"
+            );
+        }
+        if name.as_str() == "cookie" {
+            let pairs = cookies::foreign_pairs(std::iter::once(h.value));
+            assert_eq!(
+                pairs.count(),
+                value.split(';').count(),
+                "a gateway cookie passed"
+            );
+        }
+    }
+    // The gateway's own lines: X-Forwarded-For, -Proto, -Host, -User.
+    assert_eq!(own, 4, "a client's spelling of a gateway header passed");
 }
 
 /// Why a relayed exchange failed.

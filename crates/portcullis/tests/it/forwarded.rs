@@ -457,6 +457,40 @@ async fn traefik_forward_auth_protocol(backend: Backend) {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-forwarded-user").as_deref(), Some(USER));
     assert_eq!(r.header("x-forwarded-email").as_deref(), Some(""));
+    assert_eq!(r.header("authorization"), None, "none was sent");
+    assert_eq!(r.header("x-auth-authorization").as_deref(), Some(""));
+    // The application's own Authorization comes back for Traefik to copy; a
+    // gateway bearer never does (in any of its spellings), whichever credential
+    // authenticated the request.
+    let (_, secret) = crate::api_tokens::create_token(&gw.store, "robot", "user").await;
+    let ours = format!("Bearer\t{secret}");
+    let ours_upper = format!("BEARER  {secret}");
+    // (Authorization values sent, the one answered)
+    let rows: [(Vec<&str>, Option<&str>); 4] = [
+        (
+            vec!["Basic YXBwOnNlY3JldA=="],
+            Some("Basic YXBwOnNlY3JldA=="),
+        ),
+        (vec![&ours], None),
+        (
+            vec![&ours_upper, "Bearer app-token"],
+            Some("Bearer app-token"),
+        ),
+        (vec!["Bearer app-token", &ours], Some("Bearer app-token")),
+    ];
+    for (sent, answered) in rows {
+        let mut headers = traefik("GET", "/reports/");
+        headers.push(("cookie", &bob));
+        headers.extend(sent.iter().map(|v| ("authorization", *v)));
+        let r = gw.client.get(verify, &headers).await;
+        assert_eq!(r.status, 200, "{sent:?}");
+        assert_eq!(r.header("authorization").as_deref(), answered, "{sent:?}");
+        assert_eq!(
+            r.header("x-auth-authorization").as_deref(),
+            Some(answered.unwrap_or("")),
+            "{sent:?}"
+        );
+    }
     // The rule on DELETE /admin/ is decided on the forwarded method and address.
     let mut headers = traefik("DELETE", "/admin/report/7");
     headers.push(("cookie", &bob));

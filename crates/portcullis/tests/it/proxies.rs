@@ -197,14 +197,27 @@ async fn recipe(backend: Backend, kind: Kind) {
         // Spellings an application may read as the same headers (SPEC 9).
         .header("x_forwarded_user", "mallory")
         .header("X-Forwarded_Groups", "admin")
+        .header("X-Forwarded-Preferred_Username", "mallory")
         .header("X_REAL_IP", "10.6.6.6")
+        // The application's own credential passes.
+        .header("authorization", "Basic YXBwOnNlY3JldA==")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     let seen: serde_json::Value = r.json().await.unwrap();
     let h = &seen["headers"];
-    for spelled in ["x_forwarded_user", "x-forwarded_groups", "x_real_ip"] {
+    assert_eq!(
+        h["authorization"],
+        serde_json::json!(["Basic YXBwOnNlY3JldA=="]),
+        "{seen}"
+    );
+    for spelled in [
+        "x_forwarded_user",
+        "x-forwarded_groups",
+        "x-forwarded-preferred_username",
+        "x_real_ip",
+    ] {
         assert!(
             h.get(spelled).is_none(),
             "{spelled} reached the application: {seen}"
@@ -238,6 +251,26 @@ async fn recipe(backend: Backend, kind: Kind) {
         serde_json::json!(["127.0.0.7"]),
         "{seen}"
     );
+    // A script's API token authenticates through the proxy and never reaches
+    // the application.
+    let (_, secret) = crate::api_tokens::create_token(&gw.store, "robot", "user").await;
+    let r = reqwest::Client::new()
+        .get(&page)
+        .header("authorization", format!("Bearer {secret}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        seen["headers"]["x-forwarded-user"],
+        serde_json::json!(["robot"])
+    );
+    let authorization = seen["headers"]
+        .get("authorization")
+        .cloned()
+        .unwrap_or(serde_json::json!([""]));
+    assert_eq!(authorization, serde_json::json!([""]), "{seen}");
     let logins = gw.audit("auth.login").await;
     assert!(
         logins

@@ -15,6 +15,7 @@ use portcullis_core::redirect::safe_next;
 use portcullis_core::secret::{SecretString, ct_eq, random_id};
 use serde::Deserialize;
 
+use crate::config::GatewayConfig;
 use crate::cookies::{self, PENDING_COOKIE};
 use crate::error::GatewayError;
 use crate::pipeline::ClientAddr;
@@ -34,16 +35,30 @@ fn redirect_uri(gw: &Gateway) -> String {
     )
 }
 
-fn pending_cookie(gw: &Gateway, value: &str, max_age: i64) -> Option<HeaderValue> {
-    let config = gw.config();
-    let mut cookie = format!(
-        "{PENDING_COOKIE}={value}; Path={}/oidc/; Max-Age={max_age}; SameSite=Lax; HttpOnly",
-        config.auth_prefix
-    );
-    if config.public_url.is_https() {
-        cookie.push_str("; Secure");
-    }
+/// `Set-Cookie` for the pre-login cookie. Over https it is
+/// `__Host-portcullis_oidc_pending` at `Path=/`: a `__Host-` cookie is the only
+/// kind a sibling subdomain cannot plant, and planting one's own pending login is
+/// how a login CSRF through the callback would start. Over http (no prefix
+/// possible) it stays scoped to `{prefix}/oidc/`.
+fn pending_cookie(config: &GatewayConfig, value: &str, max_age: i64) -> Option<HeaderValue> {
+    let cookie = if config.public_url.is_https() {
+        format!(
+            "{}={value}; Path=/; Max-Age={max_age}; SameSite=Lax; HttpOnly; Secure",
+            cookies::name(config, PENDING_COOKIE)
+        )
+    } else {
+        format!(
+            "{PENDING_COOKIE}={value}; Path={}/oidc/; Max-Age={max_age}; SameSite=Lax; HttpOnly",
+            config.auth_prefix
+        )
+    };
     HeaderValue::from_str(&cookie).ok()
+}
+
+/// The pre-login cookie's value, under the one name it is set with: over https
+/// an unprefixed one (which anyone on a sibling subdomain can plant) is ignored.
+fn pending_value<'h>(config: &GatewayConfig, headers: &'h HeaderMap) -> Option<&'h str> {
+    cookies::read(headers, &cookies::name(config, PENDING_COOKIE))
 }
 
 pub(super) fn form_encode(pairs: &[(&str, &str)]) -> String {
@@ -179,7 +194,7 @@ async fn start_login(
     let location = format!("{}{separator}{query}", metadata.authorization_endpoint);
     let mut response = Redirect::to(&location).into_response();
     let headers = response.headers_mut();
-    if let Some(value) = pending_cookie(gw, &cookie, PENDING_TTL_MS / 1000) {
+    if let Some(value) = pending_cookie(gw.config(), &cookie, PENDING_TTL_MS / 1000) {
         headers.append(header::SET_COOKIE, value);
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -218,7 +233,7 @@ pub async fn callback(
         }
     };
     // The pending cookie is single use whatever happened.
-    if let Some(value) = pending_cookie(&gw, "", 0) {
+    if let Some(value) = pending_cookie(gw.config(), "", 0) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
     response
@@ -242,7 +257,7 @@ async fn finish_login(
     query: &CallbackQuery,
     event: &mut portcullis_store::AuditEvent,
 ) -> Result<Response, Callback> {
-    let cookie = cookies::read(headers, PENDING_COOKIE)
+    let cookie = pending_value(gw.config(), headers)
         .ok_or_else(|| Failure::new("missing_pending_cookie"))?;
     let pending_id = gw
         .keyring()
@@ -529,4 +544,54 @@ async fn exchange_code(
         id_token: tokens.id_token.ok_or_else(|| Failure::new("no_id_token"))?,
         access_token: tokens.access_token.map(SecretString::new),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PublicUrl;
+
+    fn config(public: &str) -> GatewayConfig {
+        let mut config = GatewayConfig::for_tests();
+        config.public_url = PublicUrl::parse(public).unwrap_or_else(|e| unreachable!("{e}"));
+        config
+    }
+
+    #[test]
+    fn the_pending_cookie_cannot_be_planted_over_https() {
+        let https = config("https://dash.example.com");
+        let set = pending_cookie(&https, "v1.pl-x", 600).unwrap_or_else(|| unreachable!());
+        assert_eq!(
+            set,
+            "__Host-portcullis_oidc_pending=v1.pl-x; Path=/; Max-Age=600; SameSite=Lax; \
+             HttpOnly; Secure"
+        );
+        let http = config("http://127.0.0.1:4180");
+        let set = pending_cookie(&http, "v1.pl-x", 600).unwrap_or_else(|| unreachable!());
+        assert_eq!(
+            set,
+            "portcullis_oidc_pending=v1.pl-x; Path=/.auth/oidc/; Max-Age=600; SameSite=Lax; HttpOnly"
+        );
+
+        // (public URL, Cookie header, the value the callback uses)
+        let rows: &[(&GatewayConfig, &str, Option<&str>)] = &[
+            (&https, "__Host-portcullis_oidc_pending=real", Some("real")),
+            (&https, "portcullis_oidc_pending=planted", None),
+            (
+                &https,
+                "portcullis_oidc_pending=planted; __Host-portcullis_oidc_pending=real",
+                Some("real"),
+            ),
+            (&http, "portcullis_oidc_pending=real", Some("real")),
+            (&http, "__Host-portcullis_oidc_pending=odd", None),
+        ];
+        for (config, cookie, expected) in rows {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::COOKIE,
+                HeaderValue::from_str(cookie).unwrap_or_else(|e| unreachable!("{e}")),
+            );
+            assert_eq!(pending_value(config, &headers), *expected, "{cookie}");
+        }
+    }
 }
