@@ -7,6 +7,10 @@
 //!    invalidation epoch before reading the database and insert only if it is
 //!    unchanged, so a stale "valid" row can never be installed after a revocation.
 //! 3. Entries also expire after [`MAX_ENTRY_AGE`], a backstop for anything missed.
+//! 4. While the bus is down ([`SessionCache::suspend`] to [`SessionCache::resume`])
+//!    nothing is served from memory and nothing is cached: every request is
+//!    checked against the database, so a revocation the bus could not deliver is
+//!    still honoured (or the request fails closed with the database).
 //!
 //! Activity (`last_seen`) is recorded in the entry and written to the database in
 //! batches by [`SessionCache::flush_activity`], at most once per
@@ -314,6 +318,8 @@ pub struct SessionCache {
     /// API tokens by secret hash, as pseudo-sessions named by their `tok-` id.
     tokens: ExpiringMap<TokenEntry>,
     epoch: AtomicU64,
+    /// The bus is down: cache nothing (rule 4).
+    suspended: AtomicBool,
     /// Sessions read from the database (misses), for diagnostics.
     loads: AtomicU64,
     activity: mpsc::UnboundedSender<Arc<CachedSession>>,
@@ -330,6 +336,7 @@ impl SessionCache {
                 entries,
                 tokens,
                 epoch: AtomicU64::new(0),
+                suspended: AtomicBool::new(false),
                 loads: AtomicU64::new(0),
                 activity,
             },
@@ -404,7 +411,7 @@ impl SessionCache {
         self.tokens.insert_if(
             hash,
             TokenEntry(Arc::new((hash.to_owned(), entry.clone()))),
-            || self.epoch.load(Ordering::Acquire) == epoch,
+            || self.may_insert(epoch),
         );
         Ok(entry)
     }
@@ -443,10 +450,15 @@ impl SessionCache {
     fn insert_if_epoch(&self, session: Session, epoch: u64) -> Arc<CachedSession> {
         let persisted = session.last_seen_ms;
         let entry = Arc::new(CachedSession::new(session, persisted, false));
-        self.entries.insert_if(entry.id(), entry.clone(), || {
-            self.epoch.load(Ordering::Acquire) == epoch
-        });
+        self.entries
+            .insert_if(entry.id(), entry.clone(), || self.may_insert(epoch));
         entry
+    }
+
+    /// A load that started at `epoch` may be cached: no invalidation since, and
+    /// the bus is up.
+    fn may_insert(&self, epoch: u64) -> bool {
+        self.epoch.load(Ordering::Acquire) == epoch && !self.suspended.load(Ordering::Acquire)
     }
 
     fn touch(&self, entry: &Arc<CachedSession>, now: Millis) {
@@ -474,6 +486,25 @@ impl SessionCache {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.entries.clear();
         self.tokens.clear();
+    }
+
+    /// The bus is down: forget everything and cache nothing until
+    /// [`SessionCache::resume`].
+    pub fn suspend(&self) {
+        self.suspended.store(true, Ordering::Release);
+        self.invalidate_all();
+    }
+
+    /// The bus is back and has delivered what it missed: cache again. Loads that
+    /// started while suspended are still not cached (the epoch moves).
+    pub fn resume(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.suspended.store(false, Ordering::Release);
+    }
+
+    /// Whether the cache is suspended (the bus is down).
+    pub fn is_suspended(&self) -> bool {
+        self.suspended.load(Ordering::Acquire)
     }
 
     /// How many session lookups have gone to the database.

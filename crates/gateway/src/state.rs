@@ -43,6 +43,8 @@ pub enum StartError {
     Clients(String),
     #[error("could not prepare the password verifier: {0}")]
     Dummy(String),
+    #[error("the system's randomness failed: {0}")]
+    Entropy(String),
 }
 
 /// A running gateway's state; cheap to clone. Its parts are private: modules use
@@ -65,6 +67,8 @@ struct Inner {
     clients: Arc<crate::clients::ClientScopes>,
     admission: Arc<crate::admission::Admission>,
     bus: RevocationBus,
+    /// This process among the replicas (its readiness probe row).
+    process: String,
     throttle: Arc<LoginThrottle>,
     passwords: PasswordPool,
     /// Verified against for unknown usernames so they cost the same as known ones.
@@ -209,6 +213,8 @@ impl Gateway {
             clients,
             admission: Arc::default(),
             bus,
+            process: portcullis_core::secret::random_id(entropy.as_ref(), "proc-")
+                .map_err(|e| StartError::Entropy(e.to_string()))?,
             throttle,
             dummy_hash,
             clock,
@@ -311,6 +317,16 @@ impl Gateway {
 
     pub(crate) fn dummy_hash(&self) -> &str {
         &self.0.dummy_hash
+    }
+
+    /// This process's id among the replicas (random, per start).
+    pub fn process_id(&self) -> &str {
+        &self.0.process
+    }
+
+    /// Whether the revocation bus is up (cached sessions can be trusted).
+    pub fn bus_connected(&self) -> bool {
+        self.0.bus.is_connected()
     }
 
     /// Tells this process's followers of a revocation committed here (other

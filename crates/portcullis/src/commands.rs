@@ -68,7 +68,7 @@ pub(crate) async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
     }
-    let store = Store::connect(&settings.database_url)
+    let store = Store::connect_with_timeout(&settings.database_url, settings.db_timeout)
         .await
         .context("connecting to the database")?;
     store.migrate().await.context("applying migrations")?;

@@ -76,6 +76,10 @@ pub struct RawSettings {
     /// Login attempts allowed per username per minute [default: 10]
     #[arg(long, env = "PORTCULLIS_LOGIN_RATE_PER_USER", global = true)]
     pub login_rate_per_user: Option<u32>,
+    /// How long a request may wait for the database before it fails closed with
+    /// 503 (a connection, and the session and token reads) [default: 2s]
+    #[arg(long, env = "PORTCULLIS_DB_TIMEOUT", global = true)]
+    pub db_timeout: Option<String>,
     /// Time the upstream may take to start answering, e.g. 60s [default: 60s]
     #[arg(long, env = "PORTCULLIS_UPSTREAM_TIMEOUT", global = true)]
     pub upstream_timeout: Option<String>,
@@ -287,6 +291,8 @@ pub struct Settings {
     pub internal_credential_file: Option<PathBuf>,
     /// `--max-connections`, when given (else the descriptor limit decides).
     pub max_connections: Option<usize>,
+    /// `--db-timeout`: the bound on waiting for the database.
+    pub db_timeout: Duration,
     pub warnings: Vec<String>,
 }
 
@@ -313,6 +319,7 @@ impl RawSettings {
             cookie_samesite,
             login_rate_per_ip,
             login_rate_per_user,
+            db_timeout,
             upstream_timeout,
             body_timeout,
             body_min_rate,
@@ -402,6 +409,21 @@ impl RawSettings {
             }
         };
 
+        let mut db_timeout = portcullis_store::DEFAULT_TIMEOUT;
+        if let Some(raw) = &self.db_timeout {
+            match parse_duration(
+                "--db-timeout / PORTCULLIS_DB_TIMEOUT",
+                raw,
+                Duration::from_millis(100),
+            ) {
+                Ok(d) if d > Duration::from_secs(60) => {
+                    errors.push("--db-timeout / PORTCULLIS_DB_TIMEOUT: at most 60 s".into())
+                }
+                Ok(d) => db_timeout = d,
+                Err(e) => errors.push(e),
+            }
+        }
+
         let gateway = self.resolve_gateway(listen_raw, need_upstream, &mut errors, &mut warnings);
 
         match (errors.is_empty(), listen, secret) {
@@ -413,6 +435,7 @@ impl RawSettings {
                 gateway,
                 internal_credential_file: self.internal_credential_file.clone(),
                 max_connections: self.max_connections,
+                db_timeout,
                 warnings,
             }),
             _ => Err(Problems { errors, warnings }),

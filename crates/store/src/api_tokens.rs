@@ -82,13 +82,15 @@ impl Store {
         let sql = format!(
             "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE {predicate} AND revoked_ms IS NULL"
         );
-        let row = on_pool!(self, pool => {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(value)
-                .fetch_optional(pool)
-                .await?
-        });
-        Ok(row)
+        self.bounded(async {
+            Ok(on_pool!(self, pool => {
+                sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                    .bind(value)
+                    .fetch_optional(pool)
+                    .await?
+            }))
+        })
+        .await
     }
 
     /// Whether token `id` exists and is not revoked.

@@ -24,6 +24,7 @@ pub mod bus;
 pub mod clients;
 mod internal;
 mod keys;
+mod log;
 pub mod oidc;
 mod sessions;
 mod tickets;
@@ -33,6 +34,7 @@ pub use api_tokens::ApiTokenRow;
 pub use audit::{AuditEvent, AuditFilter, AuditPage};
 pub use bus::{BusEvent, ConfigTopic, RevocationBus};
 pub use clients::{AccessTokenRow, ClientRow, ClientSwitch, LinkRefusal, TokenRef};
+pub use log::{Log, LogCursor};
 pub use oidc::{GroupMapping, ProviderDelete};
 
 /// Channel used for revocation notifications on PostgreSQL.
@@ -53,6 +55,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    #[error("the database did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 #[derive(Debug, Clone)]
@@ -106,13 +110,25 @@ pub(crate) use log_revocation;
 #[derive(Debug, Clone)]
 pub struct Store {
     backend: Backend,
+    /// How long a request may wait for the database (a connection, and the
+    /// reads on the request path) before failing closed.
+    timeout: Duration,
 }
+
+/// The default bound on waiting for the database (`--db-timeout`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Store {
     /// Connects to `url` (`sqlite://PATH` or `postgres://…`). SQLite files are
     /// created if missing and opened in WAL mode with full synchronous commits, so a
     /// login whose response was sent survives `kill -9` (and power loss).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with_timeout(url, DEFAULT_TIMEOUT).await
+    }
+
+    /// [`Store::connect`], waiting at most `timeout` for a connection (and for the
+    /// reads on the request path: [`Store::session`], API tokens, [`Store::ping`]).
+    pub async fn connect_with_timeout(url: &str, timeout: Duration) -> Result<Self, StoreError> {
         let scheme = url.split(':').next().unwrap_or_default();
         let backend = match scheme {
             "sqlite" => {
@@ -124,7 +140,7 @@ impl Store {
                     .foreign_keys(true);
                 let pool = SqlitePoolOptions::new()
                     .max_connections(8)
-                    .acquire_timeout(Duration::from_secs(5))
+                    .acquire_timeout(timeout)
                     .connect_with(options)
                     .await?;
                 Backend::Sqlite(pool)
@@ -133,14 +149,14 @@ impl Store {
                 let options = PgConnectOptions::from_str(url)?;
                 let pool = PgPoolOptions::new()
                     .max_connections(16)
-                    .acquire_timeout(Duration::from_secs(5))
+                    .acquire_timeout(timeout)
                     .connect_with(options)
                     .await?;
                 Backend::Postgres(pool)
             }
             other => return Err(StoreError::UnsupportedUrl(other.to_owned())),
         };
-        Ok(Self { backend })
+        Ok(Self { backend, timeout })
     }
 
     pub fn kind(&self) -> BackendKind {
@@ -159,12 +175,58 @@ impl Store {
         Ok(())
     }
 
-    /// A trivial query, for readiness checks.
+    /// A trivial query, for readiness checks (bounded like the request path's).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        on_pool!(self, pool => {
-            sqlx::query("SELECT 1").execute(pool).await?;
-        });
-        Ok(())
+        self.bounded(async {
+            on_pool!(self, pool => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            });
+            Ok(())
+        })
+        .await
+    }
+
+    /// Whether the database takes a write (a full or read-only disk does not),
+    /// within `within`: one row per probing process, rewritten.
+    pub async fn probe_write(
+        &self,
+        process: &str,
+        now_ms: i64,
+        within: Duration,
+    ) -> Result<(), StoreError> {
+        let write = async {
+            on_pool!(self, pool => {
+                sqlx::query(
+                    "INSERT INTO readiness_probe (id, at_ms) VALUES ($1, $2) \
+                     ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms",
+                )
+                .bind(process)
+                .bind(now_ms)
+                .execute(pool)
+                .await?;
+            });
+            Ok(())
+        };
+        tokio::time::timeout(within, write)
+            .await
+            .map_err(|_| StoreError::Timeout(within))?
+    }
+
+    /// The bound on waiting for the database.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// `work`, failing with [`StoreError::Timeout`] after the store's timeout: a
+    /// connection that stopped answering (not refused: silently gone) would
+    /// otherwise hold a request for as long as TCP takes to give up.
+    pub(crate) async fn bounded<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| StoreError::Timeout(self.timeout))?
     }
 
     /// Closes every pooled connection.
@@ -178,7 +240,12 @@ impl Store {
     /// WebSocket tickets.
     pub async fn sweep(&self, now_ms: i64, batch: i64) -> Result<u64, StoreError> {
         // Each statement deletes at most `$2` rows older than its `$1`.
-        let sweeps: [(&'static str, i64); 7] = [
+        let sweeps: [(&'static str, i64); 8] = [
+            (
+                "DELETE FROM readiness_probe WHERE id IN (SELECT id FROM readiness_probe \
+                 WHERE at_ms < $1 LIMIT $2)",
+                now_ms - 24 * 3600 * 1000,
+            ),
             (
                 "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions \
                  WHERE expires_ms < $1 OR revoked_ms < $1 LIMIT $2)",

@@ -202,9 +202,13 @@ impl Store {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let row: Option<BoundSessionRow> = on_pool!(self, pool => {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?
-        });
+        let row: Option<BoundSessionRow> = self
+            .bounded(async {
+                Ok(on_pool!(self, pool => {
+                    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?
+                }))
+            })
+            .await?;
         Ok(row.map(BoundSessionRow::into_session))
     }
 
@@ -309,41 +313,6 @@ impl Store {
             tx.commit().await?;
         });
         Ok(())
-    }
-
-    /// Revocations logged after `seq`, oldest first, at most 1000.
-    pub async fn revocations_since(&self, seq: i64) -> Result<Vec<(i64, String)>, StoreError> {
-        let rows = on_pool!(self, pool => {
-            sqlx::query_as("SELECT seq, session_id FROM revocation_log WHERE seq > $1 ORDER BY seq LIMIT 1000")
-                .bind(seq)
-                .fetch_all(pool)
-                .await?
-        });
-        Ok(rows)
-    }
-
-    /// The newest revocation-log and configuration-change sequence numbers (0
-    /// when empty).
-    pub async fn latest_bus_seqs(&self) -> Result<(i64, i64), StoreError> {
-        let (revoked, changed): (Option<i64>, Option<i64>) = on_pool!(self, pool => {
-            sqlx::query_as(
-                "SELECT (SELECT MAX(seq) FROM revocation_log), (SELECT MAX(seq) FROM config_changes)",
-            )
-            .fetch_one(pool)
-            .await?
-        });
-        Ok((revoked.unwrap_or(0), changed.unwrap_or(0)))
-    }
-
-    /// Configuration changes logged after `seq`, oldest first, at most 1000.
-    pub async fn config_changes_since(&self, seq: i64) -> Result<Vec<(i64, String)>, StoreError> {
-        let rows = on_pool!(self, pool => {
-            sqlx::query_as("SELECT seq, topic FROM config_changes WHERE seq > $1 ORDER BY seq LIMIT 1000")
-                .bind(seq)
-                .fetch_all(pool)
-                .await?
-        });
-        Ok(rows)
     }
 
     /// Announces a configuration change to every gateway: a row for pollers and,

@@ -373,6 +373,17 @@ impl TestGateway {
         listener: tokio::net::TcpListener,
         tweak: impl FnOnce(&mut GatewayConfig),
     ) -> Self {
+        let store = Store::connect(&db.url).await.unwrap();
+        Self::start_on_store(store, listener, tweak).await
+    }
+
+    /// A gateway on `store` (for instance one reaching its database through a
+    /// relay the test controls).
+    pub async fn start_on_store(
+        store: Store,
+        listener: tokio::net::TcpListener,
+        tweak: impl FnOnce(&mut GatewayConfig),
+    ) -> Self {
         let upstream = TestUpstream::start().await;
         let addr = listener.local_addr().unwrap();
         let mut config = GatewayConfig::new(
@@ -385,7 +396,6 @@ impl TestGateway {
         config.upstream_timeout = Duration::from_secs(5);
         tweak(&mut config);
         let clock = Arc::new(ManualClock::new(now_ms()));
-        let store = Store::connect(&db.url).await.unwrap();
         let gateway = Gateway::start(
             config,
             store.clone(),
