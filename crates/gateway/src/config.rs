@@ -207,7 +207,9 @@ impl GatewayConfig {
             same_site: SameSite::Lax,
             basic_users: BasicUsers::default(),
             login_limits: LoginLimits::default(),
-            argon2_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            // One core is left to the event loops whatever a login flood does.
+            argon2_workers: std::thread::available_parallelism()
+                .map_or(1, |n| n.get().saturating_sub(1).max(1)),
             upstream_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(10),
             body_min_rate: 4096,

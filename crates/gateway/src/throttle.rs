@@ -2,7 +2,8 @@
 //! a login flood cannot starve proxying.
 //!
 //! The limits, per minute: each client address has a budget of attempts
-//! (`per_ip_per_minute`); each username has one *per client address*
+//! (`per_ip_per_minute`, of which at most [`ADDRESS_BURST`] at once, so a flood
+//! from one address costs few argon2 verifications before it is answered 429); each username has one *per client address*
 //! (`per_user_per_minute`), so guessing a user's password from one address does
 //! not lock the user out at another; and each username has a ceiling across all
 //! addresses ([`USER_CEILING_FACTOR`] times its per-address budget), which bounds
@@ -44,10 +45,21 @@ fn quota(per_minute: u32) -> Quota {
     Quota::per_minute(n).allow_burst(n)
 }
 
+/// The most attempts one address may make at once before its budget refills at
+/// its per-minute rate: a flood costs at most this many argon2 verifications,
+/// then one every `60 / per_ip_per_minute` seconds.
+pub const ADDRESS_BURST: u32 = 10;
+
+fn address_quota(per_minute: u32) -> Quota {
+    let n = NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(per_minute.clamp(1, ADDRESS_BURST)).unwrap_or(NonZeroU32::MIN);
+    Quota::per_minute(n).allow_burst(burst)
+}
+
 impl LoginThrottle {
     pub fn new(limits: LoginLimits) -> Self {
         Self {
-            per_ip: RateLimiter::dashmap(quota(limits.per_ip_per_minute)),
+            per_ip: RateLimiter::dashmap(address_quota(limits.per_ip_per_minute)),
             per_user_ip: RateLimiter::dashmap(quota(limits.per_user_per_minute)),
             per_user: RateLimiter::dashmap(quota(
                 limits
@@ -97,23 +109,50 @@ impl LoginThrottle {
     }
 }
 
-/// Runs argon2 verifications on blocking threads, at most `workers` at once, and
-/// makes every failure last as long as a verification of the costliest
-/// configured hash: when users' hashes differ in cost, how long a wrong password
-/// takes must not tell which user was named (or whether one exists).
+/// Runs argon2 verifications on its own threads, at most `workers` at once and
+/// at a lower scheduling priority than the event loops (nice +10), so a login
+/// flood cannot take the cores that proxying needs; and makes every failure last
+/// as long as a verification of the costliest configured hash: when users'
+/// hashes differ in cost, how long a wrong password takes must not tell which
+/// user was named (or whether one exists).
 #[derive(Debug, Clone)]
 pub struct PasswordPool {
     permits: Arc<Semaphore>,
+    jobs: std::sync::mpsc::SyncSender<Job>,
     /// A moving average of how long the costliest verifications take, in µs.
     costliest_micros: Arc<AtomicU64>,
 }
+
+/// A verification for a worker: the hash, the password, where to answer.
+type Job = (
+    String,
+    SecretString,
+    tokio::sync::oneshot::Sender<(bool, Duration)>,
+);
+
+/// How much lower than the event loops the workers run (a nice value).
+const WORKER_NICENESS: i32 = 10;
 
 impl PasswordPool {
     /// `costliest` is a first estimate of the costliest verification (the time
     /// it took to make the dummy hash, which costs the same).
     pub fn new(workers: usize, costliest: Duration) -> Self {
+        let workers = workers.max(1);
+        // Jobs are sent only with a permit, so the queue never holds more.
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(workers);
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for n in 0..workers {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{n}"))
+                .spawn(move || work(&queue));
+            if let Err(error) = spawned {
+                tracing::error!(%error, "could not start an argon2 worker");
+            }
+        }
         Self {
-            permits: Arc::new(Semaphore::new(workers.max(1))),
+            permits: Arc::new(Semaphore::new(workers)),
+            jobs,
             costliest_micros: Arc::new(AtomicU64::new(duration_micros(costliest))),
         }
     }
@@ -127,18 +166,17 @@ impl PasswordPool {
         password: SecretString,
         costliest: bool,
     ) -> Result<bool, GatewayError> {
-        let permit = tokio::time::timeout(WORKER_WAIT, self.permits.clone().acquire_owned())
+        let _permit = tokio::time::timeout(WORKER_WAIT, self.permits.clone().acquire_owned())
             .await
             .map_err(|_| GatewayError::Busy)?
             .map_err(|_| GatewayError::Busy)?;
-        let (matched, took) = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let started = std::time::Instant::now();
-            let matched = verify_password(&hash, &password);
-            (matched, started.elapsed())
-        })
-        .await
-        .map_err(|e| GatewayError::Internal(format!("password worker failed: {e}")))?;
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.jobs
+            .try_send((hash, password, answer))
+            .map_err(|e| GatewayError::Internal(format!("password workers unavailable: {e}")))?;
+        let (matched, took) = answered
+            .await
+            .map_err(|e| GatewayError::Internal(format!("password worker failed: {e}")))?;
         let took = duration_micros(took);
         if costliest {
             // An average over the last few, so one slow run (a busy machine) moves
@@ -159,4 +197,24 @@ impl PasswordPool {
 
 fn duration_micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// One worker: lowers its own priority, then verifies until the pool is gone.
+fn work(queue: &std::sync::Mutex<std::sync::mpsc::Receiver<Job>>) {
+    // On Linux the nice value is per thread: this worker alone runs lower.
+    if let Err(error) = rustix::process::setpriority_process(None, WORKER_NICENESS) {
+        tracing::warn!(%error, "could not lower an argon2 worker's priority");
+    }
+    loop {
+        let job = match queue.lock() {
+            Ok(queue) => queue.recv(),
+            Err(_) => return,
+        };
+        let Ok((hash, password, answer)) = job else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let matched = verify_password(&hash, &password);
+        let _ = answer.send((matched, started.elapsed()));
+    }
 }

@@ -130,7 +130,8 @@ pub struct RawSettings {
         global = true
     )]
     pub trusted_proxies: Option<Vec<String>>,
-    /// Concurrent argon2 verifications [default: number of CPUs]
+    /// Concurrent argon2 verifications, on threads below the event loops' priority
+    /// [default: the number of CPUs less one, at least one]
     #[arg(long, env = "PORTCULLIS_ARGON2_WORKERS", global = true)]
     pub argon2_workers: Option<usize>,
     /// `user:argon2hash` entries separated by `;`

@@ -548,6 +548,48 @@ async fn login_throttling_answers_429(backend: Backend) {
     );
 }
 
+/// A flood of wrong passwords from one address costs at most the address's burst
+/// of verifications (10) before it is answered 429 without one, whatever names it
+/// tries; the owner signs in from elsewhere meanwhile.
+async fn a_flood_from_one_address_costs_few_verifications(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start_with(&db, |c| {
+        c.login_limits = portcullis_gateway::config::LoginLimits::default();
+        c.trusted_proxies =
+            portcullis_core::forwarded::TrustedProxies::parse(["127.0.0.1"]).unwrap();
+    })
+    .await;
+    let attempt = |from: &'static str, user: String, password: &'static str| {
+        let client = gw.client.clone();
+        async move {
+            let body = serde_json::json!({"username": user, "password": password}).to_string();
+            client
+                .request(
+                    "POST",
+                    "/.auth/login",
+                    &[
+                        ("content-type", "application/json"),
+                        ("x-forwarded-for", from),
+                    ],
+                    body,
+                )
+                .await
+                .status
+        }
+    };
+    let mut answers = std::collections::BTreeMap::new();
+    for n in 0..25 {
+        let status = attempt("203.0.113.50", format!("user{n}"), "guess").await;
+        *answers.entry(status).or_insert(0) += 1;
+    }
+    assert_eq!(
+        answers,
+        std::collections::BTreeMap::from([(401, 10), (429, 15)]),
+        "ten verified, the rest refused before any verification"
+    );
+    assert_eq!(attempt("198.51.100.8", ADMIN.into(), PASSWORD).await, 200);
+}
+
 async fn forward_auth_verify(backend: Backend) {
     let db = TestDb::new(backend).await;
     let gw = TestGateway::start(&db).await;
@@ -603,6 +645,7 @@ async fn health_endpoints(backend: Backend) {
 }
 
 both_backends!(
+    a_flood_from_one_address_costs_few_verifications,
     form_login_sets_hardened_cookies_and_redirects,
     json_login_and_me,
     unknown_user_and_wrong_password_are_indistinguishable,
@@ -878,16 +921,21 @@ fn real_cost_users() -> portcullis_core::basic::BasicUsers {
 }
 
 async fn timed_login(client: &TestClient, user: &str, password: &str) -> std::time::Duration {
+    timed_login_from(client, user, password, &[]).await
+}
+
+/// [`timed_login`] with extra headers (a forwarded address through a trusted proxy).
+async fn timed_login_from(
+    client: &TestClient,
+    user: &str,
+    password: &str,
+    extra: &[(&str, &str)],
+) -> std::time::Duration {
     let body = serde_json::json!({"username": user, "password": password}).to_string();
     let start = std::time::Instant::now();
-    let r = client
-        .request(
-            "POST",
-            "/.auth/login",
-            &[("content-type", "application/json")],
-            body,
-        )
-        .await;
+    let mut headers = vec![("content-type", "application/json")];
+    headers.extend_from_slice(extra);
+    let r = client.request("POST", "/.auth/login", &headers, body).await;
     assert_eq!(r.status, 401);
     start.elapsed()
 }
@@ -925,13 +973,20 @@ async fn login_flood_does_not_starve_proxying() {
     let gw = TestGateway::start_with(&db, |c| {
         c.basic_users = real_cost_users();
         c.argon2_workers = 1;
+        c.trusted_proxies =
+            portcullis_core::forwarded::TrustedProxies::parse(["127.0.0.1"]).unwrap();
     })
     .await;
     let session = login(&gw.client, ADMIN, PASSWORD).await;
+    // From as many addresses (a burst from one address is refused before it
+    // costs a verification): every attempt here is verified.
     let flood: Vec<_> = (0..16)
-        .map(|_| {
+        .map(|n| {
             let client = gw.client.clone();
-            tokio::spawn(async move { timed_login(&client, ADMIN, "wrong").await })
+            tokio::spawn(async move {
+                let from = format!("192.0.2.{n}");
+                timed_login_from(&client, ADMIN, "wrong", &[("x-forwarded-for", &from)]).await
+            })
         })
         .collect();
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
