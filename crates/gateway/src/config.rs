@@ -139,6 +139,8 @@ pub struct GatewayConfig {
     pub login_limits: LoginLimits,
     /// Concurrent argon2 verifications (each uses 64 MiB and one core).
     pub argon2_workers: usize,
+    /// How long audit rows are kept (then swept in bounded batches).
+    pub audit_retention: Duration,
     /// Time allowed for the upstream to start answering.
     pub upstream_timeout: Duration,
     /// Time a client has to send a request body (the gateway's endpoints: all of
@@ -210,6 +212,7 @@ impl GatewayConfig {
             // One core is left to the event loops whatever a login flood does.
             argon2_workers: std::thread::available_parallelism()
                 .map_or(1, |n| n.get().saturating_sub(1).max(1)),
+            audit_retention: DEFAULT_AUDIT_RETENTION,
             upstream_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(10),
             body_min_rate: 4096,
@@ -228,6 +231,9 @@ impl GatewayConfig {
         }
     }
 }
+
+/// The default of `--audit-retention`: 90 days.
+pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 
 #[cfg(test)]
 impl GatewayConfig {

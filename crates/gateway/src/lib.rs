@@ -9,6 +9,7 @@
 
 mod admin;
 pub mod admission;
+mod audit_window;
 mod body;
 mod carrier;
 pub mod clients;

@@ -26,6 +26,9 @@ const ACTIVITY_FLUSH_INTERVAL: Duration = Duration::from_secs(2);
 /// How often expired rows are swept, and how many per kind per sweep.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 const SWEEP_BATCH: i64 = 500;
+/// At most this many batches of expired audit rows per sweep (so a first sweep
+/// after enabling retention on a large table never holds the database long).
+const AUDIT_SWEEP_ROUNDS: usize = 20;
 /// How often the keyring is re-read so a rotation from the CLI starts signing.
 const KEYRING_REFRESH: Duration = Duration::from_secs(30);
 
@@ -70,6 +73,7 @@ struct Inner {
     /// This process among the replicas (its readiness probe row).
     process: String,
     throttle: Arc<LoginThrottle>,
+    throttled: Arc<crate::audit_window::ThrottledAttempts>,
     passwords: PasswordPool,
     /// Verified against for unknown usernames so they cost the same as known ones.
     dummy_hash: String,
@@ -164,13 +168,17 @@ impl Gateway {
                 }
             }));
         }
+        let throttled = Arc::new(crate::audit_window::ThrottledAttempts::default());
         {
-            let (store, clock, throttle, sessions) = (
+            let (store, clock, throttle, sessions, throttled) = (
                 store.clone(),
                 clock.clone(),
                 throttle.clone(),
                 sessions.clone(),
+                throttled.clone(),
             );
+            let retention_ms =
+                i64::try_from(config.audit_retention.as_millis()).unwrap_or(i64::MAX);
             tasks.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(SWEEP_INTERVAL);
                 loop {
@@ -181,6 +189,25 @@ impl Gateway {
                         Ok(0) => {}
                         Ok(n) => tracing::debug!(rows = n, "swept expired rows"),
                         Err(error) => tracing::warn!(%error, "sweep failed"),
+                    }
+                    // The window of throttled attempts ends with each sweep.
+                    for row in throttled.close_window() {
+                        tracing::info!(target: "portcullis::audit", event = %row.to_json(), "audit");
+                        if let Err(error) = store.record_audit(&row).await {
+                            tracing::error!(%error, "could not write audit event");
+                        }
+                    }
+                    // Audit rows past their retention, in bounded batches.
+                    let before = clock.now_ms().saturating_sub(retention_ms);
+                    for _ in 0..AUDIT_SWEEP_ROUNDS {
+                        match store.sweep_audit(before, SWEEP_BATCH).await {
+                            Ok(n) if n == SWEEP_BATCH as u64 => continue,
+                            Ok(_) => break,
+                            Err(error) => {
+                                tracing::warn!(%error, "audit retention sweep failed");
+                                break;
+                            }
+                        }
                     }
                 }
             }));
@@ -216,6 +243,7 @@ impl Gateway {
             process: portcullis_core::secret::random_id(entropy.as_ref(), "proc-")
                 .map_err(|e| StartError::Entropy(e.to_string()))?,
             throttle,
+            throttled,
             dummy_hash,
             clock,
             entropy,
@@ -341,6 +369,14 @@ impl Gateway {
 
     /// Records an audit event in the database and as a structured log line. A
     /// failure to write is logged, never silently dropped.
+    /// Records a throttled attempt: the first of its address's window at once,
+    /// the rest as one row with their count when the window ends.
+    pub(crate) async fn audit_throttled(&self, event: AuditEvent) {
+        if self.0.throttled.note(&event) {
+            self.audit(event).await;
+        }
+    }
+
     pub(crate) async fn audit(&self, event: AuditEvent) {
         tracing::info!(target: "portcullis::audit", event = %event.to_json(), "audit");
         if let Err(error) = self.0.store.record_audit(&event).await {
@@ -436,6 +472,7 @@ impl Gateway {
             outcome: outcome.to_owned(),
             reason: None,
             ip: None,
+            count: 1,
         }
     }
 }

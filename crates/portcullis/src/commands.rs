@@ -369,6 +369,7 @@ pub(crate) async fn cli_audit(store: &Store, action: AuditAction, target: Option
         outcome: "success".into(),
         reason: None,
         ip: None,
+        count: 1,
     };
     tracing::info!(target: "portcullis::audit", event = %event.to_json(), "audit");
     if let Err(error) = store.record_audit(&event).await {

@@ -80,6 +80,10 @@ pub struct RawSettings {
     /// 503 (a connection, and the session and token reads) [default: 2s]
     #[arg(long, env = "PORTCULLIS_DB_TIMEOUT", global = true)]
     pub db_timeout: Option<String>,
+    /// How long audit events are kept; older ones are deleted in small batches
+    /// [default: 90d]
+    #[arg(long, env = "PORTCULLIS_AUDIT_RETENTION", global = true)]
+    pub audit_retention: Option<String>,
     /// Time the upstream may take to start answering, e.g. 60s [default: 60s]
     #[arg(long, env = "PORTCULLIS_UPSTREAM_TIMEOUT", global = true)]
     pub upstream_timeout: Option<String>,
@@ -321,6 +325,7 @@ impl RawSettings {
             login_rate_per_ip,
             login_rate_per_user,
             db_timeout,
+            audit_retention,
             upstream_timeout,
             body_timeout,
             body_min_rate,
@@ -562,6 +567,17 @@ impl RawSettings {
                 Err(e) => errors.push(e),
             }
         }
+        let mut audit_retention = portcullis_gateway::config::DEFAULT_AUDIT_RETENTION;
+        if let Some(raw) = &self.audit_retention {
+            match parse_duration(
+                "--audit-retention / PORTCULLIS_AUDIT_RETENTION",
+                raw,
+                Duration::from_secs(3600),
+            ) {
+                Ok(d) => audit_retention = d,
+                Err(e) => errors.push(e),
+            }
+        }
         let mut body_timeout = Duration::from_secs(10);
         if let Some(raw) = &self.body_timeout {
             match parse_duration(
@@ -719,6 +735,7 @@ impl RawSettings {
         config.same_site = same_site;
         config.upstream_timeout = upstream_timeout;
         config.body_timeout = body_timeout;
+        config.audit_retention = audit_retention;
         config.write_timeout = write_timeout;
         if let Some(per_ip) = self.max_connections_per_ip.filter(|n| *n > 0) {
             config.connections.per_ip = per_ip;

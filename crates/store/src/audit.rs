@@ -20,6 +20,9 @@ pub struct AuditEvent {
     /// The precise internal reason, e.g. `unknown_user`, `bad_password`.
     pub reason: Option<String>,
     pub ip: Option<String>,
+    /// How many occurrences the row stands for (1, or the attempts of one window
+    /// when repeated throttled attempts are aggregated).
+    pub count: i64,
 }
 
 impl AuditEvent {
@@ -28,6 +31,7 @@ impl AuditEvent {
         json!({
             "at_ms": self.at_ms, "actor": self.actor, "action": self.action,
             "target": self.target, "outcome": self.outcome, "reason": self.reason, "ip": self.ip,
+            "count": self.count,
         })
     }
 }
@@ -66,8 +70,8 @@ impl Store {
     pub async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         on_pool!(self, pool => {
             sqlx::query(
-                "INSERT INTO audit_events (at_ms, actor, action, target, outcome, reason, ip) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO audit_events (at_ms, actor, action, target, outcome, reason, ip, count) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(event.at_ms)
             .bind(&event.actor)
@@ -76,10 +80,28 @@ impl Store {
             .bind(&event.outcome)
             .bind(&event.reason)
             .bind(&event.ip)
+            .bind(event.count.max(1))
             .execute(pool)
             .await?;
         });
         Ok(())
+    }
+
+    /// Deletes at most `batch` audit events older than `before_ms` (the retention
+    /// period), oldest first; returns how many.
+    pub async fn sweep_audit(&self, before_ms: i64, batch: i64) -> Result<u64, StoreError> {
+        let removed = on_pool!(self, pool => {
+            sqlx::query(
+                "DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events \
+                 WHERE at_ms < $1 ORDER BY at_ms LIMIT $2)",
+            )
+            .bind(before_ms)
+            .bind(batch)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(removed)
     }
 
     /// Newest first (one page).
@@ -98,7 +120,7 @@ impl Store {
         };
         let rows: Vec<AuditRow> = on_pool!(self, pool => {
             sqlx::query_as(
-                "SELECT id, at_ms, actor, action, target, outcome, reason, ip FROM audit_events \
+                "SELECT id, at_ms, actor, action, target, outcome, reason, ip, count FROM audit_events \
                  WHERE ($1 IS NULL OR at_ms >= $1) AND ($2 IS NULL OR at_ms < $2) \
                  AND ($3 IS NULL OR actor = $3) AND ($4 IS NULL OR action = $4) \
                  AND ($5 IS NULL OR outcome = $5) AND ($6 IS NULL OR id < $6) \

@@ -80,6 +80,7 @@ pub async fn list_audit(call: AdminCall) -> Response {
                         "outcome": e.outcome,
                         "reason": e.reason,
                         "ip": e.ip,
+                        "count": e.count,
                     })
                 })
                 .collect();

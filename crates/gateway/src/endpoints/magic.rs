@@ -101,7 +101,7 @@ async fn sign_in(
     event.ip = Some(peer.ip().to_string());
     if let Err(throttled) = gw.throttle().check_address(peer.ip()) {
         event.reason = Some("throttled".into());
-        gw.audit(event).await;
+        gw.audit_throttled(event).await;
         return Err(throttled);
     }
     let Some(hash) = portcullis_core::client::hash_presented(secret) else {

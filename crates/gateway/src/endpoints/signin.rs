@@ -203,7 +203,7 @@ async fn login(
 
     if let Err(throttled) = gw.throttle().check(peer.ip(), &username) {
         event.reason = Some("throttled".into());
-        gw.audit(event).await;
+        gw.audit_throttled(event).await;
         return Err(fail(throttled));
     }
 

@@ -19,7 +19,61 @@ both_backends!(
     api_tokens_through_the_api,
     audit_events_page_with_filters,
     offboarded_identities_lose_sessions_and_tokens,
+    audit_rows_past_their_retention_are_swept,
 );
+
+/// Audit rows older than the retention period are deleted by the sweeper, in
+/// batches (more rows than one batch here), and younger ones are kept.
+async fn audit_rows_past_their_retention_are_swept(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = portcullis_store::Store::connect(&db.url).await.unwrap();
+    store.migrate().await.unwrap();
+    let day = 86_400_000;
+    let event = |at_ms: i64, n: usize| portcullis_store::AuditEvent {
+        at_ms,
+        actor: "cli".into(),
+        action: "auth.key.rotate".into(),
+        target: Some(format!("row-{n}")),
+        outcome: "success".into(),
+        reason: None,
+        ip: None,
+        count: 1,
+    };
+    for n in 0..700 {
+        store
+            .record_audit(&event(now_ms() - 2 * day, n))
+            .await
+            .unwrap();
+    }
+    for n in 0..3 {
+        store
+            .record_audit(&event(now_ms() - day / 2, n))
+            .await
+            .unwrap();
+    }
+    let gw =
+        TestGateway::start_with(&db, |c| c.audit_retention = Duration::from_secs(86_400)).await;
+    let older = portcullis_store::AuditFilter {
+        until_ms: Some(now_ms() - day),
+        limit: 1000,
+        ..Default::default()
+    };
+    let swept = eventually(Duration::from_secs(10), || async {
+        gw.store.audit_events(&older).await.unwrap().is_empty()
+    })
+    .await;
+    assert!(swept.is_some(), "rows past the retention are deleted");
+    let kept = gw
+        .store
+        .audit_events(&portcullis_store::AuditFilter {
+            action: Some("auth.key.rotate".into()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 3, "younger rows are kept");
+}
 
 /// Rows beyond the documented ones: a further permission a route needs once it
 /// knows its target (method, path, permissions, body).

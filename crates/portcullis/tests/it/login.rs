@@ -587,6 +587,16 @@ async fn a_flood_from_one_address_costs_few_verifications(backend: Backend) {
         std::collections::BTreeMap::from([(401, 10), (429, 15)]),
         "ten verified, the rest refused before any verification"
     );
+    // The 15 refusals are one audit row so far (the rest are counted into it when
+    // the minute ends), not 15.
+    let throttled: Vec<_> = gw
+        .audit("auth.login")
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("throttled"))
+        .collect();
+    assert_eq!(throttled.len(), 1, "{throttled:?}");
+    assert_eq!(throttled[0].ip.as_deref(), Some("203.0.113.50"));
     assert_eq!(attempt("198.51.100.8", ADMIN.into(), PASSWORD).await, 200);
 }
 

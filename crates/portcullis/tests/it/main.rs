@@ -22,6 +22,7 @@ mod relay;
 mod resilience;
 mod routes;
 mod sessions;
+mod soak;
 mod store_conformance;
 mod supervised;
 mod websocket;

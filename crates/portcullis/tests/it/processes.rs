@@ -89,7 +89,7 @@ impl Replica {
         replica
     }
 
-    fn kill9(&mut self) {
+    pub fn kill9(&mut self) {
         // SIGKILL: no shutdown hook runs, nothing is flushed by us.
         self.child.kill().unwrap();
         self.child.wait().unwrap();
