@@ -7,5 +7,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-postgres
-SOAK_SECONDS="${1:-180}" exec cargo nextest run -p portcullis --test it --run-ignored only \
+SOAK_SECONDS="${1:-180}" exec cargo nextest run -p portcullis --test it --profile soak --run-ignored only \
     --no-capture soak_revocations_are_honoured_through_kills_and_cuts

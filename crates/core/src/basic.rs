@@ -39,13 +39,21 @@ pub enum EntryWarning {
     EmptyName(usize),
     #[error("AUTH_BASIC_USERS entry {0} (user {1:?}) is not an argon2 PHC hash; skipped")]
     NotArgon2(usize, String),
-    #[error("AUTH_BASIC_USERS entry {0} (user {1:?}) has an unparsable argon2 hash; skipped")]
+    #[error(
+        "AUTH_BASIC_USERS entry {0} (user {1:?}) has an unparsable or truncated argon2 hash \
+         (make a new one with `portcullis hash-password`); skipped"
+    )]
     Unparsable(usize, String),
     #[error(
         "AUTH_BASIC_USERS entry {0} (user {1:?}) asks for argon2 cost above the limits \
          (m <= {MAX_MEMORY_KIB} KiB, t <= {MAX_ITERATIONS}, p <= {MAX_PARALLELISM}); skipped"
     )]
     TooCostly(usize, String),
+    #[error(
+        "AUTH_BASIC_USERS entry {0} looks like several entries separated by commas; \
+         entries are separated by `;` (hashes contain commas); skipped"
+    )]
+    CommaSeparated(usize),
     #[error("AUTH_BASIC_USERS entry {0} repeats user {1:?}; the later entry wins")]
     Duplicate(usize, String),
     #[error(
@@ -92,6 +100,10 @@ impl BasicUsers {
             let (name, hash) = (name.trim(), hash.trim());
             if name.is_empty() {
                 warnings.push(EntryWarning::EmptyName(position));
+                continue;
+            }
+            if hash.contains(":$argon2") {
+                warnings.push(EntryWarning::CommaSeparated(position));
                 continue;
             }
             if !hash.starts_with("$argon2") {
@@ -204,9 +216,22 @@ enum HashProblem {
     TooCostly,
 }
 
+/// The shortest argon2 output accepted (tools write 32 bytes; the PHC minimum
+/// is 10).
+const MIN_OUTPUT_BYTES: usize = 16;
+
 fn check_cost(hash: &str) -> Result<(), HashProblem> {
     let parsed = PasswordHash::new(hash).map_err(|_| HashProblem::Unparsable)?;
     let params = Params::try_from(&parsed).map_err(|_| HashProblem::Unparsable)?;
+    // A hash cut short (when pasted) still parses: no salt, or an output shorter
+    // than any argon2 tool writes, would make the user's sign-ins fail forever.
+    let salt_ok = parsed.salt.is_some_and(|salt| salt.len() >= 8);
+    let output_ok = parsed
+        .hash
+        .is_some_and(|output| output.len() >= MIN_OUTPUT_BYTES);
+    if !salt_ok || !output_ok {
+        return Err(HashProblem::Unparsable);
+    }
     if params.m_cost() > MAX_MEMORY_KIB
         || params.t_cost() > MAX_ITERATIONS
         || params.p_cost() > MAX_PARALLELISM
@@ -334,6 +359,24 @@ mod tests {
                 format!("a:{CHEAP}"),
                 vec!["a"],
                 vec![],
+            ),
+            (
+                "truncated: no output",
+                "alice:$argon2id$v=19$m=8,t=1,p=1$c29tZXNhbHQ".into(),
+                vec![],
+                vec![EntryWarning::Unparsable(1, "alice".into())],
+            ),
+            (
+                "truncated: output cut short",
+                "alice:$argon2id$v=19$m=8,t=1,p=1$c29tZXNhbHQ$abcdefghij".into(),
+                vec![],
+                vec![EntryWarning::Unparsable(1, "alice".into())],
+            ),
+            (
+                "comma-separated entries",
+                format!("alice:{CHEAP},bob:{CHEAP}"),
+                vec![],
+                vec![EntryWarning::CommaSeparated(1)],
             ),
             (
                 "duplicate",

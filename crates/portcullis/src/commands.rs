@@ -289,11 +289,57 @@ pub async fn reset_internal_credential(raw: RawSettings) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn check_config(raw: &RawSettings) -> ExitCode {
+/// `portcullis secret generate`: a new key, printed once.
+pub fn generate_secret() -> anyhow::Result<ExitCode> {
+    let mut key = [0u8; 32];
+    portcullis_core::secret::Entropy::fill(&OsEntropy, &mut key)?;
+    println!("{}", STANDARD.encode(key));
+    key.fill(0);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether anyone can sign in: a valid basic user, or an OpenID provider in the
+/// configuration or (added with `portcullis oidc add`) in the database. `Err`
+/// says why not.
+async fn someone_can_sign_in(settings: &Settings) -> Result<(), String> {
+    let Some(gateway) = &settings.gateway else {
+        return Ok(());
+    };
+    if !gateway.basic_users.is_empty() || !gateway.oidc_providers.is_empty() {
+        return Ok(());
+    }
+    let nobody = "no one can sign in: AUTH_BASIC_USERS defines no valid user and no OpenID \
+                  provider is configured";
+    let sqlite_file = settings.database_url.strip_prefix("sqlite://");
+    if sqlite_file.is_some_and(|path| !std::path::Path::new(path).exists()) {
+        return Err(nobody.into());
+    }
+    let look = async {
+        let store = Store::connect(&settings.database_url).await?;
+        store.oidc_providers().await
+    };
+    match tokio::time::timeout(Duration::from_secs(5), look).await {
+        Ok(Ok(providers)) if !providers.is_empty() => Ok(()),
+        Ok(Ok(_)) => Err(format!("{nobody} (none in the database either)")),
+        Ok(Err(e)) => Err(format!(
+            "{nobody}, and the database could not be read to look for providers: {e}"
+        )),
+        Err(_) => Err(format!(
+            "{nobody}, and the database did not answer when asked for providers"
+        )),
+    }
+}
+
+pub async fn check_config(raw: &RawSettings) -> ExitCode {
     match raw.resolve(true) {
         Ok(settings) => {
             for warning in &settings.warnings {
                 println!("warning: {warning}");
+            }
+            if let Err(lockout) = someone_can_sign_in(&settings).await {
+                println!("error: {lockout}");
+                println!("1 problem(s) found");
+                return ExitCode::FAILURE;
             }
             if let SecretSource::Generate(path) = &settings.secret {
                 println!(

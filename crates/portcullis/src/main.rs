@@ -50,6 +50,11 @@ enum Command {
     HashPassword,
     /// Validate configuration; print every problem and exit non-zero if any
     CheckConfig,
+    /// The secret key
+    Secret {
+        #[command(subcommand)]
+        action: SecretCommand,
+    },
     /// Apply database migrations
     Migrate,
     /// Cookie-signing keys
@@ -111,6 +116,13 @@ enum ApiTokensCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum SecretCommand {
+    /// Print a new secret key (32 random bytes, base64) for PORTCULLIS_SECRET_KEY or
+    /// --secret-key-file
+    Generate,
+}
+
+#[derive(Debug, Subcommand)]
 enum KeysCommand {
     /// Create a new active signing key; older keys keep verifying
     Rotate,
@@ -147,8 +159,24 @@ enum SessionsCommand {
     },
 }
 
+/// The command line, with an empty environment variable counting as unset (clap
+/// would take it as an empty value: an invalid prefix, a number that does not
+/// parse).
+fn parse_cli() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let command = Cli::command().mut_args(|arg| {
+        let empty = arg
+            .get_env()
+            .and_then(std::env::var_os)
+            .is_some_and(|value| value.to_string_lossy().trim().is_empty());
+        if empty { arg.env(None) } else { arg }
+    });
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -193,7 +221,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { child } => commands::serve(raw, child).await,
         Command::Demo => demo::run(raw).await,
         Command::HashPassword => commands::hash_password(),
-        Command::CheckConfig => Ok(commands::check_config(&raw)),
+        Command::CheckConfig => Ok(commands::check_config(&raw).await),
+        Command::Secret {
+            action: SecretCommand::Generate,
+        } => commands::generate_secret(),
         Command::Migrate => commands::migrate(raw).await,
         Command::Keys {
             action: KeysCommand::Rotate,

@@ -138,8 +138,10 @@ pub struct RawSettings {
     /// [default: the number of CPUs less one, at least one]
     #[arg(long, env = "PORTCULLIS_ARGON2_WORKERS", global = true)]
     pub argon2_workers: Option<usize>,
-    /// `user:argon2hash` entries separated by `;`
+    /// `user:argon2hash` entries separated by `;` (in TOML also an array of
+    /// entries)
     #[arg(skip)]
+    #[serde(default, deserialize_with = "entries")]
     /// (Password hashes: kept out of `Debug` output like any secret.)
     pub basic_users: Option<SecretString>,
     /// Basic users with the admin role, comma-separated
@@ -352,10 +354,11 @@ impl RawSettings {
 
     /// Reads `AUTH_BASIC_USERS` / `AUTH_BASIC_ADMINS`, which override the file.
     pub fn with_basic_env(mut self) -> Self {
-        if let Ok(users) = std::env::var("AUTH_BASIC_USERS") {
+        // An empty variable counts as unset (as for every PORTCULLIS_ variable).
+        if let Some(users) = non_empty_env("AUTH_BASIC_USERS") {
             self.basic_users = Some(SecretString::new(users));
         }
-        if let Ok(admins) = std::env::var("AUTH_BASIC_ADMINS") {
+        if let Some(admins) = non_empty_env("AUTH_BASIC_ADMINS") {
             self.basic_admins = Some(admins);
         }
         self
@@ -368,11 +371,25 @@ impl RawSettings {
         let mut warnings = Vec::new();
 
         let listen_raw = self.listen.as_deref().unwrap_or("127.0.0.1:4180");
-        let listen = listen_raw.parse::<SocketAddr>().map_err(|_| {
-            errors.push(format!(
-                "--listen / PORTCULLIS_LISTEN: {listen_raw:?} is not an address; use HOST:PORT such as 127.0.0.1:4180"
-            ))
-        });
+        // An address, or a host name with a port (`localhost:4180`): its first
+        // address (IPv4 first, as most clients try it first).
+        let listen = listen_raw
+            .parse::<SocketAddr>()
+            .ok()
+            .or_else(|| {
+                use std::net::ToSocketAddrs;
+                let resolved: Vec<SocketAddr> = listen_raw.to_socket_addrs().ok()?.collect();
+                resolved
+                    .iter()
+                    .find(|a| a.is_ipv4())
+                    .or(resolved.first())
+                    .copied()
+            })
+            .ok_or_else(|| {
+                errors.push(format!(
+                    "--listen / PORTCULLIS_LISTEN: {listen_raw:?} is not an address; use HOST:PORT such as 127.0.0.1:4180 or localhost:4180"
+                ))
+            });
 
         let data_dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
         let database_url = self
@@ -504,6 +521,15 @@ impl RawSettings {
                 Ok(d) => policy.idle_timeout_ms = Some(millis(d)),
                 Err(e) => errors.push(e),
             }
+        }
+        if policy
+            .idle_timeout_ms
+            .is_some_and(|idle| idle >= policy.ttl_ms)
+        {
+            warnings.push(
+                "--session-idle-timeout is not shorter than --session-ttl: it never ends a session"
+                    .into(),
+            );
         }
         let same_site = match self
             .cookie_samesite
@@ -658,6 +684,20 @@ impl RawSettings {
             self.basic_admins.as_deref().unwrap_or_default(),
         );
         warnings.extend(entry_warnings.iter().map(ToString::to_string));
+        for admin in self
+            .basic_admins
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
+            if basic_users.hash_of(admin).is_none() {
+                warnings.push(format!(
+                    "AUTH_BASIC_ADMINS names {admin:?}, who is not in AUTH_BASIC_USERS: no one gets that admin role"
+                ));
+            }
+        }
         if basic_users.is_empty() && need_upstream {
             warnings
                 .push("AUTH_BASIC_USERS defines no valid user: no basic login can succeed".into());
@@ -938,15 +978,49 @@ fn default_data_dir() -> PathBuf {
 
 /// Decodes a base64 (standard or URL-safe) 32-byte key. Messages never include the
 /// value.
+/// `basic_users` in TOML: one string of `;`-separated entries, or an array of
+/// entries.
+fn entries<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SecretString>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Entries {
+        One(SecretString),
+        Many(Vec<SecretString>),
+    }
+    Ok(Some(match Entries::deserialize(deserializer)? {
+        Entries::One(all) => all,
+        Entries::Many(each) => SecretString::new(
+            each.iter()
+                .map(SecretString::expose)
+                .collect::<Vec<_>>()
+                .join(";"),
+        ),
+    }))
+}
+
+/// A variable's value, `None` when unset or empty.
+pub fn non_empty_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// How to make a key, said with every refusal of one.
+const MAKE_A_KEY: &str = "the key is 32 random bytes in base64; make one with \
+     `portcullis secret generate` (or `openssl rand -base64 32`)";
+
 pub fn decode_key(text: &str, origin: &str) -> Result<SecretKey, String> {
     let text = text.trim();
+    if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{origin}: looks like hex; {MAKE_A_KEY}"));
+    }
     let bytes = STANDARD
         .decode(text)
         .or_else(|_| URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')))
-        .map_err(|_| format!("{origin}: not valid base64; expected 32 random bytes in base64 (e.g. `openssl rand -base64 32`)"))?;
+        .map_err(|_| format!("{origin}: not valid base64; {MAKE_A_KEY}"))?;
     let bytes: [u8; 32] = bytes.try_into().map_err(|v: Vec<u8>| {
         format!(
-            "{origin}: decodes to {} bytes; exactly 32 are required",
+            "{origin}: decodes to {} bytes, not 32; {MAKE_A_KEY}",
             v.len()
         )
     })?;
@@ -954,7 +1028,7 @@ pub fn decode_key(text: &str, origin: &str) -> Result<SecretKey, String> {
 }
 
 fn load_secret(file: Option<&Path>) -> Result<Option<SecretKey>, String> {
-    if let Ok(value) = std::env::var("PORTCULLIS_SECRET_KEY") {
+    if let Some(value) = non_empty_env("PORTCULLIS_SECRET_KEY") {
         let value = SecretString::new(value);
         return decode_key(value.expose(), "PORTCULLIS_SECRET_KEY").map(Some);
     }

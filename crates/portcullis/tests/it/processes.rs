@@ -638,6 +638,202 @@ fn check_config_lists_every_problem() {
     );
 }
 
+/// The complete example configuration.
+const EXAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../docs/portcullis.example.toml"
+);
+
+/// The systemd unit in `packaging/` passes `systemd-analyze verify` (with the
+/// binary where the unit expects it, here the one under test).
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../packaging/portcullis.service"
+    ))
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("pc-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("portcullis.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/portcullis", BIN)).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (Debian's systemd package) must be installed");
+    let _ = std::fs::remove_dir_all(&dir);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert!(
+        !said.contains("portcullis.service"),
+        "warnings about the unit: {said}"
+    );
+}
+
+/// `check-config` catches what would lock everyone out and says how to fix what
+/// operators commonly get wrong. A row: name, arguments, environment, whether it
+/// passes, what its output must say.
+#[test]
+fn check_config_rows() {
+    let dir = std::env::temp_dir().join(format!("pc-check-rows-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let toml = dir.join("users.toml");
+    std::fs::write(
+        &toml,
+        format!("upstream = \"http://127.0.0.1:9\"\nbasic_users = [\"alice:{CFFI_HASH}\", \"bob:{CFFI_HASH}\"]\n"),
+    )
+    .unwrap();
+    let good = format!("alice:{CFFI_HASH}");
+    let truncated = format!("{good};carol:$argon2id$v=19$m=8,t=1,p=1$c29tZXNhbHQ");
+    let commas = format!("alice:{CFFI_HASH},bob:{CFFI_HASH}");
+    let hex = "ab".repeat(32);
+    let config = toml.display().to_string();
+    type Row<'a> = (
+        &'a str,
+        Vec<&'a str>,
+        Vec<(&'a str, &'a str)>,
+        bool,
+        Vec<&'a str>,
+    );
+    let rows: Vec<Row> = vec![
+        (
+            "valid",
+            vec![],
+            vec![("AUTH_BASIC_USERS", &good)],
+            true,
+            vec!["configuration is valid"],
+        ),
+        (
+            "no one can sign in",
+            vec![],
+            vec![],
+            false,
+            vec!["no one can sign in", "1 problem(s)"],
+        ),
+        (
+            "an admin who is not a user",
+            vec![],
+            vec![
+                ("AUTH_BASIC_USERS", &good),
+                ("AUTH_BASIC_ADMINS", "alice, carol"),
+            ],
+            true,
+            vec!["\"carol\", who is not in AUTH_BASIC_USERS"],
+        ),
+        (
+            "idle timeout past the lifetime",
+            vec!["--session-ttl", "1h", "--session-idle-timeout", "2h"],
+            vec![("AUTH_BASIC_USERS", &good)],
+            true,
+            vec!["never ends a session"],
+        ),
+        (
+            "a truncated hash",
+            vec![],
+            vec![("AUTH_BASIC_USERS", &truncated)],
+            true,
+            vec!["user \"carol\") has an unparsable or truncated argon2 hash"],
+        ),
+        (
+            "comma-separated entries",
+            vec![],
+            vec![("AUTH_BASIC_USERS", &commas)],
+            false,
+            vec!["separated by `;`", "no one can sign in"],
+        ),
+        (
+            "a hex secret key",
+            vec![],
+            vec![("AUTH_BASIC_USERS", &good), ("PORTCULLIS_SECRET_KEY", &hex)],
+            false,
+            vec!["looks like hex", "portcullis secret generate"],
+        ),
+        (
+            "a secret key of the wrong length",
+            vec![],
+            vec![
+                ("AUTH_BASIC_USERS", &good),
+                ("PORTCULLIS_SECRET_KEY", "c2hvcnQ="),
+            ],
+            false,
+            vec!["decodes to 5 bytes, not 32", "portcullis secret generate"],
+        ),
+        (
+            "empty variables count as unset",
+            vec![],
+            vec![
+                ("AUTH_BASIC_USERS", &good),
+                ("PORTCULLIS_SECRET_KEY", ""),
+                ("PORTCULLIS_AUTH_PREFIX", ""),
+                ("AUTH_BASIC_ADMINS", ""),
+            ],
+            true,
+            vec!["configuration is valid"],
+        ),
+        (
+            "a host name to listen on",
+            vec!["--listen", "localhost:4180"],
+            vec![("AUTH_BASIC_USERS", &good)],
+            true,
+            vec!["configuration is valid"],
+        ),
+        (
+            "the example configuration in docs/",
+            vec!["--config", EXAMPLE],
+            vec![("PORTCULLIS_OIDC_CORP_SECRET", "example")],
+            true,
+            vec!["configuration is valid"],
+        ),
+        (
+            "basic users as a TOML array",
+            vec!["--config", &config],
+            vec![],
+            true,
+            vec!["configuration is valid"],
+        ),
+    ];
+    for (name, args, env, passes, needles) in rows {
+        let data = dir.join(name.replace(' ', "-"));
+        let mut cmd = Command::new(BIN);
+        cmd.env_clear()
+            .arg("check-config")
+            .args(["--upstream", "http://127.0.0.1:9", "--data-dir"])
+            .arg(&data)
+            .args(&args);
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.success(), passes, "{name}:\n{text}");
+        for needle in needles {
+            assert!(
+                text.contains(needle),
+                "{name}: missing {needle:?} in:\n{text}"
+            );
+        }
+        assert!(!text.contains("c29tZXNhbHQ"), "{name}: a hash was printed");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // `secret generate` prints a key the configuration accepts.
+    let out = Command::new(BIN)
+        .args(["secret", "generate"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let key = String::from_utf8(out.stdout).unwrap();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(key.trim())
+        .unwrap();
+    assert_eq!(decoded.len(), 32);
+}
+
 #[test]
 fn generated_secret_key_is_private() {
     let dir = std::env::temp_dir().join(format!("pc-key-{}", std::process::id()));

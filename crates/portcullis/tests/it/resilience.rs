@@ -164,7 +164,8 @@ async fn the_database_going_away_fails_closed_fast_and_both_replicas_recover() {
     for gw in &replicas {
         let noticed = eventually(Duration::from_secs(3), || async {
             let r = gw.client.get("/.auth/readyz", &[]).await;
-            r.json()["reasons"].to_string().contains("revocation_bus")
+            let reasons = r.json()["reasons"].to_string();
+            r.status == 503 && reasons.contains("revocation_bus") && reasons.contains("database")
         })
         .await;
         assert!(
