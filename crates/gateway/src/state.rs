@@ -192,7 +192,7 @@ impl Gateway {
                     }
                     // The window of throttled attempts ends with each sweep.
                     for row in throttled.close_window() {
-                        tracing::info!(target: "portcullis::audit", event = %row.to_json(), "audit");
+                        row.log();
                         if let Err(error) = store.record_audit(&row).await {
                             tracing::error!(%error, "could not write audit event");
                         }
@@ -378,7 +378,7 @@ impl Gateway {
     }
 
     pub(crate) async fn audit(&self, event: AuditEvent) {
-        tracing::info!(target: "portcullis::audit", event = %event.to_json(), "audit");
+        event.log();
         if let Err(error) = self.0.store.record_audit(&event).await {
             tracing::error!(%error, action = %event.action, "could not write audit event");
         }

@@ -417,7 +417,7 @@ pub(crate) async fn cli_audit(store: &Store, action: AuditAction, target: Option
         ip: None,
         count: 1,
     };
-    tracing::info!(target: "portcullis::audit", event = %event.to_json(), "audit");
+    event.log();
     if let Err(error) = store.record_audit(&event).await {
         tracing::error!(%error, "could not write audit event");
     }

@@ -29,6 +29,15 @@ struct Cli {
     /// TOML file holding any setting (flags and environment take precedence)
     #[arg(long, env = "PORTCULLIS_CONFIG", global = true)]
     config: Option<PathBuf>,
+    /// Log lines as `text` (coloured only on a terminal) or `json` (one object per
+    /// line, every field a key) [default: text]
+    #[arg(
+        long,
+        env = "PORTCULLIS_LOG_FORMAT",
+        global = true,
+        value_parser = ["text", "json"]
+    )]
+    log_format: Option<String>,
     #[command(flatten)]
     settings: RawSettings,
     #[command(subcommand)]
@@ -177,16 +186,18 @@ fn parse_cli() -> Cli {
 
 fn main() -> ExitCode {
     let cli = parse_cli();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // Access events are one line per request: asked for, not default.
-                .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new("info,portcullis::access=off")
-                }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Access events are one line per request: asked for, not default.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,portcullis::access=off"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_format.as_deref() == Some("json") {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,8 +1,6 @@
 //! The audit log: one row per security-relevant event. Reasons are internal
 //! (for operators); secrets never appear in any field.
 
-use serde_json::json;
-
 use crate::{Store, StoreError, on_pool};
 
 /// One audit event.
@@ -26,13 +24,21 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
-    /// The event as one JSON object, for the structured log line.
-    pub fn to_json(&self) -> serde_json::Value {
-        json!({
-            "at_ms": self.at_ms, "actor": self.actor, "action": self.action,
-            "target": self.target, "outcome": self.outcome, "reason": self.reason, "ip": self.ip,
-            "count": self.count,
-        })
+    /// The event as one log line on target `portcullis::audit`, its parts as
+    /// fields (`--log-format json` makes each a JSON key).
+    pub fn log(&self) {
+        tracing::info!(
+            target: "portcullis::audit",
+            at_ms = self.at_ms,
+            actor = %self.actor,
+            action = %self.action,
+            object = self.target.as_deref(),
+            outcome = %self.outcome,
+            reason = self.reason.as_deref(),
+            ip = self.ip.as_deref(),
+            count = self.count,
+            "audit"
+        );
     }
 }
 

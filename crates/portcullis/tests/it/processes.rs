@@ -638,6 +638,93 @@ fn check_config_lists_every_problem() {
     );
 }
 
+/// `--log-format json` writes one JSON object per line, the access log's and the
+/// audit events' parts as keys (not JSON inside a message); text logs written to
+/// a file carry no colour codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_structured_and_plain_off_a_terminal() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let upstream = TestUpstream::start().await;
+    for format in ["json", "text"] {
+        let listen = free_port();
+        let log = db.dir.join(format!("serve-{format}.log"));
+        let child = command(&db)
+            .arg("serve")
+            .env("RUST_LOG", "info,portcullis::access=info")
+            .env("PORTCULLIS_LOG_FORMAT", format)
+            .env("PORTCULLIS_LISTEN", listen.to_string())
+            .env("PORTCULLIS_UPSTREAM", format!("http://{}", upstream.addr))
+            .env("AUTH_BASIC_USERS", users())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut replica = Replica {
+            child,
+            client: TestClient::new(listen),
+        };
+        let up = eventually(Duration::from_secs(20), || async move {
+            tokio::net::TcpStream::connect(listen).await.is_ok()
+        })
+        .await;
+        assert!(up.is_some());
+        let wrong = serde_json::json!({"username": USER, "password": "wrong"}).to_string();
+        let r = replica
+            .client
+            .request(
+                "POST",
+                "/.auth/login",
+                &[("content-type", "application/json")],
+                wrong,
+            )
+            .await;
+        assert_eq!(r.status, 401);
+        let session = login(&replica.client, USER, PASSWORD).await;
+        let r = replica
+            .client
+            .get("/echo", &[("cookie", &session.cookie_header())])
+            .await;
+        assert_eq!(r.status, 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        replica.kill9();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            !text.contains('\u{1b}'),
+            "{format}: colour codes in a file:\n{text}"
+        );
+        if format == "text" {
+            assert!(text.contains("auth.login"), "{text}");
+            continue;
+        }
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        let failed = lines
+            .iter()
+            .find(|l| {
+                l["target"] == "portcullis::audit"
+                    && l["action"] == "auth.login"
+                    && l["outcome"] == "failure"
+            })
+            .unwrap_or_else(|| panic!("no audit line for the failed sign-in:\n{text}"));
+        assert_eq!(failed["object"], USER);
+        assert_eq!(failed["reason"], "bad_password");
+        assert_eq!(failed["count"], 1);
+        let access = lines
+            .iter()
+            .find(|l| l["target"] == "portcullis::access" && l["path"] == "/echo")
+            .unwrap_or_else(|| panic!("no access line:\n{text}"));
+        assert_eq!(access["method"], "GET");
+        assert_eq!(access["status"], 200);
+        assert!(
+            access["request_id"].is_string() && access["total_ms"].is_number(),
+            "{access}"
+        );
+    }
+}
+
 /// The complete example configuration.
 const EXAMPLE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
