@@ -13,6 +13,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::ConnectOptions as _;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -137,7 +138,10 @@ impl Store {
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Full)
                     .busy_timeout(Duration::from_secs(5))
-                    .foreign_keys(true);
+                    .foreign_keys(true)
+                    // Every statement at debug would be one line per bus poll
+                    // (five a second): statements at trace, slow ones still warn.
+                    .log_statements(::log::LevelFilter::Trace);
                 let pool = SqlitePoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(timeout)
@@ -146,7 +150,8 @@ impl Store {
                 Backend::Sqlite(pool)
             }
             "postgres" | "postgresql" => {
-                let options = PgConnectOptions::from_str(url)?;
+                let options =
+                    PgConnectOptions::from_str(url)?.log_statements(::log::LevelFilter::Trace);
                 let pool = PgPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(timeout)
