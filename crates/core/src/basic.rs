@@ -63,6 +63,17 @@ pub enum EntryWarning {
     CostsDiffer(String),
 }
 
+impl EntryWarning {
+    /// Advice about entries that were kept (a repeated user, differing costs);
+    /// every other warning is about an entry that was skipped.
+    pub fn is_advice(&self) -> bool {
+        matches!(
+            self,
+            EntryWarning::Duplicate(..) | EntryWarning::CostsDiffer(_)
+        )
+    }
+}
+
 /// The configured basic users.
 #[derive(Clone, Default)]
 pub struct BasicUsers {

@@ -136,6 +136,12 @@ pub struct GatewayConfig {
     pub session: SessionPolicy,
     pub same_site: SameSite,
     pub basic_users: BasicUsers,
+    /// `AUTH_BASIC_ADMINS` as given (the admin role, applied to a reloaded
+    /// users file too).
+    pub basic_admins: String,
+    /// `--users-file`: where `basic_users` came from, reloaded on SIGHUP and
+    /// when it changes.
+    pub users_file: Option<std::path::PathBuf>,
     pub login_limits: LoginLimits,
     /// Concurrent argon2 verifications (each uses 64 MiB and one core).
     pub argon2_workers: usize,
@@ -208,6 +214,8 @@ impl GatewayConfig {
             session: SessionPolicy::default(),
             same_site: SameSite::Lax,
             basic_users: BasicUsers::default(),
+            basic_admins: String::new(),
+            users_file: None,
             login_limits: LoginLimits::default(),
             // One core is left to the event loops whatever a login flood does.
             argon2_workers: std::thread::available_parallelism()

@@ -39,6 +39,7 @@ pub mod session_cache;
 mod state;
 mod throttle;
 mod upstream;
+pub mod users;
 mod ws;
 mod ws_frames;
 

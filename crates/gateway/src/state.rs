@@ -76,7 +76,7 @@ struct Inner {
     throttled: Arc<crate::audit_window::ThrottledAttempts>,
     passwords: PasswordPool,
     /// Verified against for unknown usernames so they cost the same as known ones.
-    dummy_hash: String,
+    users: Arc<crate::users::LiveUsers>,
     clock: Arc<dyn Clock>,
     entropy: Arc<dyn Entropy>,
     tasks: Vec<JoinHandle<()>>,
@@ -141,8 +141,27 @@ impl Gateway {
                 .map_err(|e| StartError::Dummy(e.to_string()))?;
         let dummy_took = started.elapsed();
 
+        let users = Arc::new(crate::users::LiveUsers::new(crate::users::Users {
+            list: config.basic_users.clone(),
+            dummy_hash,
+        }));
         let throttle = Arc::new(LoginThrottle::new(config.login_limits));
         let mut tasks = Vec::new();
+        if let Some(path) = &config.users_file {
+            let (cache, local) = (sessions.clone(), bus.clone());
+            let reloader = crate::users::Reloader {
+                path: path.clone(),
+                admins: config.basic_admins.clone(),
+                users: users.clone(),
+                store: store.clone(),
+                entropy: entropy.clone(),
+                revoked: Box::new(move |id: &str| {
+                    cache.invalidate(id);
+                    local.publish_local(portcullis_store::BusEvent::Revoked(id.to_owned()));
+                }),
+            };
+            tasks.push(tokio::spawn(reloader.follow()));
+        }
         let live = Arc::new(LiveConnections::default());
         tasks.push(tokio::spawn(crate::events::dispatch(
             bus.subscribe(),
@@ -244,7 +263,7 @@ impl Gateway {
                 .map_err(|e| StartError::Entropy(e.to_string()))?,
             throttle,
             throttled,
-            dummy_hash,
+            users,
             clock,
             entropy,
             tasks,
@@ -271,12 +290,12 @@ impl Gateway {
         // Read on every request: no allocation, one map lookup.
         let basic = IdentityProvider::Basic;
         if provider == basic.as_str() {
-            return self.0.config.basic_users.hash_of(subject).is_some();
+            return self.0.users.has(subject);
         }
         // A client named like a basic user would reach the upstream as that user:
         // such a client signs no one in (SPEC 4, no shared names by accident).
         if provider == IdentityProvider::Magic.as_str() {
-            return self.0.config.basic_users.hash_of(subject).is_none();
+            return !self.0.users.has(subject);
         }
         !IdentityProvider::is_oidc_name(provider) || self.oidc().knows(provider)
     }
@@ -343,8 +362,9 @@ impl Gateway {
         &self.0.passwords
     }
 
-    pub(crate) fn dummy_hash(&self) -> &str {
-        &self.0.dummy_hash
+    /// The basic users now (and the hash unknown names are verified against).
+    pub(crate) fn users(&self) -> Arc<crate::users::Users> {
+        self.0.users.get()
     }
 
     /// This process's id among the replicas (random, per start).

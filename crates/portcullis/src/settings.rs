@@ -138,6 +138,11 @@ pub struct RawSettings {
     /// [default: the number of CPUs less one, at least one]
     #[arg(long, env = "PORTCULLIS_ARGON2_WORKERS", global = true)]
     pub argon2_workers: Option<usize>,
+    /// A file of `user:argon2hash` entries, one per line (`#` comments), instead
+    /// of AUTH_BASIC_USERS; reloaded on SIGHUP and when it changes, and a user
+    /// removed or whose hash changed is signed out everywhere [default: none]
+    #[arg(long, env = "PORTCULLIS_USERS_FILE", global = true)]
+    pub users_file: Option<PathBuf>,
     /// `user:argon2hash` entries separated by `;` (in TOML also an array of
     /// entries)
     #[arg(skip)]
@@ -342,6 +347,7 @@ impl RawSettings {
             internal_credential_remote,
             argon2_workers,
             trusted_proxies,
+            users_file,
             basic_users,
             basic_admins,
             oidc,
@@ -676,9 +682,35 @@ impl RawSettings {
         if self.argon2_workers == Some(0) {
             errors.push("--argon2-workers: must be at least 1".into());
         }
+        // The users: AUTH_BASIC_USERS (or TOML basic_users), or a users file
+        // (one entry per line), never both.
+        let from_file = match (&self.users_file, &self.basic_users) {
+            (Some(_), Some(_)) => {
+                errors.push(
+                    "--users-file / PORTCULLIS_USERS_FILE and AUTH_BASIC_USERS (or basic_users) \
+                     both name the users; give one"
+                        .into(),
+                );
+                None
+            }
+            (Some(path), None) => match std::fs::read_to_string(path) {
+                Ok(text) => Some(SecretString::new(portcullis_gateway::users::file_entries(
+                    &text,
+                ))),
+                Err(e) => {
+                    errors.push(format!(
+                        "--users-file / PORTCULLIS_USERS_FILE: cannot read {}: {e}",
+                        path.display()
+                    ));
+                    None
+                }
+            },
+            _ => None,
+        };
         let (basic_users, entry_warnings) = BasicUsers::parse(
-            self.basic_users
+            from_file
                 .as_ref()
+                .or(self.basic_users.as_ref())
                 .map(SecretString::expose)
                 .unwrap_or_default(),
             self.basic_admins.as_deref().unwrap_or_default(),
@@ -795,6 +827,8 @@ impl RawSettings {
         config.role_permissions = role_permissions;
         config.login_limits = limits;
         config.basic_users = basic_users;
+        config.basic_admins = self.basic_admins.clone().unwrap_or_default();
+        config.users_file = self.users_file.clone();
         config.allowed_hosts = allowed_hosts;
         if let Some(n) = self.argon2_workers.filter(|n| *n > 0) {
             config.argon2_workers = n;

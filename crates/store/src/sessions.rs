@@ -261,6 +261,49 @@ impl Store {
             .await
     }
 
+    /// Signs basic user `name` out of what they had before `before_ms` (a change
+    /// of the users file): live sessions and API tokens, in one transaction,
+    /// logged and notified like any revocation. Returns their ids. What was made
+    /// since (after a new password) is kept.
+    pub async fn sign_out_basic_user(
+        &self,
+        name: &str,
+        before_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let notify = matches!(self.backend, crate::Backend::Postgres(_));
+        let ids = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let sessions: Vec<(String,)> = sqlx::query_as(
+                "UPDATE sessions SET revoked_ms = $1, revoked_by = 'users-file' \
+                 WHERE provider = 'basic' AND subject = $2 AND created_ms < $3 \
+                 AND revoked_ms IS NULL RETURNING id",
+            )
+            .bind(now_ms)
+            .bind(name)
+            .bind(before_ms)
+            .fetch_all(&mut *tx)
+            .await?;
+            let tokens: Vec<(String,)> = sqlx::query_as(
+                "UPDATE api_tokens SET revoked_ms = $1 \
+                 WHERE provider = 'basic' AND subject = $2 AND created_ms < $3 \
+                 AND revoked_ms IS NULL RETURNING id",
+            )
+            .bind(now_ms)
+            .bind(name)
+            .bind(before_ms)
+            .fetch_all(&mut *tx)
+            .await?;
+            let ids: Vec<String> = sessions.into_iter().chain(tokens).map(|(id,)| id).collect();
+            for id in &ids {
+                crate::log_revocation!(tx, id, now_ms, notify);
+            }
+            tx.commit().await?;
+            ids
+        });
+        Ok(ids)
+    }
+
     /// Revokes the live sessions matching `predicate`, whose `$3`, `$4`, … are
     /// `values`; logs and (on PostgreSQL) notifies each in the same transaction.
     pub(crate) async fn revoke_where(

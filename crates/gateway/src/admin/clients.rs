@@ -110,7 +110,7 @@ pub async fn add_client(call: AdminCall) -> Response {
             let body: CreateClient = parse(&call.body)?;
             let spec = ClientSpec::new(&body.slug, &body.name, &body.scope.into_vec(), &body.roles)
                 .map_err(|problems| GatewayError::Invalid(problems.join("; ")))?;
-            if gw.config().basic_users.hash_of(&spec.slug).is_some() {
+            if gw.users().list.hash_of(&spec.slug).is_some() {
                 return Err(GatewayError::Conflict(
                     "a basic user has that name: the client would reach the upstream as them",
                 ));

@@ -64,13 +64,7 @@ fn render_login(gw: &Gateway, next: &str, error: Option<&str>, status: StatusCod
             (href, name)
         })
         .collect();
-    let page = pages::login_page(
-        &action,
-        next,
-        error,
-        !gw.config().basic_users.is_empty(),
-        &buttons,
-    );
+    let page = pages::login_page(&action, next, error, !gw.users().list.is_empty(), &buttons);
     let mut response = (status, page).into_response();
     response
         .headers_mut()
@@ -208,10 +202,11 @@ async fn login(
     }
 
     // Unknown users are verified against a dummy hash: same work, same answer.
-    let stored = gw.config().basic_users.hash_of(&username);
-    let hash = stored.unwrap_or(gw.dummy_hash()).to_owned();
+    let users = gw.users();
+    let stored = users.list.hash_of(&username);
+    let hash = stored.unwrap_or(&users.dummy_hash).to_owned();
     // The dummy costs as much as the costliest configured hash.
-    let costliest = stored.is_none_or(|h| gw.config().basic_users.is_costliest(h));
+    let costliest = stored.is_none_or(|h| users.list.is_costliest(h));
     let matched = gw
         .passwords()
         .verify(hash, password, costliest)
@@ -230,7 +225,7 @@ async fn login(
         return Err(fail(GatewayError::InvalidCredentials));
     }
 
-    let identity = gw.config().basic_users.identity(&username);
+    let identity = users.list.identity(&username);
     let device = device_of(headers, Some(peer.ip().to_string()));
     let signed_in = SignIn {
         identity,

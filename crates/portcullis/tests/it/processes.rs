@@ -455,8 +455,105 @@ async fn api_tokens_from_the_cli_work_on_every_replica(backend: Backend) {
     }
 }
 
+/// `--users-file`: a user removed from the file is signed out everywhere within
+/// a second (sessions, live WebSockets, on every replica reading it); SIGHUP
+/// reloads too (a changed hash signs the user out); a file that does not parse
+/// changes nothing.
+async fn a_users_file_reloads_and_signs_out(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let upstream = TestUpstream::start().await;
+    let file = db.dir.join("users");
+    let line = |name: &str, password: &str| format!("{name}:{}\n", cheap_hash(password));
+    let alice_line = line(ADMIN, PASSWORD);
+    std::fs::write(
+        &file,
+        format!("# who may sign in\n{alice_line}\n{}", line(USER, PASSWORD)),
+    )
+    .unwrap();
+    let start = |listen| {
+        let (db, file) = (&db, file.clone());
+        async move {
+            Replica::start_with(db, listen, |cmd| {
+                cmd.env("PORTCULLIS_UPSTREAM", format!("http://{}", upstream.addr))
+                    .env("PORTCULLIS_USERS_FILE", &file);
+            })
+            .await
+        }
+    };
+    let a = start(free_port()).await;
+    // Two replicas read the file on PostgreSQL; one is enough on SQLite.
+    let b = match backend {
+        Backend::Postgres => Some(start(free_port()).await),
+        Backend::Sqlite => None,
+    };
+    let other = b.as_ref().unwrap_or(&a);
+    let bob = login(&a.client, USER, PASSWORD).await;
+    let alice = login(&a.client, ADMIN, PASSWORD).await;
+    let mut socket = crate::websocket::connect_as(other.client.addr, &bob).await;
+
+    // bob leaves the file: signed out everywhere within a second.
+    std::fs::write(&file, &alice_line).unwrap();
+    let closed = crate::websocket::close_frame(&mut socket, Duration::from_secs(2))
+        .await
+        .expect("bob's WebSocket closed");
+    assert_eq!(u16::from(closed.code), 4401);
+    for replica in [&a, other] {
+        assert!(
+            refused_within(
+                &replica.client,
+                &bob.cookie_header(),
+                Duration::from_secs(1)
+            )
+            .await,
+            "bob still accepted"
+        );
+        let r = replica
+            .client
+            .get("/echo", &[("cookie", &alice.cookie_header())])
+            .await;
+        assert_eq!(r.status, 200, "alice is still signed in");
+    }
+
+    // A file that does not parse changes nothing.
+    std::fs::write(&file, format!("{alice_line}carol:plaintext\n")).unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let seen = std::fs::metadata(&file).unwrap().modified().unwrap();
+    let r = a
+        .client
+        .get("/echo", &[("cookie", &alice.cookie_header())])
+        .await;
+    assert_eq!(r.status, 200, "a broken file signs no one out");
+
+    // SIGHUP: alice's hash changes while the file keeps its old time, so only
+    // the signal can make the change seen; her session ends.
+    std::fs::write(&file, line(ADMIN, "a new password")).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(seen)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = a
+        .client
+        .get("/echo", &[("cookie", &alice.cookie_header())])
+        .await;
+    assert_eq!(r.status, 200, "not reloaded before the signal");
+    let hup = Command::new("kill")
+        .args(["-HUP", &a.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    assert!(
+        refused_within(&a.client, &alice.cookie_header(), Duration::from_secs(1)).await,
+        "a changed hash signs the user out"
+    );
+    login(&a.client, ADMIN, "a new password").await;
+}
+
 both_backends!(
     api_tokens_from_the_cli_work_on_every_replica,
+    a_users_file_reloads_and_signs_out,
     a_ticket_is_consumed_exactly_once_across_replicas,
     sessions_survive_kill_9,
     revocation_reaches_every_replica_within_a_second,
