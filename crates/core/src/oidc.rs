@@ -590,7 +590,8 @@ pub fn unprefixed_overlaps(providers: &[(&str, &str)], basic_users: &[&str]) -> 
         if prefix.is_empty() {
             warnings.push(format!(
                 "provider {id:?} names users without a prefix: a user it names like a \
-                 basic user or a client is that one to the upstream; keep the names disjoint"
+                 basic user, a client or another provider's user (`corp:alice`) is that one \
+                 to the upstream; keep the names disjoint"
             ));
             continue;
         }

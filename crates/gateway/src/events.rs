@@ -28,6 +28,8 @@ pub struct Followers {
     pub internal: Arc<InternalCredentials>,
     pub oidc: Arc<Oidc>,
     pub clients: Arc<crate::clients::ClientScopes>,
+    /// Whether the bus is up, for when its own events were dropped.
+    pub bus: portcullis_store::RevocationBus,
 }
 
 /// Applies bus events until the bus closes.
@@ -45,6 +47,13 @@ pub async fn dispatch(mut events: broadcast::Receiver<BusEvent>, followers: Foll
             Err(RecvError::Lagged(missed)) => {
                 tracing::warn!(missed, "bus subscriber lagged; treating as a flush");
                 followers.apply(BusEvent::Flush, &wake);
+                // A dropped Lost or Restored: the bus's state says which holds.
+                let state = if followers.bus.is_connected() {
+                    BusEvent::Restored
+                } else {
+                    BusEvent::Lost
+                };
+                followers.apply(state, &wake);
             }
             Err(RecvError::Closed) => return,
         }

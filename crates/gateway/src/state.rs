@@ -72,6 +72,8 @@ struct Inner {
     bus: RevocationBus,
     /// This process among the replicas (its readiness probe row).
     process: String,
+    /// The last readiness write probe: when, and whether it succeeded.
+    readiness: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
     throttle: Arc<LoginThrottle>,
     throttled: Arc<crate::audit_window::ThrottledAttempts>,
     passwords: PasswordPool,
@@ -173,6 +175,7 @@ impl Gateway {
                 internal: internal.clone(),
                 oidc: oidc.clone(),
                 clients: clients.clone(),
+                bus: bus.clone(),
             },
         )));
         {
@@ -261,6 +264,7 @@ impl Gateway {
             bus,
             process: portcullis_core::secret::random_id(entropy.as_ref(), "proc-")
                 .map_err(|e| StartError::Entropy(e.to_string()))?,
+            readiness: tokio::sync::Mutex::new(None),
             throttle,
             throttled,
             users,
@@ -370,6 +374,11 @@ impl Gateway {
     /// This process's id among the replicas (random, per start).
     pub fn process_id(&self) -> &str {
         &self.0.process
+    }
+
+    /// The last readiness write probe (see `endpoints::health`).
+    pub(crate) fn readiness(&self) -> &tokio::sync::Mutex<Option<(std::time::Instant, bool)>> {
+        &self.0.readiness
     }
 
     /// Whether the revocation bus is up (cached sessions can be trusted).

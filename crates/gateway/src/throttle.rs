@@ -123,11 +123,15 @@ pub struct PasswordPool {
     costliest_micros: Arc<AtomicU64>,
 }
 
-/// A verification for a worker: the hash, the password, where to answer.
+/// A verification for a worker: the hash, the password, where to answer, and
+/// the worker slot it holds until the verification is done (a sign-in whose
+/// client went away must not free its slot while its job still runs: the queue
+/// would overflow).
 type Job = (
     String,
     SecretString,
     tokio::sync::oneshot::Sender<(bool, Duration)>,
+    tokio::sync::OwnedSemaphorePermit,
 );
 
 /// How much lower than the event loops the workers run (a nice value).
@@ -166,13 +170,13 @@ impl PasswordPool {
         password: SecretString,
         costliest: bool,
     ) -> Result<bool, GatewayError> {
-        let _permit = tokio::time::timeout(WORKER_WAIT, self.permits.clone().acquire_owned())
+        let permit = tokio::time::timeout(WORKER_WAIT, self.permits.clone().acquire_owned())
             .await
             .map_err(|_| GatewayError::Busy)?
             .map_err(|_| GatewayError::Busy)?;
         let (answer, answered) = tokio::sync::oneshot::channel();
         self.jobs
-            .try_send((hash, password, answer))
+            .try_send((hash, password, answer, permit))
             .map_err(|e| GatewayError::Internal(format!("password workers unavailable: {e}")))?;
         let (matched, took) = answered
             .await
@@ -210,11 +214,12 @@ fn work(queue: &std::sync::Mutex<std::sync::mpsc::Receiver<Job>>) {
             Ok(queue) => queue.recv(),
             Err(_) => return,
         };
-        let Ok((hash, password, answer)) = job else {
+        let Ok((hash, password, answer, permit)) = job else {
             return;
         };
         let started = std::time::Instant::now();
         let matched = verify_password(&hash, &password);
+        drop(permit);
         let _ = answer.send((matched, started.elapsed()));
     }
 }

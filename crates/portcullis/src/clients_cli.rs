@@ -17,7 +17,7 @@ use portcullis_gateway::clients::{announce, create_client, create_link, link_url
 use portcullis_store::ClientSwitch;
 use serde_json::json;
 
-use crate::commands::{cli_audit, open_store, resolve, rfc3339};
+use crate::commands::{cli_audit, open_existing_store, resolve, rfc3339};
 use crate::settings::RawSettings;
 
 #[derive(Debug, Subcommand)]
@@ -74,7 +74,7 @@ pub enum TokensCommand {
 
 pub async fn clients(raw: RawSettings, command: ClientsCommand) -> anyhow::Result<ExitCode> {
     let settings = resolve(&raw, false)?;
-    let store = open_store(&settings).await?;
+    let store = open_existing_store(&settings).await?;
     let now = SystemClock.now_ms();
     match command {
         ClientsCommand::Add {
@@ -162,7 +162,7 @@ pub async fn clients(raw: RawSettings, command: ClientsCommand) -> anyhow::Resul
 
 pub async fn tokens(raw: RawSettings, command: TokensCommand) -> anyhow::Result<ExitCode> {
     let settings = resolve(&raw, false)?;
-    let store = open_store(&settings).await?;
+    let store = open_existing_store(&settings).await?;
     let now = SystemClock.now_ms();
     match command {
         TokensCommand::Create { client, label, ttl } => {

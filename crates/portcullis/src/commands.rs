@@ -63,16 +63,60 @@ pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Opens (and creates, with SQLite) the database and applies migrations: for
+/// `serve`, `demo` and `migrate`. The data directory is created 0700 and the
+/// SQLite files are made 0600.
 pub(crate) async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    if settings.database_url.starts_with("sqlite:") {
+    let sqlite_file = settings
+        .database_url
+        .strip_prefix("sqlite://")
+        .map(Path::new);
+    if sqlite_file.is_some() && !settings.data_dir.exists() {
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
+        set_mode(&settings.data_dir, 0o700)?;
     }
     let store = Store::connect_with_timeout(&settings.database_url, settings.db_timeout)
         .await
         .context("connecting to the database")?;
     store.migrate().await.context("applying migrations")?;
+    if let Some(file) = sqlite_file {
+        for suffix in ["", "-wal", "-shm"] {
+            let path = std::path::PathBuf::from(format!("{}{suffix}", file.display()));
+            if path.exists() {
+                set_mode(&path, 0o600)?;
+            }
+        }
+    }
     Ok(store)
+}
+
+/// Opens the database an operator command works on, refusing to create an empty
+/// one (a mistyped --data-dir would otherwise show "no sessions" and create a
+/// database nobody uses).
+pub(crate) async fn open_existing_store(settings: &Settings) -> anyhow::Result<Store> {
+    if let Some(file) = settings.database_url.strip_prefix("sqlite://")
+        && !Path::new(file).exists()
+    {
+        bail!(
+            "no Portcullis database in {} (looked for {file}); give the data directory \
+             the gateway uses (--data-dir or PORTCULLIS_DATA_DIR) or --database",
+            settings.data_dir.display()
+        );
+    }
+    open_store(settings).await
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("restricting {}", path.display()))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_: &Path, _: u32) -> anyhow::Result<()> {
+    Ok(())
 }
 
 pub async fn shutdown_signal() {
@@ -273,7 +317,7 @@ pub async fn reset_internal_credential(raw: RawSettings) -> anyhow::Result<ExitC
              restart the gateway to mint a new one"
         );
     }
-    let store = open_store(&settings).await?;
+    let store = open_existing_store(&settings).await?;
     let secret = secret_key(&settings)?;
     let existed =
         portcullis_gateway::reset_deployment_credential(&store, &secret, SystemClock.now_ms())
@@ -425,7 +469,7 @@ pub(crate) async fn cli_audit(store: &Store, action: AuditAction, target: Option
 
 pub async fn rotate_keys(raw: RawSettings) -> anyhow::Result<ExitCode> {
     let settings = resolve(&raw, false)?;
-    let store = open_store(&settings).await?;
+    let store = open_existing_store(&settings).await?;
     let secret = secret_key(&settings)?;
     let key = new_signing_key(&secret, &OsEntropy, SystemClock.now_ms())?;
     store.rotate_signing_key(&key).await?;
@@ -453,7 +497,7 @@ pub async fn list_sessions(
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
     let settings = resolve(&raw, false)?;
-    let store = open_store(&settings).await?;
+    let store = open_existing_store(&settings).await?;
     let now = SystemClock.now_ms();
     let sessions = store
         .list_sessions(
@@ -470,6 +514,9 @@ pub async fn list_sessions(
             "{:<27} {:<20} {:<10} {:<21} {:<21} STATUS",
             "ID", "USER", "PROVIDER", "CREATED", "EXPIRES"
         );
+    }
+    if sessions.is_empty() && !as_json {
+        println!("none");
     }
     for s in &sessions {
         let status = match s.check(now, s.last_seen_ms) {
@@ -508,7 +555,7 @@ pub async fn revoke_sessions(
     api_tokens: bool,
 ) -> anyhow::Result<ExitCode> {
     let settings = resolve(&raw, false)?;
-    let store = open_store(&settings).await?;
+    let store = open_existing_store(&settings).await?;
     let now = SystemClock.now_ms();
     if let (true, Some(user)) = (api_tokens, &user) {
         for id in store.revoke_subject_api_tokens(user, now).await? {
@@ -525,7 +572,14 @@ pub async fn revoke_sessions(
                 return Ok(ExitCode::FAILURE);
             }
         }
-        (None, Some(user)) => store.revoke_subject_sessions(&user, "cli", now).await?,
+        (None, Some(user)) => {
+            let revoked = store.revoke_subject_sessions(&user, "cli", now).await?;
+            if revoked.is_empty() {
+                println!("{user:?} has no live sessions; nothing revoked");
+                return Ok(ExitCode::SUCCESS);
+            }
+            revoked
+        }
         (None, None) => bail!("give a session id or --user NAME"),
     };
     for id in &revoked {
@@ -544,9 +598,10 @@ pub async fn create_api_token(
     label: Option<String>,
     ttl: Option<String>,
     provider: Option<String>,
+    force: bool,
 ) -> anyhow::Result<ExitCode> {
     let settings = resolve(&raw, false)?;
-    let store = open_store(&settings).await?;
+    let store = open_existing_store(&settings).await?;
     let user = user.trim().to_owned();
     if user.is_empty() || user.contains(',') {
         bail!("--user must be a non-empty name without commas");
@@ -560,21 +615,30 @@ pub async fn create_api_token(
         }
         None => None,
     };
-    let basic_users = raw
-        .basic_users
+    let file_users = raw
+        .users_file
         .as_ref()
-        .map(|u| BasicUsers::parse(u.expose(), "").0)
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .map(|text| portcullis_gateway::users::file_entries(&text));
+    let basic_users = file_users
+        .as_deref()
+        .or(raw.basic_users.as_ref().map(SecretString::expose))
+        .map(|u| BasicUsers::parse(u, "").0)
         .unwrap_or_default();
     let provider = match provider {
         Some(p) => Some(p),
         None if basic_users.hash_of(&user).is_some() => Some("basic".to_owned()),
-        None => {
+        None if force => {
             eprintln!(
-                "{user} is not in AUTH_BASIC_USERS and no --provider was given: a service \
-                 token, valid until revoked or expired whatever users exist"
+                "{user} is no basic user and no --provider was given: a service token, valid \
+                 until revoked or expired whatever users exist"
             );
             None
         }
+        None => bail!(
+            "{user:?} is not a basic user (AUTH_BASIC_USERS or --users-file); for an OpenID \
+             user give --provider ID, for a service token with no user add --force"
+        ),
     };
     let admins = raw.basic_admins.as_deref().unwrap_or_default();
     let is_admin = admins.split(',').any(|a| a.trim() == user);
@@ -605,9 +669,19 @@ pub async fn create_api_token(
 
 pub async fn list_api_tokens(raw: RawSettings, as_json: bool) -> anyhow::Result<ExitCode> {
     let settings = resolve(&raw, false)?;
-    let store = open_store(&settings).await?;
+    let store = open_existing_store(&settings).await?;
     let now = SystemClock.now_ms();
-    for t in store.list_api_tokens(None).await? {
+    let tokens = store.list_api_tokens(None).await?;
+    if !as_json {
+        println!(
+            "{:<27} {:<20} {:<12} {:<21} {:<8} LABEL",
+            "ID", "USER", "ROLES", "CREATED", "STATUS"
+        );
+        if tokens.is_empty() {
+            println!("none");
+        }
+    }
+    for t in tokens {
         let status = t.status(now);
         if as_json {
             println!(
@@ -618,7 +692,7 @@ pub async fn list_api_tokens(raw: RawSettings, as_json: bool) -> anyhow::Result<
             );
         } else {
             println!(
-                "{:<27} {:<20} {:<12} {:<21} {} {}",
+                "{:<27} {:<20} {:<12} {:<21} {:<8} {}",
                 t.id,
                 t.subject,
                 t.roles,
@@ -633,7 +707,7 @@ pub async fn list_api_tokens(raw: RawSettings, as_json: bool) -> anyhow::Result<
 
 pub async fn revoke_api_token(raw: RawSettings, id: String) -> anyhow::Result<ExitCode> {
     let settings = resolve(&raw, false)?;
-    let store = open_store(&settings).await?;
+    let store = open_existing_store(&settings).await?;
     if store.revoke_api_token(&id, SystemClock.now_ms()).await? {
         cli_audit(&store, AuditAction::ApiTokenRevoke, Some(id.clone())).await;
         println!("revoked {id}");

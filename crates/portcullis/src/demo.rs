@@ -27,6 +27,8 @@ pub async fn run(mut raw: RawSettings) -> anyhow::Result<ExitCode> {
         URL_SAFE_NO_PAD.encode(suffix)
     ));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Removed on every way out, an error (a port in use) included.
+    let _remove = RemoveOnDrop(dir.clone());
 
     let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let upstream_addr = upstream.local_addr()?;
@@ -73,10 +75,17 @@ pub async fn run(mut raw: RawSettings) -> anyhow::Result<ExitCode> {
     println!("  Press Ctrl-C to stop.");
     println!();
 
-    let result = serve_per_core(listeners, gateway, shutdown_signal()).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result?;
+    serve_per_core(listeners, gateway, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Deletes the demo's directory when the demo ends, however it ends.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The built-in demo dashboard (the upstream). `prefix` is the gateway's auth

@@ -114,6 +114,10 @@ enum ApiTokensCommand {
         /// basic for a user in AUTH_BASIC_USERS, else none (a service token)]
         #[arg(long)]
         provider: Option<String>,
+        /// Create it for a name that is no basic user and no --provider's (a
+        /// service token, valid until revoked or expired)
+        #[arg(long)]
+        force: bool,
     },
     /// List tokens (never their secrets)
     List {
@@ -252,7 +256,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 label,
                 ttl,
                 provider,
-            } => commands::create_api_token(raw, user, label, ttl, provider).await,
+                force,
+            } => commands::create_api_token(raw, user, label, ttl, provider, force).await,
             ApiTokensCommand::List { json } => commands::list_api_tokens(raw, json).await,
             ApiTokensCommand::Revoke { id } => commands::revoke_api_token(raw, id).await,
         },

@@ -14,7 +14,7 @@ use portcullis_gateway::oidc::{Oidc, RefreshError};
 use portcullis_store::ProviderDelete;
 use serde_json::json;
 
-use crate::commands::{cli_audit, open_store, resolve, secret_key};
+use crate::commands::{cli_audit, open_existing_store, resolve, secret_key};
 use crate::settings::RawSettings;
 
 #[derive(Debug, Subcommand)]
@@ -85,7 +85,7 @@ pub struct AddArgs {
 
 pub async fn run(raw: RawSettings, command: OidcCommand) -> anyhow::Result<ExitCode> {
     let settings = resolve(&raw, false)?;
-    let store = open_store(&settings).await?;
+    let store = open_existing_store(&settings).await?;
     let now = SystemClock.now_ms();
     match command {
         OidcCommand::Add(args) => {

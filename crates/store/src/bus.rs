@@ -183,17 +183,23 @@ struct Follower {
 impl Follower {
     /// Publishes every entry committed since the cursors.
     async fn catch_up(&mut self, revocations: bool, changes: bool) -> Result<(), String> {
+        // Each batch is delivered as soon as it is read: the cursor has moved
+        // past it, so a later batch's failure must not lose it.
+        let (store, sender) = (&self.store, &self.sender);
         let read = async {
             if revocations {
-                for id in read_all(&self.store, Log::Revocations, &mut self.revocations).await? {
-                    let _ = self.sender.send(BusEvent::Revoked(id));
-                }
+                read_all(store, Log::Revocations, &mut self.revocations, |id| {
+                    let _ = sender.send(BusEvent::Revoked(id));
+                })
+                .await?;
             }
             if changes {
-                let topics = read_all(&self.store, Log::ConfigChanges, &mut self.changes).await?;
-                for event in topics.iter().filter_map(|t| changed(t)) {
-                    let _ = self.sender.send(event);
-                }
+                read_all(store, Log::ConfigChanges, &mut self.changes, |topic| {
+                    if let Some(event) = changed(&topic) {
+                        let _ = sender.send(event);
+                    }
+                })
+                .await?;
             }
             Ok::<_, StoreError>(())
         };
@@ -224,18 +230,18 @@ impl Follower {
     }
 }
 
-/// Every entry of `log` after `cursor`, however many batches that takes.
+/// Hands every entry of `log` after `cursor` to `deliver`, batch by batch.
 async fn read_all(
     store: &Store,
     log: Log,
     cursor: &mut LogCursor,
-) -> Result<Vec<String>, StoreError> {
-    let mut all = Vec::new();
+    mut deliver: impl FnMut(String),
+) -> Result<(), StoreError> {
     loop {
         let (entries, more) = store.read_log(log, cursor).await?;
-        all.extend(entries);
+        entries.into_iter().for_each(&mut deliver);
         if !more {
-            return Ok(all);
+            return Ok(());
         }
     }
 }

@@ -12,6 +12,8 @@
 //! below the cursor belongs to a transaction that was running at the last read,
 //! so it is found; rows already returned are not returned twice.
 
+use std::collections::HashSet;
+
 use crate::{Backend, Store, StoreError};
 
 /// Rows read per call.
@@ -27,7 +29,7 @@ pub enum Log {
 }
 
 /// A follower's position in one log.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct LogCursor {
     /// Every row at or below this has been read, except (PostgreSQL) rows of
     /// transactions still running at the last read.
@@ -38,7 +40,7 @@ pub struct LogCursor {
     running_from: Option<String>,
     /// Rows returned by the last read, so a row read again (its transaction was
     /// running) is not returned twice.
-    returned: Vec<i64>,
+    returned: HashSet<i64>,
 }
 
 impl LogCursor {
@@ -118,7 +120,7 @@ impl Store {
                 LogCursor {
                     seq,
                     running_from: Some(running_from),
-                    returned: Vec::new(),
+                    returned: HashSet::new(),
                 }
             }
         };

@@ -1119,6 +1119,15 @@ async fn a_links_secret_never_reaches_the_log() {
     let upstream = TestUpstream::start().await;
     let listen = free_port();
     let log = db.dir.join("serve.log");
+    // Operator commands work on an existing database only; `migrate` makes one.
+    assert!(
+        command(&db)
+            .arg("migrate")
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
     let add = command(&db)
         .args([
             "clients", "add", "--slug", "acme", "--name", "ACME", "--scope", "/portal/",

@@ -393,6 +393,7 @@ async fn api_tokens_from_the_cli_work_on_every_replica(backend: Backend) {
             "ci-bot",
             "--label",
             "nightly",
+            "--force",
         ])
         .output()
         .unwrap();
@@ -827,6 +828,27 @@ async fn logs_are_structured_and_plain_off_a_terminal() {
     }
 }
 
+/// The demo leaves no directory behind when it cannot start (its port taken).
+#[test]
+fn the_demo_cleans_up_when_its_port_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tmp = std::env::temp_dir().join(format!("pc-demo-tmp-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out = Command::new(BIN)
+        .env_clear()
+        .env("TMPDIR", &tmp)
+        .args(["demo", "--listen", &taken.local_addr().unwrap().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the demo cannot listen on a taken port"
+    );
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 /// The complete example configuration.
 const EXAMPLE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -1027,6 +1049,39 @@ fn check_config_rows() {
 fn generated_secret_key_is_private() {
     let dir = std::env::temp_dir().join(format!("pc-key-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    // Operator commands work on an existing database only; `migrate` makes one.
+    let made = Command::new(BIN)
+        .env_clear()
+        .args(["migrate", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let meta = std::fs::metadata(&dir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o700,
+        "the data directory is private"
+    );
+    let db = std::fs::metadata(dir.join("portcullis.db")).unwrap();
+    assert_eq!(
+        db.permissions().mode() & 0o777,
+        0o600,
+        "the database file is private"
+    );
+    let refused = Command::new(BIN)
+        .env_clear()
+        .args(["sessions", "list", "--data-dir"])
+        .arg(dir.join("mistyped"))
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "no database is created by an operator command"
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no Portcullis database in"));
+    assert!(!dir.join("mistyped").exists());
     let out = Command::new(BIN)
         .env_clear()
         .args(["keys", "rotate", "--data-dir"])
@@ -1039,7 +1094,6 @@ fn generated_secret_key_is_private() {
         String::from_utf8_lossy(&out.stderr)
     );
     let meta = std::fs::metadata(dir.join("secret.key")).unwrap();
-    use std::os::unix::fs::PermissionsExt;
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -82,9 +82,10 @@ async fn revocation_during_a_cut(cut: fn(&Relay)) {
         r.status == 503 && r.json()["reasons"].to_string().contains("revocation_bus")
     })
     .await;
+    // The bus notices within 850 ms; asking /readyz adds up to its own 0.9 s.
     let noticed = noticed.expect("B notices the cut");
     assert!(
-        noticed < Duration::from_millis(1500),
+        noticed < Duration::from_secs(2),
         "noticed after {noticed:?}"
     );
 
@@ -169,7 +170,7 @@ async fn the_database_going_away_fails_closed_fast_and_both_replicas_recover() {
         })
         .await;
         assert!(
-            noticed.is_some_and(|t| t < Duration::from_millis(1500)),
+            noticed.is_some_and(|t| t < Duration::from_secs(2)),
             "{noticed:?}"
         );
     }
