@@ -82,15 +82,12 @@ impl Store {
         let sql = format!(
             "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE {predicate} AND revoked_ms IS NULL"
         );
-        self.bounded(async {
-            Ok(on_pool!(self, pool => {
-                sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
-                    .bind(value)
-                    .fetch_optional(pool)
-                    .await?
-            }))
+        crate::bounded_on_conn!(self, self.timeout, conn => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(value)
+                .fetch_optional(&mut *conn)
+                .await?
         })
-        .await
     }
 
     /// Whether token `id` exists and is not revoked.

@@ -85,6 +85,46 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
+/// Runs `$body` with `$conn` (`&mut` a connection of the pool) within `$wait`,
+/// acquiring included. A connection whose work timed out is closed, never handed
+/// back: the pool tests a returned connection with a query that has no time
+/// limit, so one that went silent would hold its place until TCP gives up.
+macro_rules! bounded_on_conn {
+    ($store:expr, $wait:expr, $conn:ident => $body:expr) => {{
+        let wait: std::time::Duration = $wait;
+        let deadline = tokio::time::Instant::now() + wait;
+        match &$store.backend {
+            $crate::Backend::Sqlite(pool) => {
+                $crate::bounded_on_conn!(@run pool, deadline, wait, $conn => $body)
+            }
+            $crate::Backend::Postgres(pool) => {
+                $crate::bounded_on_conn!(@run pool, deadline, wait, $conn => $body)
+            }
+        }
+    }};
+    (@run $pool:ident, $deadline:ident, $wait:ident, $conn:ident => $body:expr) => {{
+        match tokio::time::timeout_at($deadline, $pool.acquire()).await {
+            Err(_) => Err($crate::StoreError::Timeout($wait)),
+            Ok(Err(e)) => Err($crate::StoreError::from(e)),
+            Ok(Ok(mut held)) => {
+                let outcome = tokio::time::timeout_at($deadline, async {
+                    let $conn = &mut *held;
+                    Ok::<_, $crate::StoreError>($body)
+                })
+                .await;
+                match outcome {
+                    Ok(result) => result,
+                    Err(_) => {
+                        held.close_on_drop();
+                        Err($crate::StoreError::Timeout($wait))
+                    }
+                }
+            }
+        }
+    }};
+}
+pub(crate) use bounded_on_conn;
+
 /// Records that `$id` (a session or API token id) was revoked, inside the revoking
 /// transaction `$tx`: a revocation-log row for pollers and, on PostgreSQL
 /// (`$notify`), a `NOTIFY` delivered at commit. Every revocation goes through here,
@@ -182,13 +222,9 @@ impl Store {
 
     /// A trivial query, for readiness checks (bounded like the request path's).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.bounded(async {
-            on_pool!(self, pool => {
-                sqlx::query("SELECT 1").execute(pool).await?;
-            });
-            Ok(())
+        bounded_on_conn!(self, self.timeout, conn => {
+            sqlx::query("SELECT 1").execute(&mut *conn).await?;
         })
-        .await
     }
 
     /// Whether the database takes a write (a full or read-only disk does not),
@@ -199,39 +235,21 @@ impl Store {
         now_ms: i64,
         within: Duration,
     ) -> Result<(), StoreError> {
-        let write = async {
-            on_pool!(self, pool => {
-                sqlx::query(
-                    "INSERT INTO readiness_probe (id, at_ms) VALUES ($1, $2) \
-                     ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms",
-                )
-                .bind(process)
-                .bind(now_ms)
-                .execute(pool)
-                .await?;
-            });
-            Ok(())
-        };
-        tokio::time::timeout(within, write)
-            .await
-            .map_err(|_| StoreError::Timeout(within))?
+        bounded_on_conn!(self, within, conn => {
+            sqlx::query(
+                "INSERT INTO readiness_probe (id, at_ms) VALUES ($1, $2) \
+                 ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms",
+            )
+            .bind(process)
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await?;
+        })
     }
 
     /// The bound on waiting for the database.
     pub fn timeout(&self) -> Duration {
         self.timeout
-    }
-
-    /// `work`, failing with [`StoreError::Timeout`] after the store's timeout: a
-    /// connection that stopped answering (not refused: silently gone) would
-    /// otherwise hold a request for as long as TCP takes to give up.
-    pub(crate) async fn bounded<T>(
-        &self,
-        work: impl std::future::Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, work)
-            .await
-            .map_err(|_| StoreError::Timeout(self.timeout))?
     }
 
     /// Closes every pooled connection.

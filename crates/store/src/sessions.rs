@@ -202,13 +202,12 @@ impl Store {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let row: Option<BoundSessionRow> = self
-            .bounded(async {
-                Ok(on_pool!(self, pool => {
-                    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?
-                }))
-            })
-            .await?;
+        let row: Option<BoundSessionRow> = crate::bounded_on_conn!(self, self.timeout, conn => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?
+        })?;
         Ok(row.map(BoundSessionRow::into_session))
     }
 

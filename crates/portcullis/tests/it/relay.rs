@@ -16,11 +16,16 @@ enum Mode {
     /// Existing connections are reset; new ones are accepted and reset at once.
     Down,
     BlackHole,
+    /// Connections opened before generation `.0` stay silent forever (their
+    /// state was lost on the way: no reset ever comes); newer ones pass.
+    Severed(u64),
 }
 
 pub struct Relay {
     pub addr: SocketAddr,
     mode: Arc<watch::Sender<Mode>>,
+    /// Connections are numbered by the generation they were opened in.
+    generation: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -40,12 +45,20 @@ impl Relay {
         let (mode, _) = watch::channel(Mode::Pass);
         let mode = Arc::new(mode);
         let accepting = mode.clone();
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let numbering = generation.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(pump(client, target, accepting.subscribe()));
+                let born = numbering.load(std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(pump(client, target, born, accepting.subscribe()));
             }
         });
-        Self { addr, mode, task }
+        Self {
+            addr,
+            mode,
+            generation,
+            task,
+        }
     }
 
     /// `url` (a PostgreSQL URL) with its host and port replaced by the relay's.
@@ -66,10 +79,20 @@ impl Relay {
     pub fn up(&self) {
         self.mode.send_replace(Mode::Pass);
     }
+
+    /// Heals for new connections only: every connection open now stays silent
+    /// forever, as when a firewall or NAT between them forgot their state.
+    pub fn sever(&self) {
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        self.mode.send_replace(Mode::Severed(generation));
+    }
 }
 
 /// Relays one connection as the mode says.
-async fn pump(client: TcpStream, target: SocketAddr, mut mode: watch::Receiver<Mode>) {
+async fn pump(client: TcpStream, target: SocketAddr, born: u64, mut mode: watch::Receiver<Mode>) {
     let reset = |stream: &TcpStream| {
         let _ = stream.set_zero_linger();
     };
@@ -87,11 +110,15 @@ async fn pump(client: TcpStream, target: SocketAddr, mut mode: watch::Receiver<M
     let (mut server_read, mut server_write) = server.into_split();
     let (mut up, mut down) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
     loop {
-        let current = *mode.borrow_and_update();
+        let current = match *mode.borrow_and_update() {
+            Mode::Severed(generation) if born < generation => Mode::BlackHole,
+            Mode::Severed(_) => Mode::Pass,
+            other => other,
+        };
         match current {
             // Dropping both streams with linger 0 sends RST both ways.
             Mode::Down => return,
-            Mode::BlackHole => {
+            Mode::BlackHole | Mode::Severed(_) => {
                 if mode.changed().await.is_err() {
                     return;
                 }

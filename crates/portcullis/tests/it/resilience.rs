@@ -221,3 +221,40 @@ async fn the_database_going_away_fails_closed_fast_and_both_replicas_recover() {
         );
     }
 }
+
+/// Requests that timed out on connections gone silent do not keep their places
+/// in the pool: once the link works again for new connections (the old ones
+/// never answer again: their state was lost on the way), the replica serves
+/// again within seconds, not when TCP gives up on the old ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_gone_silent_do_not_hold_the_pool() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let a = TestGateway::start(&db).await;
+    let relay = Relay::start(server_of(&db.url)).await;
+    let b = replica_via(&relay, &db, Duration::from_millis(500)).await;
+    // More sessions than the pool has connections, none cached on B.
+    let mut sessions = Vec::new();
+    for _ in 0..20 {
+        sessions.push(a.login(USER).await);
+    }
+    relay.black_hole();
+    let asked: Vec<_> = sessions
+        .iter()
+        .map(|s| {
+            let (client, cookie) = (b.client.clone(), s.cookie_header());
+            tokio::spawn(async move { client.get("/echo", &[("cookie", &cookie)]).await.status })
+        })
+        .collect();
+    for request in asked {
+        assert_eq!(request.await.unwrap(), 503, "fails closed while silent");
+    }
+    relay.sever();
+    let back = eventually(Duration::from_secs(10), || async {
+        status(&b, &sessions[0]).await == 200
+    })
+    .await;
+    assert!(back.is_some(), "the pool is not held by silent connections");
+    for s in &sessions {
+        assert_eq!(status(&b, s).await, 200);
+    }
+}
