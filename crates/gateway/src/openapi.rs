@@ -94,12 +94,19 @@ pub const ENDPOINTS: &[Endpoint] = &[
     },
     Endpoint {
         path: "/logout",
-        operations: &[op(
-            "post",
-            "End this session and clear its cookies (without one, only clear them)",
-            OptionalMutation,
-        )],
-        routes: || post(crate::endpoints::logout),
+        operations: &[
+            op(
+                "get",
+                "A page asking to confirm signing out (its form posts here)",
+                Public,
+            ),
+            op(
+                "post",
+                "End this session and clear its cookies (without one, only clear them)",
+                OptionalMutation,
+            ),
+        ],
+        routes: || get(crate::endpoints::logout_page).post(crate::endpoints::logout),
     },
     Endpoint {
         path: "/me",

@@ -12,6 +12,7 @@ h1{font-size:1.3rem;margin:0 0 1rem}label{display:block;margin:.8rem 0 .2rem;fon
 input{width:100%;box-sizing:border-box;padding:.5rem;border:1px solid #bbb;border-radius:5px}\
 button{margin-top:1.2rem;width:100%;padding:.6rem;border:0;border-radius:5px;background:#2d5be3;color:#fff;font-size:1rem}\
 .err{background:#fde8e8;color:#8a1c1c;padding:.5rem .7rem;border-radius:5px;font-size:.9rem}\
+.ok{background:#e6f4ea;color:#1e5b2f;padding:.5rem .7rem;border-radius:5px;font-size:.9rem}\
 .muted{color:#666;font-size:.8rem}\
 a.provider{display:block;text-align:center;padding:.6rem;border:1px solid #2d5be3;border-radius:5px;color:#2d5be3;text-decoration:none}\
 main.wide{max-width:70rem;width:90vw}table{border-collapse:collapse;width:100%;font-size:.85rem;margin:.5rem 0 1.5rem}\
@@ -40,36 +41,64 @@ fn page(title: &str, wide: bool, body: Markup) -> Markup {
     }
 }
 
-/// The sign-in page. `action` is the login POST path; `next` is already validated.
-/// `providers`: `(href, display name)` of each OpenID provider's button.
-pub fn login_page(
-    action: &str,
-    next: &str,
-    error: Option<&str>,
-    basic_enabled: bool,
-    providers: &[(String, String)],
-) -> Markup {
+/// What the sign-in page shows.
+#[derive(Debug)]
+pub struct LoginPage<'a> {
+    /// The login POST path.
+    pub action: &'a str,
+    /// Where to go after signing in, already validated.
+    pub next: &'a str,
+    pub error: Option<&'a str>,
+    /// A notice that is not an error ("You have been signed out.").
+    pub notice: Option<&'a str>,
+    /// The name typed before a failed attempt.
+    pub username: &'a str,
+    pub basic_enabled: bool,
+    /// `(href, display name)` of each OpenID provider's button.
+    pub providers: &'a [(String, String)],
+}
+
+/// The sign-in page.
+pub fn login_page(p: &LoginPage<'_>) -> Markup {
     layout(
         "Sign in",
         html! {
             h1 { "Sign in" }
-            @if let Some(message) = error {
+            @if let Some(message) = p.notice {
+                p.ok role="status" { (message) }
+            }
+            @if let Some(message) = p.error {
                 p.err role="alert" { (message) }
             }
-            @for (href, name) in providers {
+            @for (href, name) in p.providers {
                 p { a.provider href=(href) { "Sign in with " (name) } }
             }
-            @if basic_enabled {
-                form method="post" action=(action) {
-                    input type="hidden" name="next" value=(next);
+            @if p.basic_enabled {
+                form method="post" action=(p.action) {
+                    input type="hidden" name="next" value=(p.next);
                     label for="username" { "Username" }
-                    input #username name="username" autocomplete="username" required autofocus;
+                    input #username name="username" autocomplete="username" value=(p.username) required autofocus[p.username.is_empty()];
                     label for="password" { "Password" }
-                    input #password name="password" type="password" autocomplete="current-password" required;
+                    input #password name="password" type="password" autocomplete="current-password" required autofocus[!p.username.is_empty()];
                     button type="submit" { "Sign in" }
                 }
-            } @else if providers.is_empty() {
+            } @else if p.providers.is_empty() {
                 p.muted { "No sign-in method is configured. Ask the operator to set AUTH_BASIC_USERS or add an OpenID provider." }
+            }
+        },
+    )
+}
+
+/// Asks before signing out; the form posts to `action` with the CSRF token.
+pub fn logout_page(action: &str, csrf: &str, user: &str) -> Markup {
+    layout(
+        "Sign out",
+        html! {
+            h1 { "Sign out" }
+            p { "You are signed in as " strong { (user) } "." }
+            form method="post" action=(action) {
+                input type="hidden" name="csrf_token" value=(csrf);
+                button type="submit" { "Sign out" }
             }
         },
     )

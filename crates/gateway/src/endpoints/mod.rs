@@ -25,7 +25,7 @@ pub(crate) use signin::{
     SignIn, client_session_of, device_of, end_replaced_client_session, establish_client_session,
     establish_session,
 };
-pub use signin::{login_page, login_submit, logout};
+pub use signin::{login_page, login_submit, logout, logout_page};
 pub use websocket::{capabilities, ws_ticket};
 
 /// Whether the client is a browser navigation that should get HTML and redirects.

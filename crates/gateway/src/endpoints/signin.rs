@@ -41,14 +41,32 @@ const MAX_PASSWORD: usize = 1024;
 #[derive(Deserialize)]
 pub struct NextQuery {
     next: Option<String>,
+    /// Set by the sign-out redirect: the page says so.
+    signed_out: Option<String>,
 }
 
 pub async fn login_page(State(gw): State<Gateway>, Query(q): Query<NextQuery>) -> Response {
     let next = q.next.as_deref().and_then(safe_next).unwrap_or("/");
-    render_login(&gw, next, None, StatusCode::OK)
+    let form = LoginForm {
+        notice: q
+            .signed_out
+            .is_some()
+            .then_some("You have been signed out."),
+        ..LoginForm::default()
+    };
+    render_login(&gw, next, &form, StatusCode::OK)
 }
 
-fn render_login(gw: &Gateway, next: &str, error: Option<&str>, status: StatusCode) -> Response {
+/// What the sign-in form shows besides its fields.
+#[derive(Debug, Default)]
+struct LoginForm<'a> {
+    error: Option<&'a str>,
+    notice: Option<&'a str>,
+    /// The name typed before a failed attempt, shown again.
+    username: &'a str,
+}
+
+fn render_login(gw: &Gateway, next: &str, form: &LoginForm<'_>, status: StatusCode) -> Response {
     let prefix = &gw.config().auth_prefix;
     let action = format!("{prefix}/login");
     let buttons: Vec<(String, String)> = gw
@@ -64,7 +82,15 @@ fn render_login(gw: &Gateway, next: &str, error: Option<&str>, status: StatusCod
             (href, name)
         })
         .collect();
-    let page = pages::login_page(&action, next, error, !gw.users().list.is_empty(), &buttons);
+    let page = pages::login_page(&pages::LoginPage {
+        action: &action,
+        next,
+        error: form.error,
+        notice: form.notice,
+        username: form.username,
+        basic_enabled: !gw.users().list.is_empty(),
+        providers: &buttons,
+    });
     let mut response = (status, page).into_response();
     response
         .headers_mut()
@@ -149,20 +175,26 @@ pub async fn login_submit(
     let html_flow = !wants_json_response(&headers);
     match login(&gw, peer, &headers, &body).await {
         Ok(response) => response,
-        Err((error, next))
+        Err((error, next, username))
             if html_flow
                 && matches!(
                     error,
                     GatewayError::InvalidCredentials | GatewayError::Throttled { .. }
                 ) =>
         {
-            // The form again, with the error's message, status and headers.
-            let mut response =
-                render_login(&gw, &next, Some(&error.public_message()), error.status());
+            // The form again, with the error's message, status and headers, and
+            // the name as typed.
+            let message = error.public_message();
+            let form = LoginForm {
+                error: Some(&message),
+                username: &username,
+                ..LoginForm::default()
+            };
+            let mut response = render_login(&gw, &next, &form, error.status());
             error.decorate(response.headers_mut());
             response
         }
-        Err((error, _)) => error.into_response(),
+        Err((error, ..)) => error.into_response(),
     }
 }
 
@@ -171,8 +203,8 @@ async fn login(
     peer: ClientAddr,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Result<Response, (GatewayError, String)> {
-    let fail = |e| (e, "/".to_owned());
+) -> Result<Response, (GatewayError, String, String)> {
+    let fail = |e| (e, "/".to_owned(), String::new());
     check_origin(gw, headers).map_err(fail)?;
     let (input, json_body) = parse_login(headers, body).map_err(fail)?;
     let next = input
@@ -181,8 +213,10 @@ async fn login(
         .and_then(safe_next)
         .unwrap_or("/")
         .to_owned();
-    let fail = |e| (e, next.clone());
     let username = input.username.trim().to_owned();
+    // The name goes back into the form only if it could have been a name.
+    let typed: String = username.chars().take(MAX_USERNAME).collect();
+    let fail = |e| (e, next.clone(), typed.clone());
     let password = SecretString::new(input.password);
     if username.is_empty()
         || username.len() > MAX_USERNAME
@@ -403,6 +437,34 @@ fn session_cookies(
         .collect())
 }
 
+/// `GET {prefix}/logout`: a page asking to confirm, whose form posts here with
+/// the CSRF token (a link to sign out is then a question, never an action); not
+/// signed in, the sign-in page.
+pub async fn logout_page(
+    State(gw): State<Gateway>,
+    ConnectInfo(peer): ConnectInfo<ClientAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let prefix = &gw.config().auth_prefix;
+    match authenticate_endpoint(&gw, &headers, peer, Audience::Gateway).await {
+        Ok(Some(auth)) if auth.carrier == Carrier::Cookie => {
+            let csrf = gw.csrf().token(auth.session_id());
+            let page = pages::logout_page(
+                &format!("{prefix}/logout"),
+                &csrf,
+                auth.identity().subject(),
+            );
+            let mut response = page.into_response();
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Ok(_) => Redirect::to(&format!("{prefix}/login")).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 pub async fn logout(
     State(gw): State<Gateway>,
     ConnectInfo(peer): ConnectInfo<ClientAddr>,
@@ -461,7 +523,8 @@ pub async fn logout(
         (false, Some(url)) => Redirect::to(&url).into_response(),
         (false, None) => match client_home {
             Some(home) => Redirect::to(&home).into_response(),
-            None => Redirect::to(&format!("{}/login", gw.config().auth_prefix)).into_response(),
+            None => Redirect::to(&format!("{}/login?signed_out=1", gw.config().auth_prefix))
+                .into_response(),
         },
     };
     for name in [SESSION_COOKIE, CSRF_COOKIE, CLIENT_COOKIE] {

@@ -11,7 +11,73 @@ use crate::both_backends;
 use crate::harness::*;
 use crate::websocket::{close_frame, connect_as};
 
-both_backends!(sessions_page_in_a_browser, a_magic_link_in_a_browser);
+both_backends!(
+    sessions_page_in_a_browser,
+    a_magic_link_in_a_browser,
+    signing_in_and_out_in_a_browser,
+);
+
+/// The sign-in and sign-out pages as a person meets them: a failed sign-in keeps
+/// the name typed; opening the sign-out address asks first, and signing out
+/// says so.
+async fn signing_in_and_out_in_a_browser(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let gw = TestGateway::start(&db).await;
+    let base = format!("http://{}", gw.addr);
+    let browser = Browser::start().await;
+    let b = &browser.client;
+    b.goto(&format!("{base}/.auth/login")).await.unwrap();
+    let type_into = |css: &'static str, text: &'static str| async move {
+        b.find(Locator::Css(css))
+            .await
+            .unwrap()
+            .send_keys(text)
+            .await
+            .unwrap();
+    };
+    type_into("#username", USER).await;
+    type_into("#password", "not the password").await;
+    b.find(Locator::Css("form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.wait_text("[role=alert]", "").await;
+    let kept = b
+        .find(Locator::Css("#username"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap();
+    assert_eq!(kept.as_deref(), Some(USER), "the name typed is kept");
+    type_into("#password", PASSWORD).await;
+    b.find(Locator::Css("form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // Signed in (the test upstream answers), then to the sign-out address.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.goto(&format!("{base}/.auth/logout")).await.unwrap();
+    browser.wait_text("h1", "Sign out").await;
+    assert!(browser.text("main").await.contains(USER));
+    b.find(Locator::Css("form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_text("[role=status]", "You have been signed out")
+        .await;
+    assert_eq!(b.current_url().await.unwrap().path(), "/.auth/login");
+    // Signed out for real: the sign-out address now sends to the sign-in page.
+    b.goto(&format!("{base}/.auth/logout")).await.unwrap();
+    browser.wait_text("h1", "Sign in").await;
+}
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";

@@ -400,7 +400,11 @@ async fn logout_needs_csrf_then_revokes(backend: Backend) {
         )
         .await;
     assert_eq!(r.status, 303);
-    assert_eq!(r.header("location").as_deref(), Some("/.auth/login"));
+    assert_eq!(
+        r.header("location").as_deref(),
+        Some("/.auth/login?signed_out=1"),
+        "to the sign-in page, which says so"
+    );
     assert_eq!(
         gw.client
             .get("/.auth/me", &[("cookie", &third.cookie_header())])

@@ -91,6 +91,7 @@ async fn the_document_matches_the_router() {
             "GET /.auth/capabilities",
             "GET /.auth/healthz",
             "GET /.auth/login",
+            "GET /.auth/logout",
             "GET /.auth/magic/{token}",
             "GET /.auth/oidc/callback",
             "GET /.auth/oidc/login",
