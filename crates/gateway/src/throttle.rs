@@ -2,7 +2,7 @@
 //! a login flood cannot starve proxying.
 //!
 //! The limits, per minute: each client address has a budget of attempts
-//! (`per_ip_per_minute`, of which at most [`ADDRESS_BURST`] at once, so a flood
+//! (`per_ip_per_minute`, of which at most [`ADDRESS_BURST`] at once by default, so a flood
 //! from one address costs few argon2 verifications before it is answered 429); each username has one *per client address*
 //! (`per_user_per_minute`), so guessing a user's password from one address does
 //! not lock the user out at another; and each username has a ceiling across all
@@ -45,14 +45,17 @@ fn quota(per_minute: u32) -> Quota {
     Quota::per_minute(n).allow_burst(n)
 }
 
-/// The most attempts one address may make at once before its budget refills at
-/// its per-minute rate: a flood costs at most this many argon2 verifications,
-/// then one every `60 / per_ip_per_minute` seconds.
+/// The most attempts one address may make at once at the default rates, before
+/// its budget refills at its per-minute rate: a flood costs at most this many
+/// argon2 verifications, then one every `60 / per_ip_per_minute` seconds. A
+/// higher configured rate allows ten seconds' worth at once.
 pub const ADDRESS_BURST: u32 = 10;
 
 fn address_quota(per_minute: u32) -> Quota {
-    let n = NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
-    let burst = NonZeroU32::new(per_minute.clamp(1, ADDRESS_BURST)).unwrap_or(NonZeroU32::MIN);
+    let per_minute = per_minute.max(1);
+    let n = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
+    let burst = per_minute.min(ADDRESS_BURST.max(per_minute / 6));
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
     Quota::per_minute(n).allow_burst(burst)
 }
 

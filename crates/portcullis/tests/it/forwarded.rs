@@ -363,7 +363,8 @@ async fn refusals_a_browser_can_read_and_aliases_that_sign_in(backend: Backend) 
         (
             "method, browser",
             "GET",
-            "/.auth/logout",
+            // POST only (GET /logout is a page asking to confirm).
+            "/.auth/ws-ticket",
             vec![html],
             405,
             true,
