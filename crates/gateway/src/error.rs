@@ -202,7 +202,9 @@ impl GatewayError {
             GatewayError::InvalidCredentials => "Invalid username or password.".into(),
             GatewayError::Csrf => "Missing or invalid X-CSRF-Token header.".into(),
             GatewayError::OriginNotAllowed => "Request origin is not allowed.".into(),
-            GatewayError::HostNotAllowed => "Host header is not allowed for this gateway.".into(),
+            GatewayError::HostNotAllowed => "This gateway does not serve this address. If it \
+                should, its operator sets --public-url to it or adds the host to --allowed-hosts."
+                .into(),
             GatewayError::CredentialRejected | GatewayError::Forbidden => {
                 "You do not have access to this resource.".into()
             }

@@ -371,6 +371,10 @@ async fn refusals_a_browser_can_read_and_aliases_that_sign_in(backend: Backend) 
         ),
         ("method, API", "POST", "/.auth/me", vec![], 405, false),
     ];
+    // A browser on a host the gateway does not serve is told the fix.
+    let r = gw.client.get("/", &[("host", "evil.example"), html]).await;
+    assert!(r.text().contains("--allowed-hosts"), "{}", r.text());
+    assert!(!r.text().contains("evil.example"), "the host is not echoed");
     for (name, method, path, headers, status, page) in rows {
         let r = gw.client.request(method, path, &headers, "").await;
         assert_eq!(r.status, status, "{name}");
