@@ -50,14 +50,46 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 pub enum StoreError {
     #[error("database URL must start with sqlite:// or postgres:// (got scheme {0:?})")]
     UnsupportedUrl(String),
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    /// Said in one sentence with the fix where there is one; the driver's error is not also a
+    /// `source`, so a chain of causes does not repeat it.
+    #[error("{}", describe(.0))]
+    Database(sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
     #[error("the database did not answer within {0:?}")]
     Timeout(Duration),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        StoreError::Database(error)
+    }
+}
+
+/// A driver error as an operator reads it: what happened and, where there is
+/// one, the fix.
+fn describe(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "the database refused the connection: is it running, at this address and port?".into()
+        }
+        sqlx::Error::Io(io) => format!("the connection to the database failed: {io}"),
+        sqlx::Error::PoolTimedOut => "no connection to the database in time: it is down, \
+             unreachable or overloaded"
+            .into(),
+        sqlx::Error::PoolClosed => "the connections to the database are closed".into(),
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("3D000") => {
+            let name = db.message().split('"').nth(1).unwrap_or("portcullis");
+            format!(
+                "PostgreSQL has no database \"{name}\"; create it with `createdb {name}` \
+                 (or CREATE DATABASE in psql)"
+            )
+        }
+        sqlx::Error::Database(db) => format!("the database refused a statement: {}", db.message()),
+        other => format!("database error: {other}"),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -192,11 +224,25 @@ impl Store {
             "postgres" | "postgresql" => {
                 let options =
                     PgConnectOptions::from_str(url)?.log_statements(::log::LevelFilter::Trace);
-                let pool = PgPoolOptions::new()
+                let pool = match PgPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(timeout)
-                    .connect_with(options)
-                    .await?;
+                    .connect_with(options.clone())
+                    .await
+                {
+                    Ok(pool) => pool,
+                    // The pool says only that it timed out; one direct attempt
+                    // says why (a refused connection, a missing database).
+                    Err(sqlx::Error::PoolTimedOut) => {
+                        use sqlx::Connection as _;
+                        let direct = sqlx::PgConnection::connect_with(&options);
+                        return Err(match tokio::time::timeout(timeout, direct).await {
+                            Ok(Err(why)) => why.into(),
+                            _ => sqlx::Error::PoolTimedOut.into(),
+                        });
+                    }
+                    Err(other) => return Err(other.into()),
+                };
                 Backend::Postgres(pool)
             }
             other => return Err(StoreError::UnsupportedUrl(other.to_owned())),

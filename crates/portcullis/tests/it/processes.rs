@@ -849,6 +849,35 @@ fn the_demo_cleans_up_when_its_port_is_taken() {
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
+/// Database errors reach the operator as one sentence naming what happened (and
+/// the fix), never the driver's text twice. A row: the database URL, what the
+/// message must say.
+#[test]
+fn database_errors_are_one_readable_sentence() {
+    let free = free_port();
+    let admin = pg_admin_url();
+    let server = admin.rsplit_once('/').unwrap().0;
+    let missing = format!("{server}/portcullis_no_such_database");
+    let refused = format!("postgres://postgres@{free}/portcullis");
+    let rows = [
+        (refused.as_str(), "the database refused the connection"),
+        (missing.as_str(), "createdb portcullis_no_such_database"),
+    ];
+    for (url, needle) in rows {
+        let out = Command::new(BIN)
+            .env_clear()
+            .env("PORTCULLIS_SECRET_KEY", secret_b64())
+            .args(["sessions", "list", "--database", url])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{url}");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains(needle), "{url}: {text}");
+        assert!(!text.contains("pool timed out"), "{url}: {text}");
+        assert_eq!(text.lines().count(), 1, "{url}: one line: {text}");
+    }
+}
+
 /// The complete example configuration.
 const EXAMPLE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
