@@ -567,17 +567,23 @@ pub fn namespace_clashes(providers: &[(&str, &str)]) -> Vec<String> {
     clashes
 }
 
-/// The first clash of [`namespace_clashes`] between `record` and the providers
-/// in `existing` (a stored version of `record` itself is skipped).
-pub fn clash_with(record: &ProviderRecord, existing: &[ProviderRecord]) -> Option<String> {
-    let prefixes: Vec<(&str, String)> = existing
-        .iter()
-        .filter(|p| p.id != record.id)
-        .chain(std::iter::once(record))
+/// [`namespace_clashes`] among stored providers.
+pub fn record_clashes<'a>(records: impl IntoIterator<Item = &'a ProviderRecord>) -> Vec<String> {
+    let prefixes: Vec<(&str, String)> = records
+        .into_iter()
         .map(|p| (p.id.as_str(), p.prefix()))
         .collect();
     let namespaces: Vec<(&str, &str)> = prefixes.iter().map(|(id, p)| (*id, p.as_str())).collect();
-    namespace_clashes(&namespaces).into_iter().next()
+    namespace_clashes(&namespaces)
+}
+
+/// The first clash between `record` and the providers in `existing` (a stored
+/// version of `record` itself is skipped).
+pub fn clash_with(record: &ProviderRecord, existing: &[ProviderRecord]) -> Option<String> {
+    let others = existing.iter().filter(|p| p.id != record.id);
+    record_clashes(others.chain(std::iter::once(record)))
+        .into_iter()
+        .next()
 }
 
 /// Where a provider's names meet other names: a provider without a prefix shares

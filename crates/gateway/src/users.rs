@@ -19,10 +19,19 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The users and the hash an unknown name is verified against (as costly as the
 /// costliest user's).
-#[derive(Debug)]
 pub struct Users {
     pub list: BasicUsers,
     pub dummy_hash: String,
+}
+
+impl std::fmt::Debug for Users {
+    /// Hashes are never printed (`BasicUsers` redacts its own).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Users")
+            .field("list", &self.list)
+            .field("dummy_hash", &"[redacted]")
+            .finish()
+    }
 }
 
 /// The current users, replaced whole on a reload.

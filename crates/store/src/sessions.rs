@@ -191,19 +191,22 @@ impl Store {
     /// revoked once the token is revoked or its client disabled, expires with the
     /// token, and carries its client's scope.
     pub async fn session(&self, id: &str) -> Result<Option<Session>, StoreError> {
-        let sql = format!(
-            "SELECT {}, t.revoked_ms AS token_revoked_ms, t.expires_ms AS token_expires_ms, \
-             c.active AS client_active, c.scope AS client_scope \
-             FROM sessions s LEFT JOIN access_tokens t ON t.id = s.access_token_id \
-             LEFT JOIN clients c ON c.id = t.client_id WHERE s.id = $1",
-            SESSION_COLUMNS
-                .split(", ")
-                .map(|c| format!("s.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        // Built once: a session read is the miss path of every request.
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!(
+                "SELECT {}, t.revoked_ms AS token_revoked_ms, t.expires_ms AS token_expires_ms, \
+                 c.active AS client_active, c.scope AS client_scope \
+                 FROM sessions s LEFT JOIN access_tokens t ON t.id = s.access_token_id \
+                 LEFT JOIN clients c ON c.id = t.client_id WHERE s.id = $1",
+                SESSION_COLUMNS
+                    .split(", ")
+                    .map(|c| format!("s.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        });
         let row: Option<BoundSessionRow> = crate::bounded_on_conn!(self, self.timeout, conn => {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            sqlx::query_as(SQL.as_str())
                 .bind(id)
                 .fetch_optional(&mut *conn)
                 .await?
@@ -273,27 +276,23 @@ impl Store {
         let notify = matches!(self.backend, crate::Backend::Postgres(_));
         let ids = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let sessions: Vec<(String,)> = sqlx::query_as(
+            let mut ids = Vec::new();
+            for update in [
                 "UPDATE sessions SET revoked_ms = $1, revoked_by = 'users-file' \
                  WHERE provider = 'basic' AND subject = $2 AND created_ms < $3 \
                  AND revoked_ms IS NULL RETURNING id",
-            )
-            .bind(now_ms)
-            .bind(name)
-            .bind(before_ms)
-            .fetch_all(&mut *tx)
-            .await?;
-            let tokens: Vec<(String,)> = sqlx::query_as(
                 "UPDATE api_tokens SET revoked_ms = $1 \
                  WHERE provider = 'basic' AND subject = $2 AND created_ms < $3 \
                  AND revoked_ms IS NULL RETURNING id",
-            )
-            .bind(now_ms)
-            .bind(name)
-            .bind(before_ms)
-            .fetch_all(&mut *tx)
-            .await?;
-            let ids: Vec<String> = sessions.into_iter().chain(tokens).map(|(id,)| id).collect();
+            ] {
+                let ended: Vec<(String,)> = sqlx::query_as(update)
+                    .bind(now_ms)
+                    .bind(name)
+                    .bind(before_ms)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                ids.extend(ended.into_iter().map(|(id,)| id));
+            }
             for id in &ids {
                 crate::log_revocation!(tx, id, now_ms, notify);
             }

@@ -195,12 +195,7 @@ impl Oidc {
         }
         // Providers added through the API or the CLI were checked against those
         // present then; a provider declared since in the file may still clash.
-        let all = store.oidc_providers().await?;
-        let prefixes: Vec<(&str, String)> =
-            all.iter().map(|p| (p.id.as_str(), p.prefix())).collect();
-        let namespaces: Vec<(&str, &str)> =
-            prefixes.iter().map(|(id, p)| (*id, p.as_str())).collect();
-        for clash in rules::namespace_clashes(&namespaces) {
+        for clash in rules::record_clashes(&store.oidc_providers().await?) {
             tracing::warn!("{clash}");
         }
         Self::load(store, secret).await

@@ -27,22 +27,9 @@ async fn signing_in_and_out_in_a_browser(backend: Backend) {
     let browser = Browser::start().await;
     let b = &browser.client;
     b.goto(&format!("{base}/.auth/login")).await.unwrap();
-    let type_into = |css: &'static str, text: &'static str| async move {
-        b.find(Locator::Css(css))
-            .await
-            .unwrap()
-            .send_keys(text)
-            .await
-            .unwrap();
-    };
-    type_into("#username", USER).await;
-    type_into("#password", "not the password").await;
-    b.find(Locator::Css("form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.type_into("#username", USER).await;
+    browser.type_into("#password", "not the password").await;
+    browser.click("form button[type=submit]").await;
     browser.wait_text("[role=alert]", "").await;
     let kept = b
         .find(Locator::Css("#username"))
@@ -52,24 +39,14 @@ async fn signing_in_and_out_in_a_browser(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(kept.as_deref(), Some(USER), "the name typed is kept");
-    type_into("#password", PASSWORD).await;
-    b.find(Locator::Css("form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.type_into("#password", PASSWORD).await;
+    browser.click("form button[type=submit]").await;
     // Signed in (the test upstream answers), then to the sign-out address.
     tokio::time::sleep(Duration::from_millis(300)).await;
     b.goto(&format!("{base}/.auth/logout")).await.unwrap();
     browser.wait_text("h1", "Sign out").await;
     assert!(browser.text("main").await.contains(USER));
-    b.find(Locator::Css("form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("form button[type=submit]").await;
     browser
         .wait_text("[role=status]", "You have been signed out")
         .await;
@@ -155,6 +132,28 @@ impl Browser {
         panic!("ChromeDriver did not start: {last:?}");
     }
 
+    /// Types `text` into the first element matching `css`.
+    async fn type_into(&self, css: &str, text: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap()
+            .send_keys(text)
+            .await
+            .unwrap();
+    }
+
+    /// Clicks the first element matching `css`.
+    async fn click(&self, css: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+
     /// The text of the first element matching `css`, waiting for it to appear
     /// (a submitted form's answer loads after the click returns).
     /// Waits until the element matching `css` says `needle` (the page a submitted
@@ -228,24 +227,9 @@ async fn sessions_page_in_a_browser(backend: Backend) {
             .path()
             .ends_with("/.auth/login")
     );
-    b.find(Locator::Css("#username"))
-        .await
-        .unwrap()
-        .send_keys(USER)
-        .await
-        .unwrap();
-    b.find(Locator::Css("#password"))
-        .await
-        .unwrap()
-        .send_keys(PASSWORD)
-        .await
-        .unwrap();
-    b.find(Locator::Css("form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.type_into("#username", USER).await;
+    browser.type_into("#password", PASSWORD).await;
+    browser.click("form button[type=submit]").await;
     browser.wait_text("h1", "Sessions of").await;
     let url = b.current_url().await.unwrap();
     assert_eq!(url.path(), "/.auth/sessions", "{url}");
@@ -266,12 +250,7 @@ async fn sessions_page_in_a_browser(backend: Backend) {
     );
 
     // End the phone's session: its WebSocket closes with 4401 at once.
-    b.find(Locator::Css(&format!("{phone_row} form button")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click(&format!("{phone_row} form button")).await;
     let frame = close_frame(&mut phone_ws, Duration::from_secs(1)).await;
     assert_eq!(frame.map(|f| u16::from(f.code)), Some(4401));
     browser.wait_text("[role=status]", "was ended").await;
@@ -290,12 +269,7 @@ async fn sessions_page_in_a_browser(backend: Backend) {
     );
 
     // End all others: the tablet goes, this browser stays signed in.
-    b.find(Locator::Css("form.inline button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("form.inline button").await;
     browser
         .wait_text("[role=status]", "All other sessions")
         .await;
@@ -319,47 +293,17 @@ async fn sessions_page_in_a_browser(backend: Backend) {
     a.goto(&format!("{base}/.auth/login?next=/.auth/sessions"))
         .await
         .unwrap();
-    a.find(Locator::Css("#username"))
-        .await
-        .unwrap()
-        .send_keys(ADMIN)
-        .await
-        .unwrap();
-    a.find(Locator::Css("#password"))
-        .await
-        .unwrap()
-        .send_keys(PASSWORD)
-        .await
-        .unwrap();
-    a.find(Locator::Css("form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    admin.type_into("#username", ADMIN).await;
+    admin.type_into("#password", PASSWORD).await;
+    admin.click("form button[type=submit]").await;
     admin.wait_text("h2", "Everyone").await;
-    a.find(Locator::Css("a[href$='/audit']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    admin.click("a[href$='/audit']").await;
     admin.wait_text("h1", "Audit log").await;
     let log = admin.text("table").await;
     assert!(log.contains("auth.session.revoke"), "{log}");
     // Filters are a plain GET form.
-    a.find(Locator::Css("input[name=action]"))
-        .await
-        .unwrap()
-        .send_keys("auth.login")
-        .await
-        .unwrap();
-    a.find(Locator::Css("form.filters button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    admin.type_into("input[name=action]", "auth.login").await;
+    admin.click("form.filters button").await;
     admin.wait_url("action=auth.login").await;
     let filtered = admin.text("tbody").await;
     assert!(

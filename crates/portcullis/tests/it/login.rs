@@ -63,20 +63,7 @@ async fn json_login_and_me(backend: Backend) {
 async fn unknown_user_and_wrong_password_are_indistinguishable(backend: Backend) {
     let db = TestDb::new(backend).await;
     let gw = TestGateway::start(&db).await;
-    let attempt = |user: &'static str, password: &'static str| {
-        let client = gw.client.clone();
-        async move {
-            let body = serde_json::json!({"username": user, "password": password}).to_string();
-            client
-                .request(
-                    "POST",
-                    "/.auth/login",
-                    &[("content-type", "application/json")],
-                    body,
-                )
-                .await
-        }
-    };
+    let attempt = |user, password| json_login(&gw.client, user, password, None);
     let unknown = attempt("mallory", PASSWORD).await;
     let wrong = attempt(ADMIN, "wrong").await;
     assert_eq!(unknown.status, 401);
@@ -478,17 +465,7 @@ async fn login_throttling_answers_429(backend: Backend) {
     let attempt = |from: String, password: &'static str| {
         let client = gw3.client.clone();
         async move {
-            let body = serde_json::json!({"username": ADMIN, "password": password}).to_string();
-            client
-                .request(
-                    "POST",
-                    "/.auth/login",
-                    &[
-                        ("content-type", "application/json"),
-                        ("x-forwarded-for", &from),
-                    ],
-                    body,
-                )
+            json_login(&client, ADMIN, password, Some(&from))
                 .await
                 .status
         }
@@ -566,17 +543,7 @@ async fn a_flood_from_one_address_costs_few_verifications(backend: Backend) {
     let attempt = |from: &'static str, user: String, password: &'static str| {
         let client = gw.client.clone();
         async move {
-            let body = serde_json::json!({"username": user, "password": password}).to_string();
-            client
-                .request(
-                    "POST",
-                    "/.auth/login",
-                    &[
-                        ("content-type", "application/json"),
-                        ("x-forwarded-for", from),
-                    ],
-                    body,
-                )
+            json_login(&client, &user, password, Some(from))
                 .await
                 .status
         }
@@ -934,22 +901,32 @@ fn real_cost_users() -> portcullis_core::basic::BasicUsers {
     portcullis_core::basic::BasicUsers::parse(&format!("{ADMIN}:{hash}"), "").0
 }
 
-async fn timed_login(client: &TestClient, user: &str, password: &str) -> std::time::Duration {
-    timed_login_from(client, user, password, &[]).await
+/// A JSON sign-in attempt; through a trusted proxy naming `from` when given.
+async fn json_login(
+    client: &TestClient,
+    user: &str,
+    password: &str,
+    from: Option<&str>,
+) -> TestResponse {
+    let body = serde_json::json!({"username": user, "password": password}).to_string();
+    let mut headers = vec![("content-type", "application/json")];
+    headers.extend(from.map(|from| ("x-forwarded-for", from)));
+    client.request("POST", "/.auth/login", &headers, body).await
 }
 
-/// [`timed_login`] with extra headers (a forwarded address through a trusted proxy).
+async fn timed_login(client: &TestClient, user: &str, password: &str) -> std::time::Duration {
+    timed_login_from(client, user, password, None).await
+}
+
+/// [`timed_login`] through a trusted proxy naming `from`.
 async fn timed_login_from(
     client: &TestClient,
     user: &str,
     password: &str,
-    extra: &[(&str, &str)],
+    from: Option<&str>,
 ) -> std::time::Duration {
-    let body = serde_json::json!({"username": user, "password": password}).to_string();
     let start = std::time::Instant::now();
-    let mut headers = vec![("content-type", "application/json")];
-    headers.extend_from_slice(extra);
-    let r = client.request("POST", "/.auth/login", &headers, body).await;
+    let r = json_login(client, user, password, from).await;
     assert_eq!(r.status, 401);
     start.elapsed()
 }
@@ -999,7 +976,7 @@ async fn login_flood_does_not_starve_proxying() {
             let client = gw.client.clone();
             tokio::spawn(async move {
                 let from = format!("192.0.2.{n}");
-                timed_login_from(&client, ADMIN, "wrong", &[("x-forwarded-for", &from)]).await
+                timed_login_from(&client, ADMIN, "wrong", Some(&from)).await
             })
         })
         .collect();

@@ -1114,7 +1114,6 @@ async fn cli_manages_clients_and_links_across_replicas(backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_links_secret_never_reaches_the_log() {
     use crate::processes::{Replica, command, free_port};
-    use std::process::Stdio;
     let db = TestDb::new(Backend::Sqlite).await;
     let upstream = TestUpstream::start().await;
     let listen = free_port();
@@ -1143,28 +1142,15 @@ async fn a_links_secret_never_reaches_the_log() {
     let link = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert_eq!(link.matches("/.auth/magic/").count(), 1, "{link}");
     let secret = link.rsplit('/').next().unwrap().to_owned();
-    let child = command(&db)
-        .arg("serve")
-        .env("RUST_LOG", "debug,portcullis::access=info")
-        .env("PORTCULLIS_LISTEN", listen.to_string())
-        .env("PORTCULLIS_UPSTREAM", format!("http://{}", upstream.addr))
-        .env(
-            "AUTH_BASIC_USERS",
-            format!("{USER}:{}", cheap_hash(PASSWORD)),
-        )
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let replica = Replica {
-        child,
-        client: TestClient::new(listen),
-    };
-    let up = eventually(Duration::from_secs(20), || async move {
-        tokio::net::TcpStream::connect(listen).await.is_ok()
-    })
+    let replica = Replica::logging_to(
+        &db,
+        upstream.addr,
+        listen,
+        &log,
+        "debug,portcullis::access=info",
+        |_| {},
+    )
     .await;
-    assert!(up.is_some());
     let r = replica
         .client
         .get(&link[link.find("/.auth").unwrap()..], &[])

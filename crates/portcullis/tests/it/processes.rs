@@ -89,6 +89,38 @@ impl Replica {
         replica
     }
 
+    /// `portcullis serve` writing its log to `log` (for tests that read it),
+    /// with `RUST_LOG` as `filter` and `configure` adding more; returns once it
+    /// listens.
+    pub async fn logging_to(
+        db: &TestDb,
+        upstream: SocketAddr,
+        listen: SocketAddr,
+        log: &std::path::Path,
+        filter: &str,
+        configure: impl FnOnce(&mut Command),
+    ) -> Self {
+        let mut cmd = command(db);
+        cmd.arg("serve")
+            .env("RUST_LOG", filter)
+            .env("PORTCULLIS_LISTEN", listen.to_string())
+            .env("PORTCULLIS_UPSTREAM", format!("http://{upstream}"))
+            .env("AUTH_BASIC_USERS", users())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap());
+        configure(&mut cmd);
+        let replica = Replica {
+            child: cmd.spawn().unwrap(),
+            client: TestClient::new(listen),
+        };
+        let up = eventually(Duration::from_secs(20), || async move {
+            tokio::net::TcpStream::connect(listen).await.is_ok()
+        })
+        .await;
+        assert!(up.is_some());
+        replica
+    }
+
     pub fn kill9(&mut self) {
         // SIGKILL: no shutdown hook runs, nothing is flushed by us.
         self.child.kill().unwrap();
@@ -587,28 +619,9 @@ async fn argon2_cffi_hashes_log_in() {
 async fn secrets_never_reach_the_log() {
     let db = TestDb::new(Backend::Sqlite).await;
     let upstream = TestUpstream::start().await;
-    let listen = free_port();
     let log = db.dir.join("serve.log");
-    let child = command(&db)
-        .arg("serve")
-        .env("RUST_LOG", "debug")
-        .env("PORTCULLIS_LISTEN", listen.to_string())
-        .env("PORTCULLIS_UPSTREAM", format!("http://{}", upstream.addr))
-        .env("AUTH_BASIC_USERS", users())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut replica = Replica {
-        child,
-        client: TestClient::new(listen),
-    };
-    let up = eventually(Duration::from_secs(20), || {
-        let addr = listen;
-        async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
-    })
-    .await;
-    assert!(up.is_some());
+    let mut replica =
+        Replica::logging_to(&db, upstream.addr, free_port(), &log, "debug", |_| {}).await;
     let wrong =
         serde_json::json!({"username": USER, "password": "hunter2-wrong-guess"}).to_string();
     let r = replica
@@ -749,28 +762,13 @@ async fn logs_are_structured_and_plain_off_a_terminal() {
     let db = TestDb::new(Backend::Sqlite).await;
     let upstream = TestUpstream::start().await;
     for format in ["json", "text"] {
-        let listen = free_port();
         let log = db.dir.join(format!("serve-{format}.log"));
-        let child = command(&db)
-            .arg("serve")
-            .env("RUST_LOG", "info,portcullis::access=info")
-            .env("PORTCULLIS_LOG_FORMAT", format)
-            .env("PORTCULLIS_LISTEN", listen.to_string())
-            .env("PORTCULLIS_UPSTREAM", format!("http://{}", upstream.addr))
-            .env("AUTH_BASIC_USERS", users())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut replica = Replica {
-            child,
-            client: TestClient::new(listen),
-        };
-        let up = eventually(Duration::from_secs(20), || async move {
-            tokio::net::TcpStream::connect(listen).await.is_ok()
-        })
-        .await;
-        assert!(up.is_some());
+        let filter = "info,portcullis::access=info";
+        let mut replica =
+            Replica::logging_to(&db, upstream.addr, free_port(), &log, filter, |cmd| {
+                cmd.env("PORTCULLIS_LOG_FORMAT", format);
+            })
+            .await;
         let wrong = serde_json::json!({"username": USER, "password": "wrong"}).to_string();
         let r = replica
             .client

@@ -20,7 +20,7 @@ use crate::relay::Relay;
 use crate::websocket::{close_frame, connect_as};
 
 /// PostgreSQL's address in a test database's URL.
-fn server_of(url: &str) -> SocketAddr {
+pub fn server_of(url: &str) -> SocketAddr {
     let authority = url.split_once('@').unwrap().1.split('/').next().unwrap();
     authority.parse().unwrap()
 }

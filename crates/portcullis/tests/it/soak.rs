@@ -42,10 +42,7 @@ async fn soak_revocations_are_honoured_through_kills_and_cuts() {
     let db = TestDb::new(Backend::Postgres).await;
     let upstream = TestUpstream::start().await;
     let users = format!("{USER}:{}", cheap_hash(PASSWORD));
-    let server = {
-        let authority = db.url.split_once('@').unwrap().1.split('/').next().unwrap();
-        authority.parse().unwrap()
-    };
+    let server = crate::resilience::server_of(&db.url);
     let relays = [
         Relay::start(server).await,
         Relay::start(server).await,
