@@ -16,6 +16,7 @@ pub mod forwarded;
 pub mod identity;
 pub mod internal;
 pub mod keys;
+pub mod metrics;
 pub mod oidc;
 pub mod redirect;
 pub mod routes;

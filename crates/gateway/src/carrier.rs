@@ -206,7 +206,10 @@ mod tests {
         };
         let printed = format!("{presented:?}");
         assert!(!printed.contains("secret-value"), "{printed}");
-        let primed = crate::pipeline::authenticate::Primed::new("v1.ses-secret.sk.mac", Ok(None));
+        let primed = crate::pipeline::authenticate::Primed::new(
+            "v1.ses-secret.sk.mac",
+            Ok(Err(crate::pipeline::authenticate::Refusal::SessionEnded)),
+        );
         let printed = format!("{primed:?}");
         assert!(!printed.contains("ses-secret"), "{printed}");
     }

@@ -92,12 +92,16 @@ impl Followers {
                 wake.reload.notify_one();
             }
             BusEvent::Flush => {
+                crate::metrics::CACHE_FLUSHES.inc();
                 self.sessions.invalidate_all();
                 wake.recheck.notify_one();
                 wake.reload.notify_one();
             }
             // Until the bus is back, every request asks the database.
-            BusEvent::Lost => self.sessions.suspend(),
+            BusEvent::Lost => {
+                crate::metrics::CACHE_FLUSHES.inc();
+                self.sessions.suspend();
+            }
             // The revocations missed meanwhile came first (in log order); what the
             // log may no longer hold (swept while away) is caught by re-checking
             // every live connection, and configuration by reloading it.

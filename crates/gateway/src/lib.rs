@@ -28,6 +28,7 @@ mod identity;
 mod internal;
 mod keyring;
 pub mod live;
+pub mod metrics;
 pub mod oidc;
 pub mod openapi;
 mod pages;

@@ -148,6 +148,15 @@ impl LiveConnections {
             .map_or(0, watch::Sender::receiver_count)
     }
 
+    /// Live connections of every session on this replica.
+    pub fn connections_total(&self) -> usize {
+        self.lock()
+            .sessions
+            .values()
+            .map(watch::Sender::receiver_count)
+            .sum()
+    }
+
     pub fn session_ids(&self) -> Vec<String> {
         self.lock().sessions.keys().cloned().collect()
     }

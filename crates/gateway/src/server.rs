@@ -114,10 +114,11 @@ impl hyper::service::Service<Request<Incoming>> for Connection {
                 response.headers_mut().insert(X_REQUEST_ID, id);
             }
             // A relayed WebSocket logs when it ends, not at its 101.
-            if let Some((method, path)) = logged
-                && !ctx.relayed
-            {
-                ctx.finish(method.as_str(), &path, response.status().as_u16());
+            if !ctx.relayed {
+                let (method, path) = logged
+                    .as_ref()
+                    .map_or(("", ""), |(method, path)| (method.as_str(), path.as_str()));
+                ctx.finish(method, path, response.status().as_u16());
             }
             Ok(response)
         }))

@@ -390,6 +390,7 @@ impl Gateway {
     /// processes hear of it through the database), at once rather than after the
     /// database round trip. The session cache forgets it first.
     pub(crate) fn revoked_here(&self, id: &str) {
+        crate::metrics::REVOCATIONS_PUBLISHED.inc();
         self.0.sessions.invalidate(id);
         self.0
             .bus
@@ -471,13 +472,18 @@ impl Gateway {
         self.0.entropy.fill(buf)
     }
 
-    /// Registers a live WebSocket of principal `id` (before its upstream is
-    /// contacted).
     /// Live WebSockets of session `id` on this replica.
     pub(crate) fn live_connections(&self, id: &str) -> usize {
         self.0.live.connections(id)
     }
 
+    /// Every live WebSocket on this replica.
+    pub(crate) fn live_websockets(&self) -> usize {
+        self.0.live.connections_total()
+    }
+
+    /// Registers a live WebSocket of principal `id` (before its upstream is
+    /// contacted).
     pub(crate) fn register_live(&self, id: &str) -> crate::live::Registration {
         self.0.live.register(id)
     }

@@ -121,21 +121,27 @@ impl LoginThrottle {
 #[derive(Debug, Clone)]
 pub struct PasswordPool {
     permits: Arc<Semaphore>,
+    /// Verifications asked for and not yet started.
+    waiting: Arc<AtomicU64>,
     jobs: std::sync::mpsc::SyncSender<Job>,
     /// A moving average of how long the costliest verifications take, in µs.
     costliest_micros: Arc<AtomicU64>,
 }
 
-/// A verification for a worker: the hash, the password, where to answer, and
-/// the worker slot it holds until the verification is done (a sign-in whose
-/// client went away must not free its slot while its job still runs: the queue
-/// would overflow).
-type Job = (
-    String,
-    SecretString,
-    tokio::sync::oneshot::Sender<(bool, Duration)>,
-    tokio::sync::OwnedSemaphorePermit,
-);
+/// A verification for a worker.
+struct Job {
+    hash: String,
+    password: SecretString,
+    answer: tokio::sync::oneshot::Sender<(bool, Duration)>,
+    /// The worker slot, held until the verification is done (a sign-in whose
+    /// client went away must not free its slot while its job still runs: the
+    /// queue would overflow).
+    permit: tokio::sync::OwnedSemaphorePermit,
+    /// When the sign-in asked for a worker.
+    asked: std::time::Instant,
+    /// Counts it as waiting until a worker starts it (or it is dropped).
+    waiting: Waiting,
+}
 
 /// How much lower than the event loops the workers run (a nice value).
 const WORKER_NICENESS: i32 = 10;
@@ -159,6 +165,7 @@ impl PasswordPool {
         }
         Self {
             permits: Arc::new(Semaphore::new(workers)),
+            waiting: Arc::default(),
             jobs,
             costliest_micros: Arc::new(AtomicU64::new(duration_micros(costliest))),
         }
@@ -173,13 +180,22 @@ impl PasswordPool {
         password: SecretString,
         costliest: bool,
     ) -> Result<bool, GatewayError> {
+        let asked = std::time::Instant::now();
+        let waiting = Waiting::start(&self.waiting);
         let permit = tokio::time::timeout(WORKER_WAIT, self.permits.clone().acquire_owned())
             .await
             .map_err(|_| GatewayError::Busy)?
             .map_err(|_| GatewayError::Busy)?;
         let (answer, answered) = tokio::sync::oneshot::channel();
         self.jobs
-            .try_send((hash, password, answer, permit))
+            .try_send(Job {
+                hash,
+                password,
+                answer,
+                permit,
+                asked,
+                waiting,
+            })
             .map_err(|e| GatewayError::Internal(format!("password workers unavailable: {e}")))?;
         let (matched, took) = answered
             .await
@@ -200,6 +216,28 @@ impl PasswordPool {
         }
         Ok(matched)
     }
+
+    /// Verifications asked for and not yet started (the queue's depth).
+    pub fn waiting(&self) -> u64 {
+        self.waiting.load(Ordering::Relaxed)
+    }
+}
+
+/// One sign-in counted as waiting for a worker until dropped: when its job
+/// starts, or when it gives up or fails first.
+struct Waiting(Arc<AtomicU64>);
+
+impl Waiting {
+    fn start(count: &Arc<AtomicU64>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn duration_micros(d: Duration) -> u64 {
@@ -217,10 +255,20 @@ fn work(queue: &std::sync::Mutex<std::sync::mpsc::Receiver<Job>>) {
             Ok(queue) => queue.recv(),
             Err(_) => return,
         };
-        let Ok((hash, password, answer, permit)) = job else {
+        let Ok(Job {
+            hash,
+            password,
+            answer,
+            permit,
+            asked,
+            waiting,
+        }) = job
+        else {
             return;
         };
         let started = std::time::Instant::now();
+        drop(waiting);
+        crate::metrics::ARGON2_WAIT.observe(started.saturating_duration_since(asked));
         let matched = verify_password(&hash, &password);
         drop(permit);
         let _ = answer.send((matched, started.elapsed()));

@@ -231,6 +231,25 @@ pub async fn serve(mut raw: RawSettings, child_command: Vec<String>) -> anyhow::
     };
     let settings = resolve(&raw, true)?;
     let (listeners, gateway) = start_gateway(&settings).await?;
+    let metrics = match settings.metrics_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await.with_context(|| {
+                format!("listening for metrics on {addr} (choose another with --metrics-listen)")
+            })?;
+            tracing::info!(metrics_listen = %listener.local_addr()?, "serving metrics at GET /metrics");
+            let served = portcullis_gateway::metrics::serve(
+                listener,
+                gateway.clone(),
+                std::future::pending(),
+            );
+            Some(AbortOnDrop(tokio::spawn(async move {
+                if let Err(error) = served.await {
+                    tracing::error!(%error, "the metrics listener failed");
+                }
+            })))
+        }
+        None => None,
+    };
     let wants_credential = !child_command.is_empty() || settings.internal_credential_file.is_some();
     let credential = if wants_credential {
         Some(
@@ -284,6 +303,7 @@ pub async fn serve(mut raw: RawSettings, child_command: Vec<String>) -> anyhow::
         }
     };
     let served = serve_per_core(listeners, gateway, shutdown).await;
+    drop(metrics);
     if let Some(supervisor) = supervisor {
         let _ = stop_tx.send(());
         let _ = supervisor.await;
@@ -293,6 +313,15 @@ pub async fn serve(mut raw: RawSettings, child_command: Vec<String>) -> anyhow::
         Some(status) => crate::child::exit_code(*status),
         None => ExitCode::SUCCESS,
     })
+}
+
+/// Stops a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The URL a process on this host uses to reach the gateway listening on `addr`

@@ -35,6 +35,9 @@ pub struct RawSettings {
     /// Address to listen on [default: 127.0.0.1:4180]
     #[arg(long, env = "PORTCULLIS_LISTEN", global = true)]
     pub listen: Option<String>,
+    /// Address serving Prometheus metrics at GET /metrics [default: none, no metrics]
+    #[arg(long, env = "PORTCULLIS_METRICS_LISTEN", global = true)]
+    pub metrics_listen: Option<String>,
     /// Upstream application, e.g. http://127.0.0.1:8888
     #[arg(long, env = "PORTCULLIS_UPSTREAM", global = true)]
     pub upstream: Option<String>,
@@ -294,6 +297,8 @@ impl std::fmt::Display for Problems {
 #[derive(Debug)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// `--metrics-listen`: where `GET /metrics` is served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     pub database_url: String,
     pub data_dir: PathBuf,
     pub secret: SecretSource,
@@ -308,6 +313,20 @@ pub struct Settings {
     pub warnings: Vec<String>,
 }
 
+/// An address, or a host name with a port (`localhost:4180`): its first
+/// address (IPv4 first, as most clients try it first).
+fn listen_address(raw: &str) -> Option<SocketAddr> {
+    raw.parse::<SocketAddr>().ok().or_else(|| {
+        use std::net::ToSocketAddrs;
+        let resolved: Vec<SocketAddr> = raw.to_socket_addrs().ok()?.collect();
+        resolved
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(resolved.first())
+            .copied()
+    })
+}
+
 impl RawSettings {
     /// Fills unset values from the TOML file `path`.
     pub fn with_file(mut self, path: &Path) -> Result<Self, String> {
@@ -319,6 +338,7 @@ impl RawSettings {
             self,
             file,
             listen,
+            metrics_listen,
             upstream,
             public_url,
             database,
@@ -377,25 +397,32 @@ impl RawSettings {
         let mut warnings = Vec::new();
 
         let listen_raw = self.listen.as_deref().unwrap_or("127.0.0.1:4180");
-        // An address, or a host name with a port (`localhost:4180`): its first
-        // address (IPv4 first, as most clients try it first).
-        let listen = listen_raw
-            .parse::<SocketAddr>()
-            .ok()
-            .or_else(|| {
-                use std::net::ToSocketAddrs;
-                let resolved: Vec<SocketAddr> = listen_raw.to_socket_addrs().ok()?.collect();
-                resolved
-                    .iter()
-                    .find(|a| a.is_ipv4())
-                    .or(resolved.first())
-                    .copied()
-            })
+        let listen = listen_address(listen_raw)
             .ok_or_else(|| {
                 errors.push(format!(
                     "--listen / PORTCULLIS_LISTEN: {listen_raw:?} is not an address; use HOST:PORT such as 127.0.0.1:4180 or localhost:4180"
                 ))
             });
+        let metrics_listen = self.metrics_listen.as_deref().and_then(|raw| {
+            let address = listen_address(raw);
+            match address {
+                None => errors.push(format!(
+                    "--metrics-listen / PORTCULLIS_METRICS_LISTEN: {raw:?} is not an address; use HOST:PORT such as 127.0.0.1:9090"
+                )),
+                // Metrics are never served beside the public endpoints.
+                Some(metrics) if Ok(metrics) == listen => errors.push(
+                    "--metrics-listen / PORTCULLIS_METRICS_LISTEN: must differ from --listen \
+                     (metrics are served on their own address, never the public one)"
+                        .into(),
+                ),
+                Some(metrics) if !metrics.ip().is_loopback() => warnings.push(format!(
+                    "--metrics-listen {metrics} is not a loopback address: anyone who can reach it \
+                     reads the gateway's metrics (request counts, sign-in outcomes, provider ids)"
+                )),
+                Some(_) => {}
+            }
+            address
+        });
 
         let data_dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
         let database_url = self
@@ -458,6 +485,7 @@ impl RawSettings {
         match (errors.is_empty(), listen, secret) {
             (true, Ok(listen), Some(secret)) => Ok(Settings {
                 listen,
+                metrics_listen,
                 database_url,
                 data_dir,
                 secret,

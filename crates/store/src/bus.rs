@@ -36,7 +36,9 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::broadcast;
 use tokio::time::{MissedTickBehavior, timeout};
 
-use crate::{Backend, CONFIG_CHANNEL, Log, LogCursor, REVOCATION_CHANNEL, Store, StoreError};
+use crate::{
+    Backend, CONFIG_CHANNEL, Log, LogCursor, LogEntry, REVOCATION_CHANNEL, Store, StoreError,
+};
 
 /// Well inside the 1 s revocation promise, and one indexed query per tick.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -188,14 +190,16 @@ impl Follower {
         let (store, sender) = (&self.store, &self.sender);
         let read = async {
             if revocations {
-                read_all(store, Log::Revocations, &mut self.revocations, |id| {
-                    let _ = sender.send(BusEvent::Revoked(id));
+                read_all(store, Log::Revocations, &mut self.revocations, |entry| {
+                    crate::metrics::REVOCATIONS_RECEIVED.inc();
+                    crate::metrics::BUS_DELAY.observe(entry.age());
+                    let _ = sender.send(BusEvent::Revoked(entry.value));
                 })
                 .await?;
             }
             if changes {
-                read_all(store, Log::ConfigChanges, &mut self.changes, |topic| {
-                    if let Some(event) = changed(&topic) {
+                read_all(store, Log::ConfigChanges, &mut self.changes, |entry| {
+                    if let Some(event) = changed(&entry.value) {
                         let _ = sender.send(event);
                     }
                 })
@@ -214,6 +218,7 @@ impl Follower {
 
     fn lost(&self, why: &str) {
         if self.connected.swap(false, Ordering::AcqRel) {
+            crate::metrics::BUS_LOST.inc();
             tracing::warn!(
                 why,
                 "revocation bus lost; every request is checked against the database until it is back"
@@ -224,6 +229,7 @@ impl Follower {
 
     fn restored(&self) {
         if !self.connected.swap(true, Ordering::AcqRel) {
+            crate::metrics::BUS_RECONNECTS.inc();
             tracing::info!("revocation bus restored; revocations missed meanwhile were applied");
             let _ = self.sender.send(BusEvent::Restored);
         }
@@ -235,7 +241,7 @@ async fn read_all(
     store: &Store,
     log: Log,
     cursor: &mut LogCursor,
-    mut deliver: impl FnMut(String),
+    mut deliver: impl FnMut(LogEntry),
 ) -> Result<(), StoreError> {
     loop {
         let (entries, more) = store.read_log(log, cursor).await?;
@@ -267,7 +273,7 @@ async fn subscribe(options: &PgConnectOptions, wait: Duration) -> Result<PgListe
     };
     timeout(wait + READ_DEADLINE, connect)
         .await
-        .map_err(|_| StoreError::Timeout(wait + READ_DEADLINE))?
+        .map_err(|_| StoreError::timeout(wait + READ_DEADLINE))?
 }
 
 async fn follow_postgres(mut f: Follower, options: PgConnectOptions, listener: PgListener) {

@@ -26,6 +26,7 @@ pub mod clients;
 mod internal;
 mod keys;
 mod log;
+pub mod metrics;
 pub mod oidc;
 mod sessions;
 mod tickets;
@@ -35,7 +36,7 @@ pub use api_tokens::ApiTokenRow;
 pub use audit::{AuditEvent, AuditFilter, AuditPage};
 pub use bus::{BusEvent, ConfigTopic, RevocationBus};
 pub use clients::{AccessTokenRow, ClientRow, ClientSwitch, LinkRefusal, TokenRef};
-pub use log::{Log, LogCursor};
+pub use log::{Log, LogCursor, LogEntry};
 pub use oidc::{GroupMapping, ProviderDelete};
 
 /// Channel used for revocation notifications on PostgreSQL.
@@ -64,7 +65,16 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
+        metrics::DATABASE_ERRORS.inc();
         StoreError::Database(error)
+    }
+}
+
+impl StoreError {
+    /// The database did not answer within `wait` (counted for `/metrics`).
+    pub fn timeout(wait: Duration) -> Self {
+        metrics::TIMEOUTS.inc();
+        StoreError::Timeout(wait)
     }
 }
 
@@ -136,7 +146,7 @@ macro_rules! bounded_on_conn {
     }};
     (@run $pool:ident, $deadline:ident, $wait:ident, $conn:ident => $body:expr) => {{
         match tokio::time::timeout_at($deadline, $pool.acquire()).await {
-            Err(_) => Err($crate::StoreError::Timeout($wait)),
+            Err(_) => Err($crate::StoreError::timeout($wait)),
             Ok(Err(e)) => Err($crate::StoreError::from(e)),
             Ok(Ok(mut held)) => {
                 let outcome = tokio::time::timeout_at($deadline, async {
@@ -148,7 +158,7 @@ macro_rules! bounded_on_conn {
                     Ok(result) => result,
                     Err(_) => {
                         held.close_on_drop();
-                        Err($crate::StoreError::Timeout($wait))
+                        Err($crate::StoreError::timeout($wait))
                     }
                 }
             }

@@ -28,6 +28,28 @@ pub enum Log {
     ConfigChanges,
 }
 
+/// One entry of a log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// What the entry says: a revoked id, a configuration topic.
+    pub value: String,
+    /// When it was written (the writer's clock), in Unix milliseconds.
+    pub at_ms: i64,
+}
+
+impl LogEntry {
+    /// How long ago it was written, by this process's clock (zero when the
+    /// writer's clock is ahead).
+    pub fn age(&self) -> std::time::Duration {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let at = u128::try_from(self.at_ms).unwrap_or(0);
+        std::time::Duration::from_millis(u64::try_from(now.saturating_sub(at)).unwrap_or(u64::MAX))
+    }
+}
+
 /// A follower's position in one log.
 #[derive(Debug, Clone, Default)]
 pub struct LogCursor {
@@ -50,6 +72,10 @@ impl LogCursor {
     }
 }
 
+/// A row of a PostgreSQL log read: sequence, entry and time (absent when
+/// nothing was found), and the oldest transaction running.
+type PostgresLogRow = (Option<i64>, Option<String>, Option<i64>, String);
+
 /// One log's SQL: end and read, for SQLite and for PostgreSQL.
 struct LogSql {
     sqlite_end: &'static str,
@@ -66,7 +92,7 @@ macro_rules! log_sql {
             sqlite_read: concat!(
                 "SELECT seq, ",
                 $entry,
-                " FROM ",
+                ", at_ms FROM ",
                 $table,
                 " WHERE seq > $1 ORDER BY seq LIMIT $2"
             ),
@@ -79,15 +105,15 @@ macro_rules! log_sql {
             // oldest transaction running now, from the same snapshot.
             postgres_read: concat!(
                 "WITH snap AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) \
-                 SELECT r.seq, r.entry, snap.xmin::text FROM snap LEFT JOIN LATERAL ( \
+                 SELECT r.seq, r.entry, r.at_ms, snap.xmin::text FROM snap LEFT JOIN LATERAL ( \
                  (SELECT seq, ",
                 $entry,
-                " AS entry FROM ",
+                " AS entry, at_ms FROM ",
                 $table,
                 " WHERE seq <= $1 AND $3::text IS NOT NULL AND tx >= $3::xid8) \
                  UNION ALL (SELECT seq, ",
                 $entry,
-                " AS entry FROM ",
+                " AS entry, at_ms FROM ",
                 $table,
                 " WHERE seq > $1 ORDER BY seq LIMIT $2)) r ON true ORDER BY r.seq"
             ),
@@ -133,9 +159,9 @@ impl Store {
         &self,
         log: Log,
         cursor: &mut LogCursor,
-    ) -> Result<(Vec<String>, bool), StoreError> {
+    ) -> Result<(Vec<LogEntry>, bool), StoreError> {
         let sql = log.sql();
-        let (rows, running_from): (Vec<(i64, String)>, Option<String>) = match &self.backend {
+        let (rows, running_from): (Vec<(i64, String, i64)>, Option<String>) = match &self.backend {
             Backend::Sqlite(pool) => {
                 let rows = sqlx::query_as(sql.sqlite_read)
                     .bind(cursor.seq)
@@ -145,34 +171,36 @@ impl Store {
                 (rows, None)
             }
             Backend::Postgres(pool) => {
-                let found: Vec<(Option<i64>, Option<String>, String)> =
+                let found: Vec<PostgresLogRow> =
                     sqlx::query_as(sql.postgres_read)
                         .bind(cursor.seq)
                         .bind(LOG_BATCH)
                         .bind(cursor.running_from.as_deref())
                         .fetch_all(pool)
                         .await?;
-                let xmin = found.first().map(|(_, _, xmin)| xmin.clone());
+                let xmin = found.first().map(|(_, _, _, xmin)| xmin.clone());
                 let rows = found
                     .into_iter()
-                    .filter_map(|(seq, entry, _)| Some((seq?, entry?)))
+                    .filter_map(|(seq, entry, at_ms, _)| Some((seq?, entry?, at_ms?)))
                     .collect();
                 (rows, xmin)
             }
         };
-        let new = rows.iter().filter(|(seq, _)| *seq > cursor.seq).count();
+        let new = rows.iter().filter(|(seq, _, _)| *seq > cursor.seq).count();
+        let returned = rows.iter().map(|(seq, _, _)| *seq).collect();
+        let max = rows.iter().map(|(seq, _, _)| *seq).max();
         let entries = rows
-            .iter()
-            .filter(|(seq, _)| *seq > cursor.seq || !cursor.returned.contains(seq))
-            .map(|(_, entry)| entry.clone())
+            .into_iter()
+            .filter(|(seq, _, _)| *seq > cursor.seq || !cursor.returned.contains(seq))
+            .map(|(_, value, at_ms)| LogEntry { value, at_ms })
             .collect();
-        if let Some(max) = rows.iter().map(|(seq, _)| *seq).max() {
+        if let Some(max) = max {
             cursor.seq = cursor.seq.max(max);
         }
         if running_from.is_some() {
             cursor.running_from = running_from;
         }
-        cursor.returned = rows.iter().map(|(seq, _)| *seq).collect();
+        cursor.returned = returned;
         Ok((entries, new as i64 >= LOG_BATCH))
     }
 }

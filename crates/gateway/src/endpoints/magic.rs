@@ -40,7 +40,7 @@ pub async fn magic_link(
         Some(value) => crate::pipeline::authenticate::authenticate_session_cookie(&gw, value)
             .await
             .ok()
-            .flatten(),
+            .and_then(Result::ok),
         None => None,
     };
     if let Some(person) = person {
@@ -74,7 +74,12 @@ async fn follow_link(
     next: Option<&str>,
     headers: &HeaderMap,
 ) -> Response {
-    let response = match sign_in(gw, peer, secret, next, headers).await {
+    let result = sign_in(gw, peer, secret, next, headers).await;
+    crate::metrics::login(
+        portcullis_core::identity::IdentityProvider::Magic.as_str(),
+        crate::metrics::LoginOutcome::of_ref(&result.as_ref()),
+    );
+    let response = match result {
         Ok(response) => response,
         Err(error) => error.into_response_for(super::wants_html(&axum::http::Method::GET, headers)),
     };

@@ -173,7 +173,13 @@ pub async fn login_submit(
     body: Bytes,
 ) -> Response {
     let html_flow = !wants_json_response(&headers);
-    match login(&gw, peer, &headers, &body).await {
+    let result = login(&gw, peer, &headers, &body).await;
+    let outcome = result.as_ref().map_err(|(error, ..)| error);
+    crate::metrics::login(
+        portcullis_core::identity::IdentityProvider::Basic.as_str(),
+        crate::metrics::LoginOutcome::of_ref(&outcome),
+    );
+    match result {
         Ok(response) => response,
         Err((error, next, username))
             if html_flow
@@ -384,7 +390,10 @@ pub(crate) async fn client_session_of(
     headers: &HeaderMap,
 ) -> Option<std::sync::Arc<crate::session_cache::CachedSession>> {
     let value = cookie_value(gw, headers, CLIENT_COOKIE)?;
-    authenticate_session_cookie(gw, value).await.ok().flatten()
+    authenticate_session_cookie(gw, value)
+        .await
+        .ok()
+        .and_then(Result::ok)
 }
 
 /// Ends the client session a new one replaced in this browser (its cookie is
@@ -495,7 +504,7 @@ pub async fn logout(
         // session beside it (an operator's preview).
         let mut ended = vec![auth.session.clone()];
         if let Some(value) = cookie_value(&gw, &headers, CLIENT_COOKIE)
-            && let Ok(Some(client)) = authenticate_session_cookie(&gw, value).await
+            && let Ok(Ok(client)) = authenticate_session_cookie(&gw, value).await
             && client.id() != auth.session_id()
         {
             ended.push(client);

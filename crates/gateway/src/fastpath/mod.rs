@@ -145,7 +145,7 @@ pub async fn serve(
         };
         // authenticate
         let session = match authenticate_session_cookie(gw, cookie).await {
-            Ok(Some(session)) => session,
+            Ok(Ok(session)) => session,
             // Refusals and store errors are answered by the one general path,
             // which is told the outcome instead of asking again.
             outcome => {
@@ -169,8 +169,11 @@ pub async fn serve(
             upgrade: false,
         };
         if authorize_upstream(gw, &auth, &access, &plan.decision).is_err() {
-            return Handoff::Hyper(Some(Primed::new(cookie, Ok(Some(auth.session)))));
+            return Handoff::Hyper(Some(Primed::new(cookie, Ok(Ok(auth.session)))));
         }
+        // Counted here only once authorized: a hand-off is counted by the
+        // general path, which takes the outcome.
+        crate::metrics::authentication(Some(Carrier::Cookie), crate::metrics::AuthResult::Ok);
         // rewrite (the principal's part)
         UpstreamRewrite {
             identity: Some(auth.identity()),
@@ -219,9 +222,11 @@ pub async fn serve(
             }
         };
         // log
-        if let Some(path) = logged_path {
-            ctx.finish(plan.method.as_str(), &path, status);
-        }
+        ctx.finish(
+            plan.method.as_str(),
+            logged_path.as_deref().unwrap_or_default(),
+            status,
+        );
         // A rare huge head must not leave its buffer behind on an idle connection.
         for buffer in [&mut out, &mut back] {
             if buffer.capacity() > 2 * INLINE_BODY {
@@ -517,7 +522,7 @@ struct Relayed {
     /// The client connection must close (the response was delimited by closing).
     close: bool,
     status: u16,
-    /// From sending the request to the response head (measured when logged).
+    /// From sending the request to the response head.
     upstream_time: Option<Duration>,
 }
 
@@ -561,7 +566,7 @@ async fn relay(
         exchanged = exchange => exchanged.map_err(Failure::Upstream)?,
         () = timer.expired(deadline) => return Err(Failure::Upstream(UpstreamError::Timeout)),
     };
-    let upstream_time = crate::pipeline::access_log_enabled().then(|| now.elapsed());
+    let upstream_time = Some(now.elapsed());
     let head_len = conn.head_len;
     conn.buf.advance(head_len);
     let close = framing == Framing::UntilClose;

@@ -17,6 +17,7 @@ use crate::carrier::{self, Carrier};
 use crate::cookies::Audience;
 use crate::error::GatewayError;
 use crate::identity::IdentityFields;
+use crate::metrics::{self, AuthResult};
 use crate::pipeline::ClientAddr;
 use crate::session_cache::{CachedSession, LookupError};
 use crate::state::Gateway;
@@ -59,8 +60,61 @@ impl Outcome {
     }
 }
 
-/// A credential's session, or `None` when the credential is refused.
-pub type Verified = Option<Arc<CachedSession>>;
+/// A credential's session, or why it was refused.
+pub type Verified = Result<Arc<CachedSession>, Refusal>;
+
+/// Why a presented credential was refused (the audit log's reason, and the
+/// `result` label of `portcullis_authentications_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A session cookie whose format or signature does not verify.
+    InvalidCookie,
+    /// The session is unknown, ended or revoked.
+    SessionEnded,
+    /// Its user or provider no longer exists.
+    IdentityRemoved,
+    /// A ticket unknown, already used or expired.
+    UnknownTicket,
+    /// A ticket minted with an API token since revoked.
+    TokenRevoked,
+    /// An API token malformed, unknown, revoked or expired.
+    UnknownToken,
+    /// The internal credential from a peer not allowed to use it.
+    RemotePeer,
+    /// The internal credential presented before any was minted.
+    NotMinted,
+    /// Not the internal credential.
+    Mismatch,
+}
+
+impl Refusal {
+    /// Every refusal, in declaration order (`refusal as usize` indexes it).
+    pub const ALL: [Refusal; 9] = [
+        Refusal::InvalidCookie,
+        Refusal::SessionEnded,
+        Refusal::IdentityRemoved,
+        Refusal::UnknownTicket,
+        Refusal::TokenRevoked,
+        Refusal::UnknownToken,
+        Refusal::RemotePeer,
+        Refusal::NotMinted,
+        Refusal::Mismatch,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::InvalidCookie => "invalid_cookie",
+            Refusal::SessionEnded => "session_ended",
+            Refusal::IdentityRemoved => "identity_removed",
+            Refusal::UnknownTicket => "unknown_used_or_expired",
+            Refusal::TokenRevoked => "token_revoked",
+            Refusal::UnknownToken => "unknown_token",
+            Refusal::RemotePeer => "remote_peer",
+            Refusal::NotMinted => "not_minted",
+            Refusal::Mismatch => "mismatch",
+        }
+    }
+}
 
 /// The outcome of a session cookie the fast path already authenticated, handed to
 /// the general path with its connection, so that a refused cookie is not
@@ -160,42 +214,50 @@ async fn authenticate_as(
     let verifies = |value: &str| signed(gw, value);
     let Some(presented) = carrier::find(gw.config(), headers, uri, offer, audience, &verifies)
     else {
+        metrics::authentication(None, AuthResult::NoCredential);
         return Ok(Outcome::NoCredential);
     };
     let verified = match presented.carrier {
         Carrier::Cookie => {
             let verified = match primed.and_then(|p| p.take_for(&presented.value)) {
-                Some(outcome) => outcome?,
-                None => authenticate_session_cookie(gw, &presented.value).await?,
+                Some(outcome) => outcome,
+                None => authenticate_session_cookie(gw, &presented.value).await,
             };
             match verified {
                 // A client cookie that no longer authenticates (a preview or link
                 // ended, or one planted) does not hide the session beside it.
-                None if audience == Audience::Upstream
-                    && cookie_value(gw, headers, crate::cookies::CLIENT_COOKIE)
-                        == Some(presented.value.as_ref()) =>
+                Ok(Err(refusal))
+                    if audience == Audience::Upstream
+                        && cookie_value(gw, headers, crate::cookies::CLIENT_COOKIE)
+                            == Some(presented.value.as_ref()) =>
                 {
                     match cookie_value(gw, headers, crate::cookies::SESSION_COOKIE) {
                         Some(session) if session != presented.value => {
-                            authenticate_session_cookie(gw, session).await?
+                            authenticate_session_cookie(gw, session).await
                         }
-                        _ => None,
+                        _ => Ok(Err(refusal)),
                     }
                 }
                 verified => verified,
             }
         }
-        Carrier::Ticket => authenticate_ticket(gw, &presented.value, peer).await?,
+        Carrier::Ticket => authenticate_ticket(gw, &presented.value, peer).await,
         Carrier::Subprotocol | Carrier::Bearer | Carrier::QueryToken => {
-            authenticate_bearer_value(gw, &presented.value, peer).await?
+            authenticate_bearer_value(gw, &presented.value, peer).await
         }
     };
-    Ok(match verified {
-        Some(session) => Outcome::Authenticated(Authenticated {
+    let result = match &verified {
+        Ok(Ok(_)) => AuthResult::Ok,
+        Ok(Err(refusal)) => AuthResult::Refused(*refusal),
+        Err(_) => AuthResult::Unavailable,
+    };
+    metrics::authentication(Some(presented.carrier), result);
+    Ok(match verified? {
+        Ok(session) => Outcome::Authenticated(Authenticated {
             session,
             carrier: presented.carrier,
         }),
-        None => Outcome::Rejected,
+        Err(_) => Outcome::Rejected,
     })
 }
 
@@ -223,40 +285,40 @@ pub async fn authenticate_session_cookie(
             // Possibly a key rotated in by another process: reload (rate limited) and retry.
             let reloaded = gw.keyring().reload_if_due(gw.store()).await?;
             if !reloaded {
-                return Ok(None);
+                return Ok(Err(Refusal::InvalidCookie));
             }
             match gw.keyring().current().verify(value, SESSION_PREFIX) {
                 Ok(id) => id,
                 Err(reason) => {
                     tracing::debug!(%reason, "session cookie refused");
-                    return Ok(None);
+                    return Ok(Err(Refusal::InvalidCookie));
                 }
             }
         }
         Err(reason) => {
             tracing::debug!(%reason, "session cookie refused");
-            return Ok(None);
+            return Ok(Err(Refusal::InvalidCookie));
         }
     };
     match gw.session_cache().lookup(gw.store(), id, gw.now()).await {
         Ok(session) => Ok(still_exists(gw, session)),
-        Err(LookupError::Unknown | LookupError::Ended(_)) => Ok(None),
+        Err(LookupError::Unknown | LookupError::Ended(_)) => Ok(Err(Refusal::SessionEnded)),
         Err(LookupError::Store(e)) => Err(e.into()),
     }
 }
 
 /// A session whose identity was removed (a basic user no longer configured, an
 /// OpenID provider no longer known) authenticates no more.
-fn still_exists(gw: &Gateway, session: Arc<CachedSession>) -> Option<Arc<CachedSession>> {
+fn still_exists(gw: &Gateway, session: Arc<CachedSession>) -> Verified {
     if gw.identity_exists(session.provider_name(), session.subject()) {
-        Some(session)
+        Ok(session)
     } else {
         tracing::info!(
             session = session.id(),
             provider = session.provider_name(),
             "session refused: its identity no longer exists"
         );
-        None
+        Err(Refusal::IdentityRemoved)
     }
 }
 
@@ -291,7 +353,7 @@ async fn authenticate_ticket(
         Some(hash) => gw.store().consume_ticket(&hash, now).await?,
         None => None,
     };
-    let reason = match session_id {
+    let refusal = match session_id {
         // Minted with an API token: the ticket carries that token's identity.
         Some(id) if PrincipalKind::of(&id) == PrincipalKind::ApiToken => {
             let exists = |provider: &str, subject: &str| gw.identity_exists(provider, subject);
@@ -301,32 +363,32 @@ async fn authenticate_ticket(
                 .await
             {
                 Ok(session) => {
-                    return Ok(Some(session));
+                    return Ok(Ok(session));
                 }
                 Err(LookupError::Store(e)) => return Err(e.into()),
-                Err(_) => "token_revoked",
+                Err(_) => Refusal::TokenRevoked,
             }
         }
         Some(id) => match gw.session_cache().lookup(gw.store(), &id, now).await {
             Ok(session) => match still_exists(gw, session) {
-                Some(session) => return Ok(Some(session)),
-                None => "identity_removed",
+                Ok(session) => return Ok(Ok(session)),
+                Err(refusal) => refusal,
             },
             Err(LookupError::Store(e)) => return Err(e.into()),
-            Err(_) => "session_ended",
+            Err(_) => Refusal::SessionEnded,
         },
-        None => "unknown_used_or_expired",
+        None => Refusal::UnknownTicket,
     };
     audit_refusal(
         gw,
         "anonymous",
         AuditAction::WsTicket,
-        reason,
+        refusal.as_str(),
         &portcullis_core::secret::truncate_secret(presented),
         peer,
     )
     .await;
-    Ok(None)
+    Ok(Err(refusal))
 }
 
 /// The internal credential (SPEC 6.3): loopback peers only unless configured
@@ -339,15 +401,15 @@ async fn authenticate_internal(
     // Loopback means the connection's own peer, never an address a proxy forwarded
     // (nor a request a trusted proxy relayed).
     let remote = gw.config().internal_credential_remote;
-    let reason = if !(remote || peer.is_local()) {
-        "remote_peer"
+    let refusal = if !(remote || peer.is_local()) {
+        Refusal::RemotePeer
     } else {
         match gw.internal().verify(gw.store(), presented, gw.now()).await {
             Ok(Some(minted)) => {
-                return Ok(Some(minted.session.clone()));
+                return Ok(Ok(minted.session.clone()));
             }
-            Ok(None) if gw.internal().current().is_none() => "not_minted",
-            Ok(None) => "mismatch",
+            Ok(None) if gw.internal().current().is_none() => Refusal::NotMinted,
+            Ok(None) => Refusal::Mismatch,
             Err(e) => return Err(e.into()),
         }
     };
@@ -355,18 +417,18 @@ async fn authenticate_internal(
         gw,
         internal::SUBJECT,
         AuditAction::InternalCredentialUse,
-        reason,
+        refusal.as_str(),
         // Not even a part of it: one refused only for its peer is the real one.
         &internal::fingerprint(presented),
         peer,
     )
     .await;
-    Ok(None)
+    Ok(Err(refusal))
 }
 
 async fn authenticate_api_token(gw: &Gateway, presented: &str) -> Result<Verified, GatewayError> {
     let Some(hash) = portcullis_core::ticket::hash_presented_api_token(presented) else {
-        return Ok(None);
+        return Ok(Err(Refusal::UnknownToken));
     };
     let exists = |provider: &str, subject: &str| gw.identity_exists(provider, subject);
     match gw
@@ -374,9 +436,9 @@ async fn authenticate_api_token(gw: &Gateway, presented: &str) -> Result<Verifie
         .lookup_token(gw.store(), &hash, gw.now(), &exists)
         .await
     {
-        Ok(session) => Ok(Some(session)),
+        Ok(session) => Ok(Ok(session)),
         Err(LookupError::Store(e)) => Err(e.into()),
-        Err(_) => Ok(None),
+        Err(_) => Ok(Err(Refusal::UnknownToken)),
     }
 }
 

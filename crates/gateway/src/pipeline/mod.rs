@@ -175,14 +175,17 @@ impl RequestContext {
         }
     }
 
-    /// The log phase: one access event (target `portcullis::access`). The path is
-    /// logged without its query string (it may hold credentials); the principal
-    /// by id, never by a secret.
+    /// The log phase: the request's metrics, and one access event (target
+    /// `portcullis::access`) when that log is enabled. The path is logged
+    /// without its query string (it may hold credentials); the principal by id,
+    /// never by a secret. Status 0: the client went away before an answer.
     pub fn finish(&self, method: &str, path: &str, status: u16) {
+        let took = self.started.elapsed();
+        crate::metrics::request(self.kind, status, took, self.upstream_time);
         if !access_log_enabled() {
             return;
         }
-        let total_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let total_ms = took.as_secs_f64() * 1000.0;
         let upstream_ms = self.upstream_time.map(|t| t.as_secs_f64() * 1000.0);
         let (principal, carrier) = match &self.principal {
             Some(auth) => (auth.session_id(), auth.carrier.scheme()),

@@ -12,6 +12,7 @@ mod harness;
 mod internal;
 mod login;
 mod magic;
+mod metrics;
 mod oidc;
 mod openapi;
 mod pipeline;

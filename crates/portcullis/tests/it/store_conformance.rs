@@ -10,7 +10,7 @@ use portcullis_core::identity::{Identity, IdentityProvider};
 use portcullis_core::oidc::PendingLogin;
 use portcullis_core::secret::{OsEntropy, SecretString};
 use portcullis_core::session::{Session, SessionPolicy, new_session};
-use portcullis_store::{Log, Store};
+use portcullis_store::{Log, LogCursor, Store};
 
 use crate::both_backends;
 use crate::harness::*;
@@ -225,13 +225,13 @@ async fn the_revocation_log_is_read_once_from_a_cursor(backend: Backend) {
     let mut read = Vec::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while read.len() < ids.len() && std::time::Instant::now() < deadline {
-        let (entries, _) = store.read_log(Log::Revocations, &mut cursor).await.unwrap();
+        let (entries, _) = read_ids(&store, &mut cursor).await;
         read.extend(entries);
     }
     for writer in writers {
         writer.await.unwrap();
     }
-    let (rest, _) = store.read_log(Log::Revocations, &mut cursor).await.unwrap();
+    let (rest, _) = read_ids(&store, &mut cursor).await;
     read.extend(rest);
     let mut sorted = read.clone();
     sorted.sort();
@@ -270,12 +270,18 @@ async fn postgres_a_row_committed_below_the_cursor_is_still_read() {
         .revoke_session(&fast.id, "test", now_ms())
         .await
         .unwrap();
-    let (first, _) = store.read_log(Log::Revocations, &mut cursor).await.unwrap();
+    let (first, _) = read_ids(&store, &mut cursor).await;
     assert_eq!(first, vec![fast.id.clone()]);
     // The slow one commits below the cursor: the next read finds it, once.
     slow_tx.commit().await.unwrap();
-    let (second, _) = store.read_log(Log::Revocations, &mut cursor).await.unwrap();
+    let (second, _) = read_ids(&store, &mut cursor).await;
     assert_eq!(second, vec!["ses-slow".to_owned()]);
-    let (third, _) = store.read_log(Log::Revocations, &mut cursor).await.unwrap();
+    let (third, _) = read_ids(&store, &mut cursor).await;
     assert!(third.is_empty(), "{third:?}");
+}
+
+/// The revoked ids the log holds after `cursor`, and whether there may be more.
+async fn read_ids(store: &Store, cursor: &mut LogCursor) -> (Vec<String>, bool) {
+    let (entries, more) = store.read_log(Log::Revocations, cursor).await.unwrap();
+    (entries.into_iter().map(|entry| entry.value).collect(), more)
 }

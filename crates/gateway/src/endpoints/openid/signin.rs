@@ -219,6 +219,11 @@ pub async fn callback(
     let mut event = gw.audit_event("anonymous", AuditAction::OidcLogin, "failure");
     event.ip = Some(peer.ip().to_string());
     let outcome = finish_login(&gw, &headers, &query, &mut event).await;
+    if outcome.is_err() {
+        // The provider, once the pending login named it.
+        let provider = event.target.as_deref().unwrap_or("unknown");
+        crate::metrics::login(provider, crate::metrics::LoginOutcome::Failure);
+    }
     let mut response = match outcome {
         Ok(response) => response,
         Err(Callback::Failed(failure)) => {
@@ -416,6 +421,7 @@ async fn finish_login(
             .set_session_id_token(&session.id, &sealed)
             .await?;
     }
+    crate::metrics::login(&provider.record.id, crate::metrics::LoginOutcome::Success);
     event.outcome = "success".into();
     event.target = Some(session.id.clone());
     event.reason = Some(if dropped_email {
