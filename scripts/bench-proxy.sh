@@ -7,7 +7,9 @@
 # never the bottleneck. Both proxies keep upstream connections alive.
 # Usage: [ROUNDS=3] [PC_LOG=filter] scripts/bench-proxy.sh [DURATION_SECONDS] [CONNECTIONS]
 # PC_LOG is Portcullis's RUST_LOG (default `warn`; `warn,portcullis::access=info`
-# measures the access log, written to a file in the work directory).
+# measures the access log, written to a file in the work directory). PC_METRICS=1
+# serves metrics (--metrics-listen) and scrapes them every second meanwhile.
+# PC_BIN=PATH measures that binary (e.g. an earlier commit's) instead of building.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10}
@@ -22,8 +24,11 @@ if ! need nginx || ! need wrk; then
         || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null
 fi
 
-cargo build --release -p portcullis --quiet
-BIN=${CARGO_TARGET_DIR:-target}/release/portcullis
+# PC_BIN measures another binary (an earlier build) instead of this checkout's.
+if [ -z "${PC_BIN:-}" ]; then
+    cargo build --release -p portcullis --quiet
+fi
+BIN=${PC_BIN:-${CARGO_TARGET_DIR:-target}/release/portcullis}
 
 WORK=$(mktemp -d /tmp/portcullis-bench.XXXXXX)
 PIDS=()
@@ -36,7 +41,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-UP=127.0.0.1:18081; NGX=127.0.0.1:18082; PC=127.0.0.1:18083
+UP=127.0.0.1:18081; NGX=127.0.0.1:18082; PC=127.0.0.1:18083; METRICS=127.0.0.1:18084
 BODY=$(head -c 1024 /dev/zero | tr '\0' 'x')
 # The upstream and the nginx proxy are separate nginx instances: in one instance a
 # worker could answer its own proxied request in the same event-loop turn, a
@@ -79,8 +84,12 @@ PASSWORD=bench-password
 HASH=$(printf '%s\n' "$PASSWORD" | "$BIN" hash-password)
 AUTH_BASIC_USERS="bench:$HASH" PORTCULLIS_LOGIN_RATE_PER_IP=1000 RUST_LOG="${PC_LOG:-warn}" \
     ${PC_WRAPPER:-} "$BIN" serve --listen "$PC" --upstream "http://$UP" --data-dir "$WORK/data" \
-    2>"$WORK/portcullis.log" &
+    ${PC_METRICS:+--metrics-listen "$METRICS"} 2>"$WORK/portcullis.log" &
 PIDS+=($!)
+if [ -n "${PC_METRICS:-}" ]; then
+    (while sleep 1; do curl -sf "http://$METRICS/metrics" >/dev/null || true; done) &
+    PIDS+=($!)
+fi
 for _ in $(seq 1 100); do curl -sf "http://$PC/.auth/healthz" >/dev/null && break; sleep 0.1; done
 COOKIE=$(curl -s -D - -o /dev/null -H 'Content-Type: application/json' \
     -d "{\"username\":\"bench\",\"password\":\"$PASSWORD\"}" "http://$PC/.auth/login" \

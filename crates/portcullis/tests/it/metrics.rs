@@ -12,8 +12,8 @@ use crate::processes::{Replica, free_port};
 use crate::websocket::{close_frame, connect_as};
 
 /// One scrape: every sample by its name and labels as written
-/// (`name{a="x",b="y"}`), and the response's content type.
-struct Scrape {
+/// (`name{a="x",b="y"}`).
+pub struct Scrape {
     samples: BTreeMap<String, f64>,
     text: String,
 }
@@ -26,7 +26,11 @@ impl Scrape {
             response.header("content-type").as_deref(),
             Some("text/plain; version=0.0.4; charset=utf-8")
         );
-        let text = response.text();
+        Self::parse(response.text())
+    }
+
+    /// The samples of an exposition.
+    pub fn parse(text: String) -> Self {
         let mut samples = BTreeMap::new();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (series, value) = line.rsplit_once(' ').expect("a sample line");
@@ -40,7 +44,7 @@ impl Scrape {
     }
 
     /// The value of one series (0 when absent).
-    fn get(&self, series: &str) -> f64 {
+    pub fn get(&self, series: &str) -> f64 {
         self.samples.get(series).copied().unwrap_or(0.0)
     }
 
@@ -300,37 +304,4 @@ async fn a_scrape_after_real_traffic_shows_it(backend: Backend) {
     // The public listener serves no metrics.
     let public = client.get("/metrics", &[]).await;
     assert!(!public.text().contains("portcullis_requests_total"));
-}
-
-#[tokio::test]
-async fn metrics_never_share_the_public_address() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let listen = free_port();
-    let out = crate::processes::command(&db)
-        .args(["check-config", "--upstream", "http://127.0.0.1:1"])
-        .env("AUTH_BASIC_USERS", format!("alice:{}", cheap_hash("pw")))
-        .env("PORTCULLIS_LISTEN", listen.to_string())
-        .env("PORTCULLIS_METRICS_LISTEN", listen.to_string())
-        .output()
-        .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success(), "{said}");
-    assert!(said.contains("--metrics-listen"), "{said}");
-    let out = crate::processes::command(&db)
-        .args(["check-config", "--upstream", "http://127.0.0.1:1"])
-        .env("AUTH_BASIC_USERS", format!("alice:{}", cheap_hash("pw")))
-        .env("PORTCULLIS_METRICS_LISTEN", "0.0.0.0:9464")
-        .output()
-        .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{said}");
-    assert!(said.contains("not a loopback address"), "{said}");
 }

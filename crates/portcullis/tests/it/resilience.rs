@@ -136,6 +136,29 @@ async fn revocation_during_a_cut(cut: fn(&Relay)) {
     })
     .await;
     assert!(ready.is_some(), "B is ready again");
+    // B's metrics tell it: the bus lost and back, the cache emptied, the
+    // database's timeouts, and the refusals that could not be decided.
+    let scrape = crate::metrics::Scrape::parse(portcullis_gateway::metrics::render(&b.gateway));
+    for (series, least) in [
+        ("portcullis_bus_lost_total", 1.0),
+        ("portcullis_bus_reconnects_total", 1.0),
+        ("portcullis_session_cache_flushes_total", 1.0),
+        (
+            r#"portcullis_authentications_total{carrier="cookie",result="unavailable"}"#,
+            3.0,
+        ),
+        ("portcullis_bus_connected", 1.0),
+    ] {
+        assert!(
+            scrape.get(series) >= least,
+            "{series}: {}",
+            scrape.get(series)
+        );
+    }
+    // A reset refuses connections, a partition lets them time out.
+    let store_errors = scrape.get(r#"portcullis_store_errors_total{kind="timeout"}"#)
+        + scrape.get(r#"portcullis_store_errors_total{kind="database"}"#);
+    assert!(store_errors >= 1.0, "no store error counted");
 }
 
 /// Both replicas lose the database under load: every request answers within the
