@@ -252,6 +252,14 @@ fn check_cost(hash: &str) -> Result<(), HashProblem> {
     Ok(())
 }
 
+/// What a session records of the argon2 hash its sign-in verified: 16 bytes of
+/// its SHA-256, in hex. It tells hashes apart and reveals nothing of them.
+pub fn credential_fingerprint(hash: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(hash.as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Verifies `password` against a PHC hash. Blocking and expensive (about 100 ms and
 /// 64 MiB with default parameters): run it on the bounded worker pool.
 pub fn verify_password(hash: &str, password: &SecretString) -> bool {

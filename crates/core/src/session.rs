@@ -38,6 +38,10 @@ pub struct Session {
     pub device: Device,
     /// How the identity provider authenticated the user (OpenID sessions).
     pub assurance: Assurance,
+    /// A basic sign-in's password hash, as a fingerprint
+    /// ([`crate::basic::credential_fingerprint`]): a changed hash ends exactly
+    /// the sessions of the older one.
+    pub credential: Option<String>,
 }
 
 /// How strongly a sign-in was authenticated, as the OpenID provider stated it in
@@ -161,6 +165,7 @@ pub fn new_session(
         scope: None,
         device: Device::default(),
         assurance: Assurance::default(),
+        credential: None,
     })
 }
 

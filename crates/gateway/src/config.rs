@@ -133,6 +133,8 @@ pub struct GatewayConfig {
     pub allowed_hosts: Vec<String>,
     /// Path prefix of the gateway's own endpoints, e.g. `/.auth`.
     pub auth_prefix: String,
+    /// The product name the gateway's pages show (`--brand-name`).
+    pub brand_name: std::sync::Arc<str>,
     pub session: SessionPolicy,
     pub same_site: SameSite,
     pub basic_users: BasicUsers,
@@ -211,6 +213,7 @@ impl GatewayConfig {
             public_url,
             allowed_hosts: Vec::new(),
             auth_prefix: "/.auth".to_owned(),
+            brand_name: crate::pages::DEFAULT_BRAND.into(),
             session: SessionPolicy::default(),
             same_site: SameSite::Lax,
             basic_users: BasicUsers::default(),
@@ -252,6 +255,23 @@ impl GatewayConfig {
             PublicUrl::parse("http://127.0.0.1:4180").unwrap_or_else(|e| unreachable!("{e}")),
         )
     }
+}
+
+/// A `--brand-name`: the product name every page shows, one line of at most
+/// 64 characters (surrounding spaces dropped).
+pub fn validate_brand(raw: &str) -> Result<std::sync::Arc<str>, String> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.chars().any(char::is_control) {
+        return Err("must be one line of text (no control characters)".into());
+    }
+    let max = crate::pages::MAX_BRAND_CHARS;
+    if name.chars().count() > max {
+        return Err(format!("at most {max} characters"));
+    }
+    Ok(name.into())
 }
 
 /// Checks an auth prefix: `/` followed by path characters, no trailing slash.

@@ -56,6 +56,7 @@ impl Minted {
             scope: None,
             device: portcullis_core::session::Device::default(),
             assurance: portcullis_core::session::Assurance::default(),
+            credential: None,
         };
         Arc::new(Self {
             credential,

@@ -2,7 +2,7 @@
 //! (`GET /metrics`), never on the public listener.
 //!
 //! What every request counts (its path, status class, latencies and how it
-//! authenticated) goes to the counting thread's own [`Shard`]: each event loop
+//! authenticated) goes to the counting thread's own `Shard`: each event loop
 //! is one thread, so no two loops write the same cache line and the request path
 //! takes no lock. A scrape sums the shards. A thread that ends folds its counts
 //! into the registry first, so nothing counted is lost. Rarer events (sign-ins,

@@ -13,7 +13,7 @@ input{width:100%;box-sizing:border-box;padding:.5rem;border:1px solid #bbb;borde
 button{margin-top:1.2rem;width:100%;padding:.6rem;border:0;border-radius:5px;background:#2d5be3;color:#fff;font-size:1rem}\
 .err{background:#fde8e8;color:#8a1c1c;padding:.5rem .7rem;border-radius:5px;font-size:.9rem}\
 .ok{background:#e6f4ea;color:#1e5b2f;padding:.5rem .7rem;border-radius:5px;font-size:.9rem}\
-.muted{color:#666;font-size:.8rem}\
+.muted{color:#666;font-size:.8rem}.brand{color:#555;font-size:.85rem;font-weight:600;margin:0 0 .6rem}\
 a.provider{display:block;text-align:center;padding:.6rem;border:1px solid #2d5be3;border-radius:5px;color:#2d5be3;text-decoration:none}\
 main.wide{max-width:70rem;width:90vw}table{border-collapse:collapse;width:100%;font-size:.85rem;margin:.5rem 0 1.5rem}\
 th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px solid #e3e3e3;vertical-align:top}\
@@ -21,11 +21,32 @@ td form button,form.inline button{margin:0;width:auto;padding:.3rem .7rem;font-s
 form.filters{display:flex;gap:.5rem;align-items:end;flex-wrap:wrap}form.filters label{margin:0}\
 form.filters input,form.filters select{width:auto}.current{font-weight:600}h2{font-size:1.05rem;margin:1.2rem 0 .3rem}";
 
+/// The product name pages show when the operator names none (`--brand-name`).
+pub const DEFAULT_BRAND: &str = "Portcullis";
+
+/// The longest `--brand-name` accepted, in characters.
+pub const MAX_BRAND_CHARS: usize = 64;
+
+tokio::task_local! {
+    /// The product name for the pages of one connection: set where a connection
+    /// is handed to hyper (`server::serve`) and where the fast path renders an
+    /// error, so that every page, error pages rendered far from the
+    /// configuration included, shows the same name.
+    pub static BRAND: std::sync::Arc<str>;
+}
+
+fn brand() -> std::sync::Arc<str> {
+    BRAND
+        .try_with(std::sync::Arc::clone)
+        .unwrap_or_else(|_| DEFAULT_BRAND.into())
+}
+
 fn layout(title: &str, body: Markup) -> Markup {
     page(title, false, body)
 }
 
 fn page(title: &str, wide: bool, body: Markup) -> Markup {
+    let brand = brand();
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -33,10 +54,10 @@ fn page(title: &str, wide: bool, body: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 meta name="referrer" content="same-origin";
-                title { (title) }
+                title { (title) " - " (brand) }
                 style { (STYLE) }
             }
-            body { main.wide[wide] { (body) } }
+            body { main.wide[wide] { p.brand { (brand) } (body) } }
         }
     }
 }

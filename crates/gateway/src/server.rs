@@ -255,17 +255,22 @@ pub async fn serve(
                 admitted,
             };
             let io = fastpath::Prefixed::new(buf.freeze(), stream);
+            let brand = service.gw.config().brand_name.clone();
             let connection = http
                 .serve_connection(TokioIo::new(io), service)
                 .with_upgrades();
             let mut connection = std::pin::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                _ = stopping.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+            let served = async {
+                tokio::select! {
+                    result = connection.as_mut() => result,
+                    _ = stopping.changed() => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
                 }
             };
+            // Every page of the connection shows the operator's product name.
+            let result = crate::pages::BRAND.scope(brand, served).await;
             if let Err(error) = result {
                 tracing::debug!(%error, %peer, "connection ended with an error");
             }

@@ -269,6 +269,7 @@ fn token_entry(row: portcullis_store::ApiTokenRow) -> Arc<CachedSession> {
         scope: None,
         device: portcullis_core::session::Device::default(),
         assurance: Assurance::default(),
+        credential: None,
     };
     let mut entry = CachedSession::pseudo(session);
     entry.token_owner = owner;
@@ -577,6 +578,7 @@ mod tests {
             scope: None,
             device: portcullis_core::session::Device::default(),
             assurance: Assurance::default(),
+            credential: None,
         }
     }
 

@@ -1,10 +1,13 @@
 //! The basic users, as they stand now: from `AUTH_BASIC_USERS` (fixed for the
 //! process) or from `--users-file`, reloaded on `SIGHUP` and when the file
 //! changes. A user removed from the file, or whose hash changed, is signed out
-//! everywhere: their sessions and API tokens made before the change are revoked
-//! (through the revocation log, so every replica and every live WebSocket
-//! follows), and a replica that reads the same change later revokes nothing made
-//! since. A file that does not parse cleanly changes nothing and says why.
+//! everywhere: their sessions of an older hash (each session records which hash
+//! signed it in, whenever it was made) and their API tokens made before the
+//! change are revoked (through the revocation log, so every replica and every
+//! live WebSocket follows); a replica that reads the same change later revokes
+//! nothing the new password made. A sign-in that checked the old hash while the
+//! users were swapped ends itself (`endpoints::signin`). A file that does not
+//! parse cleanly changes nothing and says why.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -177,7 +180,15 @@ impl Reloader {
         let cutoff = changed_ms.unwrap_or(now_ms).min(now_ms);
         let mut ended = 0;
         for name in &gone {
-            match self.store.sign_out_basic_user(name, cutoff, now_ms).await {
+            let keep = after
+                .list
+                .hash_of(name)
+                .map(portcullis_core::basic::credential_fingerprint);
+            match self
+                .store
+                .sign_out_basic_user(name, keep.as_deref(), cutoff, now_ms)
+                .await
+            {
                 Ok(ids) => {
                     for id in &ids {
                         (self.revoked)(id);

@@ -388,7 +388,7 @@ async fn someone_can_sign_in(settings: &Settings) -> Result<(), String> {
         return Err(nobody.into());
     }
     let look = async {
-        let store = Store::connect(&settings.database_url).await?;
+        let store = Store::open_read_only(&settings.database_url).await?;
         store.oidc_providers().await
     };
     match tokio::time::timeout(Duration::from_secs(5), look).await {
@@ -459,7 +459,8 @@ pub fn hash_password() -> anyhow::Result<ExitCode> {
 
 pub async fn migrate(raw: RawSettings) -> anyhow::Result<ExitCode> {
     let settings = resolve(&raw, false)?;
-    open_store(&settings).await?;
+    // Closed, so that SQLite folds its WAL into the file and removes it.
+    open_store(&settings).await?.close().await;
     println!(
         "migrations applied to {}",
         redact_url(&settings.database_url)

@@ -184,8 +184,87 @@ fn parse_cli() -> Cli {
             .is_some_and(|value| value.to_string_lossy().trim().is_empty());
         if empty { arg.env(None) } else { arg }
     });
-    let matches = command.get_matches();
+    let matches = focus_help(command).get_matches();
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// The settings (by id) a command reads besides `--config` and `--log-format`;
+/// `None`: every setting.
+fn settings_read_by(command: &str) -> Option<&'static [&'static str]> {
+    const STORE: &[&str] = &["database", "data_dir", "secret_key_file", "db_timeout"];
+    match command {
+        "serve" | "demo" | "check-config" => None,
+        "hash-password" | "secret" => Some(&[]),
+        "api-tokens" => Some(&[
+            "database",
+            "data_dir",
+            "secret_key_file",
+            "db_timeout",
+            "users_file",
+        ]),
+        // Links are made of the public URL (which defaults to the listen address).
+        "tokens" => Some(&[
+            "database",
+            "data_dir",
+            "secret_key_file",
+            "db_timeout",
+            "public_url",
+            "listen",
+            "auth_prefix",
+        ]),
+        _ => Some(STORE),
+    }
+}
+
+/// Every command's `--help` lists only the settings it reads; the top level's
+/// lists none. The settings stay global (accepted before or after any command,
+/// so `portcullis --database URL sessions list` still works): each command gets
+/// its own copy of every one, hidden where the command does not read it, which
+/// clap then keeps instead of propagating the visible one.
+fn focus_help(command: clap::Command) -> clap::Command {
+    let ids: Vec<String> =
+        <RawSettings as clap::Args>::augment_args(clap::Command::new("settings"))
+            .get_arguments()
+            .map(|arg| arg.get_id().to_string())
+            .collect();
+    let settings: Vec<clap::Arg> = command
+        .get_arguments()
+        .filter(|arg| ids.iter().any(|id| arg.get_id() == id.as_str()))
+        .cloned()
+        .collect();
+    fn with_settings(
+        mut command: clap::Command,
+        settings: &[clap::Arg],
+        read: Option<&[&str]>,
+    ) -> clap::Command {
+        for arg in settings {
+            let shown = read.is_none_or(|read| read.contains(&arg.get_id().as_str()));
+            command = command.arg(arg.clone().hide(!shown));
+        }
+        let children: Vec<String> = command
+            .get_subcommands()
+            .map(|sub| sub.get_name().to_owned())
+            .collect();
+        for child in children {
+            command = command.mut_subcommand(child, |sub| with_settings(sub, settings, read));
+        }
+        command
+    }
+    let mut command = command;
+    let names: Vec<String> = command
+        .get_subcommands()
+        .map(|sub| sub.get_name().to_owned())
+        .collect();
+    for name in names {
+        let read = settings_read_by(&name);
+        command = command.mut_subcommand(&name, |sub| with_settings(sub, &settings, read));
+    }
+    for id in &ids {
+        command = command.mut_arg(id.as_str(), |arg| arg.hide(true));
+    }
+    command.after_help(
+        "Settings: `portcullis serve --help` lists them all (flags, environment variables).",
+    )
 }
 
 fn main() -> ExitCode {

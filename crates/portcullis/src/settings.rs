@@ -21,7 +21,7 @@ use portcullis_core::keys::SecretKey;
 use portcullis_core::routes::{RouteRules, RouteSpec};
 use portcullis_core::secret::{Key32, SecretString};
 use portcullis_core::session::SessionPolicy;
-use portcullis_gateway::config::{LoginLimits, validate_prefix};
+use portcullis_gateway::config::{LoginLimits, validate_brand, validate_prefix};
 use portcullis_gateway::{
     GatewayConfig, OidcProviderSpec, PublicUrl, SameSite, Upstream, WsReject,
 };
@@ -56,6 +56,9 @@ pub struct RawSettings {
     /// Path prefix of the gateway's own endpoints [default: /.auth]
     #[arg(long, env = "PORTCULLIS_AUTH_PREFIX", global = true)]
     pub auth_prefix: Option<String>,
+    /// Product name shown on the sign-in and other pages [default: Portcullis]
+    #[arg(long, env = "PORTCULLIS_BRAND_NAME", global = true)]
+    pub brand_name: Option<String>,
     /// Extra Host header values to accept, comma-separated
     #[arg(
         long,
@@ -345,6 +348,7 @@ impl RawSettings {
             data_dir,
             secret_key_file,
             auth_prefix,
+            brand_name,
             allowed_hosts,
             session_ttl,
             session_idle_timeout,
@@ -407,7 +411,7 @@ impl RawSettings {
             let address = listen_address(raw);
             match address {
                 None => errors.push(format!(
-                    "--metrics-listen / PORTCULLIS_METRICS_LISTEN: {raw:?} is not an address; use HOST:PORT such as 127.0.0.1:9090"
+                    "--metrics-listen / PORTCULLIS_METRICS_LISTEN: {raw:?} is not an address; use HOST:PORT such as 127.0.0.1:9464"
                 )),
                 // Metrics are never served beside the public endpoints.
                 Some(metrics) if Ok(metrics) == listen => errors.push(
@@ -535,6 +539,11 @@ impl RawSettings {
         if let Err(e) = validate_prefix(&prefix) {
             errors.push(format!("--auth-prefix / PORTCULLIS_AUTH_PREFIX: {e}"));
         }
+        let brand = self.brand_name.as_deref().and_then(|raw| {
+            validate_brand(raw)
+                .map_err(|e| errors.push(format!("--brand-name / PORTCULLIS_BRAND_NAME: {e}")))
+                .ok()
+        });
         let mut policy = SessionPolicy::default();
         if let Some(raw) = &self.session_ttl {
             match parse_duration(
@@ -831,6 +840,9 @@ impl RawSettings {
         let (upstream, public_url) = (upstream?, public_url?);
         let mut config = GatewayConfig::new(upstream, public_url);
         config.auth_prefix = prefix;
+        if let Some(brand) = brand {
+            config.brand_name = brand;
+        }
         config.session = policy;
         config.same_site = same_site;
         config.upstream_timeout = upstream_timeout;

@@ -260,6 +260,51 @@ impl Store {
         Ok(Self { backend, timeout })
     }
 
+    /// The database at `url`, to read only (`check-config`): a SQLite file is
+    /// neither created nor changed, and no file is added beside it (files made
+    /// by whoever runs the check could lock the gateway's own user out of them).
+    /// Its WAL is read when it has one (a gateway is running, or stopped
+    /// uncleanly); without one, everything is in the file itself, opened as
+    /// immutable. PostgreSQL is read in read-only transactions.
+    pub async fn open_read_only(url: &str) -> Result<Self, StoreError> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        let backend = match scheme {
+            "sqlite" => {
+                let options = SqliteConnectOptions::from_str(url)?;
+                let mut wal = options.get_filename().as_os_str().to_owned();
+                wal.push("-wal");
+                let options = if std::path::Path::new(&wal).exists() {
+                    options.read_only(true)
+                } else {
+                    options.immutable(true)
+                };
+                let options = options.log_statements(::log::LevelFilter::Trace);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(DEFAULT_TIMEOUT)
+                    .connect_with(options)
+                    .await?;
+                Backend::Sqlite(pool)
+            }
+            "postgres" | "postgresql" => {
+                let options = PgConnectOptions::from_str(url)?
+                    .options([("default_transaction_read_only", "on")])
+                    .log_statements(::log::LevelFilter::Trace);
+                let pool = PgPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(DEFAULT_TIMEOUT)
+                    .connect_with(options)
+                    .await?;
+                Backend::Postgres(pool)
+            }
+            other => return Err(StoreError::UnsupportedUrl(other.to_owned())),
+        };
+        Ok(Self {
+            backend,
+            timeout: DEFAULT_TIMEOUT,
+        })
+    }
+
     pub fn kind(&self) -> BackendKind {
         match self.backend {
             Backend::Sqlite(_) => BackendKind::Sqlite,
@@ -308,7 +353,7 @@ impl Store {
         self.timeout
     }
 
-    /// Closes every pooled connection.
+    /// Closes every pooled connection (SQLite then folds its WAL into the file).
     pub async fn close(&self) {
         on_pool!(self, pool => pool.close().await);
     }

@@ -171,13 +171,12 @@ impl Store {
                 (rows, None)
             }
             Backend::Postgres(pool) => {
-                let found: Vec<PostgresLogRow> =
-                    sqlx::query_as(sql.postgres_read)
-                        .bind(cursor.seq)
-                        .bind(LOG_BATCH)
-                        .bind(cursor.running_from.as_deref())
-                        .fetch_all(pool)
-                        .await?;
+                let found: Vec<PostgresLogRow> = sqlx::query_as(sql.postgres_read)
+                    .bind(cursor.seq)
+                    .bind(LOG_BATCH)
+                    .bind(cursor.running_from.as_deref())
+                    .fetch_all(pool)
+                    .await?;
                 let xmin = found.first().map(|(_, _, _, xmin)| xmin.clone());
                 let rows = found
                     .into_iter()

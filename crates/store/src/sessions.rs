@@ -7,7 +7,7 @@ use crate::{Backend, Store, StoreError, on_pool};
 
 const SESSION_COLUMNS: &str = "id, subject, name, email, provider, roles, created_ms, last_seen_ms, \
      expires_ms, idle_timeout_ms, revoked_ms, oidc_sid, access_token_id, user_agent, ip, acr, amr, \
-     oidc_sub";
+     oidc_sub, credential";
 
 #[derive(sqlx::FromRow)]
 struct SessionRow {
@@ -30,6 +30,7 @@ struct SessionRow {
     /// Comma-joined.
     amr: Option<String>,
     oidc_sub: Option<String>,
+    credential: Option<String>,
 }
 
 impl From<SessionRow> for Session {
@@ -71,6 +72,7 @@ impl From<SessionRow> for Session {
                     .map(str::to_owned)
                     .collect(),
             },
+            credential: r.credential,
         }
     }
 }
@@ -87,8 +89,9 @@ macro_rules! insert_session {
         sqlx::query(
             "INSERT INTO sessions (id, subject, name, email, provider, roles, created_ms, \
              last_seen_ms, expires_ms, idle_timeout_ms, revoked_ms, oidc_sid, access_token_id, \
-             user_agent, ip, acr, amr, oidc_sub) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+             user_agent, ip, acr, amr, oidc_sub, credential) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+             $19)",
         )
         .bind(&s.id)
         .bind(&s.identity.subject)
@@ -108,6 +111,7 @@ macro_rules! insert_session {
         .bind(&s.assurance.acr)
         .bind((!s.assurance.amr.is_empty()).then(|| s.assurance.amr.join(",")))
         .bind(&s.oidc_sub)
+        .bind(&s.credential)
         .execute($exec)
         .await?;
     }};
@@ -263,36 +267,48 @@ impl Store {
             .await
     }
 
-    /// Signs basic user `name` out of what they had before `before_ms` (a change
-    /// of the users file): live sessions and API tokens, in one transaction,
-    /// logged and notified like any revocation. Returns their ids. What was made
-    /// since (after a new password) is kept.
+    /// Signs basic user `name` out after a change of the users file: sessions
+    /// whose recorded hash is not `keep` (the user's hash now, by
+    /// [`portcullis_core::basic::credential_fingerprint`]; `None`: the user is
+    /// gone), and sessions that recorded none and API tokens made before
+    /// `before_ms`. In one transaction, logged and notified like any
+    /// revocation. Returns their ids. What the new password made is kept, on
+    /// whichever replica it was made and however late this one reads the change.
     pub async fn sign_out_basic_user(
         &self,
         name: &str,
+        keep: Option<&str>,
         before_ms: i64,
         now_ms: i64,
     ) -> Result<Vec<String>, StoreError> {
         let notify = matches!(self.backend, crate::Backend::Postgres(_));
         let ids = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let mut ids = Vec::new();
-            for update in [
+            // Sessions that recorded their hash end unless it is the one kept;
+            // older ones (and API tokens) if made before the change.
+            let sessions: Vec<(String,)> = sqlx::query_as(
                 "UPDATE sessions SET revoked_ms = $1, revoked_by = 'users-file' \
-                 WHERE provider = 'basic' AND subject = $2 AND created_ms < $3 \
-                 AND revoked_ms IS NULL RETURNING id",
+                 WHERE provider = 'basic' AND subject = $2 AND revoked_ms IS NULL \
+                 AND (CASE WHEN credential IS NULL THEN created_ms < $3 \
+                 ELSE COALESCE(credential <> $4, TRUE) END) RETURNING id",
+            )
+            .bind(now_ms)
+            .bind(name)
+            .bind(before_ms)
+            .bind(keep)
+            .fetch_all(&mut *tx)
+            .await?;
+            let tokens: Vec<(String,)> = sqlx::query_as(
                 "UPDATE api_tokens SET revoked_ms = $1 \
                  WHERE provider = 'basic' AND subject = $2 AND created_ms < $3 \
                  AND revoked_ms IS NULL RETURNING id",
-            ] {
-                let ended: Vec<(String,)> = sqlx::query_as(update)
-                    .bind(now_ms)
-                    .bind(name)
-                    .bind(before_ms)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                ids.extend(ended.into_iter().map(|(id,)| id));
-            }
+            )
+            .bind(now_ms)
+            .bind(name)
+            .bind(before_ms)
+            .fetch_all(&mut *tx)
+            .await?;
+            let ids: Vec<String> = sessions.into_iter().chain(tokens).map(|(id,)| id).collect();
             for id in &ids {
                 crate::log_revocation!(tx, id, now_ms, notify);
             }

@@ -267,14 +267,32 @@ async fn login(
 
     let identity = users.list.identity(&username);
     let device = device_of(headers, Some(peer.ip().to_string()));
+    let verified = users.list.hash_of(&username).unwrap_or_default();
     let signed_in = SignIn {
         identity,
         oidc_sid: None,
         oidc_sub: None,
         device,
         assurance: portcullis_core::session::Assurance::default(),
+        credential: Some(portcullis_core::basic::credential_fingerprint(verified)),
     };
     let (session, cookies) = establish_session(gw, signed_in).await.map_err(fail)?;
+    // The users file changed while the password was checked: a reload that
+    // swapped the users before this session existed could not end it, so it
+    // ends here (one that swapped them later ends it by its recorded hash).
+    if gw.users().list.hash_of(&username) != Some(verified) {
+        if gw
+            .store()
+            .revoke_session(&session.id, "users-file", gw.now())
+            .await
+            .is_ok()
+        {
+            gw.revoked_here(&session.id);
+        }
+        event.reason = Some("password_changed_during_sign_in".into());
+        gw.audit(event).await;
+        return Err(fail(GatewayError::InvalidCredentials));
+    }
     event.outcome = "success".into();
     event.actor = username.clone();
     event.target = Some(session.id.clone());
@@ -304,6 +322,8 @@ pub(crate) struct SignIn {
     /// The provider's `sub`, for back-channel logout by subject.
     pub oidc_sub: Option<String>,
     pub device: portcullis_core::session::Device,
+    /// A basic sign-in's hash, as a fingerprint (see `Session::credential`).
+    pub credential: Option<String>,
     pub assurance: portcullis_core::session::Assurance,
 }
 
@@ -336,6 +356,7 @@ pub(crate) async fn establish_session(
     session.oidc_sub = signed_in.oidc_sub;
     session.device = signed_in.device;
     session.assurance = signed_in.assurance;
+    session.credential = signed_in.credential;
     let epoch = gw.session_cache().epoch();
     gw.store().insert_session(&session).await?;
     gw.session_cache().insert_new(session.clone(), epoch);

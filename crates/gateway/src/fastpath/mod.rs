@@ -210,8 +210,10 @@ pub async fn serve(
             Err(Failure::Upstream(error)) => {
                 let error = GatewayError::Upstream(error);
                 let status = error.status().as_u16();
-                let respond = crate::error::CURRENT_REQUEST
-                    .sync_scope(ctx.id.clone(), || error.into_response_for(plan.html));
+                let brand = gw.config().brand_name.clone();
+                let respond = crate::error::CURRENT_REQUEST.sync_scope(ctx.id.clone(), || {
+                    crate::pages::BRAND.sync_scope(brand, || error.into_response_for(plan.html))
+                });
                 if write_response(client, respond, &ctx.id, plan.close)
                     .await
                     .is_err()

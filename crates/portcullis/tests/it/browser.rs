@@ -22,10 +22,21 @@ both_backends!(
 /// says so.
 async fn signing_in_and_out_in_a_browser(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let gw = TestGateway::start(&db).await;
+    // The operator's product name, markup and all, shown as text on every page.
+    const BRAND: &str = "Acme <b>Dashboards</b>";
+    let gw = TestGateway::start_with(&db, |config| config.brand_name = BRAND.into()).await;
     let base = format!("http://{}", gw.addr);
     let browser = Browser::start().await;
     let b = &browser.client;
+    b.goto(&format!("{base}/.auth/login")).await.unwrap();
+    assert_eq!(b.title().await.unwrap(), format!("Sign in - {BRAND}"));
+    assert_eq!(browser.text(".brand").await, BRAND);
+    // An error page, rendered far from the configuration, names it too.
+    b.goto(&format!("{base}/.auth/magic/not-a-link"))
+        .await
+        .unwrap();
+    browser.wait_text("h1", "This link is not valid").await;
+    assert_eq!(browser.text(".brand").await, BRAND);
     b.goto(&format!("{base}/.auth/login")).await.unwrap();
     browser.type_into("#username", USER).await;
     browser.type_into("#password", "not the password").await;
@@ -154,8 +165,6 @@ impl Browser {
             .unwrap();
     }
 
-    /// The text of the first element matching `css`, waiting for it to appear
-    /// (a submitted form's answer loads after the click returns).
     /// Waits until the element matching `css` says `needle` (the page a submitted
     /// form leads to loads after the click returns), and returns its text.
     async fn wait_text(&self, css: &str, needle: &str) -> String {
@@ -349,7 +358,7 @@ async fn a_magic_link_in_a_browser(backend: Backend) {
     let b = &browser.client;
     b.goto(&format!("{base}/portal/report")).await.unwrap();
     browser.wait_text("h1", "Access required").await;
-    let said = browser.text("p").await;
+    let said = browser.text("p:not(.brand)").await;
     assert!(said.contains("new link"), "{said}");
     assert!(
         b.find_all(Locator::Css("input[type=password]"))

@@ -917,6 +917,88 @@ fn the_systemd_unit_verifies() {
 /// operators commonly get wrong. A row: name, arguments, environment, whether it
 /// passes, what its output must say.
 #[test]
+fn each_commands_help_lists_only_the_settings_it_reads() {
+    // (arguments, in the help, not in the help)
+    let rows: &[(&[&str], &[&str], &[&str])] = &[
+        (
+            &["serve", "--help"],
+            &[
+                "--upstream",
+                "--database",
+                "--metrics-listen",
+                "--brand-name",
+                "--config",
+            ],
+            &[],
+        ),
+        (
+            &["check-config", "--help"],
+            &["--upstream", "--users-file", "--config"],
+            &[],
+        ),
+        (
+            &["sessions", "list", "--help"],
+            &[
+                "--database",
+                "--data-dir",
+                "--db-timeout",
+                "--user",
+                "--config",
+            ],
+            &[
+                "--upstream",
+                "--listen",
+                "--brand-name",
+                "--users-file",
+                "--ws-reject",
+            ],
+        ),
+        (
+            &["api-tokens", "create", "--help"],
+            &["--database", "--users-file", "--force"],
+            &["--upstream", "--metrics-listen"],
+        ),
+        (
+            &["tokens", "create", "--help"],
+            &["--database", "--public-url", "--auth-prefix", "--client"],
+            &["--upstream", "--users-file"],
+        ),
+        (
+            &["hash-password", "--help"],
+            &["--log-format"],
+            &["--database", "--upstream"],
+        ),
+        (
+            &["--help"],
+            &["serve", "sessions", "--config", "portcullis serve --help"],
+            &["--upstream", "--database"],
+        ),
+    ];
+    for (args, present, absent) in rows {
+        let out = Command::new(BIN).env_clear().args(*args).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args:?}");
+        for needle in *present {
+            assert!(help.contains(needle), "{args:?}: no {needle} in\n{help}");
+        }
+        for needle in *absent {
+            assert!(!help.contains(needle), "{args:?}: {needle} in\n{help}");
+        }
+    }
+    // Settings are still accepted before the command.
+    let dir = std::env::temp_dir().join(format!("pc-help-{}", std::process::id()));
+    let out = Command::new(BIN)
+        .env_clear()
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["sessions", "list"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains(&dir.display().to_string()), "{said}");
+}
+
+#[test]
 fn check_config_rows() {
     let dir = std::env::temp_dir().join(format!("pc-check-rows-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -930,6 +1012,7 @@ fn check_config_rows() {
     let truncated = format!("{good};carol:$argon2id$v=19$m=8,t=1,p=1$c29tZXNhbHQ");
     let commas = format!("alice:{CFFI_HASH},bob:{CFFI_HASH}");
     let hex = "ab".repeat(32);
+    let long_brand = "é".repeat(65);
     let config = toml.display().to_string();
     type Row<'a> = (
         &'a str,
@@ -1034,6 +1117,63 @@ fn check_config_rows() {
             true,
             vec!["configuration is valid"],
         ),
+        (
+            "metrics on the public address",
+            vec![
+                "--listen",
+                "127.0.0.1:4180",
+                "--metrics-listen",
+                "127.0.0.1:4180",
+            ],
+            vec![("AUTH_BASIC_USERS", &good)],
+            false,
+            vec!["--metrics-listen / PORTCULLIS_METRICS_LISTEN: must differ from --listen"],
+        ),
+        (
+            "metrics on a non-loopback address",
+            vec!["--metrics-listen", "0.0.0.0:9464"],
+            vec![("AUTH_BASIC_USERS", &good)],
+            true,
+            vec!["not a loopback address", "configuration is valid"],
+        ),
+        (
+            "a metrics address that is not one",
+            vec![],
+            vec![
+                ("AUTH_BASIC_USERS", &good),
+                ("PORTCULLIS_METRICS_LISTEN", "9464"),
+            ],
+            false,
+            vec!["\"9464\" is not an address"],
+        ),
+        (
+            "a brand name",
+            vec!["--brand-name", "  Acme Dashboards  "],
+            vec![("AUTH_BASIC_USERS", &good)],
+            true,
+            vec!["configuration is valid"],
+        ),
+        (
+            "a blank brand name",
+            vec!["--brand-name", "   "],
+            vec![("AUTH_BASIC_USERS", &good)],
+            false,
+            vec!["--brand-name / PORTCULLIS_BRAND_NAME: must not be empty"],
+        ),
+        (
+            "a brand name of two lines",
+            vec!["--brand-name", "Acme\nDashboards"],
+            vec![("AUTH_BASIC_USERS", &good)],
+            false,
+            vec!["--brand-name / PORTCULLIS_BRAND_NAME: must be one line"],
+        ),
+        (
+            "a brand name too long",
+            vec!["--brand-name", &long_brand],
+            vec![("AUTH_BASIC_USERS", &good)],
+            false,
+            vec!["--brand-name / PORTCULLIS_BRAND_NAME: at most 64 characters"],
+        ),
     ];
     for (name, args, env, passes, needles) in rows {
         let data = dir.join(name.replace(' ', "-"));
@@ -1070,6 +1210,54 @@ fn check_config_rows() {
         .decode(key.trim())
         .unwrap();
     assert_eq!(decoded.len(), 32);
+}
+
+#[test]
+fn check_config_reads_an_sqlite_database_without_touching_it() {
+    let dir = std::env::temp_dir().join(format!("pc-ro-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let made = Command::new(BIN)
+        .env_clear()
+        .args(["migrate", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let files = || {
+        let mut names: Vec<(String, std::time::SystemTime)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| {
+                let entry = entry.unwrap();
+                let modified = entry.metadata().unwrap().modified().unwrap();
+                (entry.file_name().to_string_lossy().into_owned(), modified)
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    // As `migrate` leaves it (closed: no WAL beside it; a running gateway has
+    // its WAL and shared-memory files already, and they are opened as they are).
+    assert!(!dir.join("portcullis.db-wal").exists());
+    {
+        let before = files();
+        // No user configured: the check looks in the database for providers.
+        let out = Command::new(BIN)
+            .env_clear()
+            .args([
+                "check-config",
+                "--upstream",
+                "http://127.0.0.1:9",
+                "--data-dir",
+            ])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{said}");
+        assert!(said.contains("none in the database either"), "{said}");
+        assert_eq!(files(), before, "{said}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -246,6 +246,8 @@ both_backends!(
     a_logout_token_is_applied_once,
     the_internal_credential_is_minted_once,
     the_revocation_log_is_read_once_from_a_cursor,
+    a_read_only_store_reads_and_never_writes,
+    a_changed_password_ends_exactly_the_sessions_of_the_old_one,
 );
 
 /// PostgreSQL: a log row whose transaction commits after a later row was read is
@@ -284,4 +286,79 @@ async fn postgres_a_row_committed_below_the_cursor_is_still_read() {
 async fn read_ids(store: &Store, cursor: &mut LogCursor) -> (Vec<String>, bool) {
     let (entries, more) = store.read_log(Log::Revocations, cursor).await.unwrap();
     (entries.into_iter().map(|entry| entry.value).collect(), more)
+}
+
+async fn a_read_only_store_reads_and_never_writes(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let writer = store(&db).await;
+    let kept = session(IdentityProvider::Basic, None);
+    writer.insert_session(&kept).await.unwrap();
+    // As `check-config` leaves a stopped gateway's SQLite file: closed, no WAL.
+    writer.close().await;
+    let reader = Store::open_read_only(&db.url).await.unwrap();
+    assert!(reader.oidc_providers().await.unwrap().is_empty());
+    assert_eq!(reader.session(&kept.id).await.unwrap().unwrap().id, kept.id);
+    let refused = reader
+        .insert_session(&session(IdentityProvider::Basic, None))
+        .await;
+    assert!(refused.is_err(), "a read-only store wrote");
+    assert!(
+        reader
+            .revoke_session(&kept.id, "test", now_ms())
+            .await
+            .is_err()
+    );
+}
+
+async fn a_changed_password_ends_exactly_the_sessions_of_the_old_one(backend: Backend) {
+    use portcullis_core::basic::credential_fingerprint;
+    let db = TestDb::new(backend).await;
+    let store = store(&db).await;
+    let (old, new) = (
+        credential_fingerprint("$old"),
+        credential_fingerprint("$new"),
+    );
+    let change_ms = now_ms();
+    // (credential, made after the change, ended)
+    let rows = [
+        (Some(&old), false, true),
+        // The old password, signed in after the file changed (before this
+        // replica read it): ended all the same.
+        (Some(&old), true, true),
+        // The new password, however early: kept.
+        (Some(&new), false, false),
+        (Some(&new), true, false),
+        // Recorded no hash (made before hashes were recorded): the time decides.
+        (None, false, true),
+        (None, true, false),
+    ];
+    let mut ids = Vec::new();
+    for (credential, after, _) in &rows {
+        let mut s = session(IdentityProvider::Basic, None);
+        s.credential = credential.cloned();
+        s.created_ms = if *after {
+            change_ms + 10
+        } else {
+            change_ms - 10
+        };
+        store.insert_session(&s).await.unwrap();
+        ids.push(s.id);
+    }
+    let ended = store
+        .sign_out_basic_user("ada", Some(&new), change_ms, change_ms + 20)
+        .await
+        .unwrap();
+    for ((credential, after, want), id) in rows.iter().zip(&ids) {
+        assert_eq!(ended.contains(id), *want, "{credential:?} after={after}");
+    }
+    // Removed altogether: every session of a recorded hash ends.
+    let ended = store
+        .sign_out_basic_user("ada", None, change_ms, change_ms + 30)
+        .await
+        .unwrap();
+    let mut ended = ended;
+    ended.sort();
+    let mut kept_until_now = vec![ids[2].clone(), ids[3].clone()];
+    kept_until_now.sort();
+    assert_eq!(ended, kept_until_now);
 }

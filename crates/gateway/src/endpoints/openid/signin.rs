@@ -404,6 +404,7 @@ async fn finish_login(
         oidc_sub: Some(claims.subject.clone()),
         device,
         assurance: claims.assurance.clone(),
+        credential: None,
     };
     let (session, cookies) = crate::endpoints::establish_session(gw, signed_in)
         .await
