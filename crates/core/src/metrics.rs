@@ -3,8 +3,10 @@
 //! Counters and histograms are relaxed atomics, never locks: a value is written
 //! by the code that counts and read only when metrics are scraped. The request
 //! path keeps its own per-thread copies of these (the gateway's `metrics`), so
-//! no two event loops write the same cache line; rarer events (sign-ins, bus
-//! events, store errors) use one shared copy.
+//! no two event loops write the same cache line, and each copy, having one
+//! writer, is added to with a plain load and store (`by_owner`), not a locked
+//! read-modify-write; rarer events (sign-ins, bus events, store errors) use one
+//! shared copy.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +29,14 @@ impl Counter {
         self.0.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// [`Counter::add`] for a counter only one thread ever adds to: a load and
+    /// a store (readers on other threads still see whole values). Two threads
+    /// adding this way could lose counts.
+    pub fn add_by_owner(&self, n: u64) {
+        let now = self.0.load(Ordering::Relaxed);
+        self.0.store(now.wrapping_add(n), Ordering::Relaxed);
+    }
+
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -39,10 +49,22 @@ pub const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// [`BUCKETS`] in microseconds, for comparing without floating point.
-const BUCKET_MICROS: [u64; 14] = [
-    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
-    2_500_000, 5_000_000, 10_000_000,
+/// [`BUCKETS`] in nanoseconds, for comparing without floating point.
+const BUCKET_NANOS: [u64; 14] = [
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
 ];
 
 /// A distribution of durations over [`BUCKETS`].
@@ -62,10 +84,25 @@ impl Histogram {
     }
 
     pub fn observe(&self, took: Duration) {
-        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        let bucket = BUCKET_MICROS.partition_point(|&bound| bound < micros);
+        let (bucket, micros) = Self::place(took);
         self.counts[bucket].inc();
         self.sum_micros.add(micros);
+    }
+
+    /// [`Histogram::observe`] for a histogram only one thread ever observes
+    /// into (see [`Counter::add_by_owner`]).
+    pub fn observe_by_owner(&self, took: Duration) {
+        let (bucket, micros) = Self::place(took);
+        self.counts[bucket].add_by_owner(1);
+        self.sum_micros.add_by_owner(micros);
+    }
+
+    /// The bucket of `took` (the first whose bound holds it), and `took` in
+    /// microseconds for the sum.
+    fn place(took: Duration) -> (usize, u64) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = BUCKET_NANOS.partition_point(|&bound| bound < nanos);
+        (bucket, nanos / 1_000)
     }
 
     /// Adds this histogram's observations to `into` (a thread's to the
@@ -216,6 +253,7 @@ mod tests {
         let rows = [
             (Duration::ZERO, 0),
             (Duration::from_micros(500), 0),
+            (Duration::from_nanos(500_001), 1),
             (Duration::from_micros(501), 1),
             (Duration::from_millis(1), 1),
             (Duration::from_millis(7), 4),
@@ -224,12 +262,15 @@ mod tests {
             (Duration::MAX, 14),
         ];
         for (took, bucket) in rows {
-            let histogram = Histogram::new();
-            histogram.observe(took);
-            let mut totals = HistogramTotals::default();
-            histogram.add_to(&mut totals);
-            assert_eq!(totals.counts[bucket], 1, "{took:?}");
-            assert_eq!(totals.count(), 1, "{took:?}");
+            let (shared, owned) = (Histogram::new(), Histogram::new());
+            shared.observe(took);
+            owned.observe_by_owner(took);
+            for histogram in [shared, owned] {
+                let mut totals = HistogramTotals::default();
+                histogram.add_to(&mut totals);
+                assert_eq!(totals.counts[bucket], 1, "{took:?}");
+                assert_eq!(totals.count(), 1, "{took:?}");
+            }
         }
     }
 

@@ -32,25 +32,19 @@ const PATHS: [PathKind; 4] = [
 ];
 const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 
-/// The carriers' labels, then `none` (no credential presented).
-const CARRIERS: [&str; 6] = [
-    "ticket",
-    "subprotocol",
-    "bearer",
-    "query_token",
-    "cookie",
-    "none",
-];
+/// The carriers in the order of the carrier table (each one's `scheme()` is
+/// its label), then no credential (`none`).
+const CARRIERS: usize = crate::carrier::CARRIERS.len() + 1;
 
 fn carrier_index(carrier: Option<Carrier>) -> usize {
-    match carrier {
-        Some(Carrier::Ticket) => 0,
-        Some(Carrier::Subprotocol) => 1,
-        Some(Carrier::Bearer) => 2,
-        Some(Carrier::QueryToken) => 3,
-        Some(Carrier::Cookie) => 4,
-        None => 5,
-    }
+    // The carrier table lists the carriers in their declaration order (tested).
+    carrier.map_or(CARRIERS - 1, |carrier| carrier as usize)
+}
+
+fn carrier_label(index: usize) -> &'static str {
+    crate::carrier::CARRIERS
+        .get(index)
+        .map_or("none", |rule| rule.carrier.scheme())
 }
 
 /// How an authentication ended: its `result` label.
@@ -97,7 +91,7 @@ struct Shard {
     /// Sending upstream to the upstream's response head, by path kind.
     upstream_seconds: [Histogram; PATHS.len()],
     /// By carrier and result.
-    authentications: [[Counter; RESULTS]; CARRIERS.len()],
+    authentications: [[Counter; RESULTS]; CARRIERS],
 }
 
 impl Shard {
@@ -106,7 +100,7 @@ impl Shard {
             requests: [const { [const { Counter::new() }; STATUS_CLASSES.len()] }; PATHS.len()],
             request_seconds: [const { Histogram::new() }; PATHS.len()],
             upstream_seconds: [const { Histogram::new() }; PATHS.len()],
-            authentications: [const { [const { Counter::new() }; RESULTS] }; CARRIERS.len()],
+            authentications: [const { [const { Counter::new() }; RESULTS] }; CARRIERS],
         }
     }
 
@@ -175,10 +169,29 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Counts on this thread's shard (or, while the thread ends, on the retired one).
-fn with_shard(count: impl Fn(&Shard)) {
-    if LOCAL.try_with(|local| count(&local.0)).is_err() {
-        count(&REGISTRY.retired);
+/// Counts on this thread's shard, its only writer (`true`), or, while the
+/// thread ends, on the retired counts, which any thread may add to (`false`).
+fn with_shard(count: impl Fn(&Shard, bool)) {
+    if LOCAL.try_with(|local| count(&local.0, true)).is_err() {
+        count(&REGISTRY.retired, false);
+    }
+}
+
+impl Shard {
+    fn inc(counter: &Counter, by_owner: bool) {
+        if by_owner {
+            counter.add_by_owner(1);
+        } else {
+            counter.inc();
+        }
+    }
+
+    fn observe(histogram: &Histogram, took: Duration, by_owner: bool) {
+        if by_owner {
+            histogram.observe_by_owner(took);
+        } else {
+            histogram.observe(took);
+        }
     }
 }
 
@@ -190,18 +203,21 @@ pub fn request(kind: PathKind, status: u16, took: Duration, upstream: Option<Dur
         // The client went away before an answer.
         _ => STATUS_CLASSES.len() - 1,
     };
-    with_shard(|shard| {
-        shard.requests[path][class].inc();
-        shard.request_seconds[path].observe(took);
+    with_shard(|shard, by_owner| {
+        Shard::inc(&shard.requests[path][class], by_owner);
+        Shard::observe(&shard.request_seconds[path], took, by_owner);
         if let Some(upstream) = upstream {
-            shard.upstream_seconds[path].observe(upstream);
+            Shard::observe(&shard.upstream_seconds[path], upstream, by_owner);
         }
     });
 }
 
 /// The authenticate phase's outcome.
 pub fn authentication(carrier: Option<Carrier>, result: AuthResult) {
-    with_shard(|shard| shard.authentications[carrier_index(carrier)][result.index()].inc());
+    with_shard(|shard, by_owner| {
+        let counter = &shard.authentications[carrier_index(carrier)][result.index()];
+        Shard::inc(counter, by_owner);
+    });
 }
 
 /// How a sign-in ended: its `outcome` label.
@@ -217,12 +233,13 @@ pub enum LoginOutcome {
 }
 
 impl LoginOutcome {
-    pub fn of_ref<T>(result: &Result<T, &GatewayError>) -> Self {
-        match result {
-            Ok(_) => LoginOutcome::Success,
-            Err(GatewayError::Throttled { .. }) => LoginOutcome::Throttled,
-            Err(error) if error.status().is_server_error() => LoginOutcome::Error,
-            Err(_) => LoginOutcome::Failure,
+    /// The outcome of a sign-in that ended with `error` (`None`: signed in).
+    pub fn of(error: Option<&GatewayError>) -> Self {
+        match error {
+            None => LoginOutcome::Success,
+            Some(GatewayError::Throttled { .. }) => LoginOutcome::Throttled,
+            Some(error) if error.status().is_server_error() => LoginOutcome::Error,
+            Some(_) => LoginOutcome::Failure,
         }
     }
 
@@ -298,9 +315,12 @@ pub fn render(gw: &Gateway) -> String {
         Kind::Counter,
         "Authentications by credential carrier and result (ok, no_credential, unavailable, or why it was refused).",
     );
-    for (carrier, row) in CARRIERS.iter().zip(&totals.authentications) {
+    for (carrier, row) in totals.authentications.iter().enumerate() {
         for (index, count) in row.iter().enumerate() {
-            let labels = [("carrier", *carrier), ("result", AuthResult::label(index))];
+            let labels = [
+                ("carrier", carrier_label(carrier)),
+                ("result", AuthResult::label(index)),
+            ];
             out.sample("portcullis_authentications_total", &labels, count.get());
         }
     }
@@ -461,25 +481,29 @@ mod tests {
 
     #[test]
     fn a_thread_that_ends_leaves_its_counts_behind() {
-        let before = {
+        let retired = || {
             let totals = Shard::new();
             REGISTRY.retired.fold_into(&totals);
-            totals.requests[PathKind::Upgrade as usize][1].get()
+            let upgrades = &totals.requests[PathKind::Upgrade as usize];
+            (upgrades[0].get(), upgrades[1].get())
         };
-        std::thread::spawn(|| {
+        let before = retired();
+        let shard = std::thread::spawn(|| {
             request(PathKind::Upgrade, 101, Duration::from_millis(3), None);
             request(PathKind::Upgrade, 204, Duration::from_millis(3), None);
+            LOCAL.with(|local| Arc::as_ptr(&local.0) as usize)
         })
         .join()
         .unwrap();
+        // Folded into the retired counts (other tests' threads may add more),
+        // and its shard gone from the live ones.
+        let after = retired();
+        assert!(
+            after.0 > before.0 && after.1 > before.1,
+            "{before:?} {after:?}"
+        );
         let live = lock(&REGISTRY.live);
-        let totals = Shard::new();
-        REGISTRY.retired.fold_into(&totals);
-        for shard in live.iter() {
-            shard.fold_into(&totals);
-        }
-        assert!(totals.requests[PathKind::Upgrade as usize][1].get() > before);
-        assert!(totals.requests[PathKind::Upgrade as usize][0].get() >= 1);
+        assert!(live.iter().all(|s| Arc::as_ptr(s) as usize != shard));
     }
 
     #[test]
@@ -494,16 +518,11 @@ mod tests {
                 refusal.as_str()
             );
         }
-        for carrier in crate::carrier::CARRIERS {
-            let label = CARRIERS[carrier_index(Some(carrier.carrier))];
-            assert!(
-                carrier
-                    .carrier
-                    .scheme()
-                    .contains(label.split('_').next().unwrap_or(label)),
-                "{label}"
-            );
+        for (index, rule) in crate::carrier::CARRIERS.iter().enumerate() {
+            assert_eq!(carrier_index(Some(rule.carrier)), index);
+            assert_eq!(carrier_label(index), rule.carrier.scheme());
         }
+        assert_eq!(carrier_label(carrier_index(None)), "none");
     }
 
     #[test]
@@ -518,10 +537,11 @@ mod tests {
             (0, 5),
             (600, 5),
         ] {
-            let label = STATUS_CLASSES[class];
+            let count =
+                || LOCAL.with(|local| local.0.requests[PathKind::Proxy as usize][class].get());
+            let before = count();
             request(PathKind::Proxy, status, Duration::ZERO, None);
-            let got = LOCAL.with(|local| local.0.requests[PathKind::Proxy as usize][class].get());
-            assert!(got >= 1, "{status} {label}");
+            assert_eq!(count(), before + 1, "{status} {}", STATUS_CLASSES[class]);
         }
     }
 }

@@ -101,13 +101,16 @@ impl hyper::service::Service<Request<Incoming>> for Connection {
             request.headers(),
         );
         request.extensions_mut().insert(ConnectInfo(client));
-        let mut ctx = RequestContext::for_request(client, PathKind::Proxy, request.headers());
         // Copied for the access event only when one is wanted.
         let logged = crate::pipeline::access_log_enabled().then(|| {
             let path = request.uri().path();
             let path = crate::endpoints::loggable_path(path);
             (request.method().clone(), path.into_owned())
         });
+        let mut ctx = crate::pipeline::Finishing::new(
+            RequestContext::for_request(client, PathKind::Proxy, request.headers()),
+            logged,
+        );
         Box::pin(CURRENT_REQUEST.scope(ctx.id.clone(), async move {
             let mut response = this.dispatch(&mut ctx, request).await;
             if let Ok(id) = axum::http::HeaderValue::from_str(ctx.id.as_str()) {
@@ -115,10 +118,7 @@ impl hyper::service::Service<Request<Incoming>> for Connection {
             }
             // A relayed WebSocket logs when it ends, not at its 101.
             if !ctx.relayed {
-                let (method, path) = logged
-                    .as_ref()
-                    .map_or(("", ""), |(method, path)| (method.as_str(), path.as_str()));
-                ctx.finish(method, path, response.status().as_u16());
+                ctx.finish(response.status().as_u16());
             }
             Ok(response)
         }))

@@ -231,25 +231,7 @@ pub async fn serve(mut raw: RawSettings, child_command: Vec<String>) -> anyhow::
     };
     let settings = resolve(&raw, true)?;
     let (listeners, gateway) = start_gateway(&settings).await?;
-    let metrics = match settings.metrics_listen {
-        Some(addr) => {
-            let listener = TcpListener::bind(addr).await.with_context(|| {
-                format!("listening for metrics on {addr} (choose another with --metrics-listen)")
-            })?;
-            tracing::info!(metrics_listen = %listener.local_addr()?, "serving metrics at GET /metrics");
-            let served = portcullis_gateway::metrics::serve(
-                listener,
-                gateway.clone(),
-                std::future::pending(),
-            );
-            Some(AbortOnDrop(tokio::spawn(async move {
-                if let Err(error) = served.await {
-                    tracing::error!(%error, "the metrics listener failed");
-                }
-            })))
-        }
-        None => None,
-    };
+    let metrics = start_metrics(&settings, &gateway).await?;
     let wants_credential = !child_command.is_empty() || settings.internal_credential_file.is_some();
     let credential = if wants_credential {
         Some(
@@ -315,8 +297,30 @@ pub async fn serve(mut raw: RawSettings, child_command: Vec<String>) -> anyhow::
     })
 }
 
+/// Serves `GET /metrics` on `--metrics-listen`, if given, until the returned
+/// handle is dropped; says where.
+pub async fn start_metrics(
+    settings: &Settings,
+    gateway: &Gateway,
+) -> anyhow::Result<Option<AbortOnDrop>> {
+    let Some(addr) = settings.metrics_listen else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr).await.with_context(|| {
+        format!("listening for metrics on {addr} (choose another with --metrics-listen)")
+    })?;
+    tracing::info!(metrics_listen = %listener.local_addr()?, "serving metrics at GET /metrics");
+    let served =
+        portcullis_gateway::metrics::serve(listener, gateway.clone(), std::future::pending());
+    Ok(Some(AbortOnDrop(tokio::spawn(async move {
+        if let Err(error) = served.await {
+            tracing::error!(%error, "the metrics listener failed");
+        }
+    }))))
+}
+
 /// Stops a background task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -388,7 +392,7 @@ async fn someone_can_sign_in(settings: &Settings) -> Result<(), String> {
         return Err(nobody.into());
     }
     let look = async {
-        let store = Store::open_read_only(&settings.database_url).await?;
+        let store = Store::open_read_only(&settings.database_url, settings.db_timeout).await?;
         store.oidc_providers().await
     };
     match tokio::time::timeout(Duration::from_secs(5), look).await {

@@ -407,14 +407,17 @@ impl RawSettings {
                     "--listen / PORTCULLIS_LISTEN: {listen_raw:?} is not an address; use HOST:PORT such as 127.0.0.1:4180 or localhost:4180"
                 ))
             });
-        let metrics_listen = self.metrics_listen.as_deref().and_then(|raw| {
+        // Read by the commands that serve (the others hide it from their help).
+        let metrics_raw = self.metrics_listen.as_deref().filter(|_| need_upstream);
+        let metrics_listen = metrics_raw.and_then(|raw| {
             let address = listen_address(raw);
             match address {
                 None => errors.push(format!(
                     "--metrics-listen / PORTCULLIS_METRICS_LISTEN: {raw:?} is not an address; use HOST:PORT such as 127.0.0.1:9464"
                 )),
-                // Metrics are never served beside the public endpoints.
-                Some(metrics) if Ok(metrics) == listen => errors.push(
+                // Metrics are never served beside the public endpoints (port 0:
+                // each listener gets a port of its own).
+                Some(metrics) if Ok(metrics) == listen && metrics.port() != 0 => errors.push(
                     "--metrics-listen / PORTCULLIS_METRICS_LISTEN: must differ from --listen \
                      (metrics are served on their own address, never the public one)"
                         .into(),

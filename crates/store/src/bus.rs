@@ -210,9 +210,12 @@ impl Follower {
         match timeout(READ_DEADLINE, read).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(format!("reading the revocation log failed: {error}")),
-            Err(_) => Err(format!(
-                "reading the revocation log took over {READ_DEADLINE:?}"
-            )),
+            Err(_) => {
+                crate::metrics::TIMEOUTS.inc();
+                Err(format!(
+                    "reading the revocation log took over {READ_DEADLINE:?}"
+                ))
+            }
         }
     }
 
@@ -331,7 +334,10 @@ async fn listen(f: &mut Follower, listener: &mut PgListener) -> String {
                 match timeout(HEARTBEAT_DEADLINE, (&mut *listener).execute("SELECT 1")).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(error)) => return format!("heartbeat failed: {error}"),
-                    Err(_) => return format!("heartbeat unanswered for {HEARTBEAT_DEADLINE:?}"),
+                    Err(_) => {
+                        crate::metrics::TIMEOUTS.inc();
+                        return format!("heartbeat unanswered for {HEARTBEAT_DEADLINE:?}");
+                    }
                 }
             }
             Tick::Backstop => {

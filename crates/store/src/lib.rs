@@ -261,27 +261,32 @@ impl Store {
     }
 
     /// The database at `url`, to read only (`check-config`): a SQLite file is
-    /// neither created nor changed, and no file is added beside it (files made
-    /// by whoever runs the check could lock the gateway's own user out of them).
-    /// Its WAL is read when it has one (a gateway is running, or stopped
-    /// uncleanly); without one, everything is in the file itself, opened as
-    /// immutable. PostgreSQL is read in read-only transactions.
-    pub async fn open_read_only(url: &str) -> Result<Self, StoreError> {
+    /// opened read-only, never created, and no file is added beside it (files
+    /// made by whoever runs the check could lock the gateway's own user out of
+    /// them). When its WAL and shared-memory files exist (a gateway is running,
+    /// or stopped uncleanly) they are read as they are; otherwise everything is
+    /// in the file itself, opened as immutable (a gateway starting at that very
+    /// moment could make the read fail, never change it). PostgreSQL is read in
+    /// read-only transactions.
+    pub async fn open_read_only(url: &str, wait: Duration) -> Result<Self, StoreError> {
         let scheme = url.split(':').next().unwrap_or_default();
         let backend = match scheme {
             "sqlite" => {
-                let options = SqliteConnectOptions::from_str(url)?;
-                let mut wal = options.get_filename().as_os_str().to_owned();
-                wal.push("-wal");
-                let options = if std::path::Path::new(&wal).exists() {
-                    options.read_only(true)
-                } else {
-                    options.immutable(true)
+                let options = SqliteConnectOptions::from_str(url)?
+                    .read_only(true)
+                    .create_if_missing(false);
+                let beside = |suffix: &str| {
+                    let mut path = options.get_filename().as_os_str().to_owned();
+                    path.push(suffix);
+                    std::path::Path::new(&path).exists()
                 };
-                let options = options.log_statements(::log::LevelFilter::Trace);
+                let in_use = beside("-wal") && beside("-shm");
+                let options = options
+                    .immutable(!in_use)
+                    .log_statements(::log::LevelFilter::Trace);
                 let pool = SqlitePoolOptions::new()
                     .max_connections(1)
-                    .acquire_timeout(DEFAULT_TIMEOUT)
+                    .acquire_timeout(wait)
                     .connect_with(options)
                     .await?;
                 Backend::Sqlite(pool)
@@ -292,7 +297,7 @@ impl Store {
                     .log_statements(::log::LevelFilter::Trace);
                 let pool = PgPoolOptions::new()
                     .max_connections(1)
-                    .acquire_timeout(DEFAULT_TIMEOUT)
+                    .acquire_timeout(wait)
                     .connect_with(options)
                     .await?;
                 Backend::Postgres(pool)
@@ -301,7 +306,7 @@ impl Store {
         };
         Ok(Self {
             backend,
-            timeout: DEFAULT_TIMEOUT,
+            timeout: wait,
         })
     }
 

@@ -6,7 +6,8 @@ use portcullis_core::metrics::{Counter, Histogram};
 
 /// Database operations that failed: the driver's errors.
 pub static DATABASE_ERRORS: Counter = Counter::new();
-/// Database operations that did not finish within `--db-timeout`.
+/// Database operations that did not finish in time: within `--db-timeout`, or
+/// the bus's log reads and heartbeats within theirs.
 pub static TIMEOUTS: Counter = Counter::new();
 /// Revocations read from the log (from this process and every other).
 pub static REVOCATIONS_RECEIVED: Counter = Counter::new();

@@ -77,7 +77,7 @@ async fn follow_link(
     let result = sign_in(gw, peer, secret, next, headers).await;
     crate::metrics::login(
         portcullis_core::identity::IdentityProvider::Magic.as_str(),
-        crate::metrics::LoginOutcome::of_ref(&result.as_ref()),
+        crate::metrics::LoginOutcome::of(result.as_ref().err()),
     );
     let response = match result {
         Ok(response) => response,

@@ -174,10 +174,9 @@ pub async fn login_submit(
 ) -> Response {
     let html_flow = !wants_json_response(&headers);
     let result = login(&gw, peer, &headers, &body).await;
-    let outcome = result.as_ref().map_err(|(error, ..)| error);
     crate::metrics::login(
         portcullis_core::identity::IdentityProvider::Basic.as_str(),
-        crate::metrics::LoginOutcome::of_ref(&outcome),
+        crate::metrics::LoginOutcome::of(result.as_ref().err().map(|(error, ..)| error)),
     );
     match result {
         Ok(response) => response,
@@ -267,7 +266,7 @@ async fn login(
 
     let identity = users.list.identity(&username);
     let device = device_of(headers, Some(peer.ip().to_string()));
-    let verified = users.list.hash_of(&username).unwrap_or_default();
+    let verified = stored.unwrap_or_default();
     let signed_in = SignIn {
         identity,
         oidc_sid: None,

@@ -218,6 +218,12 @@ pub async fn serve(
                     .await
                     .is_err()
                 {
+                    // Counted all the same: the client left before the answer.
+                    ctx.finish(
+                        plan.method.as_str(),
+                        logged_path.as_deref().unwrap_or_default(),
+                        0,
+                    );
                     return Handoff::Closed;
                 }
                 (!plan.close, status)
@@ -539,7 +545,8 @@ async fn relay(
     timer: &mut Timer,
 ) -> Result<Relayed, Failure> {
     let pool = upstream.raw();
-    // The one clock reading of the exchange: its deadline and the pool's idle ages.
+    // The exchange's clock reading: its deadline, the pool's idle ages and the
+    // upstream time (read again once the response head is in).
     let now = Instant::now();
     let mut status = 0;
     let mut head = |response: &httparse::Response<'_, '_>| {

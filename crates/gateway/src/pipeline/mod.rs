@@ -209,6 +209,60 @@ impl RequestContext {
     }
 }
 
+/// A general-path request's context, counted even when the request is
+/// abandoned: a client that leaves mid-request makes hyper drop the request's
+/// future, and dropping this records the request with status 0 (unless it was
+/// finished, or is a relayed WebSocket, whose own copy finishes when it ends).
+#[derive(Debug)]
+pub struct Finishing {
+    ctx: RequestContext,
+    /// The method and loggable path, when the access log is on.
+    logged: Option<(http::Method, String)>,
+    finished: bool,
+}
+
+impl Finishing {
+    pub fn new(ctx: RequestContext, logged: Option<(http::Method, String)>) -> Self {
+        Self {
+            ctx,
+            logged,
+            finished: false,
+        }
+    }
+
+    /// [`RequestContext::finish`], once.
+    pub fn finish(&mut self, status: u16) {
+        self.finished = true;
+        let (method, path) = self
+            .logged
+            .as_ref()
+            .map_or(("", ""), |(method, path)| (method.as_str(), path.as_str()));
+        self.ctx.finish(method, path, status);
+    }
+}
+
+impl std::ops::Deref for Finishing {
+    type Target = RequestContext;
+
+    fn deref(&self) -> &RequestContext {
+        &self.ctx
+    }
+}
+
+impl std::ops::DerefMut for Finishing {
+    fn deref_mut(&mut self) -> &mut RequestContext {
+        &mut self.ctx
+    }
+}
+
+impl Drop for Finishing {
+    fn drop(&mut self) {
+        if !self.finished && !self.ctx.relayed {
+            self.finish(0);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -295,7 +295,9 @@ async fn a_read_only_store_reads_and_never_writes(backend: Backend) {
     writer.insert_session(&kept).await.unwrap();
     // As `check-config` leaves a stopped gateway's SQLite file: closed, no WAL.
     writer.close().await;
-    let reader = Store::open_read_only(&db.url).await.unwrap();
+    let reader = Store::open_read_only(&db.url, std::time::Duration::from_secs(2))
+        .await
+        .unwrap();
     assert!(reader.oidc_providers().await.unwrap().is_empty());
     assert_eq!(reader.session(&kept.id).await.unwrap().unwrap().id, kept.id);
     let refused = reader
@@ -305,6 +307,24 @@ async fn a_read_only_store_reads_and_never_writes(backend: Backend) {
     assert!(
         reader
             .revoke_session(&kept.id, "test", now_ms())
+            .await
+            .is_err()
+    );
+    reader.close().await;
+    // While a gateway writes (on SQLite, its latest rows only in the WAL).
+    let writer = store(&db).await;
+    let fresh = session(IdentityProvider::Basic, None);
+    writer.insert_session(&fresh).await.unwrap();
+    let reader = Store::open_read_only(&db.url, std::time::Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        reader.session(&fresh.id).await.unwrap().unwrap().id,
+        fresh.id
+    );
+    assert!(
+        reader
+            .revoke_session(&fresh.id, "test", now_ms())
             .await
             .is_err()
     );

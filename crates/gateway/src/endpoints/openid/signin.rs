@@ -219,10 +219,17 @@ pub async fn callback(
     let mut event = gw.audit_event("anonymous", AuditAction::OidcLogin, "failure");
     event.ip = Some(peer.ip().to_string());
     let outcome = finish_login(&gw, &headers, &query, &mut event).await;
-    if outcome.is_err() {
+    if let Err(failed) = &outcome {
         // The provider, once the pending login named it.
         let provider = event.target.as_deref().unwrap_or("unknown");
-        crate::metrics::login(provider, crate::metrics::LoginOutcome::Failure);
+        // The database could not answer: nothing was refused.
+        let undecided = matches!(failed, Callback::Failed(Failure { store: Some(_), .. }));
+        let outcome = if undecided {
+            crate::metrics::LoginOutcome::Error
+        } else {
+            crate::metrics::LoginOutcome::Failure
+        };
+        crate::metrics::login(provider, outcome);
     }
     let mut response = match outcome {
         Ok(response) => response,
