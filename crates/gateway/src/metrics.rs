@@ -212,6 +212,18 @@ pub fn request(kind: PathKind, status: u16, took: Duration, upstream: Option<Dur
     });
 }
 
+/// This thread's count of requests of `kind` in status class `class` (`0`:
+/// none, else the status's hundreds), for tests.
+#[cfg(test)]
+pub(crate) fn counted_here(kind: PathKind, class: u16) -> u64 {
+    let class = if class == 0 {
+        STATUS_CLASSES.len() - 1
+    } else {
+        usize::from(class) - 1
+    };
+    LOCAL.with(|local| local.0.requests[kind as usize][class].get())
+}
+
 /// The authenticate phase's outcome.
 pub fn authentication(carrier: Option<Carrier>, result: AuthResult) {
     with_shard(|shard, by_owner| {

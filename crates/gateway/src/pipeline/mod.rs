@@ -279,6 +279,32 @@ mod tests {
     }
 
     #[test]
+    fn a_request_is_counted_once_finished_or_abandoned() {
+        let peer = ClientAddr::direct("127.0.0.1:1".parse().unwrap());
+        let count = |class| crate::metrics::counted_here(PathKind::Endpoint, class);
+        let (ok, none) = (count(2), count(0));
+        let mut finished = Finishing::new(RequestContext::new(peer, PathKind::Endpoint), None);
+        finished.finish(200);
+        drop(finished);
+        assert_eq!(
+            (count(2), count(0)),
+            (ok + 1, none),
+            "finished: counted once"
+        );
+        // Dropped unanswered (the client left): counted as `none`.
+        drop(Finishing::new(
+            RequestContext::new(peer, PathKind::Endpoint),
+            None,
+        ));
+        assert_eq!((count(2), count(0)), (ok + 1, none + 1));
+        // A relayed WebSocket is counted by its own copy, when it ends.
+        let mut relayed = Finishing::new(RequestContext::new(peer, PathKind::Endpoint), None);
+        relayed.relayed = true;
+        drop(relayed);
+        assert_eq!((count(2), count(0)), (ok + 1, none + 1));
+    }
+
+    #[test]
     fn no_peer_is_trusted_without_configuration() {
         let headers = headers(&[
             ("x-request-id", "forged-id"),
