@@ -8,8 +8,9 @@
 //! into the registry first, so nothing counted is lost. Rarer events (sign-ins,
 //! argon2, the bus, store errors) are shared counters.
 //!
-//! Counters are per process, like any Prometheus client's default registry: one
-//! gateway runs per process.
+//! Counters are per process, like any Prometheus client's default registry:
+//! `portcullis serve` runs one gateway per process (tests that run two in one
+//! process compare changes, not values).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
