@@ -386,6 +386,18 @@ impl Gateway {
         self.0.bus.is_connected()
     }
 
+    /// Revokes session `id` in the database (`by` says who) and then here at
+    /// once ([`Gateway::revoked_here`]).
+    pub(crate) async fn revoke_session(
+        &self,
+        id: &str,
+        by: &str,
+    ) -> Result<(), portcullis_store::StoreError> {
+        self.0.store.revoke_session(id, by, self.now()).await?;
+        self.revoked_here(id);
+        Ok(())
+    }
+
     /// Tells this process's followers of a revocation committed here (other
     /// processes hear of it through the database), at once rather than after the
     /// database round trip. The session cache forgets it first.

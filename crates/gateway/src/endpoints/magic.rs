@@ -133,13 +133,8 @@ async fn sign_in(
         &session.identity.subject,
     ) {
         // Its slug names a basic user: it would reach the upstream as them.
-        if gw
-            .store()
-            .revoke_session(&session.id, "gateway", gw.now())
-            .await
-            .is_ok()
-        {
-            gw.revoked_here(&session.id);
+        if let Err(error) = gw.revoke_session(&session.id, "gateway").await {
+            tracing::error!(%error, "could not end a link's session that named a basic user");
         }
         event.reason = Some("slug_names_a_basic_user".into());
         gw.audit(event).await;

@@ -280,13 +280,8 @@ async fn login(
     // swapped the users before this session existed could not end it, so it
     // ends here (one that swapped them later ends it by its recorded hash).
     if gw.users().list.hash_of(&username) != Some(verified) {
-        if gw
-            .store()
-            .revoke_session(&session.id, "users-file", gw.now())
-            .await
-            .is_ok()
-        {
-            gw.revoked_here(&session.id);
+        if let Err(error) = gw.revoke_session(&session.id, "users-file").await {
+            tracing::error!(%error, "could not end a session of a changed password");
         }
         event.reason = Some("password_changed_during_sign_in".into());
         gw.audit(event).await;
@@ -426,13 +421,8 @@ pub(crate) async fn end_replaced_client_session(
     let Some(old) = replaced.filter(|old| old.id() != new_id) else {
         return;
     };
-    match gw
-        .store()
-        .revoke_session(old.id(), old.subject(), gw.now())
-        .await
-    {
-        Ok(_) => gw.revoked_here(old.id()),
-        Err(error) => tracing::warn!(%error, "could not end a replaced client session"),
+    if let Err(error) = gw.revoke_session(old.id(), old.subject()).await {
+        tracing::warn!(%error, "could not end a replaced client session");
     }
 }
 
@@ -531,10 +521,9 @@ pub async fn logout(
         }
         for session in ended {
             let (id, subject) = (session.id().to_owned(), session.subject().to_owned());
-            if let Err(e) = gw.store().revoke_session(&id, &subject, gw.now()).await {
+            if let Err(e) = gw.revoke_session(&id, &subject).await {
                 return GatewayError::from(e).into_response();
             }
-            gw.revoked_here(&id);
             let mut event = gw.audit_event(&subject, AuditAction::Logout, "success");
             event.target = Some(id);
             event.ip = Some(peer.ip().to_string());
