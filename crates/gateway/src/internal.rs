@@ -164,20 +164,26 @@ impl InternalCredentials {
 
     /// The minted credential `presented` is, if any. With PostgreSQL a
     /// credential-shaped value that does not match may have been minted by another
-    /// replica: the database is consulted, at most once per second.
+    /// replica: the database is consulted, at most once per second. Nor is the one
+    /// in memory trusted while the revocation bus is down (`bus_up` false): a
+    /// reset on another replica would go unheard, so the database decides, and
+    /// when it cannot answer the credential is refused (fail closed).
     pub async fn verify(
         &self,
         store: &Store,
         presented: &str,
         now_ms: i64,
+        bus_up: bool,
     ) -> Result<Option<Arc<Minted>>, InternalError> {
         let current = self.current();
-        if let Some(minted) = current.as_ref()
+        let trusted = bus_up || !self.shared;
+        if trusted
+            && let Some(minted) = current.as_ref()
             && minted.credential.matches(presented)
         {
             return Ok(current);
         }
-        if !self.shared || !internal::looks_like(presented) || !self.reload_due() {
+        if !self.shared || !internal::looks_like(presented) || (trusted && !self.reload_due()) {
             return Ok(None);
         }
         let reloaded = match store.internal_credential().await? {

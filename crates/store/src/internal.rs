@@ -4,13 +4,15 @@
 use crate::{Backend, Store, StoreError, log_revocation, on_pool};
 
 impl Store {
-    /// The sealed credential, if one was minted.
+    /// The sealed credential, if one was minted. On the request path (a
+    /// credential checked while the bus is down), so bounded by the store's
+    /// timeout like the session read.
     pub async fn internal_credential(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        let row: Option<(Vec<u8>,)> = on_pool!(self, pool => {
+        let row: Option<(Vec<u8>,)> = crate::bounded_on_conn!(self, self.timeout, conn => {
             sqlx::query_as("SELECT sealed FROM internal_credential WHERE slot = 1")
-                .fetch_optional(pool)
+                .fetch_optional(&mut *conn)
                 .await?
-        });
+        })?;
         Ok(row.map(|(sealed,)| sealed))
     }
 

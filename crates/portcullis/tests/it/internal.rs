@@ -15,7 +15,7 @@ use crate::websocket::{close_frame, connect, mint_ticket, next_data, status_of, 
 
 const MARKER: &str = "v1.token.websocket.jupyter.org";
 
-async fn mint(gw: &TestGateway) -> String {
+pub async fn mint(gw: &TestGateway) -> String {
     gw.gateway
         .internal_credential()
         .await
@@ -28,7 +28,7 @@ fn bearer(value: &str) -> String {
     format!("Bearer {value}")
 }
 
-async fn http_status(gw: &TestGateway, credential: &str) -> u16 {
+pub async fn http_status(gw: &TestGateway, credential: &str) -> u16 {
     gw.client
         .get(
             "/anything",

@@ -283,3 +283,41 @@ async fn connections_gone_silent_do_not_hold_the_pool() {
         assert_eq!(status(&b, s).await, 200);
     }
 }
+
+/// The internal credential held in memory is not trusted while the bus is down
+/// (a reset on another replica would go unheard): the database decides, and a
+/// replica that cannot reach it refuses the credential (503) until it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_internal_credential_fails_closed_while_the_bus_is_down() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let relay = Relay::start(server_of(&db.url)).await;
+    let b = replica_via(&relay, &db, Duration::from_millis(500)).await;
+    let credential = crate::internal::mint(&b).await;
+    assert_eq!(crate::internal::http_status(&b, &credential).await, 200);
+
+    relay.black_hole();
+    let noticed = eventually(Duration::from_secs(3), || async {
+        !b.gateway.bus_connected()
+    })
+    .await;
+    assert!(noticed.is_some(), "B notices the cut");
+    for _ in 0..3 {
+        let asked = Instant::now();
+        assert_eq!(crate::internal::http_status(&b, &credential).await, 503);
+        assert!(
+            asked.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            asked.elapsed()
+        );
+    }
+
+    relay.up();
+    let back = eventually(Duration::from_secs(5), || async {
+        crate::internal::http_status(&b, &credential).await == 200
+    })
+    .await;
+    assert!(
+        back.is_some(),
+        "the credential works again once the bus is back"
+    );
+}
