@@ -372,7 +372,7 @@ pub async fn serve_per_core(
     }
     shutdown.await;
     let _ = stop.send(true);
-    tokio::task::spawn_blocking(move || {
+    let joined = tokio::task::spawn_blocking(move || {
         for handle in handles {
             match handle.join() {
                 Ok(result) => result?,
@@ -382,7 +382,9 @@ pub async fn serve_per_core(
         Ok(())
     })
     .await
-    .map_err(std::io::Error::other)?
+    .map_err(std::io::Error::other)?;
+    gw.stopped().await;
+    joined
 }
 
 #[cfg(test)]

@@ -92,6 +92,16 @@ impl Drop for Inner {
     }
 }
 
+/// Ends the window of throttled attempts: one audit row for each address's.
+async fn write_throttled(store: &Store, throttled: &crate::audit_window::ThrottledAttempts) {
+    for row in throttled.close_window() {
+        row.log();
+        if let Err(error) = store.record_audit(&row).await {
+            tracing::error!(%error, "could not write audit event");
+        }
+    }
+}
+
 impl Gateway {
     /// Applies migrations, loads (or creates) signing keys, starts the revocation
     /// bus and the background tasks.
@@ -213,12 +223,7 @@ impl Gateway {
                         Err(error) => tracing::warn!(%error, "sweep failed"),
                     }
                     // The window of throttled attempts ends with each sweep.
-                    for row in throttled.close_window() {
-                        row.log();
-                        if let Err(error) = store.record_audit(&row).await {
-                            tracing::error!(%error, "could not write audit event");
-                        }
-                    }
+                    write_throttled(&store, &throttled).await;
                     // Audit rows past their retention, in bounded batches.
                     let before = clock.now_ms().saturating_sub(retention_ms);
                     for _ in 0..AUDIT_SWEEP_ROUNDS {
@@ -411,6 +416,12 @@ impl Gateway {
 
     /// Records an audit event in the database and as a structured log line. A
     /// failure to write is logged, never silently dropped.
+    /// Writes what is still only in memory before the process ends: the
+    /// throttled attempts of the window still open.
+    pub async fn stopped(&self) {
+        write_throttled(&self.0.store, &self.0.throttled).await;
+    }
+
     /// Records a throttled attempt: the first of its address's window at once,
     /// the rest as one row with their count when the window ends.
     pub(crate) async fn audit_throttled(&self, event: AuditEvent) {

@@ -1312,3 +1312,57 @@ fn generated_secret_key_is_private() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The throttled attempts counted into a window still open when the gateway
+/// stops are written as it stops, not lost.
+#[tokio::test]
+async fn throttled_attempts_are_written_when_the_gateway_stops() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let upstream = TestUpstream::start().await;
+    let users = format!("alice:{}", cheap_hash("pw"));
+    let mut gw = Replica::start_with(&db, free_port(), |cmd| {
+        cmd.env("PORTCULLIS_UPSTREAM", format!("http://{}", upstream.addr))
+            .env("AUTH_BASIC_USERS", &users)
+            .env("PORTCULLIS_LOGIN_RATE_PER_IP", "2");
+    })
+    .await;
+    let wrong = serde_json::json!({"username": "alice", "password": "nope"}).to_string();
+    let mut refused = 0;
+    for _ in 0..8 {
+        let r = gw
+            .client
+            .request(
+                "POST",
+                "/.auth/login",
+                &[("content-type", "application/json")],
+                wrong.clone(),
+            )
+            .await;
+        refused += usize::from(r.status == 429);
+    }
+    assert_eq!(refused, 6, "two verified, six throttled");
+    let term = Command::new("kill")
+        .args(["-TERM", &gw.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let stopped = tokio::task::spawn_blocking(move || gw.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(stopped.success(), "{stopped:?}");
+    let store = portcullis_store::Store::connect(&db.url).await.unwrap();
+    let throttled: Vec<_> = store
+        .audit_events(&portcullis_store::AuditFilter {
+            action: Some("auth.login".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("throttled"))
+        .collect();
+    // The first at once, the other five as one row with their count.
+    let counts: i64 = throttled.iter().map(|e| e.count).sum();
+    assert_eq!(counts, 6, "{throttled:?}");
+    assert_eq!(throttled.len(), 2, "{throttled:?}");
+}
