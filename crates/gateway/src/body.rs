@@ -43,6 +43,8 @@ pub struct ClientBody<B> {
     received: u64,
     deadline: Pin<Box<Sleep>>,
     failed: Arc<AtomicBool>,
+    /// Told once the body has all been read (see [`ClientBody::ended`]).
+    ended: Arc<tokio::sync::Notify>,
 }
 
 impl<B> ClientBody<B> {
@@ -56,7 +58,14 @@ impl<B> ClientBody<B> {
             received: 0,
             deadline: Box::pin(tokio::time::sleep_until(started + limits.grace)),
             failed,
+            ended: Arc::default(),
         }
+    }
+
+    /// Notified (its permit kept) once the body has all been read: the upstream's
+    /// time to answer starts then, not while a client is still uploading.
+    pub fn ended(&self) -> Arc<tokio::sync::Notify> {
+        self.ended.clone()
     }
 
     fn extend(&mut self) {
@@ -95,7 +104,10 @@ where
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => this.fail(BodyError::Malformed(error.into())),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.ended.notify_one();
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 if this.deadline.as_mut().poll(cx).is_ready() {
                     this.fail(BodyError::TooSlow)
@@ -107,7 +119,11 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        let end = self.inner.is_end_stream();
+        if end {
+            self.ended.notify_one();
+        }
+        end
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -111,14 +111,28 @@ impl UpstreamClient {
     }
 
     /// Sends a request over the pooled client; the response head must arrive
-    /// within [`Self::timeout`]. The body streams afterwards.
+    /// within [`Self::timeout`] of the request body's end (an upload is bounded
+    /// by its own deadline instead). The response body streams afterwards.
     pub async fn request(
         &self,
         request: http::Request<ClientBody<Incoming>>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(UpstreamError::Client(e)),
+        let answer = |result: Result<_, _>| result.map_err(UpstreamError::Client);
+        // The upstream's time starts once the client's body is all sent: an
+        // upload takes as long as the client's rate allows (bounded by the
+        // body's own deadline), and only then is the upstream waited for.
+        let ended = request.body().ended();
+        let sent = hyper::body::Body::is_end_stream(request.body());
+        let exchange = self.client.request(request);
+        tokio::pin!(exchange);
+        if !sent {
+            tokio::select! {
+                result = &mut exchange => return answer(result),
+                () = ended.notified() => {}
+            }
+        }
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(result) => answer(result),
             Err(_) => Err(UpstreamError::Timeout),
         }
     }

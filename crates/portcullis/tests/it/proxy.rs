@@ -143,6 +143,10 @@ async fn host_header_must_be_allowed(backend: Backend) {
     }
 }
 
+/// A request body streamed by the test, chunk by chunk.
+type Streamed =
+    StreamBody<futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, std::io::Error>>>;
+
 async fn upstream_failures_are_clear(backend: Backend) {
     let db = TestDb::new(backend).await;
     let gw =
@@ -154,6 +158,34 @@ async fn upstream_failures_are_clear(backend: Backend) {
         .await;
     assert_eq!(slow.status, 504);
     assert_eq!(slow.json()["error"], "upstream_timeout");
+    // An upload that takes longer than the upstream timeout at a steady rate is
+    // not cut: the upstream's time starts once the body is all sent.
+    let chunks = 6;
+    let upload: Streamed = StreamBody::new(
+        futures_util::stream::iter(0..chunks)
+            .then(|_| async {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                Ok(Frame::data(Bytes::from(vec![b'u'; 64 * 1024])))
+            })
+            .boxed(),
+    );
+    let request = http::Request::post(format!("http://{}/upload", gw.addr))
+        .header("cookie", s.cookie_header())
+        .body(upload)
+        .unwrap();
+    let client: Client<HttpConnector, Streamed> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "a 1.5 s upload behind a 0.5 s timeout"
+    );
+    let counted = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        String::from_utf8_lossy(&counted),
+        (chunks * 64 * 1024).to_string()
+    );
 
     // An upstream nobody listens on.
     let db2 = TestDb::new(backend).await;
@@ -207,8 +239,6 @@ async fn large_bodies_stream_both_ways(backend: Backend) {
     let gw = TestGateway::start(&db).await;
     let s = gw.login(ADMIN).await;
     let before = peak_rss_kib();
-    type Streamed =
-        StreamBody<futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, std::io::Error>>>;
     let client: Client<HttpConnector, Streamed> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
 
