@@ -43,8 +43,64 @@ pub struct ClientBody<B> {
     received: u64,
     deadline: Pin<Box<Sleep>>,
     failed: Arc<AtomicBool>,
-    /// Told once the body has all been read (see [`ClientBody::ended`]).
-    ended: Arc<tokio::sync::Notify>,
+    progress: Arc<BodyProgress>,
+}
+
+/// How far a [`ClientBody`] has been sent, for whoever waits on the upstream:
+/// when it last moved, and when it ended (the upstream's time to answer starts
+/// then, not while a client is still uploading).
+#[derive(Debug)]
+pub struct BodyProgress {
+    started: Instant,
+    /// Milliseconds from `started` to the last data read.
+    moved_ms: std::sync::atomic::AtomicU64,
+    /// Milliseconds from `started` to the end; `u64::MAX` until then.
+    ended_ms: std::sync::atomic::AtomicU64,
+    ended: tokio::sync::Notify,
+}
+
+impl BodyProgress {
+    fn new(started: Instant) -> Self {
+        Self {
+            started,
+            moved_ms: 0.into(),
+            ended_ms: u64::MAX.into(),
+            ended: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn since_start(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn moved(&self) {
+        self.moved_ms.store(self.since_start(), Ordering::Relaxed);
+    }
+
+    fn end(&self) {
+        if self.ended_ms.load(Ordering::Relaxed) == u64::MAX {
+            self.ended_ms.store(self.since_start(), Ordering::Relaxed);
+            self.ended.notify_one();
+        }
+    }
+
+    /// When data last arrived (or the body began).
+    pub fn last_moved(&self) -> Instant {
+        self.started + Duration::from_millis(self.moved_ms.load(Ordering::Relaxed))
+    }
+
+    /// When the body ended, if it has.
+    pub fn ended_at(&self) -> Option<Instant> {
+        let at = self.ended_ms.load(Ordering::Relaxed);
+        (at != u64::MAX).then(|| self.started + Duration::from_millis(at))
+    }
+
+    /// Resolves once the body has ended (at once if it has).
+    pub async fn ended(&self) {
+        if self.ended_at().is_none() {
+            self.ended.notified().await;
+        }
+    }
 }
 
 impl<B> ClientBody<B> {
@@ -58,14 +114,13 @@ impl<B> ClientBody<B> {
             received: 0,
             deadline: Box::pin(tokio::time::sleep_until(started + limits.grace)),
             failed,
-            ended: Arc::default(),
+            progress: Arc::new(BodyProgress::new(started)),
         }
     }
 
-    /// Notified (its permit kept) once the body has all been read: the upstream's
-    /// time to answer starts then, not while a client is still uploading.
-    pub fn ended(&self) -> Arc<tokio::sync::Notify> {
-        self.ended.clone()
+    /// How far the body has been sent (see [`BodyProgress`]).
+    pub fn progress(&self) -> Arc<BodyProgress> {
+        self.progress.clone()
     }
 
     fn extend(&mut self) {
@@ -100,12 +155,16 @@ where
                 if let Some(data) = frame.data_ref() {
                     this.received += data.len() as u64;
                     this.extend();
+                    this.progress.moved();
+                } else if frame.is_trailers() {
+                    // Trailers are the last frame: nothing is polled after them.
+                    this.progress.end();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => this.fail(BodyError::Malformed(error.into())),
             Poll::Ready(None) => {
-                this.ended.notify_one();
+                this.progress.end();
                 Poll::Ready(None)
             }
             Poll::Pending => {
@@ -121,13 +180,21 @@ where
     fn is_end_stream(&self) -> bool {
         let end = self.inner.is_end_stream();
         if end {
-            self.ended.notify_one();
+            self.progress.end();
         }
         end
     }
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// However the sender stops with the body (its end, an error, an early
+/// answer), whoever waits on its end stops waiting.
+impl<B> Drop for ClientBody<B> {
+    fn drop(&mut self) {
+        self.progress.end();
     }
 }
 

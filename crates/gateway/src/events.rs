@@ -101,6 +101,7 @@ impl Followers {
             BusEvent::Lost => {
                 crate::metrics::CACHE_FLUSHES.inc();
                 self.sessions.suspend();
+                self.internal.suspend();
             }
             // The revocations missed meanwhile came first (in log order); what the
             // log may no longer hold (swept while away) is caught by re-checking

@@ -6,6 +6,7 @@
 //! Nothing is minted until a consumer asks (a supervised child or the credential
 //! file): a gateway with no consumer accepts no internal credential at all.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -72,6 +73,9 @@ pub struct InternalCredentials {
     shared: bool,
     current: RwLock<Option<Arc<Minted>>>,
     last_reload: Mutex<Option<Instant>>,
+    /// The revocation bus was lost and the credential held has not been
+    /// re-checked since: a reset on another replica may have gone unheard.
+    suspended: std::sync::atomic::AtomicBool,
 }
 
 impl InternalCredentials {
@@ -88,6 +92,7 @@ impl InternalCredentials {
             shared,
             current: RwLock::new(None),
             last_reload: Mutex::new(None),
+            suspended: false.into(),
         };
         if shared && let Some(sealed) = store.internal_credential().await? {
             this.set(Some(Minted::new(this.open(&sealed)?, now_ms)));
@@ -165,25 +170,28 @@ impl InternalCredentials {
     /// The minted credential `presented` is, if any. With PostgreSQL a
     /// credential-shaped value that does not match may have been minted by another
     /// replica: the database is consulted, at most once per second. Nor is the one
-    /// in memory trusted while the revocation bus is down (`bus_up` false): a
-    /// reset on another replica would go unheard, so the database decides, and
-    /// when it cannot answer the credential is refused (fail closed).
+    /// held trusted from memory once the revocation bus was lost, until it has
+    /// been re-checked ([`Self::recheck`], after the bus is back): a reset on
+    /// another replica may have gone unheard, so the database decides each use
+    /// of it, and when it cannot answer the credential is refused (fail closed).
     pub async fn verify(
         &self,
         store: &Store,
         presented: &str,
         now_ms: i64,
-        bus_up: bool,
     ) -> Result<Option<Arc<Minted>>, InternalError> {
         let current = self.current();
-        let trusted = bus_up || !self.shared;
-        if trusted
-            && let Some(minted) = current.as_ref()
-            && minted.credential.matches(presented)
-        {
+        let held = current
+            .as_ref()
+            .is_some_and(|minted| minted.credential.matches(presented));
+        let trusted = !self.shared || !self.suspended.load(Ordering::Acquire);
+        if held && trusted {
             return Ok(current);
         }
-        if !self.shared || !internal::looks_like(presented) || (trusted && !self.reload_due()) {
+        // Anything else asks the database: the credential held, each time while
+        // it is not trusted; another value, at most once a second (it costs a
+        // query whatever it is).
+        if !self.shared || !internal::looks_like(presented) || (!held && !self.reload_due()) {
             return Ok(None);
         }
         let reloaded = match store.internal_credential().await? {
@@ -236,13 +244,24 @@ impl InternalCredentials {
         }
     }
 
-    /// After a `Flush` (a reset may have been missed): the database is re-read, and
-    /// sockets of a credential that is gone are closed.
+    /// The revocation bus was lost: the credential held is not trusted from
+    /// memory until [`Self::recheck`] has read the database again.
+    pub fn suspend(&self) {
+        self.suspended.store(true, Ordering::Release);
+    }
+
+    /// After a `Flush` or the bus's return (a reset may have been missed): the
+    /// database is re-read, sockets of a credential that is gone are closed, and
+    /// the one held is trusted again. A failed read leaves it untrusted (each
+    /// use then asks the database) until the next re-check.
     pub async fn recheck(&self, store: &Store, live: &LiveConnections) {
         if !self.shared {
             return;
         }
-        let Some(held) = self.current() else { return };
+        let Some(held) = self.current() else {
+            self.suspended.store(false, Ordering::Release);
+            return;
+        };
         match store.internal_credential().await {
             Ok(Some(sealed)) => match self.open(&sealed) {
                 Ok(c) if c.id() == held.credential.id() => {}
@@ -256,9 +275,11 @@ impl InternalCredentials {
                 live.end_session(held.credential.id(), REASON_REVOKED);
             }
             Err(error) => {
-                tracing::warn!(%error, "could not re-check the internal credential")
+                tracing::warn!(%error, "could not re-check the internal credential");
+                return;
             }
         }
+        self.suspended.store(false, Ordering::Release);
     }
 }
 

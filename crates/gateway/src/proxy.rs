@@ -100,7 +100,7 @@ pub async fn handle(
         min_rate: Some(gw.config().body_min_rate),
     };
     let body = ClientBody::new(body, limits, failed.clone());
-    let sent = std::time::Instant::now();
+    let progress = body.progress();
     let response = match client.request(Request::from_parts(parts, body)).await {
         Ok(response) => response,
         Err(_) if failed.load(std::sync::atomic::Ordering::Acquire) => {
@@ -108,7 +108,8 @@ pub async fn handle(
         }
         Err(e) => return GatewayError::from(e).into_response_for(html),
     };
-    ctx.upstream_time = Some(sent.elapsed());
+    // The upstream's time: from the body's end (the client's upload is not it).
+    ctx.upstream_time = progress.ended_at().map(|ended| ended.elapsed());
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, Body::new(body))

@@ -372,14 +372,19 @@ pub async fn serve_per_core(
     }
     shutdown.await;
     let _ = stop.send(true);
+    // Every loop is joined (the first failure kept) before what is left in
+    // memory is written.
     let joined = tokio::task::spawn_blocking(move || {
+        let mut first = Ok(());
         for handle in handles {
-            match handle.join() {
-                Ok(result) => result?,
-                Err(_) => return Err(std::io::Error::other("an event loop thread panicked")),
+            let result = handle
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("an event loop thread panicked")));
+            if first.is_ok() {
+                first = result;
             }
         }
-        Ok(())
+        first
     })
     .await
     .map_err(std::io::Error::other)?;

@@ -414,12 +414,19 @@ impl Gateway {
             .publish_local(portcullis_store::BusEvent::Revoked(id.to_owned()));
     }
 
-    /// Records an audit event in the database and as a structured log line. A
-    /// failure to write is logged, never silently dropped.
     /// Writes what is still only in memory before the process ends: the
-    /// throttled attempts of the window still open.
+    /// throttled attempts of the window still open. Bounded (a database that
+    /// does not answer must not hold the process up): what cannot be written
+    /// within it is logged as lost.
     pub async fn stopped(&self) {
-        write_throttled(&self.0.store, &self.0.throttled).await;
+        let within = self.0.store.timeout() * 2;
+        let written = write_throttled(&self.0.store, &self.0.throttled);
+        if tokio::time::timeout(within, written).await.is_err() {
+            tracing::error!(
+                ?within,
+                "throttled sign-in attempts of the last minute could not be written before stopping"
+            );
+        }
     }
 
     /// Records a throttled attempt: the first of its address's window at once,
@@ -430,6 +437,8 @@ impl Gateway {
         }
     }
 
+    /// Records an audit event in the database and as a structured log line. A
+    /// failure to write is logged, never silently dropped.
     pub(crate) async fn audit(&self, event: AuditEvent) {
         event.log();
         if let Err(error) = self.0.store.record_audit(&event).await {

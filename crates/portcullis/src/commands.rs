@@ -298,25 +298,27 @@ pub async fn serve(mut raw: RawSettings, child_command: Vec<String>) -> anyhow::
 }
 
 /// Serves `GET /metrics` on `--metrics-listen`, if given, until the returned
-/// handle is dropped; says where.
+/// handle is dropped; returns it with the address it listens on.
 pub async fn start_metrics(
     settings: &Settings,
     gateway: &Gateway,
-) -> anyhow::Result<Option<AbortOnDrop>> {
+) -> anyhow::Result<Option<(AbortOnDrop, std::net::SocketAddr)>> {
     let Some(addr) = settings.metrics_listen else {
         return Ok(None);
     };
     let listener = TcpListener::bind(addr).await.with_context(|| {
         format!("listening for metrics on {addr} (choose another with --metrics-listen)")
     })?;
-    tracing::info!(metrics_listen = %listener.local_addr()?, "serving metrics at GET /metrics");
+    let bound = listener.local_addr()?;
+    tracing::info!(metrics_listen = %bound, "serving metrics at GET /metrics");
     let served =
         portcullis_gateway::metrics::serve(listener, gateway.clone(), std::future::pending());
-    Ok(Some(AbortOnDrop(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(error) = served.await {
             tracing::error!(%error, "the metrics listener failed");
         }
-    }))))
+    });
+    Ok(Some((AbortOnDrop(task), bound)))
 }
 
 /// Stops a background task when dropped.

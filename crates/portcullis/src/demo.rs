@@ -55,7 +55,7 @@ pub async fn run(mut raw: RawSettings) -> anyhow::Result<ExitCode> {
         .resolve(true)
         .map_err(|problems| anyhow::anyhow!("{problems}"))?;
     let (listeners, gateway) = start_gateway(&settings).await?;
-    let _metrics = crate::commands::start_metrics(&settings, &gateway).await?;
+    let metrics = crate::commands::start_metrics(&settings, &gateway).await?;
     let origin = gateway.config().public_url.origin();
 
     println!();
@@ -73,8 +73,8 @@ pub async fn run(mut raw: RawSettings) -> anyhow::Result<ExitCode> {
         "  Try: portcullis sessions list --data-dir {}",
         dir.display()
     );
-    if let Some(metrics) = settings.metrics_listen {
-        println!("  Metrics:   http://{metrics}/metrics");
+    if let Some((_, bound)) = &metrics {
+        println!("  Metrics:   http://{bound}/metrics");
     }
     println!("  Press Ctrl-C to stop.");
     println!();

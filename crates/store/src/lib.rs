@@ -263,11 +263,12 @@ impl Store {
     /// The database at `url`, to read only (`check-config`): a SQLite file is
     /// opened read-only, never created, and no file is added beside it (files
     /// made by whoever runs the check could lock the gateway's own user out of
-    /// them). When its WAL and shared-memory files exist (a gateway is running,
-    /// or stopped uncleanly) they are read as they are; otherwise everything is
-    /// in the file itself, opened as immutable (a gateway starting at that very
-    /// moment could make the read fail, never change it). PostgreSQL is read in
-    /// read-only transactions.
+    /// them). When it has a WAL (a gateway is running, or stopped uncleanly) the
+    /// WAL is read too (SQLite adds the shared-memory file only if that alone is
+    /// missing); otherwise everything is in the file itself, opened as immutable
+    /// (a gateway starting to write at that very moment could make the read
+    /// wrong or fail, never change the file). PostgreSQL is read in read-only
+    /// transactions.
     pub async fn open_read_only(url: &str, wait: Duration) -> Result<Self, StoreError> {
         let scheme = url.split(':').next().unwrap_or_default();
         let backend = match scheme {
@@ -280,7 +281,7 @@ impl Store {
                     path.push(suffix);
                     std::path::Path::new(&path).exists()
                 };
-                let in_use = beside("-wal") && beside("-shm");
+                let in_use = beside("-wal");
                 let options = options
                     .immutable(!in_use)
                     .log_statements(::log::LevelFilter::Trace);

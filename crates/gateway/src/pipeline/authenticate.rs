@@ -404,12 +404,7 @@ async fn authenticate_internal(
     let refusal = if !(remote || peer.is_local()) {
         Refusal::RemotePeer
     } else {
-        let bus_up = gw.bus_connected();
-        match gw
-            .internal()
-            .verify(gw.store(), presented, gw.now(), bus_up)
-            .await
-        {
+        match gw.internal().verify(gw.store(), presented, gw.now()).await {
             Ok(Some(minted)) => {
                 return Ok(Ok(minted.session.clone()));
             }

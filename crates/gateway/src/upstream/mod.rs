@@ -111,24 +111,33 @@ impl UpstreamClient {
     }
 
     /// Sends a request over the pooled client; the response head must arrive
-    /// within [`Self::timeout`] of the request body's end (an upload is bounded
-    /// by its own deadline instead). The response body streams afterwards.
+    /// within [`Self::timeout`] of the request body's end, and while the body is
+    /// sent it must move at least once per timeout (a client that sends too
+    /// slowly is the body deadline's). The response body streams afterwards.
     pub async fn request(
         &self,
         request: http::Request<ClientBody<Incoming>>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
         let answer = |result: Result<_, _>| result.map_err(UpstreamError::Client);
-        // The upstream's time starts once the client's body is all sent: an
-        // upload takes as long as the client's rate allows (bounded by the
-        // body's own deadline), and only then is the upstream waited for.
-        let ended = request.body().ended();
-        let sent = hyper::body::Body::is_end_stream(request.body());
+        // The upstream's time to answer starts once the client's body is all
+        // sent: an upload takes as long as the client's rate allows (bounded by
+        // the body's own deadline). Meanwhile the body must move at least once
+        // per timeout, or the upstream stopped reading it.
+        let progress = request.body().progress();
         let exchange = self.client.request(request);
         tokio::pin!(exchange);
-        if !sent {
+        loop {
+            let stalled = progress.last_moved() + self.timeout;
             tokio::select! {
                 result = &mut exchange => return answer(result),
-                () = ended.notified() => {}
+                () = progress.ended() => break,
+                () = tokio::time::sleep_until(stalled) => {
+                    if progress.ended_at().is_none()
+                        && progress.last_moved() + self.timeout <= tokio::time::Instant::now()
+                    {
+                        return Err(UpstreamError::Timeout);
+                    }
+                }
             }
         }
         match tokio::time::timeout(self.timeout, exchange).await {

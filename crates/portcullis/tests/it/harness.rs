@@ -169,7 +169,8 @@ impl Drop for TestDb {
 }
 
 /// A real upstream application. `/echo*` answers with what it received; `/bytes/N`
-/// streams N bytes; `/upload` counts the bytes of a streamed body; `/slow` stalls.
+/// streams N bytes; `/upload` counts the bytes of a streamed body; `/slow` stalls
+/// (whatever the method).
 pub struct TestUpstream {
     pub addr: SocketAddr,
 }
@@ -303,7 +304,7 @@ impl TestUpstream {
             .route("/upload", post(upload))
             .route(
                 "/slow",
-                get(|| async {
+                any(|| async {
                     tokio::time::sleep(Duration::from_secs(30)).await;
                     "late"
                 }),

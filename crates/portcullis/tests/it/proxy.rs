@@ -186,6 +186,57 @@ async fn upstream_failures_are_clear(backend: Backend) {
         String::from_utf8_lossy(&counted),
         (chunks * 64 * 1024).to_string()
     );
+    // Once the body is sent the upstream's time runs: a stalled upstream is a
+    // 504, whether the body ended plainly or with trailers.
+    for trailers in [false, true] {
+        let mut frames = vec![Ok(Frame::data(Bytes::from_static(b"some body")))];
+        if trailers {
+            let mut map = http::HeaderMap::new();
+            map.insert("x-checksum", http::HeaderValue::from_static("abc"));
+            frames.push(Ok(Frame::trailers(map)));
+        }
+        let body: Streamed = StreamBody::new(futures_util::stream::iter(frames).boxed());
+        let request = http::Request::post(format!("http://{}/slow", gw.addr))
+            .header("cookie", s.cookie_header())
+            .body(body)
+            .unwrap();
+        let answered = tokio::time::timeout(Duration::from_secs(5), client.request(request))
+            .await
+            .expect("a stalled upstream is bounded after the body");
+        assert_eq!(answered.unwrap().status(), 504, "trailers: {trailers}");
+    }
+    // An upstream that stops reading the body mid-upload is bounded too.
+    let deaf = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let deaf_addr = deaf.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = deaf.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let db3 = TestDb::new(backend).await;
+    let gw3 = TestGateway::start_with(&db3, |c| {
+        c.upstream = portcullis_gateway::Upstream::parse(&format!("http://{deaf_addr}")).unwrap();
+        c.upstream_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let s3 = gw3.login(ADMIN).await;
+    let chunk = Bytes::from(vec![b'd'; 1024 * 1024]);
+    let flood: Streamed = StreamBody::new(
+        futures_util::stream::iter((0..64).map(move |_| Ok(Frame::data(chunk.clone())))).boxed(),
+    );
+    let request = http::Request::post(format!("http://{}/upload", gw3.addr))
+        .header("cookie", s3.cookie_header())
+        .body(flood)
+        .unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+        .await
+        .expect("an upstream that stops reading is bounded");
+    // The gateway answers 504 and closes while the client may still be sending.
+    if let Ok(response) = answered {
+        assert_eq!(response.status(), 504);
+    }
+    held.abort();
 
     // An upstream nobody listens on.
     let db2 = TestDb::new(backend).await;
