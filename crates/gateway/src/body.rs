@@ -77,9 +77,18 @@ impl BodyProgress {
         self.moved_ms.store(self.since_start(), Ordering::Relaxed);
     }
 
+    /// Marks the end, once (later calls, from `Drop` say, change nothing).
     fn end(&self) {
-        if self.ended_ms.load(Ordering::Relaxed) == u64::MAX {
-            self.ended_ms.store(self.since_start(), Ordering::Relaxed);
+        let first = self
+            .ended_ms
+            .compare_exchange(
+                u64::MAX,
+                self.since_start(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok();
+        if first {
             self.ended.notify_one();
         }
     }

@@ -460,12 +460,8 @@ fn totals_of(histogram: &Histogram) -> HistogramTotals {
     totals
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    gw: Gateway,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+/// Serves `GET /metrics` on `listener` (until the task running it is aborted).
+pub async fn serve(listener: tokio::net::TcpListener, gw: Gateway) -> std::io::Result<()> {
     use axum::routing::get;
     let router = axum::Router::new()
         .route(
@@ -483,9 +479,7 @@ pub async fn serve(
             ),
         )
         .with_state(gw);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, router).await
 }
 
 #[cfg(test)]

@@ -255,22 +255,14 @@ fn work(queue: &std::sync::Mutex<std::sync::mpsc::Receiver<Job>>) {
             Ok(queue) => queue.recv(),
             Err(_) => return,
         };
-        let Ok(Job {
-            hash,
-            password,
-            answer,
-            permit,
-            asked,
-            waiting,
-        }) = job
-        else {
+        let Ok(job) = job else {
             return;
         };
         let started = std::time::Instant::now();
-        drop(waiting);
-        crate::metrics::ARGON2_WAIT.observe(started.saturating_duration_since(asked));
-        let matched = verify_password(&hash, &password);
-        drop(permit);
-        let _ = answer.send((matched, started.elapsed()));
+        drop(job.waiting);
+        crate::metrics::ARGON2_WAIT.observe(started.saturating_duration_since(job.asked));
+        let matched = verify_password(&job.hash, &job.password);
+        drop(job.permit);
+        let _ = job.answer.send((matched, started.elapsed()));
     }
 }

@@ -311,8 +311,7 @@ pub async fn start_metrics(
     })?;
     let bound = listener.local_addr()?;
     tracing::info!(metrics_listen = %bound, "serving metrics at GET /metrics");
-    let served =
-        portcullis_gateway::metrics::serve(listener, gateway.clone(), std::future::pending());
+    let served = portcullis_gateway::metrics::serve(listener, gateway.clone());
     let task = tokio::spawn(async move {
         if let Err(error) = served.await {
             tracing::error!(%error, "the metrics listener failed");

@@ -190,30 +190,18 @@ fn parse_cli() -> Cli {
 
 /// The settings (by id) a command reads besides `--config` and `--log-format`;
 /// `None`: every setting.
-fn settings_read_by(command: &str) -> Option<&'static [&'static str]> {
-    const STORE: &[&str] = &["database", "data_dir", "secret_key_file", "db_timeout"];
-    match command {
-        "serve" | "demo" | "check-config" => None,
-        "hash-password" | "secret" => Some(&[]),
-        "api-tokens" => Some(&[
-            "database",
-            "data_dir",
-            "secret_key_file",
-            "db_timeout",
-            "users_file",
-        ]),
+fn settings_read_by(command: &str) -> Option<Vec<&'static str>> {
+    // Every command that opens the database.
+    const STORE: [&str; 4] = ["database", "data_dir", "secret_key_file", "db_timeout"];
+    let also: &[&str] = match command {
+        "serve" | "demo" | "check-config" => return None,
+        "hash-password" | "secret" => return Some(Vec::new()),
+        "api-tokens" => &["users_file"],
         // Links are made of the public URL (which defaults to the listen address).
-        "tokens" => Some(&[
-            "database",
-            "data_dir",
-            "secret_key_file",
-            "db_timeout",
-            "public_url",
-            "listen",
-            "auth_prefix",
-        ]),
-        _ => Some(STORE),
-    }
+        "tokens" => &["public_url", "listen", "auth_prefix"],
+        _ => &[],
+    };
+    Some([&STORE[..], also].concat())
 }
 
 /// Every command's `--help` lists only the settings it reads; the top level's
@@ -235,7 +223,7 @@ fn focus_help(command: clap::Command) -> clap::Command {
     fn with_settings(
         mut command: clap::Command,
         settings: &[clap::Arg],
-        read: Option<&[&str]>,
+        read: Option<&[&'static str]>,
     ) -> clap::Command {
         for arg in settings {
             let shown = read.is_none_or(|read| read.contains(&arg.get_id().as_str()));
@@ -257,7 +245,8 @@ fn focus_help(command: clap::Command) -> clap::Command {
         .collect();
     for name in names {
         let read = settings_read_by(&name);
-        command = command.mut_subcommand(&name, |sub| with_settings(sub, &settings, read));
+        command =
+            command.mut_subcommand(&name, |sub| with_settings(sub, &settings, read.as_deref()));
     }
     for id in &ids {
         command = command.mut_arg(id.as_str(), |arg| arg.hide(true));

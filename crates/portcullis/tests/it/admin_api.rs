@@ -594,15 +594,7 @@ async fn audit_events_page_with_filters(backend: Backend) {
     let gw = TestGateway::start(&db).await;
     let alice = gw.login(ADMIN).await;
     for _ in 0..5 {
-        let r = gw
-            .client
-            .request(
-                "POST",
-                "/.auth/login",
-                &[("content-type", "application/json")],
-                r#"{"username":"nobody","password":"x"}"#,
-            )
-            .await;
+        let r = json_login(&gw.client, "nobody", "x", None).await;
         assert_eq!(r.status, 401);
     }
     let cookie = alice.cookie_header();

@@ -470,16 +470,21 @@ impl Session {
     }
 }
 
-pub async fn login(client: &TestClient, user: &str, password: &str) -> Session {
+/// A JSON sign-in attempt; through a trusted proxy naming `from` when given.
+pub async fn json_login(
+    client: &TestClient,
+    user: &str,
+    password: &str,
+    from: Option<&str>,
+) -> TestResponse {
     let body = serde_json::json!({"username": user, "password": password}).to_string();
-    let response = client
-        .request(
-            "POST",
-            "/.auth/login",
-            &[("content-type", "application/json")],
-            body,
-        )
-        .await;
+    let mut headers = vec![("content-type", "application/json")];
+    headers.extend(from.map(|from| ("x-forwarded-for", from)));
+    client.request("POST", "/.auth/login", &headers, body).await
+}
+
+pub async fn login(client: &TestClient, user: &str, password: &str) -> Session {
+    let response = json_login(client, user, password, None).await;
     assert_eq!(response.status, 200, "login failed: {}", response.text());
     Session {
         cookie: response

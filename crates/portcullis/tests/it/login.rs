@@ -410,44 +410,18 @@ async fn login_throttling_answers_429(backend: Backend) {
         c.login_limits.per_ip_per_minute = 1000;
     })
     .await;
-    let body = serde_json::json!({"username": ADMIN, "password": "wrong"}).to_string();
     for _ in 0..3 {
-        let r = gw
-            .client
-            .request(
-                "POST",
-                "/.auth/login",
-                &[("content-type", "application/json")],
-                body.clone(),
-            )
-            .await;
+        let r = json_login(&gw.client, ADMIN, "wrong", None).await;
         assert_eq!(r.status, 401);
     }
-    let r = gw
-        .client
-        .request(
-            "POST",
-            "/.auth/login",
-            &[("content-type", "application/json")],
-            body.clone(),
-        )
-        .await;
+    let r = json_login(&gw.client, ADMIN, "wrong", None).await;
     assert_eq!(r.status, 429);
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
     assert_eq!(r.json()["error"], "too_many_attempts");
     // Case variations share the budget; other users do not.
-    let upper = serde_json::json!({"username": "ALICE", "password": "wrong"}).to_string();
     assert_eq!(
-        gw.client
-            .request(
-                "POST",
-                "/.auth/login",
-                &[("content-type", "application/json")],
-                upper
-            )
-            .await
-            .status,
+        json_login(&gw.client, "ALICE", "wrong", None).await.status,
         429
     );
     gw.login(USER).await;
@@ -899,19 +873,6 @@ fn real_cost_users() -> portcullis_core::basic::BasicUsers {
     )
     .unwrap();
     portcullis_core::basic::BasicUsers::parse(&format!("{ADMIN}:{hash}"), "").0
-}
-
-/// A JSON sign-in attempt; through a trusted proxy naming `from` when given.
-async fn json_login(
-    client: &TestClient,
-    user: &str,
-    password: &str,
-    from: Option<&str>,
-) -> TestResponse {
-    let body = serde_json::json!({"username": user, "password": password}).to_string();
-    let mut headers = vec![("content-type", "application/json")];
-    headers.extend(from.map(|from| ("x-forwarded-for", from)));
-    client.request("POST", "/.auth/login", &headers, body).await
 }
 
 async fn timed_login(client: &TestClient, user: &str, password: &str) -> std::time::Duration {

@@ -126,18 +126,12 @@ async fn a_scrape_after_real_traffic_shows_it(backend: Backend) {
     assert_eq!(before.get("portcullis_live_websockets"), 0.0);
 
     // Sign-ins: a wrong password, a right one, then throttled (3 a minute).
-    let wrong = serde_json::json!({"username": "alice", "password": "nope"}).to_string();
-    let json = [("content-type", "application/json")];
-    let r = client
-        .request("POST", "/.auth/login", &json, wrong.clone())
-        .await;
+    let r = json_login(client, "alice", "nope", None).await;
     assert_eq!(r.status, 401);
     let session = login(client, "alice", "pw").await;
     let mut throttled = false;
     for _ in 0..5 {
-        let r = client
-            .request("POST", "/.auth/login", &json, wrong.clone())
-            .await;
+        let r = json_login(client, "alice", "nope", None).await;
         if r.status == 429 {
             throttled = true;
             break;

@@ -1326,18 +1326,9 @@ async fn throttled_attempts_are_written_when_the_gateway_stops() {
             .env("PORTCULLIS_LOGIN_RATE_PER_IP", "2");
     })
     .await;
-    let wrong = serde_json::json!({"username": "alice", "password": "nope"}).to_string();
     let mut refused = 0;
     for _ in 0..8 {
-        let r = gw
-            .client
-            .request(
-                "POST",
-                "/.auth/login",
-                &[("content-type", "application/json")],
-                wrong.clone(),
-            )
-            .await;
+        let r = json_login(&gw.client, "alice", "nope", None).await;
         refused += usize::from(r.status == 429);
     }
     assert_eq!(refused, 6, "two verified, six throttled");

@@ -147,6 +147,24 @@ async fn host_header_must_be_allowed(backend: Backend) {
 type Streamed =
     StreamBody<futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, std::io::Error>>>;
 
+/// A client that streams request bodies.
+fn streaming_client() -> Client<HttpConnector, Streamed> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// A POST to `path` on `gw` as `session`, its body streamed.
+fn streamed_post(
+    gw: &TestGateway,
+    path: &str,
+    session: &Session,
+    body: Streamed,
+) -> http::Request<Streamed> {
+    http::Request::post(format!("http://{}{path}", gw.addr))
+        .header("cookie", session.cookie_header())
+        .body(body)
+        .unwrap()
+}
+
 async fn upstream_failures_are_clear(backend: Backend) {
     let db = TestDb::new(backend).await;
     let gw =
@@ -169,13 +187,11 @@ async fn upstream_failures_are_clear(backend: Backend) {
             })
             .boxed(),
     );
-    let request = http::Request::post(format!("http://{}/upload", gw.addr))
-        .header("cookie", s.cookie_header())
-        .body(upload)
+    let client = streaming_client();
+    let response = client
+        .request(streamed_post(&gw, "/upload", &s, upload))
+        .await
         .unwrap();
-    let client: Client<HttpConnector, Streamed> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let response = client.request(request).await.unwrap();
     assert_eq!(
         response.status(),
         200,
@@ -196,10 +212,7 @@ async fn upstream_failures_are_clear(backend: Backend) {
             frames.push(Ok(Frame::trailers(map)));
         }
         let body: Streamed = StreamBody::new(futures_util::stream::iter(frames).boxed());
-        let request = http::Request::post(format!("http://{}/slow", gw.addr))
-            .header("cookie", s.cookie_header())
-            .body(body)
-            .unwrap();
+        let request = streamed_post(&gw, "/slow", &s, body);
         let answered = tokio::time::timeout(Duration::from_secs(5), client.request(request))
             .await
             .expect("a stalled upstream is bounded after the body");
@@ -225,10 +238,7 @@ async fn upstream_failures_are_clear(backend: Backend) {
     let flood: Streamed = StreamBody::new(
         futures_util::stream::iter((0..64).map(move |_| Ok(Frame::data(chunk.clone())))).boxed(),
     );
-    let request = http::Request::post(format!("http://{}/upload", gw3.addr))
-        .header("cookie", s3.cookie_header())
-        .body(flood)
-        .unwrap();
+    let request = streamed_post(&gw3, "/upload", &s3, flood);
     let answered = tokio::time::timeout(Duration::from_secs(10), client.request(request))
         .await
         .expect("an upstream that stops reading is bounded");
@@ -290,8 +300,7 @@ async fn large_bodies_stream_both_ways(backend: Backend) {
     let gw = TestGateway::start(&db).await;
     let s = gw.login(ADMIN).await;
     let before = peak_rss_kib();
-    let client: Client<HttpConnector, Streamed> =
-        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let client = streaming_client();
 
     let empty: Streamed = StreamBody::new(futures_util::stream::empty().boxed());
     let request = http::Request::get(format!("http://{}/bytes/{SIZE}", gw.addr))
@@ -315,11 +324,10 @@ async fn large_bodies_stream_both_ways(backend: Backend) {
         futures_util::stream::iter((0..chunks).map(move |_| Ok(Frame::data(chunk.clone()))))
             .boxed(),
     );
-    let request = http::Request::post(format!("http://{}/upload", gw.addr))
-        .header("cookie", s.cookie_header())
-        .body(upload)
+    let response = client
+        .request(streamed_post(&gw, "/upload", &s, upload))
+        .await
         .unwrap();
-    let response = client.request(request).await.unwrap();
     assert_eq!(response.status(), 200);
     let counted = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(String::from_utf8_lossy(&counted), SIZE.to_string());
